@@ -1,0 +1,92 @@
+//! The lease store: the port the gRPC layer talks to, and its SQL implementation.
+//!
+//! [`SqlStore`] runs on PostgreSQL (any number of allocator replicas) or on an embedded SQLite
+//! file (one replica). Both take the same statements; the few places where the dialects differ
+//! are in [`Dialect`].
+
+mod alloc;
+mod sql;
+
+use std::future::Future;
+
+pub use sql::{Dialect, SqlStore, StoreOptions};
+
+use crate::error::Result;
+use crate::lease::{AllocRequest, Lease, LeaseEvent, LeaseFilter, Owner, PoolStats};
+use crate::pool::{Caller, Pool, PoolSpec};
+
+/// What applying a pool did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub pool: Pool,
+    pub created: bool,
+    /// Leases whose addresses the pool no longer covers.
+    pub stranded: u64,
+}
+
+/// One page of leases.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeasePage {
+    pub leases: Vec<Lease>,
+    /// The owner key to continue after, if there is more.
+    pub next: Option<String>,
+    /// The store's revision before the page was read.
+    pub revision: u64,
+}
+
+/// Pools and leases, kept where every allocator replica sees them.
+pub trait LeaseStore: Send + Sync + 'static {
+    fn apply_pool(
+        &self,
+        caller: &Caller,
+        spec: PoolSpec,
+    ) -> impl Future<Output = Result<Applied>> + Send;
+    fn get_pool(&self, name: &str) -> impl Future<Output = Result<Pool>> + Send;
+    fn list_pools(&self) -> impl Future<Output = Result<Vec<Pool>>> + Send;
+    /// Deletes a pool; returns how many leases it leaves stranded.
+    fn delete_pool(&self, caller: &Caller, name: &str) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Allocates, or returns what the owner already holds. The flag says whether anything new
+    /// was handed out.
+    fn allocate(
+        &self,
+        caller: &Caller,
+        req: AllocRequest,
+    ) -> impl Future<Output = Result<(Lease, bool)>> + Send;
+    fn release(&self, caller: &Caller, owner: &Owner)
+    -> impl Future<Output = Result<Lease>> + Send;
+    fn renew(
+        &self,
+        caller: &Caller,
+        owner: &Owner,
+        ttl_seconds: u32,
+    ) -> impl Future<Output = Result<Lease>> + Send;
+    fn get_lease(
+        &self,
+        caller: &Caller,
+        owner: &Owner,
+    ) -> impl Future<Output = Result<Lease>> + Send;
+    fn list_leases(&self, filter: LeaseFilter) -> impl Future<Output = Result<LeasePage>> + Send;
+    /// Moves a stranded lease into its pools' current addresses.
+    fn move_lease(
+        &self,
+        caller: &Caller,
+        owner: &Owner,
+    ) -> impl Future<Output = Result<Lease>> + Send;
+    /// Releases every lease whose time to live has passed; returns how many.
+    fn expire(&self) -> impl Future<Output = Result<usize>> + Send;
+
+    /// Changes after `revision`, oldest first.
+    fn events_since(
+        &self,
+        revision: u64,
+        pool: Option<&str>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<LeaseEvent>>> + Send;
+    /// A receiver that changes whenever the store's revision may have moved.
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64>;
+
+    fn stats(&self, pool: Option<&str>) -> impl Future<Output = Result<Vec<PoolStats>>> + Send;
+    /// Whether the database answers.
+    fn ping(&self) -> impl Future<Output = Result<()>> + Send;
+}

@@ -1,0 +1,927 @@
+//! [`SqlStore`]: connections, transactions with retry, and every operation but allocation.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sqlx::AnyConnection;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+use tokio::sync::watch;
+
+use super::alloc;
+use super::{Applied, LeasePage, LeaseStore};
+use crate::addr::{self, Family};
+use crate::error::{Error, Result};
+use crate::lease::{
+    AllocRequest, EventKind, Lease, LeaseAddr, LeaseEvent, LeaseFilter, Owner, PoolStats,
+};
+use crate::pool::{self, Caller, Pool, PoolSpec};
+
+/// The columns [`LeaseRow::from_row`] reads.
+macro_rules! lease_columns {
+    () => {
+        "owner_key, family, owner, addr, share_group, pool, sharing_key, backend_key, ports, \
+         request, stranded, created_ms, expires_ms, revision"
+    };
+}
+
+/// Which database a [`SqlStore`] runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Postgres,
+    Sqlite,
+}
+
+/// How a store connects and behaves.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// `postgres://…` or `sqlite://…`.
+    pub url: String,
+    pub max_connections: u32,
+    /// How long a call waits for a database connection before it fails with UNAVAILABLE.
+    pub acquire_timeout: Duration,
+    /// How long a released address is offered back to its last owner first.
+    pub release_grace: Duration,
+}
+
+impl StoreOptions {
+    pub fn new(url: impl Into<String>) -> StoreOptions {
+        StoreOptions {
+            url: url.into(),
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(2),
+            release_grace: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// A transaction that hit a race it should simply run again, or a real error.
+pub(super) enum TxError {
+    Retry(String),
+    Fail(Error),
+}
+
+impl From<Error> for TxError {
+    fn from(e: Error) -> TxError {
+        TxError::Fail(e)
+    }
+}
+
+impl From<sqlx::Error> for TxError {
+    fn from(e: sqlx::Error) -> TxError {
+        if let sqlx::Error::Database(db) = &e {
+            let code = db.code().unwrap_or_default();
+            // Serialization failure, deadlock, and constraint races between replicas (another
+            // transaction took the address or port first, or freed a shared address under us).
+            if matches!(&*code, "40001" | "40P01" | "23505" | "23503")
+                || db.is_unique_violation()
+                || db.is_foreign_key_violation()
+                || db.message().contains("database is locked")
+            {
+                return TxError::Retry(db.message().to_string());
+            }
+        }
+        TxError::Fail(map_sqlx(e))
+    }
+}
+
+/// Maps a database error to what the caller can act on: UNAVAILABLE when the database cannot be
+/// reached (the call may be retried), INTERNAL otherwise.
+pub(super) fn map_sqlx(e: sqlx::Error) -> Error {
+    match &e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => Error::Unavailable(e.to_string()),
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            // 08: connection exceptions; 57P0x: the server is shutting down or starting.
+            if code.starts_with("08") || code.starts_with("57P") {
+                Error::Unavailable(db.message().to_string())
+            } else {
+                Error::Internal(db.message().to_string())
+            }
+        }
+        _ => Error::Internal(e.to_string()),
+    }
+}
+
+/// How often a transaction that lost a race runs again before the call fails.
+const MAX_ATTEMPTS: usize = 12;
+
+pub(super) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The SQL lease store.
+pub struct SqlStore {
+    pub(super) db: AnyPool,
+    pub(super) dialect: Dialect,
+    pub(super) grace_ms: i64,
+    changes: watch::Sender<u64>,
+}
+
+/// Runs `$body` (an async block using `$conn`) in a transaction, again on races, and commits.
+macro_rules! in_tx {
+    ($store:expr, |$conn:ident| $body:expr) => {{
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut tx = $store.db.begin().await.map_err(map_sqlx)?;
+            let outcome: std::result::Result<_, TxError> = {
+                let $conn: &mut AnyConnection = &mut tx;
+                $body.await
+            };
+            let outcome = match outcome {
+                Ok(v) => tx.commit().await.map(|_| v).map_err(TxError::from),
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(v) => break Ok(v),
+                Err(TxError::Fail(e)) => break Err(e),
+                Err(TxError::Retry(why)) if attempt < MAX_ATTEMPTS => {
+                    tracing::debug!(attempt, %why, "transaction lost a race, running it again");
+                    tokio::time::sleep(Duration::from_millis(attempt as u64 * 2)).await;
+                }
+                Err(TxError::Retry(why)) => {
+                    break Err(Error::Unavailable(format!("too much contention: {why}")))
+                }
+            }
+        }
+    }};
+}
+
+impl SqlStore {
+    /// Connects, creates or upgrades the schema, and starts following other replicas' changes.
+    pub async fn connect(opts: StoreOptions) -> Result<SqlStore> {
+        sqlx::any::install_default_drivers();
+        let dialect = if opts.url.starts_with("postgres") {
+            Dialect::Postgres
+        } else if opts.url.starts_with("sqlite:") {
+            Dialect::Sqlite
+        } else {
+            return Err(Error::invalid(
+                "database-url",
+                format!("{:?} is neither postgres:// nor sqlite:", opts.url),
+            ));
+        };
+        let max = match dialect {
+            Dialect::Postgres => opts.max_connections,
+            // One writer at a time is SQLite's model; one connection avoids busy errors.
+            Dialect::Sqlite => 1,
+        };
+        let db = AnyPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(opts.acquire_timeout)
+            .connect(&opts.url)
+            .await
+            .map_err(map_sqlx)?;
+        let migrated = match dialect {
+            Dialect::Postgres => sqlx::migrate!("./migrations/postgres").run(&db).await,
+            Dialect::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&db).await,
+        };
+        migrated.map_err(|e| Error::Unavailable(format!("migrating the schema: {e}")))?;
+        let rev: i64 = sqlx::query_scalar("SELECT value FROM revision WHERE id = 1")
+            .fetch_one(&db)
+            .await
+            .map_err(map_sqlx)?;
+        let (changes, _) = watch::channel(rev as u64);
+        let store = SqlStore {
+            db,
+            dialect,
+            grace_ms: opts.release_grace.as_millis() as i64,
+            changes,
+        };
+        if dialect == Dialect::Postgres {
+            store.follow_notifications(opts.url.clone());
+        }
+        Ok(store)
+    }
+
+    /// Other replicas announce each commit with NOTIFY; this wakes local watchers.
+    fn follow_notifications(&self, url: String) {
+        let changes = self.changes.clone();
+        tokio::spawn(async move {
+            loop {
+                match sqlx::postgres::PgListener::connect(&url).await {
+                    Ok(mut listener) => {
+                        if let Err(e) = listener.listen(alloc::NOTIFY_CHANNEL).await {
+                            tracing::warn!(error = %e, "LISTEN failed");
+                        } else {
+                            loop {
+                                match listener.recv().await {
+                                    Ok(n) => {
+                                        if let Ok(rev) = n.payload().parse::<u64>() {
+                                            changes.send_if_modified(|cur| {
+                                                let newer = rev > *cur;
+                                                *cur = (*cur).max(rev);
+                                                newer
+                                            });
+                                        }
+                                    }
+                                    Err(e) => {
+                                        tracing::warn!(error = %e, "lost the notification connection");
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "notification connection failed"),
+                }
+                if changes.is_closed() {
+                    return;
+                }
+                // The connection broke: wake watchers so they re-read, then reconnect.
+                changes.send_modify(|_| {});
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+    }
+
+    pub(super) fn announce(&self, revision: u64) {
+        self.changes.send_if_modified(|cur| {
+            let newer = revision > *cur;
+            *cur = (*cur).max(revision);
+            newer
+        });
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+}
+
+/// Reads the rows of one owner's lease, primary family first.
+pub(super) async fn owner_rows(
+    conn: &mut AnyConnection,
+    owner_key: &str,
+) -> Result<Vec<LeaseRow>, TxError> {
+    let rows = sqlx::query(concat!(
+        "SELECT ",
+        lease_columns!(),
+        " FROM leases WHERE owner_key = $1 ORDER BY primary_rank"
+    ))
+    .bind(owner_key)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(LeaseRow::from_row).collect()
+}
+
+/// One row of `leases`.
+#[derive(Debug, Clone)]
+pub(super) struct LeaseRow {
+    pub owner_key: String,
+    pub family: Family,
+    pub owner: Owner,
+    pub addr: u128,
+    pub share_group: String,
+    pub pool: String,
+    pub sharing_key: String,
+    pub backend_key: String,
+    pub ports: Vec<crate::lease::Port>,
+    pub request: String,
+    pub stranded: bool,
+    pub created_ms: i64,
+    pub expires_ms: Option<i64>,
+    pub revision: i64,
+}
+
+fn corrupt(what: &str) -> TxError {
+    TxError::Fail(Error::Internal(format!("stored {what} cannot be read")))
+}
+
+impl LeaseRow {
+    fn from_row(row: &AnyRow) -> Result<LeaseRow, TxError> {
+        let family = Family::from_code(row.try_get("family")?).ok_or_else(|| corrupt("family"))?;
+        let owner: String = row.try_get("owner")?;
+        let addr: Vec<u8> = row.try_get("addr")?;
+        let ports: String = row.try_get("ports")?;
+        Ok(LeaseRow {
+            owner_key: row.try_get("owner_key")?,
+            family,
+            owner: serde_json::from_str(&owner).map_err(|_| corrupt("owner"))?,
+            addr: addr::key_from_bytes(&addr).ok_or_else(|| corrupt("address"))?,
+            share_group: row.try_get("share_group")?,
+            pool: row.try_get("pool")?,
+            sharing_key: row.try_get("sharing_key")?,
+            backend_key: row.try_get("backend_key")?,
+            ports: serde_json::from_str(&ports).map_err(|_| corrupt("ports"))?,
+            request: row.try_get("request")?,
+            stranded: row.try_get::<i64, _>("stranded")? != 0,
+            created_ms: row.try_get("created_ms")?,
+            expires_ms: row.try_get("expires_ms")?,
+            revision: row.try_get("revision")?,
+        })
+    }
+}
+
+/// Assembles a lease from its rows (primary first).
+pub(super) fn lease_of(rows: &[LeaseRow]) -> Option<Lease> {
+    let first = rows.first()?;
+    Some(Lease {
+        owner: first.owner.clone(),
+        addrs: rows
+            .iter()
+            .map(|r| LeaseAddr {
+                family: r.family,
+                ip: addr::ip(r.family, r.addr),
+                pool: r.pool.clone(),
+                stranded: r.stranded,
+            })
+            .collect(),
+        sharing_key: first.sharing_key.clone(),
+        backend_key: first.backend_key.clone(),
+        ports: first.ports.clone(),
+        created_ms: first.created_ms,
+        expires_ms: first.expires_ms,
+        revision: rows.iter().map(|r| r.revision).max().unwrap_or(0) as u64,
+    })
+}
+
+/// Loads and parses every pool.
+pub(super) async fn load_pools(conn: &mut AnyConnection) -> Result<Vec<Pool>, TxError> {
+    let specs: Vec<String> = sqlx::query_scalar("SELECT spec FROM pools ORDER BY name")
+        .fetch_all(&mut *conn)
+        .await?;
+    specs
+        .iter()
+        .map(|s| {
+            let spec: PoolSpec = serde_json::from_str(s).map_err(|_| corrupt("pool"))?;
+            Pool::new(spec).map_err(TxError::Fail)
+        })
+        .collect()
+}
+
+/// Takes `n` revisions; the row lock is held until commit, so revisions commit in order.
+pub(super) async fn next_revisions(conn: &mut AnyConnection, n: i64) -> Result<u64, TxError> {
+    let last: i64 =
+        sqlx::query_scalar("UPDATE revision SET value = value + $1 WHERE id = 1 RETURNING value")
+            .bind(n)
+            .fetch_one(&mut *conn)
+            .await?;
+    Ok((last - n + 1) as u64)
+}
+
+/// Records an event at `revision`.
+pub(super) async fn record_event(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    revision: u64,
+    kind: EventKind,
+    lease: &Lease,
+) -> Result<(), TxError> {
+    let json = serde_json::to_string(lease).map_err(|e| Error::Internal(e.to_string()))?;
+    sqlx::query(
+        "INSERT INTO lease_events (revision, kind, pool, lease, at_ms) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(revision as i64)
+    .bind(kind.code())
+    .bind(lease.pool().to_string())
+    .bind(json)
+    .bind(now_ms())
+    .execute(&mut *conn)
+    .await?;
+    if dialect == Dialect::Postgres {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(alloc::NOTIFY_CHANNEL)
+            .bind(revision.to_string())
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Sets the revision of an owner's rows.
+pub(super) async fn stamp(
+    conn: &mut AnyConnection,
+    owner_key: &str,
+    revision: u64,
+) -> Result<(), TxError> {
+    sqlx::query("UPDATE leases SET revision = $1 WHERE owner_key = $2")
+        .bind(revision as i64)
+        .bind(owner_key)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Deletes an owner's rows, their ports, and the addresses no one else holds.
+pub(super) async fn delete_owner(
+    conn: &mut AnyConnection,
+    rows: &[LeaseRow],
+) -> Result<(), TxError> {
+    let Some(first) = rows.first() else {
+        return Ok(());
+    };
+    sqlx::query("DELETE FROM leases WHERE owner_key = $1")
+        .bind(&first.owner_key)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("DELETE FROM lease_ports WHERE owner_key = $1")
+        .bind(&first.owner_key)
+        .execute(&mut *conn)
+        .await?;
+    for r in rows {
+        sqlx::query("DELETE FROM addresses WHERE addr = $1 AND NOT EXISTS (SELECT 1 FROM leases WHERE addr = $1)")
+            .bind(addr::key_bytes(r.addr))
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The identity an owner's own adapter or client calls with.
+pub(super) fn caller_of(owner: &Owner) -> Caller {
+    match owner {
+        Owner::Service { cluster, .. } => Caller::Cluster(cluster.clone()),
+        Owner::External { client, .. } => Caller::Client(client.clone()),
+    }
+}
+
+impl SqlStore {
+    async fn lock_pool_config(&self, conn: &mut AnyConnection) -> Result<(), TxError> {
+        if self.dialect == Dialect::Postgres {
+            // Pool changes are rare: one at a time keeps the cross-pool overlap check sound.
+            sqlx::query("SELECT pg_advisory_xact_lock(7411)")
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Recomputes the stranded flag of every lease of `pool` (or of a deleted pool when `None`);
+    /// returns the number stranded now and the last revision it wrote (0 if none). Leases whose
+    /// flag changed get an event.
+    async fn restrand(
+        &self,
+        conn: &mut AnyConnection,
+        name: &str,
+        pool: Option<&Pool>,
+    ) -> Result<(u64, u64), TxError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            lease_columns!(),
+            " FROM leases WHERE pool = $1 ORDER BY owner_key, primary_rank"
+        ))
+        .bind(name)
+        .fetch_all(&mut *conn)
+        .await?;
+        let rows: Vec<LeaseRow> = rows
+            .iter()
+            .map(LeaseRow::from_row)
+            .collect::<Result<_, _>>()?;
+        let mut stranded = 0u64;
+        let mut changed: Vec<String> = Vec::new();
+        for r in &rows {
+            let now = !pool.is_some_and(|p| p.covers(r.family, r.addr));
+            stranded += u64::from(now);
+            if now != r.stranded {
+                sqlx::query("UPDATE leases SET stranded = $1 WHERE owner_key = $2 AND family = $3")
+                    .bind(i64::from(now))
+                    .bind(&r.owner_key)
+                    .bind(r.family.code())
+                    .execute(&mut *conn)
+                    .await?;
+                if changed.last() != Some(&r.owner_key) {
+                    changed.push(r.owner_key.clone());
+                }
+            }
+        }
+        if changed.is_empty() {
+            return Ok((stranded, 0));
+        }
+        let first = next_revisions(conn, changed.len() as i64).await?;
+        let mut last = 0;
+        for (i, owner_key) in changed.iter().enumerate() {
+            let revision = first + i as u64;
+            stamp(conn, owner_key, revision).await?;
+            let lease =
+                lease_of(&owner_rows(conn, owner_key).await?).ok_or_else(|| corrupt("lease"))?;
+            let kind = if lease.stranded() {
+                EventKind::Stranded
+            } else {
+                EventKind::Updated
+            };
+            record_event(conn, self.dialect, revision, kind, &lease).await?;
+            last = revision;
+        }
+        Ok((stranded, last))
+    }
+
+    async fn release_in(
+        &self,
+        conn: &mut AnyConnection,
+        caller: &Caller,
+        owner: &Owner,
+        kind: EventKind,
+    ) -> Result<(Lease, u64), TxError> {
+        let owner_key = owner.key();
+        let rows = owner_rows(conn, &owner_key).await?;
+        let lease =
+            lease_of(&rows).ok_or_else(|| Error::NotFound(format!("no lease for {owner_key}")))?;
+        if !owner.belongs_to(caller) {
+            return Err(Error::PermissionDenied(format!(
+                "{} may not release {owner_key}",
+                caller.name()
+            ))
+            .into());
+        }
+        delete_owner(conn, &rows).await?;
+        let now = now_ms();
+        for r in &rows {
+            sqlx::query(
+                "INSERT INTO recent_releases (owner_key, family, addr, released_ms) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (owner_key, family) DO UPDATE SET addr = excluded.addr, released_ms = excluded.released_ms",
+            )
+            .bind(&owner_key)
+            .bind(r.family.code())
+            .bind(addr::key_bytes(r.addr))
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+        }
+        let revision = next_revisions(conn, 1).await?;
+        let lease = Lease { revision, ..lease };
+        record_event(conn, self.dialect, revision, kind, &lease).await?;
+        Ok((lease, revision))
+    }
+}
+
+impl LeaseStore for SqlStore {
+    async fn apply_pool(&self, caller: &Caller, mut spec: PoolSpec) -> Result<Applied> {
+        if let Caller::Client(c) = caller {
+            return Err(Error::PermissionDenied(format!(
+                "client/{c} may not declare pools"
+            )));
+        }
+        in_tx!(self, |conn| async {
+            self.lock_pool_config(conn).await?;
+            let existing = load_pools(conn).await?;
+            let previous = existing.iter().find(|p| p.name() == spec.name);
+            match (caller, previous) {
+                (Caller::Cluster(c), Some(prev)) if prev.spec.declared_by != caller.name() => {
+                    return Err(Error::PermissionDenied(format!(
+                        "pool {:?} was declared by {}, not cluster/{c}",
+                        spec.name, prev.spec.declared_by
+                    ))
+                    .into());
+                }
+                (Caller::Cluster(c), prev) => {
+                    // A cluster's own pool is open to it, and stays open as wide as an
+                    // operator made it.
+                    spec.declared_by = caller.name();
+                    spec.clusters = prev.map(|p| p.spec.clusters.clone()).unwrap_or_default();
+                    spec.clients = prev.map(|p| p.spec.clients.clone()).unwrap_or_default();
+                    if !spec.clusters.contains(c) {
+                        spec.clusters.push(c.clone());
+                    }
+                }
+                (_, prev) => {
+                    spec.declared_by = prev.map_or_else(|| caller.name(), |p| p.spec.declared_by.clone());
+                }
+            }
+            let pool = Pool::new(spec.clone())?;
+            pool::check_overlaps(&pool, &existing)?;
+            let now = now_ms();
+            let json = serde_json::to_string(&pool.spec).map_err(|e| Error::Internal(e.to_string()))?;
+            sqlx::query(
+                "INSERT INTO pools (name, spec, declared_by, created_ms, updated_ms) VALUES ($1, $2, $3, $4, $4) \
+                 ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, declared_by = excluded.declared_by, \
+                 updated_ms = excluded.updated_ms",
+            )
+            .bind(pool.name().to_string())
+            .bind(json)
+            .bind(pool.spec.declared_by.clone())
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+            let (stranded, revision) = self.restrand(conn, pool.name(), Some(&pool)).await?;
+            let applied = Applied {
+                created: previous.is_none(),
+                pool: pool.clone(),
+                stranded,
+            };
+            Ok((applied, revision))
+        })
+        .map(|(applied, revision)| {
+            self.announce(revision);
+            applied
+        })
+    }
+
+    async fn get_pool(&self, name: &str) -> Result<Pool> {
+        let mut conn = self.db.acquire().await.map_err(map_sqlx)?;
+        let pools = load_pools(&mut conn).await.map_err(fail)?;
+        pools
+            .into_iter()
+            .find(|p| p.name() == name)
+            .ok_or_else(|| Error::NotFound(format!("pool {name:?} does not exist")))
+    }
+
+    async fn list_pools(&self) -> Result<Vec<Pool>> {
+        let mut conn = self.db.acquire().await.map_err(map_sqlx)?;
+        load_pools(&mut conn).await.map_err(fail)
+    }
+
+    async fn delete_pool(&self, caller: &Caller, name: &str) -> Result<u64> {
+        in_tx!(self, |conn| async {
+            self.lock_pool_config(conn).await?;
+            let pools = load_pools(conn).await?;
+            let pool = pools
+                .iter()
+                .find(|p| p.name() == name)
+                .ok_or_else(|| Error::NotFound(format!("pool {name:?} does not exist")))?;
+            let allowed = match caller {
+                Caller::Admin => true,
+                Caller::Cluster(_) => pool.spec.declared_by == caller.name(),
+                Caller::Client(_) => false,
+            };
+            if !allowed {
+                return Err(Error::PermissionDenied(format!(
+                    "{} may not delete pool {name:?}, declared by {}",
+                    caller.name(),
+                    pool.spec.declared_by
+                ))
+                .into());
+            }
+            sqlx::query("DELETE FROM pools WHERE name = $1")
+                .bind(name)
+                .execute(&mut *conn)
+                .await?;
+            self.restrand(conn, name, None).await
+        })
+        .map(|(stranded, revision)| {
+            self.announce(revision);
+            stranded
+        })
+    }
+
+    async fn allocate(&self, caller: &Caller, mut req: AllocRequest) -> Result<(Lease, bool)> {
+        req.validate()?;
+        if !req.owner.belongs_to(caller) {
+            return Err(Error::PermissionDenied(format!(
+                "{} may not allocate for {}",
+                caller.name(),
+                req.owner.key()
+            )));
+        }
+        let (lease, created, changed) =
+            in_tx!(self, |conn| alloc::allocate(self, conn, caller, &req))?;
+        if changed {
+            self.announce(lease.revision);
+        }
+        Ok((lease, created))
+    }
+
+    async fn release(&self, caller: &Caller, owner: &Owner) -> Result<Lease> {
+        owner.validate()?;
+        let (lease, revision) = in_tx!(self, |conn| self.release_in(
+            conn,
+            caller,
+            owner,
+            EventKind::Released
+        ))?;
+        self.announce(revision);
+        Ok(lease)
+    }
+
+    async fn renew(&self, caller: &Caller, owner: &Owner, ttl_seconds: u32) -> Result<Lease> {
+        owner.validate()?;
+        if !matches!(owner, Owner::External { .. }) {
+            return Err(Error::invalid(
+                "owner",
+                "only external leases have a time to live",
+            ));
+        }
+        if ttl_seconds == 0 {
+            return Err(Error::invalid("ttl_seconds", "must be at least 1"));
+        }
+        let lease = in_tx!(self, |conn| async {
+            let owner_key = owner.key();
+            let rows = owner_rows(conn, &owner_key).await?;
+            if rows.is_empty() {
+                return Err(Error::NotFound(format!("no lease for {owner_key}")).into());
+            }
+            if !owner.belongs_to(caller) {
+                return Err(Error::PermissionDenied(format!(
+                    "{} may not renew {owner_key}",
+                    caller.name()
+                ))
+                .into());
+            }
+            sqlx::query("UPDATE leases SET expires_ms = $1 WHERE owner_key = $2")
+                .bind(now_ms() + i64::from(ttl_seconds) * 1000)
+                .bind(&owner_key)
+                .execute(&mut *conn)
+                .await?;
+            let revision = next_revisions(conn, 1).await?;
+            stamp(conn, &owner_key, revision).await?;
+            let lease =
+                lease_of(&owner_rows(conn, &owner_key).await?).ok_or_else(|| corrupt("lease"))?;
+            record_event(conn, self.dialect, revision, EventKind::Updated, &lease).await?;
+            Ok(lease)
+        })?;
+        self.announce(lease.revision);
+        Ok(lease)
+    }
+
+    async fn get_lease(&self, caller: &Caller, owner: &Owner) -> Result<Lease> {
+        owner.validate()?;
+        if !owner.belongs_to(caller) {
+            return Err(Error::PermissionDenied(format!(
+                "{} may not read {}",
+                caller.name(),
+                owner.key()
+            )));
+        }
+        let mut conn = self.db.acquire().await.map_err(map_sqlx)?;
+        let rows = owner_rows(&mut conn, &owner.key()).await.map_err(fail)?;
+        lease_of(&rows).ok_or_else(|| Error::NotFound(format!("no lease for {}", owner.key())))
+    }
+
+    async fn list_leases(&self, f: LeaseFilter) -> Result<LeasePage> {
+        let mut conn = self.db.acquire().await.map_err(map_sqlx)?;
+        let revision: i64 = sqlx::query_scalar("SELECT value FROM revision WHERE id = 1")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(map_sqlx)?;
+        let limit = f.limit.clamp(1, 1000);
+        let keys: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT owner_key FROM leases WHERE owner_key > $1 \
+             AND ($2 = '' OR pool = $2) AND ($3 = '' OR cluster = $3) AND ($4 = '' OR namespace = $4) \
+             AND ($5 = '' OR client = $5) AND ($6 = 0 OR stranded <> 0) ORDER BY owner_key LIMIT $7",
+        )
+        .bind(f.after.unwrap_or_default())
+        .bind(f.pool.unwrap_or_default())
+        .bind(f.cluster.unwrap_or_default())
+        .bind(f.namespace.unwrap_or_default())
+        .bind(f.client.unwrap_or_default())
+        .bind(i64::from(f.stranded_only))
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(map_sqlx)?;
+        let more = keys.len() > limit as usize;
+        let mut leases = Vec::with_capacity(keys.len().min(limit as usize));
+        for key in keys.iter().take(limit as usize) {
+            let rows = owner_rows(&mut conn, key).await.map_err(fail)?;
+            // A lease released between the two reads is simply not listed.
+            leases.extend(lease_of(&rows));
+        }
+        let next = if more {
+            leases.last().map(|l| l.owner.key())
+        } else {
+            None
+        };
+        Ok(LeasePage {
+            leases,
+            next,
+            revision: revision as u64,
+        })
+    }
+
+    async fn move_lease(&self, caller: &Caller, owner: &Owner) -> Result<Lease> {
+        owner.validate()?;
+        if *caller != Caller::Admin {
+            return Err(Error::PermissionDenied(format!(
+                "{} may not move leases; operators do",
+                caller.name()
+            )));
+        }
+        let lease = in_tx!(self, |conn| alloc::move_stranded(self, conn, owner))?;
+        self.announce(lease.revision);
+        Ok(lease)
+    }
+
+    async fn expire(&self) -> Result<usize> {
+        let owners: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT owner FROM leases WHERE expires_ms IS NOT NULL AND expires_ms <= $1 LIMIT 500",
+        )
+        .bind(now_ms())
+        .fetch_all(&self.db)
+        .await
+        .map_err(map_sqlx)?;
+        let mut expired = 0;
+        for owner in owners {
+            let owner: Owner =
+                serde_json::from_str(&owner).map_err(|_| Error::Internal("stored owner".into()))?;
+            let result = in_tx!(self, |conn| async {
+                // Another replica may have expired or renewed it meanwhile.
+                let rows = owner_rows(conn, &owner.key()).await?;
+                if !rows
+                    .iter()
+                    .any(|r| r.expires_ms.is_some_and(|e| e <= now_ms()))
+                {
+                    return Ok(None);
+                }
+                self.release_in(conn, &Caller::Admin, &owner, EventKind::Expired)
+                    .await
+                    .map(Some)
+            });
+            if let Some((lease, revision)) = result? {
+                tracing::info!(owner = %lease.owner.key(), ips = ?lease.ips(), "lease expired");
+                self.announce(revision);
+                expired += 1;
+            }
+        }
+        Ok(expired)
+    }
+
+    async fn events_since(
+        &self,
+        revision: u64,
+        pool: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<LeaseEvent>> {
+        let rows = sqlx::query(
+            "SELECT revision, kind, lease FROM lease_events WHERE revision > $1 AND ($2 = '' OR pool = $2) \
+             ORDER BY revision LIMIT $3",
+        )
+        .bind(revision as i64)
+        .bind(pool.unwrap_or_default().to_string())
+        .bind(i64::from(limit))
+        .fetch_all(&self.db)
+        .await
+        .map_err(map_sqlx)?;
+        rows.iter()
+            .map(|row| {
+                let kind = EventKind::from_code(row.try_get("kind").map_err(map_sqlx)?)
+                    .ok_or_else(|| Error::Internal("stored event kind".into()))?;
+                let lease: String = row.try_get("lease").map_err(map_sqlx)?;
+                Ok(LeaseEvent {
+                    revision: row.try_get::<i64, _>("revision").map_err(map_sqlx)? as u64,
+                    kind,
+                    lease: serde_json::from_str(&lease)
+                        .map_err(|_| Error::Internal("stored event".into()))?,
+                })
+            })
+            .collect()
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    async fn stats(&self, only: Option<&str>) -> Result<Vec<PoolStats>> {
+        let pools = self.list_pools().await?;
+        let mut out = Vec::new();
+        for pool in pools.iter().filter(|p| only.is_none_or(|n| n == p.name())) {
+            let rows = sqlx::query(
+                "SELECT family, COUNT(*) AS leases, \
+                 COUNT(DISTINCT CASE WHEN stranded = 0 THEN addr END) AS in_use, \
+                 COUNT(CASE WHEN stranded <> 0 THEN 1 END) AS stranded \
+                 FROM leases WHERE pool = $1 GROUP BY family",
+            )
+            .bind(pool.name().to_string())
+            .fetch_all(&self.db)
+            .await
+            .map_err(map_sqlx)?;
+            for family in [Family::V4, Family::V6] {
+                let row = rows
+                    .iter()
+                    .find(|r| r.try_get::<i64, _>("family").ok() == Some(family.code()));
+                if !pool.has_family(family) && row.is_none() {
+                    continue;
+                }
+                let get = |col: &str| {
+                    row.map_or(Ok(0), |r| r.try_get::<i64, _>(col))
+                        .map_err(map_sqlx)
+                };
+                out.push(PoolStats {
+                    pool: pool.name().to_string(),
+                    family,
+                    capacity: pool.capacity(family),
+                    in_use: get("in_use")? as u128,
+                    leases: get("leases")? as u64,
+                    stranded: get("stranded")? as u64,
+                });
+            }
+        }
+        if let Some(name) = only
+            && out.is_empty()
+            && !pools.iter().any(|p| p.name() == name)
+        {
+            return Err(Error::NotFound(format!("pool {name:?} does not exist")));
+        }
+        Ok(out)
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.db)
+            .await
+            .map_err(map_sqlx)?;
+        Ok(())
+    }
+}
+
+fn fail(e: TxError) -> Error {
+    match e {
+        TxError::Fail(e) => e,
+        TxError::Retry(why) => Error::Unavailable(why),
+    }
+}

@@ -1,0 +1,825 @@
+//! The allocation rules, MetalLB's included, on both stores (SQLite and PostgreSQL).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::IpAddr;
+
+use ferrolb_allocator::addr::Family;
+use ferrolb_allocator::error::Error;
+use ferrolb_allocator::lease::{
+    AllocRequest, EventKind, FamilyPolicy, Lease, LeaseFilter, Owner, Port, Protocol,
+};
+use ferrolb_allocator::pool::{Caller, PoolSpec, ServiceAllocation};
+use ferrolb_allocator::selector::{LabelSelector, Labels};
+use ferrolb_allocator::store::{LeaseStore, SqlStore};
+
+fn spec(name: &str, addresses: &[&str]) -> PoolSpec {
+    PoolSpec {
+        name: name.into(),
+        addresses: addresses.iter().map(|s| s.to_string()).collect(),
+        auto_assign: true,
+        avoid_buggy_ips: false,
+        service_allocation: None,
+        excluded: vec![],
+        clusters: vec![],
+        clients: vec![],
+        declared_by: String::new(),
+    }
+}
+
+fn svc(ns: &str, name: &str) -> AllocRequest {
+    AllocRequest {
+        owner: Owner::Service {
+            cluster: "c1".into(),
+            namespace: ns.into(),
+            name: name.into(),
+        },
+        requested_ips: vec![],
+        pool: None,
+        sharing_key: String::new(),
+        ports: vec![],
+        backend_key: String::new(),
+        policy: FamilyPolicy::SingleStack,
+        primary: Family::V4,
+        namespace_labels: Labels::new(),
+        service_labels: Labels::new(),
+        ttl_seconds: None,
+    }
+}
+
+fn tcp(port: u16) -> Port {
+    Port {
+        protocol: Protocol::Tcp,
+        port,
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("test address")
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+const ADMIN: Caller = Caller::Admin;
+
+fn c1() -> Caller {
+    Caller::Cluster("c1".into())
+}
+
+async fn apply(store: &SqlStore, s: PoolSpec) {
+    store
+        .apply_pool(&ADMIN, s.clone())
+        .await
+        .unwrap_or_else(|e| panic!("apply {}: {e}", s.name));
+}
+
+async fn alloc(store: &SqlStore, req: AllocRequest) -> Lease {
+    let name = req.owner.key();
+    store
+        .allocate(&c1(), req)
+        .await
+        .unwrap_or_else(|e| panic!("allocate for {name}: {e}"))
+        .0
+}
+
+async fn ips(store: &SqlStore, req: AllocRequest) -> Vec<String> {
+    alloc(store, req)
+        .await
+        .ips()
+        .iter()
+        .map(|i| i.to_string())
+        .collect()
+}
+
+async fn first_ip(store: &SqlStore, req: AllocRequest) -> String {
+    ips(store, req).await.remove(0)
+}
+
+async fn scenario_pools(store: SqlStore) {
+    // ../shared/scenarios/ip-pool.yaml: example-pool, 192.168.1.240-192.168.1.250.
+    apply(
+        &store,
+        spec("example-pool", &["192.168.1.240-192.168.1.250"]),
+    )
+    .await;
+    assert_eq!(
+        first_ip(&store, svc("default", "nginx")).await,
+        "192.168.1.240"
+    );
+}
+
+async fn home_pool_runs_out_after_six(store: SqlStore) {
+    apply(&store, spec("home-pool", &["192.168.1.240-192.168.1.245"])).await;
+    for i in 0..6 {
+        assert_eq!(
+            first_ip(&store, svc("default", &format!("s{i}"))).await,
+            format!("192.168.1.{}", 240 + i)
+        );
+    }
+    let err = store
+        .allocate(&c1(), svc("default", "seventh"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Exhausted(_)), "{err:?}");
+}
+
+async fn idempotent_and_grace(store: SqlStore) {
+    apply(&store, spec("p", &["10.0.0.0/29"])).await;
+    let a = first_ip(&store, svc("default", "a")).await;
+    let (again, created) = store
+        .allocate(&c1(), svc("default", "a"))
+        .await
+        .expect("again");
+    assert!(!created);
+    assert_eq!(again.ips()[0].to_string(), a);
+    let b = first_ip(&store, svc("default", "b")).await;
+    assert_eq!((a.as_str(), b.as_str()), ("10.0.0.0", "10.0.0.1"));
+    // b comes back after releasing and gets its old address, although a lower one is free.
+    store
+        .release(&c1(), &svc("default", "a").owner)
+        .await
+        .expect("release a");
+    store
+        .release(&c1(), &svc("default", "b").owner)
+        .await
+        .expect("release b");
+    assert_eq!(first_ip(&store, svc("default", "b")).await, "10.0.0.1");
+    assert_eq!(first_ip(&store, svc("default", "c")).await, "10.0.0.0");
+}
+
+async fn sharing_rules(store: SqlStore) {
+    apply(&store, spec("p", &["10.0.0.10-10.0.0.20"])).await;
+    let share = |name: &str, key: &str, backend: &str, ports: Vec<Port>| AllocRequest {
+        sharing_key: key.into(),
+        backend_key: backend.into(),
+        ports,
+        ..svc("default", name)
+    };
+    assert_eq!(
+        first_ip(&store, share("dns-tcp", "dns", "", vec![tcp(53)])).await,
+        "10.0.0.10"
+    );
+    // Same key, other protocol on the same port: shares.
+    let udp = Port {
+        protocol: Protocol::Udp,
+        port: 53,
+    };
+    assert_eq!(
+        first_ip(&store, share("dns-udp", "dns", "", vec![udp])).await,
+        "10.0.0.10"
+    );
+    // Same key, same port: cannot share that address, takes the next.
+    assert_eq!(
+        first_ip(&store, share("dns-tcp2", "dns", "", vec![tcp(53)])).await,
+        "10.0.0.11"
+    );
+    // Other key: never shares.
+    assert_eq!(
+        first_ip(&store, share("web", "web", "", vec![tcp(80)])).await,
+        "10.0.0.12"
+    );
+    // Same key, other backend key (externalTrafficPolicy Local with another selector): no.
+    assert_eq!(
+        first_ip(&store, share("dns-local", "dns", "app=dns", vec![tcp(853)])).await,
+        "10.0.0.13"
+    );
+    // No key: exclusive, and nobody can join it.
+    assert_eq!(first_ip(&store, svc("default", "solo")).await, "10.0.0.14");
+    let err = store
+        .allocate(
+            &c1(),
+            AllocRequest {
+                requested_ips: vec![ip("10.0.0.14")],
+                ..share("intruder", "dns", "", vec![tcp(54)])
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Conflict(_)), "{err:?}");
+    // Explicit request for a shared address with a conflicting port.
+    let err = store
+        .allocate(
+            &c1(),
+            AllocRequest {
+                requested_ips: vec![ip("10.0.0.10")],
+                ..share("dns-tcp3", "dns", "", vec![tcp(53)])
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Conflict(_)), "{err:?}");
+    // Explicit request joining the shared address with a free port.
+    let l = alloc(
+        &store,
+        AllocRequest {
+            requested_ips: vec![ip("10.0.0.10")],
+            ..share("dns-dot", "dns", "", vec![tcp(853)])
+        },
+    )
+    .await;
+    assert_eq!(l.ips(), vec![ip("10.0.0.10")]);
+    // The address stays while one sharer remains, and frees with the last one.
+    for name in ["dns-tcp", "dns-udp"] {
+        store
+            .release(&c1(), &svc("default", name).owner)
+            .await
+            .expect("release");
+    }
+    assert_eq!(first_ip(&store, svc("default", "late")).await, "10.0.0.15");
+    store
+        .release(&c1(), &svc("default", "dns-dot").owner)
+        .await
+        .expect("release");
+    assert_eq!(first_ip(&store, svc("default", "later")).await, "10.0.0.10");
+}
+
+async fn sole_user_changes_its_sharing_key(store: SqlStore) {
+    apply(&store, spec("p", &["10.0.0.10-10.0.0.20"])).await;
+    let mut r = svc("default", "a");
+    r.sharing_key = "one".into();
+    let before = first_ip(&store, r.clone()).await;
+    r.sharing_key = "two".into();
+    assert_eq!(first_ip(&store, r.clone()).await, before, "kept in place");
+    let mut b = svc("default", "b");
+    b.sharing_key = "two".into();
+    assert_eq!(
+        first_ip(&store, b).await,
+        before,
+        "the new key is what sharers now match"
+    );
+}
+
+async fn dual_stack(store: SqlStore) {
+    apply(&store, spec("v4only", &["10.0.0.0/30"])).await;
+    apply(&store, spec("v6only", &["2001:db8:1::/126"])).await;
+    apply(&store, spec("zdual", &["10.1.0.0/30", "2001:db8:2::/126"])).await;
+    let dual = |name: &str, policy, primary| AllocRequest {
+        policy,
+        primary,
+        ..svc("default", name)
+    };
+    // RequireDualStack: both families from one pool.
+    assert_eq!(
+        ips(
+            &store,
+            dual("req", FamilyPolicy::RequireDualStack, Family::V4)
+        )
+        .await,
+        ["10.1.0.0", "2001:db8:2::"]
+    );
+    // IPv6 primary comes first.
+    assert_eq!(
+        ips(
+            &store,
+            dual("req6", FamilyPolicy::RequireDualStack, Family::V6)
+        )
+        .await,
+        ["2001:db8:2::1", "10.1.0.1"]
+    );
+    // PreferDualStack takes a dual pool when one has room.
+    assert_eq!(
+        ips(
+            &store,
+            dual("pref", FamilyPolicy::PreferDualStack, Family::V4)
+        )
+        .await,
+        ["10.1.0.2", "2001:db8:2::2"]
+    );
+    // Single stack IPv6 from the first pool by name that has IPv6.
+    assert_eq!(
+        ips(
+            &store,
+            dual("single6", FamilyPolicy::SingleStack, Family::V6)
+        )
+        .await,
+        ["2001:db8:1::"]
+    );
+    // Fill zdual's IPv6 side; PreferDualStack then falls back to a primary-only pool.
+    alloc(&store, dual("fill", FamilyPolicy::SingleStack, Family::V6)).await;
+    alloc(
+        &store,
+        AllocRequest {
+            pool: Some("zdual".into()),
+            ..dual("fill2", FamilyPolicy::SingleStack, Family::V6)
+        },
+    )
+    .await;
+    let l = alloc(
+        &store,
+        dual("pref2", FamilyPolicy::PreferDualStack, Family::V4),
+    )
+    .await;
+    assert_eq!(l.ips().len(), 1);
+    assert_eq!(l.pool(), "v4only");
+    // RequireDualStack cannot be met by separate pools.
+    let err = store
+        .allocate(
+            &c1(),
+            dual("req-none", FamilyPolicy::RequireDualStack, Family::V4),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Exhausted(_)), "{err:?}");
+}
+
+async fn prefer_dual_stack_gains_its_missing_family(store: SqlStore) {
+    apply(&store, spec("d", &["10.1.0.0/31", "2001:db8:2::/127"])).await;
+    let v6 = |name: &str| AllocRequest {
+        primary: Family::V6,
+        pool: Some("d".into()),
+        ..svc("default", name)
+    };
+    alloc(&store, v6("x")).await;
+    alloc(&store, v6("y")).await;
+    let pref = AllocRequest {
+        policy: FamilyPolicy::PreferDualStack,
+        ..svc("default", "p")
+    };
+    assert_eq!(
+        ips(&store, pref.clone()).await,
+        ["10.1.0.0"],
+        "no IPv6 left"
+    );
+    store.release(&c1(), &v6("y").owner).await.expect("release");
+    let (lease, created) = store.allocate(&c1(), pref).await.expect("again");
+    assert!(!created);
+    assert_eq!(lease.ips(), [ip("10.1.0.0"), ip("2001:db8:2::1")]);
+}
+
+async fn priorities_and_selectors(store: SqlStore) {
+    let sa = |priority, namespaces: &[&str], svc_sel: Option<LabelSelector>| ServiceAllocation {
+        priority,
+        namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
+        namespace_selectors: vec![],
+        service_selectors: svc_sel.into_iter().collect(),
+    };
+    let with = |s: PoolSpec, a: ServiceAllocation| PoolSpec {
+        service_allocation: Some(a),
+        ..s
+    };
+    apply(&store, spec("a-generic", &["10.0.0.0/30"])).await;
+    apply(
+        &store,
+        with(spec("web-low", &["10.1.0.0/30"]), sa(20, &["web"], None)),
+    )
+    .await;
+    apply(
+        &store,
+        with(spec("web-high", &["10.2.0.0/30"]), sa(10, &["web"], None)),
+    )
+    .await;
+    apply(
+        &store,
+        with(spec("web-unset", &["10.3.0.0/30"]), sa(0, &["web"], None)),
+    )
+    .await;
+    let gold = LabelSelector {
+        match_labels: labels(&[("tier", "gold")]),
+        match_expressions: vec![],
+    };
+    apply(
+        &store,
+        with(spec("gold", &["10.4.0.0/30"]), sa(5, &[], Some(gold))),
+    )
+    .await;
+    let team_b = ServiceAllocation {
+        priority: 1,
+        namespace_selectors: vec![LabelSelector {
+            match_labels: labels(&[("team", "b")]),
+            match_expressions: vec![],
+        }],
+        ..Default::default()
+    };
+    apply(&store, with(spec("team-b", &["10.5.0.0/30"]), team_b)).await;
+    assert_eq!(
+        first_ip(&store, svc("web", "x")).await,
+        "10.2.0.0",
+        "priority 10 first"
+    );
+    assert_eq!(
+        first_ip(&store, svc("other", "x")).await,
+        "10.0.0.0",
+        "pinned pools are not generic"
+    );
+    let goldsvc = AllocRequest {
+        service_labels: labels(&[("tier", "gold")]),
+        ..svc("web", "g")
+    };
+    assert_eq!(
+        first_ip(&store, goldsvc).await,
+        "10.4.0.0",
+        "service selector, priority 5"
+    );
+    let teamb = AllocRequest {
+        namespace_labels: labels(&[("team", "b")]),
+        ..svc("ns-b", "t")
+    };
+    assert_eq!(
+        first_ip(&store, teamb).await,
+        "10.5.0.0",
+        "namespace selector"
+    );
+    // A named pool must still be compatible.
+    let err = store
+        .allocate(
+            &c1(),
+            AllocRequest {
+                pool: Some("web-high".into()),
+                ..svc("other", "y")
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Conflict(_)), "{err:?}");
+}
+
+async fn avoid_buggy_ips_and_exclusions(store: SqlStore) {
+    apply(
+        &store,
+        PoolSpec {
+            avoid_buggy_ips: true,
+            excluded: vec!["10.0.1.1".into()],
+            ..spec("p", &["10.0.0.254-10.0.1.3"])
+        },
+    )
+    .await;
+    let got = [
+        first_ip(&store, svc("d", "a")).await,
+        first_ip(&store, svc("d", "b")).await,
+    ];
+    assert_eq!(
+        got,
+        ["10.0.0.254", "10.0.1.2"],
+        ".255, .0 and the excluded .1 are skipped"
+    );
+    let err = store
+        .allocate(
+            &c1(),
+            AllocRequest {
+                requested_ips: vec![ip("10.0.1.0")],
+                ..svc("d", "c")
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidArgument { field, .. } if field == "requested_ips"),
+        "{err:?}"
+    );
+    // Without the flag, .0 and .255 are handed out, as MetalLB does.
+    apply(&store, spec("plain", &["10.9.0.255-10.9.1.0"])).await;
+    let plain = |n: &str| AllocRequest {
+        pool: Some("plain".into()),
+        ..svc("d", n)
+    };
+    assert_eq!(first_ip(&store, plain("x")).await, "10.9.0.255");
+    assert_eq!(first_ip(&store, plain("y")).await, "10.9.1.0");
+}
+
+async fn explicit_ips_and_named_pools(store: SqlStore) {
+    apply(&store, spec("auto", &["10.0.0.0/29"])).await;
+    apply(
+        &store,
+        PoolSpec {
+            auto_assign: false,
+            ..spec("manual", &["10.0.1.0/29", "2001:db8::/125"])
+        },
+    )
+    .await;
+    assert_eq!(
+        first_ip(&store, svc("d", "a")).await,
+        "10.0.0.0",
+        "manual is never automatic"
+    );
+    let named = AllocRequest {
+        pool: Some("manual".into()),
+        ..svc("d", "n")
+    };
+    assert_eq!(
+        first_ip(&store, named).await,
+        "10.0.1.0",
+        "but usable by name"
+    );
+    let explicit = AllocRequest {
+        requested_ips: vec![ip("10.0.1.5"), ip("2001:db8::5")],
+        policy: FamilyPolicy::RequireDualStack,
+        ..svc("d", "e")
+    };
+    assert_eq!(ips(&store, explicit).await, ["10.0.1.5", "2001:db8::5"]);
+    let cases: Vec<(AllocRequest, &str)> = vec![
+        (
+            AllocRequest {
+                requested_ips: vec![ip("192.0.2.1")],
+                ..svc("d", "x")
+            },
+            "InvalidArgument",
+        ),
+        (
+            AllocRequest {
+                requested_ips: vec![ip("10.0.1.6")],
+                pool: Some("auto".into()),
+                ..svc("d", "x")
+            },
+            "InvalidArgument",
+        ),
+        (
+            AllocRequest {
+                requested_ips: vec![ip("10.0.1.5")],
+                ..svc("d", "x")
+            },
+            "Conflict",
+        ),
+        (
+            AllocRequest {
+                pool: Some("nope".into()),
+                ..svc("d", "x")
+            },
+            "NotFound",
+        ),
+        (
+            AllocRequest {
+                requested_ips: vec![ip("10.0.0.1"), ip("10.0.0.2")],
+                policy: FamilyPolicy::PreferDualStack,
+                ..svc("d", "x")
+            },
+            "InvalidArgument",
+        ),
+    ];
+    for (req, want) in cases {
+        let err = store.allocate(&c1(), req.clone()).await.unwrap_err();
+        let got = format!("{err:?}");
+        assert!(got.starts_with(want), "{req:?}: want {want}, got {got}");
+    }
+    // Asking for another address moves the lease there.
+    let l = alloc(
+        &store,
+        AllocRequest {
+            requested_ips: vec![ip("10.0.0.6")],
+            ..svc("d", "a")
+        },
+    )
+    .await;
+    assert_eq!(l.ips(), [ip("10.0.0.6")]);
+    assert_eq!(
+        first_ip(&store, svc("d", "b")).await,
+        "10.0.0.0",
+        "the old address is free again"
+    );
+}
+
+async fn pool_edits_strand_never_move(store: SqlStore) {
+    apply(&store, spec("p", &["10.0.0.0/29"])).await;
+    for n in ["a", "b", "c"] {
+        alloc(&store, svc("d", n)).await;
+    }
+    let shrunk = store
+        .apply_pool(&ADMIN, spec("p", &["10.0.0.0/31"]))
+        .await
+        .expect("shrink");
+    assert_eq!(shrunk.stranded, 1);
+    let c = store
+        .get_lease(&c1(), &svc("d", "c").owner)
+        .await
+        .expect("c");
+    assert!(c.stranded());
+    assert_eq!(c.ips(), [ip("10.0.0.2")], "kept its address");
+    let stranded = store
+        .list_leases(LeaseFilter {
+            stranded_only: true,
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(stranded.leases.len(), 1);
+    let st = store.stats(Some("p")).await.expect("stats");
+    assert_eq!((st[0].capacity, st[0].in_use, st[0].stranded), (2, 2, 1));
+    // The owner asking again keeps it.
+    assert_eq!(first_ip(&store, svc("d", "c")).await, "10.0.0.2");
+    // Only an operator moves it, and only where there is room.
+    let err = store
+        .move_lease(&c1(), &svc("d", "c").owner)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::PermissionDenied(_)), "{err:?}");
+    let err = store
+        .move_lease(&ADMIN, &svc("d", "c").owner)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Exhausted(_)), "{err:?}");
+    assert!(
+        store
+            .get_lease(&c1(), &svc("d", "c").owner)
+            .await
+            .expect("kept")
+            .stranded()
+    );
+    apply(&store, spec("p", &["10.0.0.0/31", "10.0.0.8/31"])).await;
+    let moved = store
+        .move_lease(&ADMIN, &svc("d", "c").owner)
+        .await
+        .expect("move");
+    assert_eq!(moved.ips(), [ip("10.0.0.8")]);
+    assert!(!moved.stranded());
+    // Deleting a pool strands its leases too.
+    assert_eq!(store.delete_pool(&ADMIN, "p").await.expect("delete"), 3);
+    assert!(
+        store
+            .get_lease(&c1(), &svc("d", "a").owner)
+            .await
+            .expect("a")
+            .stranded()
+    );
+}
+
+async fn callers_and_owners(store: SqlStore) {
+    apply(
+        &store,
+        PoolSpec {
+            clusters: vec!["east".into()],
+            ..spec("east-only", &["10.0.0.0/30"])
+        },
+    )
+    .await;
+    let east = Caller::Cluster("east".into());
+    let west = Caller::Cluster("west".into());
+    let req = |cluster: &str| AllocRequest {
+        owner: Owner::Service {
+            cluster: cluster.into(),
+            namespace: "d".into(),
+            name: "s".into(),
+        },
+        ..svc("d", "s")
+    };
+    assert!(store.allocate(&east, req("east")).await.is_ok());
+    let err = store.allocate(&west, req("west")).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Exhausted(_)),
+        "no pool open to west: {err:?}"
+    );
+    let err = store
+        .allocate(
+            &west,
+            AllocRequest {
+                pool: Some("east-only".into()),
+                ..req("west")
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::PermissionDenied(_)), "{err:?}");
+    let err = store.allocate(&west, req("east")).await.unwrap_err();
+    assert!(
+        matches!(err, Error::PermissionDenied(_)),
+        "acting for another cluster: {err:?}"
+    );
+    let err = store.release(&west, &req("east").owner).await.unwrap_err();
+    assert!(matches!(err, Error::PermissionDenied(_)), "{err:?}");
+    // A cluster's own pool is open to it alone, and others cannot touch it.
+    store
+        .apply_pool(&west, spec("west-pool", &["10.0.1.0/30"]))
+        .await
+        .expect("west declares a pool");
+    let err = store
+        .apply_pool(&east, spec("west-pool", &["10.0.1.0/29"]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::PermissionDenied(_)), "{err:?}");
+    assert!(store.allocate(&west, req("west")).await.is_ok());
+    let err = store
+        .apply_pool(&Caller::Client("ipam".into()), spec("x", &["10.0.2.0/30"]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::PermissionDenied(_)), "{err:?}");
+    // Overlaps across pools, whoever declared them.
+    let err = store
+        .apply_pool(&ADMIN, spec("over", &["10.0.1.2-10.0.1.9"]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
+}
+
+async fn external_leases_expire_and_renew(store: SqlStore) {
+    apply(&store, spec("p", &["10.0.0.0/30"])).await;
+    let ipam = Caller::Client("ipam".into());
+    let ext = |key: &str, ttl| AllocRequest {
+        owner: Owner::External {
+            client: "ipam".into(),
+            key: key.into(),
+        },
+        ttl_seconds: ttl,
+        ..svc("", "")
+    };
+    let (short, _) = store
+        .allocate(&ipam, ext("vm/short", Some(1)))
+        .await
+        .expect("short");
+    let (kept, _) = store
+        .allocate(&ipam, ext("vm/kept", Some(1)))
+        .await
+        .expect("kept");
+    assert!(short.expires_ms.is_some());
+    store.renew(&ipam, &kept.owner, 600).await.expect("renew");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(store.expire().await.expect("expire"), 1);
+    let err = store.get_lease(&ipam, &short.owner).await.unwrap_err();
+    assert!(matches!(err, Error::NotFound(_)), "{err:?}");
+    assert!(store.get_lease(&ipam, &kept.owner).await.is_ok());
+    let err = store
+        .renew(&Caller::Client("other".into()), &kept.owner, 5)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::PermissionDenied(_)), "{err:?}");
+    let events = store.events_since(0, None, 100).await.expect("events");
+    let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            EventKind::Allocated,
+            EventKind::Allocated,
+            EventKind::Updated,
+            EventKind::Expired
+        ]
+    );
+    assert!(events.windows(2).all(|w| w[0].revision < w[1].revision));
+}
+
+async fn ipv6_48_pool_and_exact_stats(store: SqlStore) {
+    apply(&store, spec("big", &["2001:db8:ab::/48", "10.0.0.0/24"])).await;
+    let v6 = |n: &str| AllocRequest {
+        primary: Family::V6,
+        ..svc("d", n)
+    };
+    assert_eq!(first_ip(&store, v6("a")).await, "2001:db8:ab::");
+    assert_eq!(first_ip(&store, v6("b")).await, "2001:db8:ab::1");
+    let stats = store.stats(None).await.expect("stats");
+    let s6 = stats
+        .iter()
+        .find(|s| s.family == Family::V6)
+        .expect("v6 stats");
+    assert_eq!(s6.capacity, 1u128 << 80);
+    assert_eq!(s6.in_use, 2);
+    let s4 = stats
+        .iter()
+        .find(|s| s.family == Family::V4)
+        .expect("v4 stats");
+    assert_eq!((s4.capacity, s4.in_use), (256, 0));
+}
+
+async fn pagination(store: SqlStore) {
+    apply(&store, spec("p", &["10.0.0.0/24"])).await;
+    for i in 0..7 {
+        alloc(&store, svc("d", &format!("s{i}"))).await;
+    }
+    let mut after = None;
+    let mut seen = Vec::new();
+    loop {
+        let page = store
+            .list_leases(LeaseFilter {
+                after: after.clone(),
+                limit: 3,
+                ..Default::default()
+            })
+            .await
+            .expect("page");
+        seen.extend(page.leases.iter().map(|l| l.owner.key()));
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 7);
+    let filtered = store
+        .list_leases(LeaseFilter {
+            namespace: Some("nope".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("filtered");
+    assert!(filtered.leases.is_empty());
+}
+
+both_stores! {
+    scenario_first_allocation_is_240 => scenario_pools;
+    home_pool_exhausted_after_six => home_pool_runs_out_after_six;
+    idempotent_and_grace_period => idempotent_and_grace;
+    sharing => sharing_rules;
+    sharing_key_changes_in_place => sole_user_changes_its_sharing_key;
+    dual_stack_policies => dual_stack;
+    prefer_dual_stack_later => prefer_dual_stack_gains_its_missing_family;
+    priority_and_selectors => priorities_and_selectors;
+    buggy_ips_and_exclusions => avoid_buggy_ips_and_exclusions;
+    explicit_and_named => explicit_ips_and_named_pools;
+    stranded_leases => pool_edits_strand_never_move;
+    identity => callers_and_owners;
+    ttl => external_leases_expire_and_renew;
+    ipv6_48 => ipv6_48_pool_and_exact_stats;
+    list_pages => pagination;
+}
