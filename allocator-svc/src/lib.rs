@@ -3,7 +3,11 @@
 
 pub mod addr;
 pub mod error;
+pub mod grpc;
 pub mod lease;
+pub mod metallb_yaml;
+pub mod metrics;
 pub mod pool;
 pub mod selector;
+pub mod server;
 pub mod store;

@@ -1,1 +1,131 @@
-fn main() {}
+//! `ferrolb-allocator`: with no flags it serves on 127.0.0.1 with the embedded store.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use ferrolb_allocator::server::{self, Config};
+use ferrolb_allocator::store::StoreOptions;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ferrolb-allocator",
+    version,
+    about = "ferrolb's allocator: pools, leases and the IPAM gRPC API"
+)]
+struct Args {
+    /// gRPC address.
+    #[arg(long, env = "FERROLB_LISTEN", default_value = "127.0.0.1:7470")]
+    listen: SocketAddr,
+    /// Prometheus metrics address (`/metrics`); `off` disables it.
+    #[arg(long, env = "FERROLB_METRICS_LISTEN", default_value = "127.0.0.1:7471")]
+    metrics_listen: String,
+    /// PostgreSQL URL (`postgres://user@host/db`). Without it the embedded SQLite store is used,
+    /// which serves a single replica.
+    #[arg(long, env = "FERROLB_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Directory of the embedded store's file, when no database URL is given.
+    #[arg(long, env = "FERROLB_DATA_DIR", default_value = ".")]
+    data_dir: PathBuf,
+    /// Database connections per replica.
+    #[arg(long, env = "FERROLB_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    db_max_connections: u32,
+    /// Calls in flight at once; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "FERROLB_MAX_IN_FLIGHT", default_value_t = 256)]
+    max_in_flight: usize,
+    /// Longest time a call may take, in milliseconds; a shorter client deadline wins.
+    #[arg(long, env = "FERROLB_MAX_DEADLINE_MS", default_value_t = 10_000)]
+    max_deadline_ms: u64,
+    /// How long a connection to the database may be waited for, in milliseconds, before a call
+    /// fails with UNAVAILABLE.
+    #[arg(long, env = "FERROLB_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2_000)]
+    db_acquire_timeout_ms: u64,
+    /// Seconds during which a released address is offered back to its last owner first.
+    #[arg(long, env = "FERROLB_RELEASE_GRACE_SECONDS", default_value_t = 3600)]
+    release_grace_seconds: u64,
+    /// Seconds between looks for expired external leases.
+    #[arg(long, env = "FERROLB_EXPIRY_INTERVAL_SECONDS", default_value_t = 1)]
+    expiry_interval_seconds: u64,
+    /// Log filter (tracing's env-filter syntax).
+    #[arg(long, env = "FERROLB_LOG", default_value = "info")]
+    log: String,
+}
+
+impl Args {
+    fn config(self) -> Result<Config, String> {
+        let url = match self.database_url {
+            Some(url) => url,
+            None => {
+                std::fs::create_dir_all(&self.data_dir)
+                    .map_err(|e| format!("--data-dir {}: {e}", self.data_dir.display()))?;
+                format!(
+                    "sqlite://{}?mode=rwc",
+                    self.data_dir.join("ferrolb-allocator.db").display()
+                )
+            }
+        };
+        let metrics_listen = match self.metrics_listen.as_str() {
+            "off" => None,
+            s => Some(
+                s.parse()
+                    .map_err(|_| format!("--metrics-listen {s:?} is not an address or off"))?,
+            ),
+        };
+        if self.max_in_flight == 0 {
+            return Err("--max-in-flight must be at least 1".into());
+        }
+        if self.expiry_interval_seconds == 0 {
+            return Err("--expiry-interval-seconds must be at least 1".into());
+        }
+        let mut store = StoreOptions::new(url);
+        store.max_connections = self.db_max_connections.max(1);
+        store.acquire_timeout = Duration::from_millis(self.db_acquire_timeout_ms);
+        store.release_grace = Duration::from_secs(self.release_grace_seconds);
+        Ok(Config {
+            listen: self.listen,
+            metrics_listen,
+            store,
+            max_in_flight: self.max_in_flight,
+            max_deadline: Duration::from_millis(self.max_deadline_ms),
+            expiry_interval: Duration::from_secs(self.expiry_interval_seconds),
+        })
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let config = match args.config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ferrolb-allocator: {e}");
+            std::process::exit(2);
+        }
+    };
+    let shutdown = async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on Ctrl-C only");
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+    };
+    if let Err(e) = server::run(config, shutdown).await {
+        eprintln!("ferrolb-allocator: {e}");
+        std::process::exit(1);
+    }
+}

@@ -74,7 +74,7 @@ fn c1() -> Caller {
 
 async fn apply(store: &SqlStore, s: PoolSpec) {
     store
-        .apply_pool(&ADMIN, s.clone())
+        .apply_pool(&ADMIN, s.clone(), false)
         .await
         .unwrap_or_else(|e| panic!("apply {}: {e}", s.name));
 }
@@ -579,7 +579,7 @@ async fn pool_edits_strand_never_move(store: SqlStore) {
         alloc(&store, svc("d", n)).await;
     }
     let shrunk = store
-        .apply_pool(&ADMIN, spec("p", &["10.0.0.0/31"]))
+        .apply_pool(&ADMIN, spec("p", &["10.0.0.0/31"]), false)
         .await
         .expect("shrink");
     assert_eq!(shrunk.stranded, 1);
@@ -683,23 +683,27 @@ async fn callers_and_owners(store: SqlStore) {
     assert!(matches!(err, Error::PermissionDenied(_)), "{err:?}");
     // A cluster's own pool is open to it alone, and others cannot touch it.
     store
-        .apply_pool(&west, spec("west-pool", &["10.0.1.0/30"]))
+        .apply_pool(&west, spec("west-pool", &["10.0.1.0/30"]), false)
         .await
         .expect("west declares a pool");
     let err = store
-        .apply_pool(&east, spec("west-pool", &["10.0.1.0/29"]))
+        .apply_pool(&east, spec("west-pool", &["10.0.1.0/29"]), false)
         .await
         .unwrap_err();
     assert!(matches!(err, Error::PermissionDenied(_)), "{err:?}");
     assert!(store.allocate(&west, req("west")).await.is_ok());
     let err = store
-        .apply_pool(&Caller::Client("ipam".into()), spec("x", &["10.0.2.0/30"]))
+        .apply_pool(
+            &Caller::Client("ipam".into()),
+            spec("x", &["10.0.2.0/30"]),
+            false,
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, Error::PermissionDenied(_)), "{err:?}");
     // Overlaps across pools, whoever declared them.
     let err = store
-        .apply_pool(&ADMIN, spec("over", &["10.0.1.2-10.0.1.9"]))
+        .apply_pool(&ADMIN, spec("over", &["10.0.1.2-10.0.1.9"]), false)
         .await
         .unwrap_err();
     assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");

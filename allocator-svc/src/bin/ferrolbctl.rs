@@ -1,1 +1,632 @@
-fn main() {}
+//! `ferrolbctl`: the operator's command line. Tables for people, `-o json` for scripts.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ferrolb_allocator::metallb_yaml;
+use ferrolb_proto::v1 as pb;
+use ferrolb_proto::v1::ipam_service_client::IpamServiceClient;
+use serde_json::{Value, json};
+use tonic::metadata::MetadataValue;
+use tonic::service::Interceptor;
+use tonic::transport::Channel;
+
+#[derive(Parser)]
+#[command(
+    name = "ferrolbctl",
+    version,
+    about = "Operate ferrolb: pools, leases, statistics"
+)]
+struct Cli {
+    /// Allocator gRPC endpoint.
+    #[arg(
+        long,
+        env = "FERROLB_SERVER",
+        default_value = "http://127.0.0.1:7470",
+        global = true
+    )]
+    server: String,
+    /// Who to call as: admin, cluster/<name> or client/<name>.
+    #[arg(
+        long = "as",
+        env = "FERROLB_CALLER",
+        default_value = "admin",
+        global = true
+    )]
+    caller: String,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Output::Table, global = true)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Address pools.
+    #[command(subcommand)]
+    Pools(PoolsCmd),
+    /// Leases.
+    #[command(subcommand)]
+    Leases(LeasesCmd),
+    /// Allocate addresses for an owner (or show what it holds).
+    Allocate(AllocateArgs),
+    /// Release an owner's addresses.
+    Release(OwnerArgs),
+    /// Extend an external lease.
+    Renew {
+        #[command(flatten)]
+        owner: OwnerArgs,
+        #[arg(long)]
+        ttl: u32,
+    },
+    /// Capacity and use per pool and family.
+    Stats {
+        #[arg(long, default_value = "")]
+        pool: String,
+    },
+    /// Print lease changes as they happen.
+    Watch {
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        #[arg(long, default_value = "")]
+        pool: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PoolsCmd {
+    List,
+    Get {
+        name: String,
+    },
+    /// Apply the IPAddressPools of a MetalLB YAML file (other kinds are skipped).
+    Apply {
+        #[arg(short, long)]
+        file: PathBuf,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum LeasesCmd {
+    List {
+        #[arg(long, default_value = "")]
+        pool: String,
+        #[arg(long, default_value = "")]
+        cluster: String,
+        #[arg(long, default_value = "")]
+        namespace: String,
+        #[arg(long, default_value = "")]
+        client: String,
+        /// Only leases their pool no longer covers.
+        #[arg(long)]
+        stranded: bool,
+    },
+    Get(OwnerArgs),
+    /// Move a stranded lease to an address its pools cover now.
+    Move(OwnerArgs),
+}
+
+#[derive(Args, Clone)]
+struct OwnerArgs {
+    #[arg(long, default_value = "")]
+    cluster: String,
+    #[arg(long, default_value = "")]
+    namespace: String,
+    #[arg(long, default_value = "")]
+    name: String,
+    #[arg(long, default_value = "")]
+    client: String,
+    #[arg(long, default_value = "")]
+    key: String,
+}
+
+impl OwnerArgs {
+    fn owner(&self) -> pb::Owner {
+        pb::Owner {
+            cluster: self.cluster.clone(),
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            client: self.client.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+#[derive(Args)]
+struct AllocateArgs {
+    #[command(flatten)]
+    owner: OwnerArgs,
+    /// Draw only from this pool.
+    #[arg(long, default_value = "")]
+    pool: String,
+    /// A specific address (twice for dual-stack).
+    #[arg(long = "ip")]
+    ips: Vec<String>,
+    #[arg(long, default_value = "")]
+    sharing_key: String,
+    /// Ports as tcp/80, udp/53.
+    #[arg(long = "port")]
+    ports: Vec<String>,
+    #[arg(long, value_enum, default_value_t = Fam::Ipv4)]
+    family: Fam,
+    #[arg(long, value_enum, default_value_t = Policy::Single)]
+    policy: Policy,
+    /// Seconds until an external lease expires.
+    #[arg(long, default_value_t = 0)]
+    ttl: u32,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Fam {
+    Ipv4,
+    Ipv6,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Policy {
+    #[value(name = "single-stack")]
+    Single,
+    #[value(name = "prefer-dual-stack")]
+    PreferDual,
+    #[value(name = "require-dual-stack")]
+    RequireDual,
+}
+
+#[derive(Clone)]
+struct CallerHeader(MetadataValue<tonic::metadata::Ascii>);
+
+impl Interceptor for CallerHeader {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut()
+            .insert("x-ferrolb-caller", self.0.clone());
+        Ok(req)
+    }
+}
+
+type Client =
+    IpamServiceClient<tonic::service::interceptor::InterceptedService<Channel, CallerHeader>>;
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli).await {
+        eprintln!("ferrolbctl: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn status_text(s: tonic::Status) -> String {
+    format!("{:?}: {}", s.code(), s.message())
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let header = cli
+        .caller
+        .parse()
+        .map_err(|_| format!("--as {:?} is not a valid header value", cli.caller))?;
+    let channel = Channel::from_shared(cli.server.clone())
+        .map_err(|e| format!("--server {:?}: {e}", cli.server))?
+        .connect()
+        .await
+        .map_err(|e| format!("cannot reach the allocator at {}: {e}", cli.server))?;
+    let mut client: Client = IpamServiceClient::with_interceptor(channel, CallerHeader(header));
+    let out = cli.output;
+    match cli.command {
+        Command::Pools(cmd) => pools(&mut client, cmd, out).await,
+        Command::Leases(cmd) => leases(&mut client, cmd, out).await,
+        Command::Allocate(a) => allocate(&mut client, a, out).await,
+        Command::Release(o) => {
+            let r = client
+                .release(pb::ReleaseRequest {
+                    owner: Some(o.owner()),
+                })
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            emit(out, json!({ "released": r.ips }), || {
+                format!("released {}", r.ips.join(", "))
+            });
+            Ok(())
+        }
+        Command::Renew { owner, ttl } => {
+            let l = client
+                .renew(pb::RenewRequest {
+                    owner: Some(owner.owner()),
+                    ttl_seconds: ttl,
+                })
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            print_leases(out, &[l]);
+            Ok(())
+        }
+        Command::Stats { pool } => {
+            let r = client
+                .get_stats(pb::GetStatsRequest { pool })
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            let rows: Vec<Vec<String>> = r
+                .stats
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.pool.clone(),
+                        family_name(s.family).into(),
+                        s.capacity.clone(),
+                        s.in_use.clone(),
+                        s.available.clone(),
+                        s.leases.to_string(),
+                        s.stranded_leases.to_string(),
+                    ]
+                })
+                .collect();
+            let j: Vec<Value> = r
+                .stats
+                .iter()
+                .map(|s| {
+                    json!({"pool": s.pool, "family": family_name(s.family), "capacity": s.capacity,
+                        "in_use": s.in_use, "available": s.available, "leases": s.leases,
+                        "stranded_leases": s.stranded_leases})
+                })
+                .collect();
+            emit(out, Value::Array(j), || {
+                table(
+                    &[
+                        "POOL",
+                        "FAMILY",
+                        "CAPACITY",
+                        "IN USE",
+                        "AVAILABLE",
+                        "LEASES",
+                        "STRANDED",
+                    ],
+                    &rows,
+                )
+            });
+            Ok(())
+        }
+        Command::Watch { from, pool } => {
+            let mut stream = client
+                .watch_leases(pb::WatchLeasesRequest {
+                    from_revision: from,
+                    pool,
+                })
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            while let Some(ev) = stream.message().await.map_err(status_text)? {
+                let kind = pb::LeaseEventType::try_from(ev.r#type)
+                    .map(|k| {
+                        k.as_str_name()
+                            .trim_start_matches("LEASE_EVENT_TYPE_")
+                            .to_string()
+                    })
+                    .unwrap_or_default();
+                let lease = ev.lease.unwrap_or_default();
+                let j = json!({"revision": ev.revision, "type": kind, "lease": lease_json(&lease)});
+                emit(out, j, || {
+                    format!(
+                        "{} {} {} {}",
+                        ev.revision,
+                        kind,
+                        owner_name(lease.owner.as_ref()),
+                        lease.ips.join(",")
+                    )
+                });
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn pools(client: &mut Client, cmd: PoolsCmd, out: Output) -> Result<(), String> {
+    match cmd {
+        PoolsCmd::List => {
+            let r = client
+                .list_pools(pb::ListPoolsRequest {})
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            print_pools(out, &r.pools);
+        }
+        PoolsCmd::Get { name } => {
+            let p = client
+                .get_pool(pb::GetPoolRequest { name })
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            print_pools(out, &[p]);
+        }
+        PoolsCmd::Apply { file } => {
+            let text =
+                std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let parsed =
+                metallb_yaml::parse(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+            for s in &parsed.skipped {
+                eprintln!("skipped {s}: not a pool");
+            }
+            let mut results = Vec::new();
+            for pool in parsed.pools {
+                let name = pool.name.clone();
+                let r = client
+                    .apply_pool(pb::ApplyPoolRequest {
+                        pool: Some(pool),
+                        create_only: false,
+                    })
+                    .await
+                    .map_err(|s| format!("pool {name:?}: {}", status_text(s)))?
+                    .into_inner();
+                let verb = if r.created { "created" } else { "configured" };
+                results.push(
+                    json!({"pool": name, "result": verb, "stranded_leases": r.stranded_leases}),
+                );
+                if out == Output::Table {
+                    let note = if r.stranded_leases > 0 {
+                        format!(" ({} leases stranded)", r.stranded_leases)
+                    } else {
+                        String::new()
+                    };
+                    println!("ipaddresspool/{name} {verb}{note}");
+                }
+            }
+            if out == Output::Json {
+                println!("{}", Value::Array(results));
+            }
+        }
+        PoolsCmd::Delete { name } => {
+            let r = client
+                .delete_pool(pb::DeletePoolRequest { name: name.clone() })
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            emit(
+                out,
+                json!({"pool": name, "stranded_leases": r.stranded_leases}),
+                || {
+                    format!(
+                        "ipaddresspool/{name} deleted ({} leases stranded)",
+                        r.stranded_leases
+                    )
+                },
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn leases(client: &mut Client, cmd: LeasesCmd, out: Output) -> Result<(), String> {
+    match cmd {
+        LeasesCmd::List {
+            pool,
+            cluster,
+            namespace,
+            client: ext,
+            stranded,
+        } => {
+            let mut all = Vec::new();
+            let mut token = String::new();
+            loop {
+                let r = client
+                    .list_leases(pb::ListLeasesRequest {
+                        pool: pool.clone(),
+                        cluster: cluster.clone(),
+                        namespace: namespace.clone(),
+                        client: ext.clone(),
+                        stranded_only: stranded,
+                        page_size: 1000,
+                        page_token: token,
+                    })
+                    .await
+                    .map_err(status_text)?
+                    .into_inner();
+                all.extend(r.leases);
+                if r.next_page_token.is_empty() {
+                    break;
+                }
+                token = r.next_page_token;
+            }
+            print_leases(out, &all);
+        }
+        LeasesCmd::Get(o) => {
+            let l = client
+                .get_lease(pb::GetLeaseRequest {
+                    owner: Some(o.owner()),
+                })
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            print_leases(out, &[l]);
+        }
+        LeasesCmd::Move(o) => {
+            let l = client
+                .move_lease(pb::MoveLeaseRequest {
+                    owner: Some(o.owner()),
+                })
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            print_leases(out, &[l]);
+        }
+    }
+    Ok(())
+}
+
+fn parse_port(s: &str) -> Result<pb::Port, String> {
+    let (proto, port) = s
+        .split_once('/')
+        .ok_or_else(|| format!("--port {s:?}: write protocol/port, e.g. tcp/80"))?;
+    let protocol = match proto.to_ascii_lowercase().as_str() {
+        "tcp" => pb::Protocol::Tcp,
+        "udp" => pb::Protocol::Udp,
+        "sctp" => pb::Protocol::Sctp,
+        _ => return Err(format!("--port {s:?}: protocol is tcp, udp or sctp")),
+    };
+    let port = port
+        .parse()
+        .map_err(|_| format!("--port {s:?}: not a port number"))?;
+    Ok(pb::Port {
+        protocol: protocol as i32,
+        port,
+    })
+}
+
+async fn allocate(client: &mut Client, a: AllocateArgs, out: Output) -> Result<(), String> {
+    let ports = a
+        .ports
+        .iter()
+        .map(|p| parse_port(p))
+        .collect::<Result<_, _>>()?;
+    let r = client
+        .allocate(pb::AllocateRequest {
+            owner: Some(a.owner.owner()),
+            requested_ips: a.ips,
+            pool: a.pool,
+            sharing_key: a.sharing_key,
+            ports,
+            backend_key: String::new(),
+            family_policy: match a.policy {
+                Policy::Single => pb::FamilyPolicy::SingleStack,
+                Policy::PreferDual => pb::FamilyPolicy::PreferDualStack,
+                Policy::RequireDual => pb::FamilyPolicy::RequireDualStack,
+            } as i32,
+            primary_family: match a.family {
+                Fam::Ipv4 => pb::IpFamily::Ipv4,
+                Fam::Ipv6 => pb::IpFamily::Ipv6,
+            } as i32,
+            namespace_labels: Default::default(),
+            service_labels: Default::default(),
+            ttl_seconds: a.ttl,
+        })
+        .await
+        .map_err(status_text)?
+        .into_inner();
+    print_leases(out, &r.lease.into_iter().collect::<Vec<_>>());
+    Ok(())
+}
+
+fn family_name(code: i32) -> &'static str {
+    match pb::IpFamily::try_from(code) {
+        Ok(pb::IpFamily::Ipv6) => "IPv6",
+        _ => "IPv4",
+    }
+}
+
+fn owner_name(o: Option<&pb::Owner>) -> String {
+    match o {
+        Some(o) if !o.client.is_empty() => format!("client/{}/{}", o.client, o.key),
+        Some(o) => format!("{}/{}/{}", o.cluster, o.namespace, o.name),
+        None => String::new(),
+    }
+}
+
+fn lease_json(l: &pb::Lease) -> Value {
+    json!({
+        "owner": owner_name(l.owner.as_ref()),
+        "ips": l.ips,
+        "pool": l.pool,
+        "sharing_key": l.sharing_key,
+        "stranded": l.stranded,
+        "expires_at": l.expires_at.as_ref().map(|t| t.seconds),
+        "revision": l.revision,
+    })
+}
+
+fn print_leases(out: Output, leases: &[pb::Lease]) {
+    let rows: Vec<Vec<String>> = leases
+        .iter()
+        .map(|l| {
+            vec![
+                owner_name(l.owner.as_ref()),
+                l.ips.join(","),
+                l.pool.clone(),
+                l.sharing_key.clone(),
+                if l.stranded { "yes" } else { "" }.into(),
+            ]
+        })
+        .collect();
+    emit(
+        out,
+        Value::Array(leases.iter().map(lease_json).collect()),
+        || table(&["OWNER", "IPS", "POOL", "SHARING KEY", "STRANDED"], &rows),
+    );
+}
+
+fn print_pools(out: Output, pools: &[pb::Pool]) {
+    let rows: Vec<Vec<String>> = pools
+        .iter()
+        .map(|p| {
+            vec![
+                p.name.clone(),
+                p.auto_assign.unwrap_or(true).to_string(),
+                p.avoid_buggy_ips.to_string(),
+                p.addresses.join(","),
+                p.declared_by.clone(),
+            ]
+        })
+        .collect();
+    let j: Vec<Value> = pools
+        .iter()
+        .map(|p| {
+            json!({"name": p.name, "addresses": p.addresses, "auto_assign": p.auto_assign.unwrap_or(true),
+                "avoid_buggy_ips": p.avoid_buggy_ips, "excluded_addresses": p.excluded_addresses,
+                "clusters": p.clusters, "clients": p.clients, "declared_by": p.declared_by,
+                "priority": p.service_allocation.as_ref().map(|s| s.priority)})
+        })
+        .collect();
+    emit(out, Value::Array(j), || {
+        table(
+            &[
+                "NAME",
+                "AUTO ASSIGN",
+                "AVOID BUGGY IPS",
+                "ADDRESSES",
+                "DECLARED BY",
+            ],
+            &rows,
+        )
+    });
+}
+
+fn emit(out: Output, j: Value, text: impl FnOnce() -> String) {
+    match out {
+        Output::Json => println!("{j}"),
+        Output::Table => println!("{}", text()),
+    }
+}
+
+/// Left-aligned columns, two spaces apart, like kubectl.
+fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    let mut lines = vec![line(headers.to_vec())];
+    lines.extend(
+        rows.iter()
+            .map(|r| line(r.iter().map(String::as_str).collect())),
+    );
+    lines.join("\n")
+}

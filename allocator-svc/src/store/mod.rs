@@ -36,10 +36,12 @@ pub struct LeasePage {
 
 /// Pools and leases, kept where every allocator replica sees them.
 pub trait LeaseStore: Send + Sync + 'static {
+    /// Creates or replaces a pool; with `create_only`, an existing pool is an error.
     fn apply_pool(
         &self,
         caller: &Caller,
         spec: PoolSpec,
+        create_only: bool,
     ) -> impl Future<Output = Result<Applied>> + Send;
     fn get_pool(&self, name: &str) -> impl Future<Output = Result<Pool>> + Send;
     fn list_pools(&self) -> impl Future<Output = Result<Vec<Pool>>> + Send;

@@ -552,7 +552,12 @@ impl SqlStore {
 }
 
 impl LeaseStore for SqlStore {
-    async fn apply_pool(&self, caller: &Caller, mut spec: PoolSpec) -> Result<Applied> {
+    async fn apply_pool(
+        &self,
+        caller: &Caller,
+        mut spec: PoolSpec,
+        create_only: bool,
+    ) -> Result<Applied> {
         if let Caller::Client(c) = caller {
             return Err(Error::PermissionDenied(format!(
                 "client/{c} may not declare pools"
@@ -562,6 +567,9 @@ impl LeaseStore for SqlStore {
             self.lock_pool_config(conn).await?;
             let existing = load_pools(conn).await?;
             let previous = existing.iter().find(|p| p.name() == spec.name);
+            if create_only && previous.is_some() {
+                return Err(Error::AlreadyExists(format!("pool {:?} already exists", spec.name)).into());
+            }
             match (caller, previous) {
                 (Caller::Cluster(c), Some(prev)) if prev.spec.declared_by != caller.name() => {
                     return Err(Error::PermissionDenied(format!(

@@ -1,0 +1,188 @@
+//! Prometheus metrics of the allocator, named `ferrolb_allocator_<what>_<unit>`.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::addr::Family as IpFamily;
+use crate::error::Error;
+use crate::lease::PoolStats;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    pub method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub method: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub pool: String,
+    pub family: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+pub struct Metrics {
+    registry: Registry,
+    pub allocations: Counter,
+    pub releases: Counter,
+    errors: Family<ErrorLabels, Counter>,
+    latency: Family<MethodLabels, Histogram, fn() -> Histogram>,
+    capacity: Family<PoolLabels, FloatGauge>,
+    in_use: Family<PoolLabels, FloatGauge>,
+    stranded: Family<PoolLabels, Gauge>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.25 ms to about 8 s: a local allocation takes about a millisecond, a slow database seconds.
+    Histogram::new(exponential_buckets(0.00025, 2.0, 16))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("ferrolb_allocator");
+        let m = Metrics {
+            registry: Registry::default(),
+            allocations: Counter::default(),
+            releases: Counter::default(),
+            errors: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            capacity: Family::default(),
+            in_use: Family::default(),
+            stranded: Family::default(),
+        };
+        registry.register("allocations", "Leases handed out", m.allocations.clone());
+        registry.register(
+            "releases",
+            "Leases released by their owners",
+            m.releases.clone(),
+        );
+        registry.register(
+            "errors",
+            "Failed calls by method and gRPC code",
+            m.errors.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time to answer a call, by method",
+            m.latency.clone(),
+        );
+        registry.register(
+            "pool_capacity_addresses",
+            "Addresses a pool can hand out (exclusions and avoided buggy IPs removed)",
+            m.capacity.clone(),
+        );
+        registry.register(
+            "pool_in_use_addresses",
+            "Distinct addresses of a pool held by leases",
+            m.in_use.clone(),
+        );
+        registry.register(
+            "pool_stranded_leases",
+            "Leases whose address their pool no longer covers",
+            m.stranded.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Records one call.
+    pub fn observe(&self, method: &str, took: Duration, error: Option<&Error>) {
+        self.latency
+            .get_or_create(&MethodLabels {
+                method: method.to_string(),
+            })
+            .observe(took.as_secs_f64());
+        if let Some(e) = error {
+            self.errors
+                .get_or_create(&ErrorLabels {
+                    method: method.to_string(),
+                    code: e.code_name().to_string(),
+                })
+                .inc();
+        }
+    }
+
+    /// Replaces the pool gauges with fresh statistics.
+    pub fn set_pools(&self, stats: &[PoolStats]) {
+        self.capacity.clear();
+        self.in_use.clear();
+        self.stranded.clear();
+        for s in stats {
+            let labels = PoolLabels {
+                pool: s.pool.clone(),
+                family: match s.family {
+                    IpFamily::V4 => "ipv4".into(),
+                    IpFamily::V6 => "ipv6".into(),
+                },
+            };
+            // A gauge is a float: an IPv6 pool's size is exact only up to 2^53, which is what
+            // Prometheus can hold; the API's Stats call gives the exact count.
+            self.capacity.get_or_create(&labels).set(s.capacity as f64);
+            self.in_use.get_or_create(&labels).set(s.in_use as f64);
+            self.stranded
+                .get_or_create(&labels)
+                .set(i64::try_from(s.stranded).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_names() {
+        let m = Metrics::new();
+        m.allocations.inc();
+        m.observe(
+            "Allocate",
+            Duration::from_millis(2),
+            Some(&Error::Exhausted("full".into())),
+        );
+        m.set_pools(&[PoolStats {
+            pool: "home".into(),
+            family: IpFamily::V4,
+            capacity: 6,
+            in_use: 2,
+            leases: 2,
+            stranded: 1,
+        }]);
+        let text = m.encode();
+        for want in [
+            "ferrolb_allocator_allocations_total 1",
+            "ferrolb_allocator_errors_total{method=\"Allocate\",code=\"RESOURCE_EXHAUSTED\"} 1",
+            "ferrolb_allocator_request_duration_seconds_count{method=\"Allocate\"} 1",
+            "ferrolb_allocator_pool_capacity_addresses{pool=\"home\",family=\"ipv4\"} 6",
+            "ferrolb_allocator_pool_in_use_addresses{pool=\"home\",family=\"ipv4\"} 2",
+            "ferrolb_allocator_pool_stranded_leases{pool=\"home\",family=\"ipv4\"} 1",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! Wires the allocator together: store, gRPC server with health, reflection and overload
+//! protection, the metrics endpoint, and the background tasks (expiry, pool gauges, health).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferrolb_proto::v1::ipam_service_server::IpamServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::ServingStatus;
+
+use crate::grpc::Ipam;
+use crate::grpc::guard::GuardLayer;
+use crate::metrics::Metrics;
+use crate::store::{LeaseStore, SqlStore, StoreOptions};
+
+/// Everything the allocator needs to start, checked once.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub metrics_listen: Option<SocketAddr>,
+    pub store: StoreOptions,
+    pub max_in_flight: usize,
+    pub max_deadline: Duration,
+    /// How often expired external leases are looked for.
+    pub expiry_interval: Duration,
+}
+
+/// How often pool gauges and the database health are refreshed.
+const REFRESH: Duration = Duration::from_secs(2);
+
+/// Runs the allocator until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let store = Arc::new(connect_with_retry(&config.store).await);
+    let metrics = Arc::new(Metrics::new());
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    tracing::info!(addr = %listener.local_addr().map_err(|e| e.to_string())?, "serving gRPC");
+
+    if let Some(addr) = config.metrics_listen {
+        let metrics = Arc::clone(&metrics);
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr} for metrics: {e}"))?;
+        tracing::info!(%addr, "serving metrics");
+        tokio::spawn(async move {
+            let app = axum::Router::new().route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let m = Arc::clone(&metrics);
+                    async move { m.encode() }
+                }),
+            );
+            if let Err(e) = axum::serve(l, app).await {
+                tracing::error!(error = %e, "metrics server stopped");
+            }
+        });
+    }
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    spawn_background(
+        Arc::clone(&store),
+        Arc::clone(&metrics),
+        health,
+        config.expiry_interval,
+    );
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ferrolb_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| e.to_string())?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ferrolb_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| e.to_string())?;
+
+    tonic::transport::Server::builder()
+        .layer(GuardLayer::new(config.max_in_flight, config.max_deadline))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(IpamServiceServer::new(Ipam::new(store, metrics)))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+        .map_err(|e| format!("gRPC server failed: {e}"))?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The database may come up after the allocator: keep trying, and say why not.
+async fn connect_with_retry(opts: &StoreOptions) -> SqlStore {
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match SqlStore::connect(opts.clone()).await {
+            Ok(store) => return store,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?wait, "cannot open the store");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+fn spawn_background(
+    store: Arc<SqlStore>,
+    metrics: Arc<Metrics>,
+    health: tonic_health::server::HealthReporter,
+    expiry_interval: Duration,
+) {
+    let expiring = Arc::clone(&store);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(expiry_interval);
+        loop {
+            tick.tick().await;
+            if let Err(e) = expiring.expire().await {
+                tracing::warn!(error = %e, "expiring leases failed");
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(REFRESH);
+        let mut serving = None;
+        loop {
+            tick.tick().await;
+            let up = store.ping().await.is_ok();
+            if serving != Some(up) {
+                let status = if up {
+                    ServingStatus::Serving
+                } else {
+                    ServingStatus::NotServing
+                };
+                health
+                    .set_service_status("ferrolb.v1.IpamService", status)
+                    .await;
+                health.set_service_status("", status).await;
+                if up {
+                    tracing::info!("database reachable");
+                } else {
+                    tracing::warn!("database unreachable: calls fail with UNAVAILABLE");
+                }
+                serving = Some(up);
+            }
+            if up && let Ok(stats) = store.stats(None).await {
+                metrics.set_pools(&stats);
+            }
+        }
+    });
+}
