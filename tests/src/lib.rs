@@ -1,0 +1,355 @@
+//! Harness for ferrolb's process-level tests: start the real binaries, talk to them over gRPC,
+//! and give each test a database of its own. Everything a test needs that is missing (a binary,
+//! PostgreSQL, root) fails the test with the reason; nothing is skipped.
+#![allow(clippy::unwrap_used)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use ferrolb_proto::v1 as pb;
+use ferrolb_proto::v1::ipam_service_client::IpamServiceClient;
+use tonic::metadata::MetadataValue;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+/// A binary of the workspace, built by `cargo build --workspace --bins` (scripts/test does it).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .expect("test executable lives in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first with `cargo build --workspace --bins` (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// A TCP port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free local port")
+}
+
+/// A running `ferrolb-allocator`, killed when dropped.
+pub struct Allocator {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub metrics: Option<SocketAddr>,
+    _dir: Option<TempDir>,
+}
+
+impl Allocator {
+    /// Starts an allocator on `database_url` (or its embedded store when `None`) with extra flags,
+    /// and waits until it serves.
+    pub fn start(database_url: Option<&str>, extra: &[&str]) -> Allocator {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut cmd = Command::new(bin("ferrolb-allocator"));
+        cmd.arg("--listen")
+            .arg(addr.to_string())
+            .arg("--metrics-listen")
+            .arg(metrics.to_string())
+            .args(extra)
+            .env("FERROLB_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let dir = match database_url {
+            Some(url) => {
+                cmd.arg("--database-url").arg(url);
+                None
+            }
+            None => {
+                let d = TempDir::new("ferrolb-alloc");
+                cmd.arg("--data-dir").arg(&d.0);
+                Some(d)
+            }
+        };
+        let child = cmd.spawn().expect("start ferrolb-allocator");
+        let a = Allocator {
+            child,
+            addr,
+            metrics: Some(metrics),
+            _dir: dir,
+        };
+        wait_listening(addr, Duration::from_secs(30));
+        a
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn client(&self, caller: &str) -> Client {
+        client(&self.url(), caller).await
+    }
+
+    /// SIGKILL, no goodbye.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Allocator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn wait_listening(addr: SocketAddr, within: Duration) {
+    let start = Instant::now();
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(
+            start.elapsed() < within,
+            "nothing listens on {addr} after {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[derive(Clone)]
+pub struct Caller(MetadataValue<tonic::metadata::Ascii>);
+
+impl Interceptor for Caller {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut()
+            .insert("x-ferrolb-caller", self.0.clone());
+        Ok(req)
+    }
+}
+
+pub type Client = IpamServiceClient<InterceptedService<Channel, Caller>>;
+
+/// A client that calls as `caller` (`admin`, `cluster/x`, `client/y`).
+pub async fn client(url: &str, caller: &str) -> Client {
+    let channel = Channel::from_shared(url.to_string())
+        .unwrap()
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    IpamServiceClient::with_interceptor(channel, Caller(caller.parse().unwrap()))
+}
+
+pub fn pool(name: &str, addresses: &[&str]) -> pb::Pool {
+    pb::Pool {
+        name: name.into(),
+        addresses: addresses.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+pub fn service(cluster: &str, namespace: &str, name: &str) -> pb::Owner {
+    pb::Owner {
+        cluster: cluster.into(),
+        namespace: namespace.into(),
+        name: name.into(),
+        ..Default::default()
+    }
+}
+
+/// A directory removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&p).expect("temporary directory");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The shared test PostgreSQL server; `FERROLB_TEST_PG` overrides it.
+pub fn pg_base() -> String {
+    std::env::var("FERROLB_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// A fresh database on the shared server, dropped with the guard.
+pub struct PgDb {
+    pub url: String,
+    name: String,
+}
+
+impl PgDb {
+    pub fn new() -> PgDb {
+        let name = format!(
+            "ferrolb_e2e_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        psql(&pg_base(), &format!("CREATE DATABASE {name}"));
+        PgDb {
+            url: format!("{}/{name}", pg_base()),
+            name,
+        }
+    }
+}
+
+impl Default for PgDb {
+    fn default() -> Self {
+        PgDb::new()
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([
+                &format!("{}/postgres", pg_base()),
+                "-qc",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ])
+            .output();
+    }
+}
+
+/// Runs one statement on the server's `postgres` database; fails the test with psql's words.
+pub fn psql(base: &str, sql: &str) {
+    let out = Command::new("psql")
+        .args([&format!("{base}/postgres"), "-qc", sql])
+        .output()
+        .expect("psql must be installed: these tests need PostgreSQL (scripts/test installs it)");
+    assert!(
+        out.status.success(),
+        "psql on {base} failed (is PostgreSQL running? scripts/test starts it): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A PostgreSQL server of the test's own (initdb in a temporary directory, its own port), so a
+/// test can stop and start it without disturbing the others. Needs root (the server runs as the
+/// `postgres` user) and PostgreSQL's server binaries.
+pub struct PrivatePg {
+    pub port: u16,
+    dir: TempDir,
+    bindir: PathBuf,
+}
+
+impl PrivatePg {
+    pub fn start() -> PrivatePg {
+        let bindir = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.path().join("bin"))
+                    .filter(|p| p.join("initdb").exists())
+                    .max()
+            })
+            .expect("PostgreSQL's server binaries (/usr/lib/postgresql/*/bin/initdb) are missing: install postgresql (scripts/test does)");
+        assert!(
+            Command::new("id")
+                .arg("-u")
+                .output()
+                .map(|o| o.stdout == b"0\n")
+                .unwrap_or(false),
+            "this test runs its own PostgreSQL server as the postgres user and needs root"
+        );
+        let dir = TempDir::new("ferrolb-pg");
+        let status = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&dir.0)
+            .status()
+            .expect("chown");
+        assert!(
+            status.success(),
+            "cannot hand {} to the postgres user",
+            dir.0.display()
+        );
+        let pg = PrivatePg {
+            port: free_port(),
+            dir,
+            bindir,
+        };
+        pg.as_postgres(&[
+            pg.bindir.join("initdb").to_str().unwrap(),
+            "-D",
+            pg.data().to_str().unwrap(),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--no-sync",
+        ]);
+        pg.ctl("start");
+        pg
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.0.join("data")
+    }
+
+    fn as_postgres(&self, args: &[&str]) {
+        let out = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .args(args)
+            .output()
+            .expect("runuser");
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `pg_ctl start`, `stop` (fast shutdown: connections are cut) or `restart`.
+    pub fn ctl(&self, action: &str) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=on",
+            self.port,
+            self.dir.0.display()
+        );
+        let log = self.dir.0.join("server.log");
+        self.as_postgres(&[
+            self.bindir.join("pg_ctl").to_str().unwrap(),
+            "-D",
+            self.data().to_str().unwrap(),
+            "-o",
+            &opts,
+            "-l",
+            log.to_str().unwrap(),
+            "-m",
+            "fast",
+            "-w",
+            action,
+        ]);
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bindir.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.data())
+            .args(["-m", "immediate", "stop"])
+            .output();
+    }
+}

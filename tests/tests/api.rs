@@ -1,0 +1,505 @@
+//! The IPAM API of a real `ferrolb-allocator` process: status codes, identity, health,
+//! reflection, overload and deadlines, the reference scenario files through `ferrolbctl`.
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+use std::time::Duration;
+
+use ferrolb_e2e::{Allocator, PgDb, bin, client, pool, service};
+use ferrolb_proto::v1 as pb;
+use tonic::Code;
+
+fn alloc_req(owner: pb::Owner) -> pb::AllocateRequest {
+    pb::AllocateRequest {
+        owner: Some(owner),
+        ..Default::default()
+    }
+}
+
+async fn code_of<T>(r: Result<tonic::Response<T>, tonic::Status>) -> (Code, String) {
+    match r {
+        Ok(_) => (Code::Ok, String::new()),
+        Err(s) => (s.code(), s.message().to_string()),
+    }
+}
+
+#[tokio::test]
+async fn status_codes_name_the_field() {
+    let a = Allocator::start(None, &[]);
+    let mut admin = a.client("admin").await;
+    admin
+        .apply_pool(pb::ApplyPoolRequest {
+            pool: Some(pool("p", &["10.0.0.0/30"])),
+            create_only: true,
+        })
+        .await
+        .unwrap();
+    let mut c = a.client("cluster/c1").await;
+    let cases: Vec<(pb::AllocateRequest, Code, &str)> = vec![
+        (
+            pb::AllocateRequest {
+                requested_ips: vec!["10.0.0.1".into(), "10.0.0.2".into(), "10.0.0.3".into()],
+                ..alloc_req(service("c1", "d", "s"))
+            },
+            Code::InvalidArgument,
+            "requested_ips",
+        ),
+        (
+            pb::AllocateRequest {
+                requested_ips: vec!["10.0.0.1".into(), "10.0.0.2".into()],
+                family_policy: pb::FamilyPolicy::RequireDualStack as i32,
+                ..alloc_req(service("c1", "d", "s"))
+            },
+            Code::InvalidArgument,
+            "same family",
+        ),
+        (
+            pb::AllocateRequest {
+                requested_ips: vec!["192.0.2.9".into()],
+                ..alloc_req(service("c1", "d", "s"))
+            },
+            Code::InvalidArgument,
+            "not in any pool",
+        ),
+        (
+            pb::AllocateRequest {
+                requested_ips: vec!["2001:db8::1".into()],
+                ..alloc_req(service("c1", "d", "s"))
+            },
+            Code::InvalidArgument,
+            "does not match",
+        ),
+        (
+            pb::AllocateRequest {
+                pool: "nope".into(),
+                ..alloc_req(service("c1", "d", "s"))
+            },
+            Code::NotFound,
+            "nope",
+        ),
+        (
+            alloc_req(service("c1", "", "s")),
+            Code::InvalidArgument,
+            "owner.namespace",
+        ),
+        (
+            pb::AllocateRequest::default(),
+            Code::InvalidArgument,
+            "owner",
+        ),
+        (
+            alloc_req(service("c2", "d", "s")),
+            Code::PermissionDenied,
+            "may not allocate",
+        ),
+    ];
+    for (req, code, needle) in cases {
+        let (got, msg) = code_of(c.allocate(req.clone()).await).await;
+        assert_eq!(got, code, "{req:?}: {msg}");
+        assert!(msg.contains(needle), "{msg:?} should name {needle:?}");
+    }
+    for bad in ["10.0.0.0/33", "10.0.0.9-10.0.0.1", "10.0.0.0/24"] {
+        let (got, msg) = code_of(
+            admin
+                .apply_pool(pb::ApplyPoolRequest {
+                    pool: Some(pool("q", &[bad])),
+                    create_only: false,
+                })
+                .await,
+        )
+        .await;
+        assert_eq!(got, Code::InvalidArgument, "{bad}: {msg}");
+        assert!(msg.starts_with("pool.addresses"), "{msg}");
+    }
+    let (got, _) = code_of(
+        admin
+            .apply_pool(pb::ApplyPoolRequest {
+                pool: Some(pool("p", &["10.0.0.0/30"])),
+                create_only: true,
+            })
+            .await,
+    )
+    .await;
+    assert_eq!(got, Code::AlreadyExists);
+    for i in 0..4 {
+        c.allocate(alloc_req(service("c1", "d", &format!("s{i}"))))
+            .await
+            .unwrap();
+    }
+    let (got, _) = code_of(c.allocate(alloc_req(service("c1", "d", "s9"))).await).await;
+    assert_eq!(got, Code::ResourceExhausted);
+    let shared = |name: &str, ip: &str| pb::AllocateRequest {
+        requested_ips: vec![ip.into()],
+        sharing_key: "k".into(),
+        ..alloc_req(service("c1", "d", name))
+    };
+    let (got, msg) = code_of(c.allocate(shared("x", "10.0.0.0")).await).await;
+    assert_eq!(got, Code::FailedPrecondition, "{msg}");
+    let (got, _) = code_of(
+        c.release(pb::ReleaseRequest {
+            owner: Some(service("c1", "d", "none")),
+        })
+        .await,
+    )
+    .await;
+    assert_eq!(got, Code::NotFound);
+    // No identity at all.
+    let channel = tonic::transport::Channel::from_shared(a.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut anon = pb::ipam_service_client::IpamServiceClient::new(channel);
+    let (got, _) = code_of(anon.list_pools(pb::ListPoolsRequest {}).await).await;
+    assert_eq!(got, Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn health_and_reflection_v1_and_v1alpha() {
+    let a = Allocator::start(None, &[]);
+    let channel = tonic::transport::Channel::from_shared(a.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let mut serving = false;
+    for _ in 0..50 {
+        let r = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "ferrolb.v1.IpamService".into(),
+            })
+            .await;
+        if r.is_ok_and(|r| {
+            r.into_inner().status
+                == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        }) {
+            serving = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(serving, "the allocator never reported SERVING");
+
+    use tonic_reflection::pb::{v1, v1alpha};
+    let mut r1 = v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
+    let req = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut stream = r1
+        .server_reflection_info(tokio_stream::once(req))
+        .await
+        .unwrap()
+        .into_inner();
+    let resp = stream
+        .message()
+        .await
+        .unwrap()
+        .expect("a reflection answer");
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        resp.message_response
+    else {
+        panic!("unexpected reflection answer {resp:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"ferrolb.v1.IpamService".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_string()),
+        "{names:?}"
+    );
+
+    let mut ra = v1alpha::server_reflection_client::ServerReflectionClient::new(channel);
+    let req = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
+                "ferrolb.v1.IpamService".into(),
+            ),
+        ),
+    };
+    let mut stream = ra
+        .server_reflection_info(tokio_stream::once(req))
+        .await
+        .unwrap()
+        .into_inner();
+    let resp = stream
+        .message()
+        .await
+        .unwrap()
+        .expect("a reflection answer");
+    assert!(
+        matches!(
+            resp.message_response,
+            Some(v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(ref f)) if !f.file_descriptor_proto.is_empty()
+        ),
+        "{resp:?}"
+    );
+}
+
+#[tokio::test]
+async fn overload_is_shed_and_deadlines_hold() {
+    let db = PgDb::new();
+    let a = Allocator::start(
+        Some(&db.url),
+        &["--max-in-flight", "2", "--db-max-connections", "1"],
+    );
+    let mut admin = a.client("admin").await;
+    admin
+        .apply_pool(pb::ApplyPoolRequest {
+            pool: Some(pool("p", &["10.0.0.0/16"])),
+            create_only: false,
+        })
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let mut c = a.client("cluster/c1").await;
+        tasks.push(tokio::spawn(async move {
+            c.allocate(alloc_req(service("c1", "d", &format!("s{i}"))))
+                .await
+                .map(|_| ())
+        }));
+    }
+    let (mut ok, mut shed) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(s) if s.code() == Code::ResourceExhausted && s.message().contains("overloaded") => {
+                shed += 1
+            }
+            Err(s) => panic!("unexpected {s:?}"),
+        }
+    }
+    assert!(
+        ok > 0 && shed > 0,
+        "ok {ok}, shed {shed}: overload should be refused at once, not queued"
+    );
+
+    // The server's own cap on how long a call may take.
+    let hasty = Allocator::start(Some(&db.url), &["--max-deadline-ms", "1"]);
+    let mut c = hasty.client("cluster/c1").await;
+    let err = c
+        .allocate(alloc_req(service("c1", "d", "hurry")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+}
+
+#[tokio::test]
+async fn reference_scenarios_through_ferrolbctl() {
+    let scenarios = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/scenarios");
+    assert!(scenarios.exists(), "{} is missing", scenarios.display());
+    let ctl = |a: &Allocator, args: &[&str]| {
+        let out = Command::new(bin("ferrolbctl"))
+            .arg("--server")
+            .arg(a.url())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    // ip-pool.yaml + l2-config.yaml: the first allocation is 192.168.1.240.
+    let a = Allocator::start(None, &[]);
+    for f in ["ip-pool.yaml", "l2-config.yaml"] {
+        let (ok, out) = ctl(
+            &a,
+            &["pools", "apply", "-f", scenarios.join(f).to_str().unwrap()],
+        );
+        assert!(ok, "{f}: {out}");
+    }
+    let (ok, out) = ctl(
+        &a,
+        &[
+            "-o",
+            "json",
+            "allocate",
+            "--cluster",
+            "home",
+            "--namespace",
+            "default",
+            "--name",
+            "nginx",
+        ],
+    );
+    assert!(ok && out.contains("\"192.168.1.240\""), "{out}");
+    // home-ip-pool.yaml: six addresses, then RESOURCE_EXHAUSTED.
+    let a = Allocator::start(None, &[]);
+    let (ok, out) = ctl(
+        &a,
+        &[
+            "pools",
+            "apply",
+            "-f",
+            scenarios.join("home-ip-pool.yaml").to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{out}");
+    for i in 0..6 {
+        let (ok, out) = ctl(
+            &a,
+            &[
+                "allocate",
+                "--cluster",
+                "home",
+                "--namespace",
+                "default",
+                "--name",
+                &format!("s{i}"),
+            ],
+        );
+        assert!(
+            ok && out.contains(&format!("192.168.1.{}", 240 + i)),
+            "{out}"
+        );
+    }
+    let (ok, out) = ctl(
+        &a,
+        &[
+            "allocate",
+            "--cluster",
+            "home",
+            "--namespace",
+            "default",
+            "--name",
+            "s6",
+        ],
+    );
+    assert!(!ok && out.contains("ResourceExhausted"), "{out}");
+    let (ok, out) = ctl(&a, &["-o", "json", "stats"]);
+    assert!(
+        ok && out.contains("\"in_use\":\"6\"") && out.contains("\"available\":\"0\""),
+        "{out}"
+    );
+    // company-bgp-pool.yaml's pool applies unchanged too.
+    let (ok, out) = ctl(
+        &a,
+        &[
+            "pools",
+            "apply",
+            "-f",
+            scenarios.join("company-bgp-pool.yaml").to_str().unwrap(),
+        ],
+    );
+    assert!(
+        ok && out.contains("ipaddresspool/company-pool created"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn metrics_show_pools_and_calls() {
+    let a = Allocator::start(None, &[]);
+    let mut c = a.client("admin").await;
+    c.apply_pool(pb::ApplyPoolRequest {
+        pool: Some(pool("home", &["192.168.1.240-192.168.1.245", "fd00::/120"])),
+        create_only: false,
+    })
+    .await
+    .unwrap();
+    c.allocate(alloc_req(service("c", "d", "s"))).await.unwrap();
+    let url = format!("http://{}/metrics", a.metrics.unwrap());
+    let mut text = String::new();
+    for _ in 0..40 {
+        text = String::from_utf8_lossy(
+            &Command::new("curl")
+                .args(["-sf", &url])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .to_string();
+        if text.contains("ferrolb_allocator_pool_in_use_addresses{pool=\"home\",family=\"ipv4\"} 1")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for want in [
+        "ferrolb_allocator_pool_capacity_addresses{pool=\"home\",family=\"ipv4\"} 6",
+        "ferrolb_allocator_pool_capacity_addresses{pool=\"home\",family=\"ipv6\"} 256",
+        "ferrolb_allocator_pool_in_use_addresses{pool=\"home\",family=\"ipv4\"} 1",
+        "ferrolb_allocator_allocations_total 1",
+        "ferrolb_allocator_request_duration_seconds_count{method=\"Allocate\"} 1",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn watch_follows_another_replica() {
+    let db = PgDb::new();
+    let a = Allocator::start(Some(&db.url), &[]);
+    let b = Allocator::start(Some(&db.url), &[]);
+    let mut ca = a.client("admin").await;
+    ca.apply_pool(pb::ApplyPoolRequest {
+        pool: Some(pool("p", &["10.0.0.0/24"])),
+        create_only: false,
+    })
+    .await
+    .unwrap();
+    let mut cb = client(&b.url(), "client/mirror").await;
+    let mut stream = cb
+        .watch_leases(pb::WatchLeasesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut ext = a.client("client/mirror").await;
+    let owner = pb::Owner {
+        client: "mirror".into(),
+        key: "vm-1".into(),
+        ..Default::default()
+    };
+    let started = std::time::Instant::now();
+    ext.allocate(pb::AllocateRequest {
+        ttl_seconds: 60,
+        ..alloc_req(owner.clone())
+    })
+    .await
+    .unwrap();
+    // Another client's lease must not show up in this client's watch.
+    ca.allocate(alloc_req(service("c", "d", "other")))
+        .await
+        .unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("event within 5 s")
+        .unwrap()
+        .expect("an event");
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "the other replica should hear of the change through NOTIFY, not its 1 s poll: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(ev.r#type, pb::LeaseEventType::Allocated as i32);
+    assert_eq!(ev.lease.as_ref().unwrap().ips, ["10.0.0.0"]);
+    ext.release(pb::ReleaseRequest { owner: Some(owner) })
+        .await
+        .unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("event within 5 s")
+        .unwrap()
+        .expect("an event");
+    assert_eq!(ev.r#type, pb::LeaseEventType::Released as i32);
+    // Resuming from a revision replays only what came after it.
+    let mut again = cb
+        .watch_leases(pb::WatchLeasesRequest {
+            from_revision: ev.revision - 1,
+            pool: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let replay = again.message().await.unwrap().unwrap();
+    assert_eq!(replay.revision, ev.revision);
+}
