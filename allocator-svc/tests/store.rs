@@ -827,3 +827,84 @@ both_stores! {
     ipv6_48 => ipv6_48_pool_and_exact_stats;
     list_pages => pagination;
 }
+
+/// The runs of used addresses always match the addresses table, through random churn.
+async fn runs_track_addresses(db: &common::TestDb) {
+    use rand::{Rng, SeedableRng};
+    let store = common::open(db).await;
+    apply(
+        &store,
+        PoolSpec {
+            avoid_buggy_ips: true,
+            excluded: vec!["10.0.0.7".into()],
+            ..spec("p", &["10.0.0.0/26", "2001:db8::/122"])
+        },
+    )
+    .await;
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+    for _ in 0..400 {
+        let n = rng.random_range(0..40);
+        let mut r = svc("d", &format!("s{n}"));
+        if rng.random_bool(0.4) {
+            let _ = store.release(&c1(), &r.owner).await;
+            continue;
+        }
+        r.primary = if rng.random_bool(0.3) {
+            Family::V6
+        } else {
+            Family::V4
+        };
+        if rng.random_bool(0.3) {
+            r.sharing_key = "k".into();
+            r.ports = vec![tcp(rng.random_range(1..4))];
+        }
+        let _ = store.allocate(&c1(), r).await;
+    }
+    drop(store);
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&db.url).await.expect("connect");
+    let addrs: Vec<Vec<u8>> = sqlx::query_scalar("SELECT addr FROM addresses ORDER BY addr")
+        .fetch_all(&pool)
+        .await
+        .expect("addresses");
+    let keys: Vec<u128> = addrs
+        .iter()
+        .map(|a| u128::from_be_bytes(a[..].try_into().expect("16 bytes")))
+        .collect();
+    let mut want: Vec<(u128, u128)> = Vec::new();
+    for k in keys {
+        match want.last_mut() {
+            Some((_, e)) if *e + 1 == k => *e = k,
+            _ => want.push((k, k)),
+        }
+    }
+    let got: Vec<(Vec<u8>, Vec<u8>)> =
+        sqlx::query_as("SELECT start_addr, end_addr FROM used_runs ORDER BY start_addr")
+            .fetch_all(&pool)
+            .await
+            .expect("runs");
+    let got: Vec<(u128, u128)> = got
+        .iter()
+        .map(|(s, e)| {
+            (
+                u128::from_be_bytes(s[..].try_into().expect("16 bytes")),
+                u128::from_be_bytes(e[..].try_into().expect("16 bytes")),
+            )
+        })
+        .collect();
+    assert!(
+        want.len() > 3,
+        "the churn should leave several runs: {want:?}"
+    );
+    assert_eq!(got, want);
+}
+
+#[tokio::test]
+async fn runs_track_addresses_sqlite() {
+    runs_track_addresses(&common::sqlite_db()).await;
+}
+
+#[tokio::test]
+async fn runs_track_addresses_postgres() {
+    runs_track_addresses(&common::pg_db()).await;
+}

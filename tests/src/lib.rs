@@ -17,13 +17,16 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 /// A binary of the workspace, built by `cargo build --workspace --bins` (scripts/test does it).
+/// Found beside the running program: tests live in target/<profile>/deps, benchmarks in
+/// target/<profile>.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .expect("test executable lives in target/<profile>/deps");
+    let here = exe.parent().expect("the executable's directory");
+    let dir = if here.ends_with("deps") {
+        here.parent().expect("target/<profile>")
+    } else {
+        here
+    };
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -61,7 +64,10 @@ impl Allocator {
             .arg("--metrics-listen")
             .arg(metrics.to_string())
             .args(extra)
-            .env("FERROLB_LOG", "warn")
+            .env(
+                "FERROLB_LOG",
+                std::env::var("FERROLB_E2E_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         let dir = match database_url {
@@ -352,4 +358,64 @@ impl Drop for PrivatePg {
             .args(["-m", "immediate", "stop"])
             .output();
     }
+}
+
+/// The `p`-th percentile (0..=100) of sorted samples.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() - 1) as f64 * p / 100.0).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Allocates `count` leases with `concurrency` clients; `request(i)` makes the i-th request.
+/// Returns each call's latency, sorted.
+pub async fn allocate_many(
+    url: &str,
+    count: usize,
+    concurrency: usize,
+    request: impl Fn(usize) -> pb::AllocateRequest + Send + Sync + 'static,
+) -> Vec<Duration> {
+    let request = std::sync::Arc::new(request);
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let mut c = client(url, "admin").await;
+        let (request, next) = (
+            std::sync::Arc::clone(&request),
+            std::sync::Arc::clone(&next),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    return lat;
+                }
+                let start = Instant::now();
+                if let Err(s) = c.allocate(request(i)).await {
+                    panic!("allocation {i} failed: {s:?}");
+                }
+                lat.push(start.elapsed());
+            }
+        }));
+    }
+    let mut all = Vec::with_capacity(count);
+    for t in tasks {
+        all.extend(t.await.expect("allocation task"));
+    }
+    all.sort();
+    all
+}
+
+/// Resident memory of a process, in MiB, from /proc.
+pub fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kb / 1024.0
 }

@@ -1,19 +1,20 @@
 //! Allocation inside one transaction: MetalLB's pick order and sharing rules, on the database.
 //!
-//! The pool row of every pool an allocation draws from is locked (PostgreSQL `FOR UPDATE`), so
-//! allocations in one pool run one at a time across replicas and two of them never pick the same
-//! free address; the `addresses` primary key and the `lease_ports` key back this up in the
-//! database itself. The lowest free address is found without walking the pool: the first
-//! address is checked, then one anti-join finds the end of the run of used addresses after it.
+//! Every writing transaction first locks the store's revision row (see [`super::sql::lock_writes`]),
+//! so writers run one at a time across replicas and two allocations never pick the same free
+//! address; the `addresses` primary key and the `lease_ports` key back this up in the database
+//! itself. The lowest free address is found without walking the pool: the first address is
+//! checked, then one anti-join finds the end of the run of used addresses after it.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use sqlx::AnyConnection;
 
+use super::runs;
 use super::sql::{
-    Dialect, LeaseRow, SqlStore, TxError, caller_of, delete_owner, lease_of, load_pools,
-    next_revisions, now_ms, owner_rows, record_event, stamp,
+    Core, LeaseRow, TxError, caller_of, delete_owner, lease_of, load_pools, next_revisions, now_ms,
+    owner_rows, record_event, stamp,
 };
 use crate::addr::{self, Family};
 use crate::error::Error;
@@ -33,7 +34,7 @@ struct Pick {
 
 /// Allocates for `req`; returns the lease, whether it is new, and whether anything changed.
 pub(super) async fn allocate(
-    store: &SqlStore,
+    store: &Core,
     conn: &mut AnyConnection,
     caller: &Caller,
     req: &AllocRequest,
@@ -61,7 +62,7 @@ pub(super) async fn allocate(
         }
     }
     let picks = choose(store, conn, &pools, caller, req).await?;
-    let lease = insert(store, conn, req, &picks).await?;
+    let lease = insert(conn, req, &picks).await?;
     let kind = if created {
         EventKind::Allocated
     } else {
@@ -74,7 +75,7 @@ pub(super) async fn allocate(
 /// Moves a stranded lease: its addresses are given up and the original request is served again
 /// from the pools as they are now, in the same transaction, so a failed move changes nothing.
 pub(super) async fn move_stranded(
-    store: &SqlStore,
+    store: &Core,
     conn: &mut AnyConnection,
     owner: &Owner,
 ) -> Result<Lease, TxError> {
@@ -96,7 +97,7 @@ pub(super) async fn move_stranded(
     let pools = load_pools(conn).await?;
     delete_owner(conn, &existing).await?;
     let picks = choose(store, conn, &pools, &caller_of(owner), &req).await?;
-    let mut lease = insert(store, conn, &req, &picks).await?;
+    let mut lease = insert(conn, &req, &picks).await?;
     lease.created_ms = first.created_ms;
     record_event(
         conn,
@@ -122,7 +123,7 @@ enum Reuse {
 /// asked for other addresses, another pool or other families. A pool edit alone never moves a
 /// lease (it is stranded instead).
 async fn reuse(
-    store: &SqlStore,
+    store: &Core,
     conn: &mut AnyConnection,
     pools: &[Pool],
     req: &AllocRequest,
@@ -178,7 +179,6 @@ async fn reuse(
         let pool = pools.iter().find(|p| p.name() == first.pool);
         let mut added = false;
         if let Some(pool) = pool {
-            lock_pool(store, conn, pool.name()).await?;
             for family in &missing {
                 if let Some(key) = find(store, conn, pool, *family, req).await? {
                     let pick = Pick {
@@ -254,14 +254,14 @@ async fn regroup(
 
 /// MetalLB's pick order: explicit addresses, the named pool, then the automatic candidates.
 async fn choose(
-    store: &SqlStore,
+    store: &Core,
     conn: &mut AnyConnection,
     pools: &[Pool],
     caller: &Caller,
     req: &AllocRequest,
 ) -> Result<Vec<Pick>, TxError> {
     if !req.requested_ips.is_empty() {
-        return choose_explicit(store, conn, pools, caller, req).await;
+        return choose_explicit(conn, pools, caller, req).await;
     }
     let candidates: Vec<&Pool> = match &req.pool {
         Some(name) => {
@@ -287,7 +287,6 @@ async fn choose(
         if !families.iter().any(|f| pool.has_family(*f)) {
             continue;
         }
-        lock_pool(store, conn, pool.name()).await?;
         let mut picks = Vec::new();
         for family in &families {
             if pool.has_family(*family)
@@ -327,7 +326,6 @@ async fn choose(
 
 /// Explicit addresses (MetalLB's loadBalancerIPs and spec.loadBalancerIP).
 async fn choose_explicit(
-    store: &SqlStore,
     conn: &mut AnyConnection,
     pools: &[Pool],
     caller: &Caller,
@@ -365,7 +363,6 @@ async fn choose_explicit(
             .into());
         }
         check_usable(pool, caller, req)?;
-        lock_pool(store, conn, pool.name()).await?;
         if let Some(g) = address_group(conn, key).await? {
             if g != group {
                 return Err(Error::Conflict(format!(
@@ -419,21 +416,11 @@ fn check_usable(pool: &Pool, caller: &Caller, req: &AllocRequest) -> Result<(), 
     Ok(())
 }
 
-async fn lock_pool(store: &SqlStore, conn: &mut AnyConnection, name: &str) -> Result<(), TxError> {
-    if store.dialect == Dialect::Postgres {
-        sqlx::query("SELECT name FROM pools WHERE name = $1 FOR UPDATE")
-            .bind(name)
-            .fetch_optional(&mut *conn)
-            .await?;
-    }
-    Ok(())
-}
-
 /// The address of `family` this request should take in `pool`: the owner's own address from
 /// within the grace period if it is still free, else the lowest of the first free address and
 /// the first address it may share.
 async fn find(
-    store: &SqlStore,
+    store: &Core,
     conn: &mut AnyConnection,
     pool: &Pool,
     family: Family,
@@ -486,22 +473,13 @@ async fn first_free(
     for range in pool.ranges.iter().filter(|r| r.family == family) {
         let mut cursor = range.start;
         while let Some(candidate) = pool.next_allowed(range, cursor) {
-            if address_group(conn, candidate).await?.is_none() {
-                return Ok(Some(candidate));
-            }
-            // The end of the run of used addresses that starts at the candidate.
-            let gap: Option<Vec<u8>> = sqlx::query_scalar(
-                "SELECT a.next_addr FROM addresses a WHERE a.addr >= $1 AND a.addr <= $2 \
-                 AND NOT EXISTS (SELECT 1 FROM addresses b WHERE b.addr = a.next_addr) \
-                 ORDER BY a.addr LIMIT 1",
-            )
-            .bind(addr::key_bytes(candidate))
-            .bind(addr::key_bytes(range.end))
-            .fetch_optional(&mut *conn)
-            .await?;
-            match gap.as_deref().and_then(addr::key_from_bytes) {
-                Some(next) if next > candidate && next <= range.end => cursor = next,
-                _ => break,
+            match runs::containing(conn, candidate).await? {
+                None => return Ok(Some(candidate)),
+                // Everything up to the run's end is taken; the address after it is free.
+                Some((_, end)) => match end.checked_add(1) {
+                    Some(next) if next <= range.end => cursor = next,
+                    _ => break,
+                },
             }
         }
     }
@@ -578,17 +556,20 @@ async fn insert_row(
     let key = addr::key_bytes(pick.key);
     // ON CONFLICT DO NOTHING joins an address already shared under this group; if another group
     // holds it, the lease's foreign key fails and the transaction runs again.
-    sqlx::query(
-        "INSERT INTO addresses (addr, next_addr, family, pool, share_group) VALUES ($1, $2, $3, $4, $5) \
+    let inserted = sqlx::query(
+        "INSERT INTO addresses (addr, family, pool, share_group) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (addr) DO NOTHING",
     )
     .bind(key.clone())
-    .bind(addr::key_bytes(pick.key.saturating_add(1)))
     .bind(pick.family.code())
     .bind(&pick.pool)
     .bind(&group)
     .execute(&mut *conn)
-    .await?;
+    .await?
+    .rows_affected();
+    if inserted > 0 {
+        runs::add(conn, pick.key).await?;
+    }
     let (cluster, namespace, client) = match &req.owner {
         Owner::Service {
             cluster, namespace, ..
@@ -623,7 +604,6 @@ async fn insert_row(
 
 /// Writes a new lease and gives it a revision.
 async fn insert(
-    _store: &SqlStore,
     conn: &mut AnyConnection,
     req: &AllocRequest,
     picks: &[Pick],

@@ -5,6 +5,8 @@
 //! are in [`Dialect`].
 
 mod alloc;
+mod batch;
+mod runs;
 mod sql;
 
 use std::future::Future;

@@ -5,10 +5,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sqlx::AnyConnection;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
-use tokio::sync::watch;
+use std::sync::Arc;
 
-use super::alloc;
+use tokio::sync::{mpsc, oneshot, watch};
+
 use super::{Applied, LeasePage, LeaseStore};
+use super::{alloc, batch};
 use crate::addr::{self, Family};
 use crate::error::{Error, Result};
 use crate::lease::{
@@ -55,7 +57,7 @@ impl StoreOptions {
 }
 
 /// A transaction that hit a race it should simply run again, or a real error.
-pub(super) enum TxError {
+pub(crate) enum TxError {
     Retry(String),
     Fail(Error),
 }
@@ -116,12 +118,26 @@ pub(super) fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// The SQL lease store.
-pub struct SqlStore {
+/// What the store's calls and its batch worker share.
+pub struct Core {
     pub(super) db: AnyPool,
     pub(super) dialect: Dialect,
     pub(super) grace_ms: i64,
     changes: watch::Sender<u64>,
+}
+
+/// The SQL lease store.
+pub struct SqlStore {
+    core: Arc<Core>,
+    batches: mpsc::Sender<batch::Job>,
+}
+
+impl std::ops::Deref for SqlStore {
+    type Target = Core;
+
+    fn deref(&self) -> &Core {
+        &self.core
+    }
 }
 
 /// Runs `$body` (an async block using `$conn`) in a transaction, again on races, and commits.
@@ -131,10 +147,12 @@ macro_rules! in_tx {
         loop {
             attempt += 1;
             let mut tx = $store.db.begin().await.map_err(map_sqlx)?;
-            let outcome: std::result::Result<_, TxError> = {
+            let outcome: std::result::Result<_, TxError> = async {
                 let $conn: &mut AnyConnection = &mut tx;
+                lock_writes($conn, $store.dialect).await?;
                 $body.await
-            };
+            }
+            .await;
             let outcome = match outcome {
                 Ok(v) => tx.commit().await.map(|_| v).map_err(TxError::from),
                 Err(e) => Err(e),
@@ -189,11 +207,15 @@ impl SqlStore {
             .await
             .map_err(map_sqlx)?;
         let (changes, _) = watch::channel(rev as u64);
-        let store = SqlStore {
+        let core = Arc::new(Core {
             db,
             dialect,
             grace_ms: opts.release_grace.as_millis() as i64,
             changes,
+        });
+        let store = SqlStore {
+            batches: batch::spawn(Arc::clone(&core)),
+            core,
         };
         if dialect == Dialect::Postgres {
             store.follow_notifications(opts.url.clone());
@@ -240,6 +262,46 @@ impl SqlStore {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         });
+    }
+}
+
+impl Core {
+    pub(super) async fn release_in(
+        &self,
+        conn: &mut AnyConnection,
+        caller: &Caller,
+        owner: &Owner,
+        kind: EventKind,
+    ) -> Result<(Lease, u64), TxError> {
+        let owner_key = owner.key();
+        let rows = owner_rows(conn, &owner_key).await?;
+        let lease =
+            lease_of(&rows).ok_or_else(|| Error::NotFound(format!("no lease for {owner_key}")))?;
+        if !owner.belongs_to(caller) {
+            return Err(Error::PermissionDenied(format!(
+                "{} may not release {owner_key}",
+                caller.name()
+            ))
+            .into());
+        }
+        delete_owner(conn, &rows).await?;
+        let now = now_ms();
+        for r in &rows {
+            sqlx::query(
+                "INSERT INTO recent_releases (owner_key, family, addr, released_ms) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (owner_key, family) DO UPDATE SET addr = excluded.addr, released_ms = excluded.released_ms",
+            )
+            .bind(&owner_key)
+            .bind(r.family.code())
+            .bind(addr::key_bytes(r.addr))
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+        }
+        let revision = next_revisions(conn, 1).await?;
+        let lease = Lease { revision, ..lease };
+        record_event(conn, self.dialect, revision, kind, &lease).await?;
+        Ok((lease, revision))
     }
 
     pub(super) fn announce(&self, revision: u64) {
@@ -356,7 +418,20 @@ pub(super) async fn load_pools(conn: &mut AnyConnection) -> Result<Vec<Pool>, Tx
         .collect()
 }
 
-/// Takes `n` revisions; the row lock is held until commit, so revisions commit in order.
+/// Makes this transaction the only writer until it commits: it locks the revision row first,
+/// before any pool or lease row, so writers on every replica queue in one order and never
+/// deadlock. Batching (see `batch`) keeps the single writer busy with many calls per commit.
+/// SQLite has one connection and needs no lock.
+pub(super) async fn lock_writes(conn: &mut AnyConnection, dialect: Dialect) -> Result<(), TxError> {
+    if dialect == Dialect::Postgres {
+        sqlx::query("SELECT value FROM revision WHERE id = 1 FOR UPDATE")
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Takes `n` revisions; writers hold the row's lock until commit, so revisions commit in order.
 pub(super) async fn next_revisions(conn: &mut AnyConnection, n: i64) -> Result<u64, TxError> {
     let last: i64 =
         sqlx::query_scalar("UPDATE revision SET value = value + $1 WHERE id = 1 RETURNING value")
@@ -426,10 +501,16 @@ pub(super) async fn delete_owner(
         .execute(&mut *conn)
         .await?;
     for r in rows {
-        sqlx::query("DELETE FROM addresses WHERE addr = $1 AND NOT EXISTS (SELECT 1 FROM leases WHERE addr = $1)")
-            .bind(addr::key_bytes(r.addr))
-            .execute(&mut *conn)
-            .await?;
+        let freed = sqlx::query(
+            "DELETE FROM addresses WHERE addr = $1 AND NOT EXISTS (SELECT 1 FROM leases WHERE addr = $1)",
+        )
+        .bind(addr::key_bytes(r.addr))
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if freed > 0 {
+            super::runs::remove(conn, r.addr).await?;
+        }
     }
     Ok(())
 }
@@ -443,14 +524,19 @@ pub(super) fn caller_of(owner: &Owner) -> Caller {
 }
 
 impl SqlStore {
-    async fn lock_pool_config(&self, conn: &mut AnyConnection) -> Result<(), TxError> {
-        if self.dialect == Dialect::Postgres {
-            // Pool changes are rare: one at a time keeps the cross-pool overlap check sound.
-            sqlx::query("SELECT pg_advisory_xact_lock(7411)")
-                .execute(&mut *conn)
-                .await?;
-        }
-        Ok(())
+    /// Hands a job to the batch worker and waits for its outcome after the batch commits.
+    async fn batch<T>(
+        &self,
+        job: impl FnOnce(oneshot::Sender<Result<T>>) -> batch::Job,
+    ) -> Result<T> {
+        let (reply, outcome) = oneshot::channel();
+        self.batches
+            .send(job(reply))
+            .await
+            .map_err(|_| Error::Internal("the batch worker stopped".into()))?;
+        outcome
+            .await
+            .map_err(|_| Error::Internal("the batch worker dropped a call".into()))?
     }
 
     /// Recomputes the stranded flag of every lease of `pool` (or of a deleted pool when `None`);
@@ -511,44 +597,6 @@ impl SqlStore {
         }
         Ok((stranded, last))
     }
-
-    async fn release_in(
-        &self,
-        conn: &mut AnyConnection,
-        caller: &Caller,
-        owner: &Owner,
-        kind: EventKind,
-    ) -> Result<(Lease, u64), TxError> {
-        let owner_key = owner.key();
-        let rows = owner_rows(conn, &owner_key).await?;
-        let lease =
-            lease_of(&rows).ok_or_else(|| Error::NotFound(format!("no lease for {owner_key}")))?;
-        if !owner.belongs_to(caller) {
-            return Err(Error::PermissionDenied(format!(
-                "{} may not release {owner_key}",
-                caller.name()
-            ))
-            .into());
-        }
-        delete_owner(conn, &rows).await?;
-        let now = now_ms();
-        for r in &rows {
-            sqlx::query(
-                "INSERT INTO recent_releases (owner_key, family, addr, released_ms) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (owner_key, family) DO UPDATE SET addr = excluded.addr, released_ms = excluded.released_ms",
-            )
-            .bind(&owner_key)
-            .bind(r.family.code())
-            .bind(addr::key_bytes(r.addr))
-            .bind(now)
-            .execute(&mut *conn)
-            .await?;
-        }
-        let revision = next_revisions(conn, 1).await?;
-        let lease = Lease { revision, ..lease };
-        record_event(conn, self.dialect, revision, kind, &lease).await?;
-        Ok((lease, revision))
-    }
 }
 
 impl LeaseStore for SqlStore {
@@ -564,7 +612,6 @@ impl LeaseStore for SqlStore {
             )));
         }
         in_tx!(self, |conn| async {
-            self.lock_pool_config(conn).await?;
             let existing = load_pools(conn).await?;
             let previous = existing.iter().find(|p| p.name() == spec.name);
             if create_only && previous.is_some() {
@@ -637,7 +684,6 @@ impl LeaseStore for SqlStore {
 
     async fn delete_pool(&self, caller: &Caller, name: &str) -> Result<u64> {
         in_tx!(self, |conn| async {
-            self.lock_pool_config(conn).await?;
             let pools = load_pools(conn).await?;
             let pool = pools
                 .iter()
@@ -677,8 +723,13 @@ impl LeaseStore for SqlStore {
                 req.owner.key()
             )));
         }
-        let (lease, created, changed) =
-            in_tx!(self, |conn| alloc::allocate(self, conn, caller, &req))?;
+        let (lease, created, changed) = self
+            .batch(|reply| batch::Job::Allocate {
+                caller: caller.clone(),
+                req,
+                reply,
+            })
+            .await?;
         if changed {
             self.announce(lease.revision);
         }
@@ -687,12 +738,13 @@ impl LeaseStore for SqlStore {
 
     async fn release(&self, caller: &Caller, owner: &Owner) -> Result<Lease> {
         owner.validate()?;
-        let (lease, revision) = in_tx!(self, |conn| self.release_in(
-            conn,
-            caller,
-            owner,
-            EventKind::Released
-        ))?;
+        let (lease, revision) = self
+            .batch(|reply| batch::Job::Release {
+                caller: caller.clone(),
+                owner: owner.clone(),
+                reply,
+            })
+            .await?;
         self.announce(revision);
         Ok(lease)
     }
