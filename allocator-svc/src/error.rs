@@ -18,6 +18,9 @@ pub enum Error {
     Conflict(String),
     #[error("{0}")]
     PermissionDenied(String),
+    /// A watch asked for history that is no longer kept.
+    #[error("{0}")]
+    OutOfRange(String),
     /// The database cannot be reached; the call may be retried.
     #[error("database unavailable: {0}")]
     Unavailable(String),
@@ -42,6 +45,7 @@ impl Error {
             Error::Exhausted(_) => "RESOURCE_EXHAUSTED",
             Error::Conflict(_) => "FAILED_PRECONDITION",
             Error::PermissionDenied(_) => "PERMISSION_DENIED",
+            Error::OutOfRange(_) => "OUT_OF_RANGE",
             Error::Unavailable(_) => "UNAVAILABLE",
             Error::Internal(_) => "INTERNAL",
         }

@@ -47,6 +47,9 @@ struct Args {
     /// Seconds between looks for expired external leases.
     #[arg(long, env = "FERROLB_EXPIRY_INTERVAL_SECONDS", default_value_t = 1)]
     expiry_interval_seconds: u64,
+    /// Hours lease events are kept for WatchLeases; a watcher further behind lists again.
+    #[arg(long, env = "FERROLB_EVENT_RETENTION_HOURS", default_value_t = 168)]
+    event_retention_hours: u64,
     /// Log filter (tracing's env-filter syntax).
     #[arg(long, env = "FERROLB_LOG", default_value = "info")]
     log: String,
@@ -89,6 +92,7 @@ impl Args {
             max_in_flight: self.max_in_flight,
             max_deadline: Duration::from_millis(self.max_deadline_ms),
             expiry_interval: Duration::from_secs(self.expiry_interval_seconds),
+            event_retention: Duration::from_secs(self.event_retention_hours * 3600),
         })
     }
 }

@@ -25,6 +25,8 @@ pub struct Config {
     pub max_deadline: Duration,
     /// How often expired external leases are looked for.
     pub expiry_interval: Duration,
+    /// How long lease events are kept for WatchLeases.
+    pub event_retention: Duration,
 }
 
 /// How often pool gauges and the database health are refreshed.
@@ -63,12 +65,7 @@ pub async fn run(
     }
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    spawn_background(
-        Arc::clone(&store),
-        Arc::clone(&metrics),
-        health,
-        config.expiry_interval,
-    );
+    spawn_background(Arc::clone(&store), Arc::clone(&metrics), health, &config);
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(ferrolb_proto::FILE_DESCRIPTOR_SET)
@@ -113,15 +110,21 @@ fn spawn_background(
     store: Arc<SqlStore>,
     metrics: Arc<Metrics>,
     health: tonic_health::server::HealthReporter,
-    expiry_interval: Duration,
+    config: &Config,
 ) {
     let expiring = Arc::clone(&store);
+    let (interval, retention) = (config.expiry_interval, config.event_retention);
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(expiry_interval);
+        let mut tick = tokio::time::interval(interval);
         loop {
             tick.tick().await;
             if let Err(e) = expiring.expire().await {
                 tracing::warn!(error = %e, "expiring leases failed");
+            }
+            match expiring.prune_events(retention).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(events = n, "old lease events pruned"),
+                Err(e) => tracing::warn!(error = %e, "pruning lease events failed"),
             }
         }
     });

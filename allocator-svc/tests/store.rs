@@ -810,6 +810,36 @@ async fn pagination(store: SqlStore) {
     assert!(filtered.leases.is_empty());
 }
 
+async fn event_history_is_pruned(store: SqlStore) {
+    apply(&store, spec("p", &["10.0.0.0/30"])).await;
+    alloc(&store, svc("d", "a")).await;
+    alloc(&store, svc("d", "b")).await;
+    assert_eq!(store.history_start().await.expect("start"), 1);
+    assert_eq!(
+        store
+            .prune_events(std::time::Duration::from_secs(60))
+            .await
+            .expect("prune"),
+        0
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    assert_eq!(
+        store
+            .prune_events(std::time::Duration::ZERO)
+            .await
+            .expect("prune"),
+        2
+    );
+    // Nothing kept: a watch must start from the current revision (2).
+    assert_eq!(store.history_start().await.expect("start"), 3);
+    alloc(&store, svc("d", "c")).await;
+    assert_eq!(store.history_start().await.expect("start"), 3);
+    assert_eq!(
+        store.events_since(2, None, 10).await.expect("events").len(),
+        1
+    );
+}
+
 both_stores! {
     scenario_first_allocation_is_240 => scenario_pools;
     home_pool_exhausted_after_six => home_pool_runs_out_after_six;
@@ -826,6 +856,7 @@ both_stores! {
     ttl => external_leases_expire_and_renew;
     ipv6_48 => ipv6_48_pool_and_exact_stats;
     list_pages => pagination;
+    history => event_history_is_pruned;
 }
 
 /// The runs of used addresses always match the addresses table, through random churn.

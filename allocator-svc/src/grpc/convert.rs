@@ -27,6 +27,7 @@ impl From<Error> for Status {
             Error::Exhausted(_) => Status::resource_exhausted(msg),
             Error::Conflict(_) => Status::failed_precondition(msg),
             Error::PermissionDenied(_) => Status::permission_denied(msg),
+            Error::OutOfRange(_) => Status::out_of_range(msg),
             Error::Unavailable(_) => Status::unavailable(msg),
             Error::Internal(_) => Status::internal(msg),
         }

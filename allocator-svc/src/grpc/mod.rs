@@ -97,9 +97,16 @@ impl<S: LeaseStore> IpamService for Ipam<S> {
         &self,
         req: Request<pb::GetPoolRequest>,
     ) -> Result<Response<pb::Pool>, Status> {
-        caller(&req)?;
+        let caller = caller(&req)?;
         self.observe("GetPool", async {
             let pool = self.store.get_pool(&req.into_inner().name).await?;
+            if !pool.open_to(&caller) {
+                return Err(Error::PermissionDenied(format!(
+                    "pool {:?} is not open to {}",
+                    pool.name(),
+                    caller.name()
+                )));
+            }
             Ok(convert::pool_to_pb(&pool.spec))
         })
         .await
@@ -109,11 +116,16 @@ impl<S: LeaseStore> IpamService for Ipam<S> {
         &self,
         req: Request<pb::ListPoolsRequest>,
     ) -> Result<Response<pb::ListPoolsResponse>, Status> {
-        caller(&req)?;
+        let caller = caller(&req)?;
         self.observe("ListPools", async {
             let pools = self.store.list_pools().await?;
+            // Callers see the pools they may draw from; operators see all.
             Ok(pb::ListPoolsResponse {
-                pools: pools.iter().map(|p| convert::pool_to_pb(&p.spec)).collect(),
+                pools: pools
+                    .iter()
+                    .filter(|p| p.open_to(&caller))
+                    .map(|p| convert::pool_to_pb(&p.spec))
+                    .collect(),
             })
         })
         .await
@@ -267,6 +279,13 @@ impl<S: LeaseStore> IpamService for Ipam<S> {
     ) -> Result<Response<Self::WatchLeasesStream>, Status> {
         let caller = caller(&req)?;
         let r = req.into_inner();
+        let start = self.store.history_start().await.map_err(Status::from)?;
+        if r.from_revision + 1 < start {
+            return Err(Error::OutOfRange(format!(
+                "history before revision {start} is no longer kept: list the leases again and watch from the revision the list returns"
+            ))
+            .into());
+        }
         let (tx, rx) = mpsc::channel(64);
         let store = Arc::clone(&self.store);
         tokio::spawn(async move {
@@ -314,10 +333,21 @@ impl<S: LeaseStore> IpamService for Ipam<S> {
         &self,
         req: Request<pb::GetStatsRequest>,
     ) -> Result<Response<pb::GetStatsResponse>, Status> {
-        caller(&req)?;
+        let caller = caller(&req)?;
         self.observe("GetStats", async {
             let pool = non_empty(req.into_inner().pool);
-            let stats = self.store.stats(pool.as_deref()).await?;
+            let mut stats = self.store.stats(pool.as_deref()).await?;
+            if caller != Caller::Admin {
+                let open: std::collections::HashSet<String> = self
+                    .store
+                    .list_pools()
+                    .await?
+                    .into_iter()
+                    .filter(|p| p.open_to(&caller))
+                    .map(|p| p.spec.name)
+                    .collect();
+                stats.retain(|s| open.contains(&s.pool));
+            }
             Ok(pb::GetStatsResponse {
                 stats: stats.iter().map(convert::stats_to_pb).collect(),
             })

@@ -922,6 +922,25 @@ impl LeaseStore for SqlStore {
             .collect()
     }
 
+    async fn history_start(&self) -> Result<u64> {
+        let (oldest, current): (Option<i64>, i64) = sqlx::query_as(
+            "SELECT (SELECT MIN(revision) FROM lease_events), (SELECT value FROM revision WHERE id = 1)",
+        )
+        .fetch_one(&self.db)
+        .await
+        .map_err(map_sqlx)?;
+        Ok(oldest.unwrap_or(current + 1) as u64)
+    }
+
+    async fn prune_events(&self, age: Duration) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM lease_events WHERE at_ms < $1")
+            .bind(now_ms() - age.as_millis() as i64)
+            .execute(&self.db)
+            .await
+            .map_err(map_sqlx)?;
+        Ok(done.rows_affected())
+    }
+
     fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }
