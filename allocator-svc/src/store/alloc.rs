@@ -3,8 +3,8 @@
 //! Every writing transaction first locks the store's revision row (see [`super::sql::lock_writes`]),
 //! so writers run one at a time across replicas and two allocations never pick the same free
 //! address; the `addresses` primary key and the `lease_ports` key back this up in the database
-//! itself. The lowest free address is found without walking the pool: the first address is
-//! checked, then one anti-join finds the end of the run of used addresses after it.
+//! itself. The lowest free address is found without walking the pool: one look-up in
+//! `used_runs` per run of used addresses skipped (see `runs`).
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -62,7 +62,7 @@ pub(super) async fn allocate(
         }
     }
     let picks = choose(store, conn, &pools, caller, req).await?;
-    let lease = insert(conn, req, &picks).await?;
+    let lease = insert(conn, req, &picks, now_ms()).await?;
     let kind = if created {
         EventKind::Allocated
     } else {
@@ -97,8 +97,7 @@ pub(super) async fn move_stranded(
     let pools = load_pools(conn).await?;
     delete_owner(conn, &existing).await?;
     let picks = choose(store, conn, &pools, &caller_of(owner), &req).await?;
-    let mut lease = insert(conn, &req, &picks).await?;
-    lease.created_ms = first.created_ms;
+    let lease = insert(conn, &req, &picks, first.created_ms).await?;
     record_event(
         conn,
         store.dialect,
@@ -187,7 +186,9 @@ async fn reuse(
                         pool: pool.name().to_string(),
                     };
                     let rank = wanted.iter().position(|f| f == family).unwrap_or(1);
-                    insert_row(conn, req, &pick, rank, first.created_ms).await?;
+                    // The new row's revision is stamped with the others' below.
+                    let times = (first.created_ms, expires.or(first.expires_ms));
+                    insert_row(conn, req, &pick, rank, times, 0).await?;
                     added = true;
                 }
             }
@@ -550,7 +551,8 @@ async fn insert_row(
     req: &AllocRequest,
     pick: &Pick,
     rank: usize,
-    created_ms: i64,
+    (created_ms, expires_ms): (i64, Option<i64>),
+    revision: u64,
 ) -> Result<(), TxError> {
     let group = req.share_group();
     let key = addr::key_bytes(pick.key);
@@ -579,7 +581,7 @@ async fn insert_row(
     sqlx::query(
         "INSERT INTO leases (owner_key, family, owner, cluster, namespace, client, addr, share_group, pool, \
          primary_rank, sharing_key, backend_key, ports, request, stranded, created_ms, expires_ms, revision) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 0, $15, $16, 0)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 0, $15, $16, $17)",
     )
     .bind(req.owner.key())
     .bind(pick.family.code())
@@ -596,24 +598,25 @@ async fn insert_row(
     .bind(to_json(&req.ports)?)
     .bind(to_json(req)?)
     .bind(created_ms)
-    .bind(req.ttl_seconds.map(|t| now_ms() + i64::from(t) * 1000))
+    .bind(expires_ms)
+    .bind(revision as i64)
     .execute(&mut *conn)
     .await?;
     insert_ports(conn, req, pick.key).await
 }
 
-/// Writes a new lease and gives it a revision.
+/// Writes a new lease under the next revision.
 async fn insert(
     conn: &mut AnyConnection,
     req: &AllocRequest,
     picks: &[Pick],
+    created_ms: i64,
 ) -> Result<Lease, TxError> {
-    let created_ms = now_ms();
-    for (rank, pick) in picks.iter().enumerate() {
-        insert_row(conn, req, pick, rank, created_ms).await?;
-    }
     let revision = next_revisions(conn, 1).await?;
-    stamp(conn, &req.owner.key(), revision).await?;
+    let expires_ms = req.ttl_seconds.map(|t| now_ms() + i64::from(t) * 1000);
+    for (rank, pick) in picks.iter().enumerate() {
+        insert_row(conn, req, pick, rank, (created_ms, expires_ms), revision).await?;
+    }
     Ok(Lease {
         owner: req.owner.clone(),
         addrs: picks
@@ -629,7 +632,7 @@ async fn insert(
         backend_key: req.backend_key.clone(),
         ports: req.ports.clone(),
         created_ms,
-        expires_ms: req.ttl_seconds.map(|t| created_ms + i64::from(t) * 1000),
+        expires_ms,
         revision,
     })
 }
