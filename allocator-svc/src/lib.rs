@@ -10,4 +10,5 @@ pub mod metrics;
 pub mod pool;
 pub mod selector;
 pub mod server;
+pub mod state;
 pub mod store;

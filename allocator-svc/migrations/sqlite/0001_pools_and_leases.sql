@@ -25,14 +25,6 @@ CREATE TABLE addresses (
 );
 CREATE INDEX addresses_pool_group ON addresses (pool, share_group, addr);
 
--- The addresses in use as maximal runs of consecutive keys, kept in step with `addresses`. The
--- lowest free address at or after any key is one index look-up away (the end of the run that
--- contains it, plus one), however many leases a pool holds and however large it is.
-CREATE TABLE used_runs (
-    start_addr BLOB PRIMARY KEY,
-    end_addr   BLOB NOT NULL UNIQUE
-);
-
 -- One row per owner and family: an owner holds at most one address of each family.
 CREATE TABLE leases (
     owner_key   TEXT NOT NULL,

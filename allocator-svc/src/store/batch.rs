@@ -1,66 +1,70 @@
-//! Group commit for the hot path: allocations and releases that arrive together run in one
-//! database transaction, each inside its own savepoint, and are answered only after that
-//! transaction commits.
+//! The writer: every lease change goes through one worker per replica, which decides in memory
+//! (see [`crate::state`]) and persists a whole batch of calls in one database transaction.
 //!
-//! Writers hold the store's write lock until they commit, so they cannot overlap; one transaction
-//! per call would pay a WAL flush per call while holding that lock. Batching pays one flush for
-//! every call that queued meanwhile. A call that fails (pool full, a
-//! sharing conflict) is rolled back to its savepoint and leaves the others untouched; a call that
-//! loses a race with another replica runs again inside the batch.
+//! A batch takes the store's write lock first (see `sql::lock_writes`), so writers on all
+//! replicas take turns; it brings its in-memory state up to the store's revision by replaying the
+//! events other writers recorded (or reloads it, after a gap), decides every call, writes what
+//! changed and commits once. Calls are answered only after the commit: many calls share one WAL
+//! flush and every acknowledged change is durable. If anything fails in the database, nothing of
+//! the batch is kept, every call in it gets the error, and the in-memory state is rebuilt from the
+//! database before the next batch.
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use sqlx::{Acquire, AnyConnection};
+use sqlx::{AnyConnection, Row};
 use tokio::sync::{mpsc, oneshot};
 
-use super::alloc;
-use super::sql::{Core, TxError, lock_writes, map_sqlx};
+use super::sql::{Core, LeaseRow, TxError, lease_of, load_pools, now_ms, write_lock};
+use crate::addr;
 use crate::error::{Error, Result};
 use crate::lease::{AllocRequest, EventKind, Lease, Owner};
 use crate::pool::Caller;
+use crate::state::{Change, State, share_group};
 
 /// Calls in one transaction at most: enough to amortize a flush, few enough that one batch
 /// stays in the low milliseconds.
-const MAX_BATCH: usize = 64;
+const MAX_BATCH: usize = 128;
 /// Queue length before callers wait to hand in work.
-const QUEUE: usize = 1024;
-/// How often a call that lost a race runs again before it fails with UNAVAILABLE.
-const MAX_ATTEMPTS: usize = 12;
+const QUEUE: usize = 4096;
 
 pub(crate) enum Job {
     Allocate {
         caller: Caller,
         req: AllocRequest,
-        reply: oneshot::Sender<Result<(Lease, bool, bool)>>,
+        reply: oneshot::Sender<Result<(Lease, bool)>>,
     },
     Release {
         caller: Caller,
         owner: Owner,
-        reply: oneshot::Sender<Result<(Lease, u64)>>,
+        reply: oneshot::Sender<Result<Lease>>,
+    },
+    Renew {
+        caller: Caller,
+        owner: Owner,
+        ttl_seconds: u32,
+        reply: oneshot::Sender<Result<Lease>>,
+    },
+    Move {
+        owner: Owner,
+        reply: oneshot::Sender<Result<Lease>>,
+    },
+    /// Releases the lease if its time to live has passed; `None` if it has not (any more).
+    Expire {
+        owner: Owner,
+        reply: oneshot::Sender<Result<Option<Lease>>>,
     },
 }
 
-/// What a job produced, held until the batch commits.
-enum Done {
-    Allocated(Result<(Lease, bool, bool)>),
-    Released(Result<(Lease, u64)>),
-}
-
-impl Done {
-    fn revision(&self) -> u64 {
-        match self {
-            Done::Allocated(Ok((l, _, true))) => l.revision,
-            Done::Released(Ok((_, r))) => *r,
-            _ => 0,
-        }
-    }
+/// A call's answer, held until the batch commits.
+enum Answer {
+    Allocated(Result<(Lease, bool)>),
+    Lease(Result<Lease>),
+    Expired(Result<Option<Lease>>),
 }
 
 /// Starts the worker; it stops when the returned sender (the store) is dropped.
-pub(super) fn spawn(core: Arc<Core>) -> mpsc::Sender<Job> {
+pub(super) fn spawn(core: std::sync::Arc<Core>) -> mpsc::Sender<Job> {
     let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
     tokio::spawn(async move {
+        let mut state: Option<State> = None;
         while let Some(first) = rx.recv().await {
             let mut jobs = vec![first];
             while jobs.len() < MAX_BATCH {
@@ -69,103 +73,388 @@ pub(super) fn spawn(core: Arc<Core>) -> mpsc::Sender<Job> {
                     Err(_) => break,
                 }
             }
-            run(&core, jobs).await;
+            run(&core, &mut state, jobs).await;
         }
     });
     tx
 }
 
-async fn run(core: &Core, jobs: Vec<Job>) {
-    let outcome = async {
-        let mut tx = core.db.begin().await.map_err(map_sqlx)?;
-        lock_writes(&mut tx, core.dialect)
-            .await
-            .map_err(|e| match e {
+async fn run(core: &Core, cached: &mut Option<State>, jobs: Vec<Job>) {
+    let outcome = batch(core, cached.take(), &jobs).await;
+    let answers = match outcome {
+        Ok((state, answers)) => {
+            core.announce(state.revision());
+            *cached = Some(state);
+            answers
+        }
+        Err(e) => {
+            // Nothing of the batch was committed, whatever each call decided inside it.
+            let e = match e {
                 TxError::Fail(e) => e,
                 TxError::Retry(why) => Error::Unavailable(why),
-            })?;
-        let mut done = Vec::with_capacity(jobs.len());
-        for job in &jobs {
-            done.push(run_one(core, &mut tx, job).await);
-        }
-        tx.commit().await.map_err(map_sqlx)?;
-        Ok::<_, Error>(done)
-    }
-    .await;
-    let done: Vec<Done> = match outcome {
-        Ok(done) => done,
-        Err(e) => {
-            tracing::warn!(error = %e, calls = jobs.len(), "batch failed");
-            // Nothing of the batch was committed, whatever each call did inside it.
+            };
+            tracing::warn!(error = %e, calls = jobs.len(), "batch failed; state is reloaded");
             jobs.iter().map(|j| failed(j, e.clone())).collect()
         }
     };
-    if let Some(rev) = done.iter().map(Done::revision).max().filter(|r| *r > 0) {
-        core.announce(rev);
-    }
-    for (job, d) in jobs.into_iter().zip(done) {
+    for (job, answer) in jobs.into_iter().zip(answers) {
         // A caller that went away no longer needs its answer.
-        match (job, d) {
-            (Job::Allocate { reply, .. }, Done::Allocated(r)) => {
-                let _ = reply.send(r);
-            }
-            (Job::Release { reply, .. }, Done::Released(r)) => {
-                let _ = reply.send(r);
-            }
-            _ => unreachable!("outcomes are produced in job order and kind"),
+        match (job, answer) {
+            (Job::Allocate { reply, .. }, Answer::Allocated(r)) => drop(reply.send(r)),
+            (
+                Job::Release { reply, .. } | Job::Renew { reply, .. } | Job::Move { reply, .. },
+                Answer::Lease(r),
+            ) => drop(reply.send(r)),
+            (Job::Expire { reply, .. }, Answer::Expired(r)) => drop(reply.send(r)),
+            _ => unreachable!("answers are made in job order and kind"),
         }
     }
 }
 
-/// Runs one job in a savepoint, again if it lost a race.
-async fn run_one(core: &Core, conn: &mut AnyConnection, job: &Job) -> Done {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let outcome = attempt_once(core, conn, job).await;
-        match outcome {
-            Ok(done) => return done,
-            Err(TxError::Retry(why)) if attempt < MAX_ATTEMPTS => {
-                tracing::debug!(attempt, %why, "call lost a race, running it again");
-                tokio::time::sleep(Duration::from_millis(attempt as u64)).await;
-            }
-            Err(TxError::Retry(why)) => {
-                return failed(
-                    job,
-                    Error::Unavailable(format!("too much contention: {why}")),
-                );
-            }
-            Err(TxError::Fail(e)) => return failed(job, e),
-        }
-    }
-}
-
-fn failed(job: &Job, e: Error) -> Done {
+fn failed(job: &Job, e: Error) -> Answer {
     match job {
-        Job::Allocate { .. } => Done::Allocated(Err(e)),
-        Job::Release { .. } => Done::Released(Err(e)),
+        Job::Allocate { .. } => Answer::Allocated(Err(e)),
+        Job::Release { .. } | Job::Renew { .. } | Job::Move { .. } => Answer::Lease(Err(e)),
+        Job::Expire { .. } => Answer::Expired(Err(e)),
     }
 }
 
-async fn attempt_once(core: &Core, conn: &mut AnyConnection, job: &Job) -> Result<Done, TxError> {
-    let mut sp = conn.begin().await?;
-    let result = match job {
-        Job::Allocate { caller, req, .. } => alloc::allocate(core, &mut sp, caller, req)
-            .await
-            .map(|r| Done::Allocated(Ok(r))),
-        Job::Release { caller, owner, .. } => core
-            .release_in(&mut sp, caller, owner, EventKind::Released)
-            .await
-            .map(|r| Done::Released(Ok(r))),
-    };
-    match result {
-        Ok(done) => {
-            sp.commit().await?;
-            Ok(done)
-        }
-        Err(e) => {
-            sp.rollback().await?;
-            Err(e)
+async fn batch(
+    core: &Core,
+    cached: Option<State>,
+    jobs: &[Job],
+) -> Result<(State, Vec<Answer>), TxError> {
+    let mut tx = core.db.begin().await?;
+    let revision = write_lock(&mut tx, core.dialect).await?;
+    let mut state = sync(core, &mut tx, cached, revision).await?;
+    state.set_pools(load_pools(&mut tx).await?);
+    let now = now_ms();
+    let mut changes = Vec::new();
+    let mut answers = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let answer = match job {
+            Job::Allocate { caller, req, .. } => {
+                Answer::Allocated(state.allocate(caller, req, now).map(
+                    |(lease, created, change)| {
+                        changes.extend(change);
+                        (lease, created)
+                    },
+                ))
+            }
+            Job::Release { caller, owner, .. } => Answer::Lease(
+                state
+                    .release(caller, owner, EventKind::Released, now)
+                    .map(|c| keep(&mut changes, c)),
+            ),
+            Job::Renew {
+                caller,
+                owner,
+                ttl_seconds,
+                ..
+            } => Answer::Lease(
+                state
+                    .renew(caller, owner, *ttl_seconds, now)
+                    .map(|c| keep(&mut changes, c)),
+            ),
+            Job::Move { owner, .. } => {
+                let req = stored_request(&mut tx, owner).await?;
+                Answer::Lease(
+                    req.and_then(|req| state.move_stranded(owner, &req, now))
+                        .map(|c| keep(&mut changes, c)),
+                )
+            }
+            Job::Expire { owner, .. } => {
+                let due = state
+                    .lease(&owner.key())
+                    .is_some_and(|l| l.expires_ms.is_some_and(|e| e <= now));
+                Answer::Expired(if due {
+                    state
+                        .release(&Caller::Admin, owner, EventKind::Expired, now)
+                        .map(|c| Some(keep(&mut changes, c)))
+                } else {
+                    Ok(None)
+                })
+            }
+        };
+        answers.push(answer);
+    }
+    for c in &changes {
+        persist(&mut tx, c, now).await?;
+    }
+    if !changes.is_empty() {
+        record_events(&mut tx, &changes, now).await?;
+        sqlx::query("UPDATE revision SET value = $1 WHERE id = 1")
+            .bind(state.revision() as i64)
+            .execute(&mut *tx)
+            .await?;
+        if core.dialect == super::Dialect::Postgres {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(super::sql::NOTIFY_CHANNEL)
+                .bind(state.revision().to_string())
+                .execute(&mut *tx)
+                .await?;
         }
     }
+    tx.commit().await?;
+    Ok((state, answers))
+}
+
+fn keep(changes: &mut Vec<Change>, c: Change) -> Lease {
+    let lease = c.lease.clone();
+    changes.push(c);
+    lease
+}
+
+/// The request a lease was made with, for moving it.
+async fn stored_request(
+    conn: &mut AnyConnection,
+    owner: &Owner,
+) -> Result<Result<AllocRequest>, TxError> {
+    let raw: Option<String> =
+        sqlx::query_scalar("SELECT request FROM leases WHERE owner_key = $1 LIMIT 1")
+            .bind(owner.key())
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(match raw {
+        None => Err(Error::NotFound(format!("no lease for {}", owner.key()))),
+        Some(raw) => serde_json::from_str(&raw)
+            .map_err(|_| Error::Internal("stored request cannot be read".into())),
+    })
+}
+
+/// Brings the cached state to `revision`: replays the events since, or reloads everything.
+async fn sync(
+    core: &Core,
+    conn: &mut AnyConnection,
+    cached: Option<State>,
+    revision: u64,
+) -> Result<State, TxError> {
+    if let Some(mut state) = cached {
+        if state.revision() == revision {
+            return Ok(state);
+        }
+        if state.revision() < revision {
+            let rows = sqlx::query(
+                "SELECT revision, kind, lease, at_ms FROM lease_events WHERE revision > $1 AND revision <= $2 ORDER BY revision",
+            )
+            .bind(state.revision() as i64)
+            .bind(revision as i64)
+            .fetch_all(&mut *conn)
+            .await?;
+            // Complete history only: pruned events mean a reload.
+            if rows.len() as u64 == revision - state.revision() {
+                for row in &rows {
+                    let kind = EventKind::from_code(row.try_get("kind")?)
+                        .ok_or_else(|| corrupt("event kind"))?;
+                    let lease: String = row.try_get("lease")?;
+                    let lease: Lease =
+                        serde_json::from_str(&lease).map_err(|_| corrupt("event"))?;
+                    state.apply_event(
+                        row.try_get::<i64, _>("revision")? as u64,
+                        kind,
+                        lease,
+                        row.try_get("at_ms")?,
+                    );
+                }
+                return Ok(state);
+            }
+        }
+    }
+    load(core, conn, revision).await
+}
+
+fn corrupt(what: &str) -> TxError {
+    TxError::Fail(Error::Internal(format!("stored {what} cannot be read")))
+}
+
+/// Builds the state from the leases and recent releases in the database.
+async fn load(core: &Core, conn: &mut AnyConnection, revision: u64) -> Result<State, TxError> {
+    let rows = sqlx::query(concat!(
+        "SELECT ",
+        lease_columns!(),
+        " FROM leases ORDER BY owner_key, primary_rank"
+    ))
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut state = State::new(revision, core.grace_ms);
+    let mut current: Vec<LeaseRow> = Vec::new();
+    for row in &rows {
+        let r = LeaseRow::from_row(row)?;
+        if current.first().is_some_and(|c| c.owner_key != r.owner_key) {
+            state.put(lease_of(&current).ok_or_else(|| corrupt("lease"))?);
+            current.clear();
+        }
+        current.push(r);
+    }
+    if let Some(l) = lease_of(&current) {
+        state.put(l);
+    }
+    let recent: Vec<(String, i64, Vec<u8>, i64)> = sqlx::query_as(
+        "SELECT owner_key, family, addr, released_ms FROM recent_releases WHERE released_ms >= $1",
+    )
+    .bind(now_ms() - core.grace_ms)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (owner_key, family, a, at) in recent {
+        if let (Some(f), Some(k)) = (addr::Family::from_code(family), addr::key_from_bytes(&a)) {
+            state.remember_release(&owner_key, f, k, at);
+        }
+    }
+    tracing::info!(revision, leases = state.len(), "allocation state loaded");
+    Ok(state)
+}
+
+/// Writes one change: the owner's rows, the addresses they use, their ports.
+async fn persist(conn: &mut AnyConnection, c: &Change, now: i64) -> Result<(), TxError> {
+    let owner_key = c.lease.owner.key();
+    let released = matches!(c.kind, EventKind::Released | EventKind::Expired);
+    if c.request.is_none() && !released {
+        // Only the time to live changed (Renew).
+        sqlx::query("UPDATE leases SET expires_ms = $1, revision = $2 WHERE owner_key = $3")
+            .bind(c.lease.expires_ms)
+            .bind(c.lease.revision as i64)
+            .bind(&owner_key)
+            .execute(&mut *conn)
+            .await?;
+        return Ok(());
+    }
+    if let Some(old) = &c.old {
+        delete_rows(conn, old).await?;
+    }
+    if released {
+        for a in &c.lease.addrs {
+            sqlx::query(
+                "INSERT INTO recent_releases (owner_key, family, addr, released_ms) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (owner_key, family) DO UPDATE SET addr = excluded.addr, released_ms = excluded.released_ms",
+            )
+            .bind(&owner_key)
+            .bind(a.family.code())
+            .bind(addr::key_bytes(addr::key(a.ip)))
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+        }
+        return Ok(());
+    }
+    let l = &c.lease;
+    let group = share_group(&owner_key, &l.sharing_key, &l.backend_key);
+    let request = serde_json::to_string(&c.request).map_err(|e| Error::Internal(e.to_string()))?;
+    let owner = serde_json::to_string(&l.owner).map_err(|e| Error::Internal(e.to_string()))?;
+    let ports = serde_json::to_string(&l.ports).map_err(|e| Error::Internal(e.to_string()))?;
+    let (cluster, namespace, client) = match &l.owner {
+        Owner::Service {
+            cluster, namespace, ..
+        } => (cluster.as_str(), namespace.as_str(), ""),
+        Owner::External { client, .. } => ("", "", client.as_str()),
+    };
+    for (rank, a) in l.addrs.iter().enumerate() {
+        let key = addr::key_bytes(addr::key(a.ip));
+        // An address another sharer holds under this group is joined; one held under another
+        // group makes the lease's foreign key fail, and the batch with it.
+        sqlx::query("INSERT INTO addresses (addr, family, pool, share_group) VALUES ($1, $2, $3, $4) ON CONFLICT (addr) DO NOTHING")
+            .bind(key.clone())
+            .bind(a.family.code())
+            .bind(&a.pool)
+            .bind(&group)
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query(
+            "INSERT INTO leases (owner_key, family, owner, cluster, namespace, client, addr, share_group, pool, \
+             primary_rank, sharing_key, backend_key, ports, request, stranded, created_ms, expires_ms, revision) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+        )
+        .bind(&owner_key)
+        .bind(a.family.code())
+        .bind(&owner)
+        .bind(cluster)
+        .bind(namespace)
+        .bind(client)
+        .bind(key.clone())
+        .bind(&group)
+        .bind(&a.pool)
+        .bind(rank as i64)
+        .bind(&l.sharing_key)
+        .bind(&l.backend_key)
+        .bind(&ports)
+        .bind(&request)
+        .bind(i64::from(a.stranded))
+        .bind(l.created_ms)
+        .bind(l.expires_ms)
+        .bind(l.revision as i64)
+        .execute(&mut *conn)
+        .await?;
+        if !l.sharing_key.is_empty() {
+            for p in &l.ports {
+                sqlx::query("INSERT INTO lease_ports (addr, protocol, port, owner_key) VALUES ($1, $2, $3, $4)")
+                    .bind(key.clone())
+                    .bind(p.protocol.code())
+                    .bind(i64::from(p.port))
+                    .bind(&owner_key)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Deletes an owner's rows, its ports, and the addresses nobody else holds.
+async fn delete_rows(conn: &mut AnyConnection, old: &Lease) -> Result<(), TxError> {
+    let owner_key = old.owner.key();
+    sqlx::query("DELETE FROM leases WHERE owner_key = $1")
+        .bind(&owner_key)
+        .execute(&mut *conn)
+        .await?;
+    if !old.sharing_key.is_empty() {
+        sqlx::query("DELETE FROM lease_ports WHERE owner_key = $1")
+            .bind(&owner_key)
+            .execute(&mut *conn)
+            .await?;
+    }
+    for a in &old.addrs {
+        sqlx::query("DELETE FROM addresses WHERE addr = $1 AND NOT EXISTS (SELECT 1 FROM leases WHERE addr = $1)")
+            .bind(addr::key_bytes(addr::key(a.ip)))
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Records the batch's events in one statement per 100.
+async fn record_events(
+    conn: &mut AnyConnection,
+    changes: &[Change],
+    now: i64,
+) -> Result<(), TxError> {
+    for chunk in changes.chunks(100) {
+        let mut sql =
+            String::from("INSERT INTO lease_events (revision, kind, pool, lease, at_ms) VALUES ");
+        for i in 0..chunk.len() {
+            let b = i * 5;
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}, ${})",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5
+            ));
+        }
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for c in chunk {
+            let json =
+                serde_json::to_string(&c.lease).map_err(|e| Error::Internal(e.to_string()))?;
+            q = q
+                .bind(c.lease.revision as i64)
+                .bind(c.kind.code())
+                .bind(c.lease.pool().to_string())
+                .bind(json)
+                .bind(now);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
 }

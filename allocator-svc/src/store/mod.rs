@@ -4,9 +4,15 @@
 //! file (one replica). Both take the same statements; the few places where the dialects differ
 //! are in [`Dialect`].
 
-mod alloc;
+/// The columns `LeaseRow::from_row` reads.
+macro_rules! lease_columns {
+    () => {
+        "owner_key, family, owner, addr, pool, sharing_key, backend_key, ports, stranded, \
+         created_ms, expires_ms, revision"
+    };
+}
+
 mod batch;
-mod runs;
 mod sql;
 
 use std::future::Future;

@@ -9,22 +9,14 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::batch;
 use super::{Applied, LeasePage, LeaseStore};
-use super::{alloc, batch};
 use crate::addr::{self, Family};
 use crate::error::{Error, Result};
 use crate::lease::{
     AllocRequest, EventKind, Lease, LeaseAddr, LeaseEvent, LeaseFilter, Owner, PoolStats,
 };
 use crate::pool::{self, Caller, Pool, PoolSpec};
-
-/// The columns [`LeaseRow::from_row`] reads.
-macro_rules! lease_columns {
-    () => {
-        "owner_key, family, owner, addr, share_group, pool, sharing_key, backend_key, ports, \
-         request, stranded, created_ms, expires_ms, revision"
-    };
-}
 
 /// Which database a [`SqlStore`] runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,7 +141,7 @@ macro_rules! in_tx {
             let mut tx = $store.db.begin().await.map_err(map_sqlx)?;
             let outcome: std::result::Result<_, TxError> = async {
                 let $conn: &mut AnyConnection = &mut tx;
-                lock_writes($conn, $store.dialect).await?;
+                write_lock($conn, $store.dialect).await?;
                 $body.await
             }
             .await;
@@ -230,7 +222,7 @@ impl SqlStore {
             loop {
                 match sqlx::postgres::PgListener::connect(&url).await {
                     Ok(mut listener) => {
-                        if let Err(e) = listener.listen(alloc::NOTIFY_CHANNEL).await {
+                        if let Err(e) = listener.listen(NOTIFY_CHANNEL).await {
                             tracing::warn!(error = %e, "LISTEN failed");
                         } else {
                             loop {
@@ -266,44 +258,6 @@ impl SqlStore {
 }
 
 impl Core {
-    pub(super) async fn release_in(
-        &self,
-        conn: &mut AnyConnection,
-        caller: &Caller,
-        owner: &Owner,
-        kind: EventKind,
-    ) -> Result<(Lease, u64), TxError> {
-        let owner_key = owner.key();
-        let rows = owner_rows(conn, &owner_key).await?;
-        let lease =
-            lease_of(&rows).ok_or_else(|| Error::NotFound(format!("no lease for {owner_key}")))?;
-        if !owner.belongs_to(caller) {
-            return Err(Error::PermissionDenied(format!(
-                "{} may not release {owner_key}",
-                caller.name()
-            ))
-            .into());
-        }
-        delete_owner(conn, &rows).await?;
-        let now = now_ms();
-        for r in &rows {
-            sqlx::query(
-                "INSERT INTO recent_releases (owner_key, family, addr, released_ms) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (owner_key, family) DO UPDATE SET addr = excluded.addr, released_ms = excluded.released_ms",
-            )
-            .bind(&owner_key)
-            .bind(r.family.code())
-            .bind(addr::key_bytes(r.addr))
-            .bind(now)
-            .execute(&mut *conn)
-            .await?;
-        }
-        let revision = next_revisions(conn, 1).await?;
-        let lease = Lease { revision, ..lease };
-        record_event(conn, self.dialect, revision, kind, &lease).await?;
-        Ok((lease, revision))
-    }
-
     pub(super) fn announce(&self, revision: u64) {
         self.changes.send_if_modified(|cur| {
             let newer = revision > *cur;
@@ -340,12 +294,10 @@ pub(super) struct LeaseRow {
     pub family: Family,
     pub owner: Owner,
     pub addr: u128,
-    pub share_group: String,
     pub pool: String,
     pub sharing_key: String,
     pub backend_key: String,
     pub ports: Vec<crate::lease::Port>,
-    pub request: String,
     pub stranded: bool,
     pub created_ms: i64,
     pub expires_ms: Option<i64>,
@@ -357,7 +309,7 @@ fn corrupt(what: &str) -> TxError {
 }
 
 impl LeaseRow {
-    fn from_row(row: &AnyRow) -> Result<LeaseRow, TxError> {
+    pub(super) fn from_row(row: &AnyRow) -> Result<LeaseRow, TxError> {
         let family = Family::from_code(row.try_get("family")?).ok_or_else(|| corrupt("family"))?;
         let owner: String = row.try_get("owner")?;
         let addr: Vec<u8> = row.try_get("addr")?;
@@ -367,12 +319,10 @@ impl LeaseRow {
             family,
             owner: serde_json::from_str(&owner).map_err(|_| corrupt("owner"))?,
             addr: addr::key_from_bytes(&addr).ok_or_else(|| corrupt("address"))?,
-            share_group: row.try_get("share_group")?,
             pool: row.try_get("pool")?,
             sharing_key: row.try_get("sharing_key")?,
             backend_key: row.try_get("backend_key")?,
             ports: serde_json::from_str(&ports).map_err(|_| corrupt("ports"))?,
-            request: row.try_get("request")?,
             stranded: row.try_get::<i64, _>("stranded")? != 0,
             created_ms: row.try_get("created_ms")?,
             expires_ms: row.try_get("expires_ms")?,
@@ -418,17 +368,21 @@ pub(super) async fn load_pools(conn: &mut AnyConnection) -> Result<Vec<Pool>, Tx
         .collect()
 }
 
+/// The NOTIFY channel on which every commit announces its revision.
+pub(super) const NOTIFY_CHANNEL: &str = "ferrolb_revision";
+
 /// Makes this transaction the only writer until it commits: it locks the revision row first,
 /// before any pool or lease row, so writers on every replica queue in one order and never
 /// deadlock. Batching (see `batch`) keeps the single writer busy with many calls per commit.
 /// SQLite has one connection and needs no lock.
-pub(super) async fn lock_writes(conn: &mut AnyConnection, dialect: Dialect) -> Result<(), TxError> {
-    if dialect == Dialect::Postgres {
-        sqlx::query("SELECT value FROM revision WHERE id = 1 FOR UPDATE")
-            .execute(&mut *conn)
-            .await?;
-    }
-    Ok(())
+/// Returns the store's revision.
+pub(super) async fn write_lock(conn: &mut AnyConnection, dialect: Dialect) -> Result<u64, TxError> {
+    let sql = match dialect {
+        Dialect::Postgres => "SELECT value FROM revision WHERE id = 1 FOR UPDATE",
+        Dialect::Sqlite => "SELECT value FROM revision WHERE id = 1",
+    };
+    let value: i64 = sqlx::query_scalar(sql).fetch_one(&mut *conn).await?;
+    Ok(value as u64)
 }
 
 /// Takes `n` revisions; writers hold the row's lock until commit, so revisions commit in order.
@@ -462,7 +416,7 @@ pub(super) async fn record_event(
     .await?;
     if dialect == Dialect::Postgres {
         sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(alloc::NOTIFY_CHANNEL)
+            .bind(NOTIFY_CHANNEL)
             .bind(revision.to_string())
             .execute(&mut *conn)
             .await?;
@@ -482,45 +436,6 @@ pub(super) async fn stamp(
         .execute(&mut *conn)
         .await?;
     Ok(())
-}
-
-/// Deletes an owner's rows, their ports, and the addresses no one else holds.
-pub(super) async fn delete_owner(
-    conn: &mut AnyConnection,
-    rows: &[LeaseRow],
-) -> Result<(), TxError> {
-    let Some(first) = rows.first() else {
-        return Ok(());
-    };
-    sqlx::query("DELETE FROM leases WHERE owner_key = $1")
-        .bind(&first.owner_key)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("DELETE FROM lease_ports WHERE owner_key = $1")
-        .bind(&first.owner_key)
-        .execute(&mut *conn)
-        .await?;
-    for r in rows {
-        let freed = sqlx::query(
-            "DELETE FROM addresses WHERE addr = $1 AND NOT EXISTS (SELECT 1 FROM leases WHERE addr = $1)",
-        )
-        .bind(addr::key_bytes(r.addr))
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
-        if freed > 0 {
-            super::runs::remove(conn, r.addr).await?;
-        }
-    }
-    Ok(())
-}
-
-/// The identity an owner's own adapter or client calls with.
-pub(super) fn caller_of(owner: &Owner) -> Caller {
-    match owner {
-        Owner::Service { cluster, .. } => Caller::Cluster(cluster.clone()),
-        Owner::External { client, .. } => Caller::Client(client.clone()),
-    }
 }
 
 impl SqlStore {
@@ -723,30 +638,22 @@ impl LeaseStore for SqlStore {
                 req.owner.key()
             )));
         }
-        let (lease, created, changed) = self
-            .batch(|reply| batch::Job::Allocate {
-                caller: caller.clone(),
-                req,
-                reply,
-            })
-            .await?;
-        if changed {
-            self.announce(lease.revision);
-        }
-        Ok((lease, created))
+        self.batch(|reply| batch::Job::Allocate {
+            caller: caller.clone(),
+            req,
+            reply,
+        })
+        .await
     }
 
     async fn release(&self, caller: &Caller, owner: &Owner) -> Result<Lease> {
         owner.validate()?;
-        let (lease, revision) = self
-            .batch(|reply| batch::Job::Release {
-                caller: caller.clone(),
-                owner: owner.clone(),
-                reply,
-            })
-            .await?;
-        self.announce(revision);
-        Ok(lease)
+        self.batch(|reply| batch::Job::Release {
+            caller: caller.clone(),
+            owner: owner.clone(),
+            reply,
+        })
+        .await
     }
 
     async fn renew(&self, caller: &Caller, owner: &Owner, ttl_seconds: u32) -> Result<Lease> {
@@ -760,33 +667,13 @@ impl LeaseStore for SqlStore {
         if ttl_seconds == 0 {
             return Err(Error::invalid("ttl_seconds", "must be at least 1"));
         }
-        let lease = in_tx!(self, |conn| async {
-            let owner_key = owner.key();
-            let rows = owner_rows(conn, &owner_key).await?;
-            if rows.is_empty() {
-                return Err(Error::NotFound(format!("no lease for {owner_key}")).into());
-            }
-            if !owner.belongs_to(caller) {
-                return Err(Error::PermissionDenied(format!(
-                    "{} may not renew {owner_key}",
-                    caller.name()
-                ))
-                .into());
-            }
-            sqlx::query("UPDATE leases SET expires_ms = $1 WHERE owner_key = $2")
-                .bind(now_ms() + i64::from(ttl_seconds) * 1000)
-                .bind(&owner_key)
-                .execute(&mut *conn)
-                .await?;
-            let revision = next_revisions(conn, 1).await?;
-            stamp(conn, &owner_key, revision).await?;
-            let lease =
-                lease_of(&owner_rows(conn, &owner_key).await?).ok_or_else(|| corrupt("lease"))?;
-            record_event(conn, self.dialect, revision, EventKind::Updated, &lease).await?;
-            Ok(lease)
-        })?;
-        self.announce(lease.revision);
-        Ok(lease)
+        self.batch(|reply| batch::Job::Renew {
+            caller: caller.clone(),
+            owner: owner.clone(),
+            ttl_seconds,
+            reply,
+        })
+        .await
     }
 
     async fn get_lease(&self, caller: &Caller, owner: &Owner) -> Result<Lease> {
@@ -852,9 +739,11 @@ impl LeaseStore for SqlStore {
                 caller.name()
             )));
         }
-        let lease = in_tx!(self, |conn| alloc::move_stranded(self, conn, owner))?;
-        self.announce(lease.revision);
-        Ok(lease)
+        self.batch(|reply| batch::Job::Move {
+            owner: owner.clone(),
+            reply,
+        })
+        .await
     }
 
     async fn expire(&self) -> Result<usize> {
@@ -869,22 +758,15 @@ impl LeaseStore for SqlStore {
         for owner in owners {
             let owner: Owner =
                 serde_json::from_str(&owner).map_err(|_| Error::Internal("stored owner".into()))?;
-            let result = in_tx!(self, |conn| async {
-                // Another replica may have expired or renewed it meanwhile.
-                let rows = owner_rows(conn, &owner.key()).await?;
-                if !rows
-                    .iter()
-                    .any(|r| r.expires_ms.is_some_and(|e| e <= now_ms()))
-                {
-                    return Ok(None);
-                }
-                self.release_in(conn, &Caller::Admin, &owner, EventKind::Expired)
-                    .await
-                    .map(Some)
-            });
-            if let Some((lease, revision)) = result? {
+            // Another replica may have expired or renewed it meanwhile: the writer checks again.
+            let done = self
+                .batch(|reply| batch::Job::Expire {
+                    owner: owner.clone(),
+                    reply,
+                })
+                .await?;
+            if let Some(lease) = done {
                 tracing::info!(owner = %lease.owner.key(), ips = ?lease.ips(), "lease expired");
-                self.announce(revision);
                 expired += 1;
             }
         }
