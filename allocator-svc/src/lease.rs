@@ -200,11 +200,7 @@ impl AllocRequest {
     /// The sharing group of the addresses this request takes: services share an address only
     /// with equal non-empty sharing keys and equal backend keys; otherwise the owner alone.
     pub fn share_group(&self) -> String {
-        if self.sharing_key.is_empty() {
-            format!("owner:{}", self.owner.key())
-        } else {
-            format!("key:{}\u{1f}{}", self.sharing_key, self.backend_key)
-        }
+        crate::state::share_group(&self.owner.key(), &self.sharing_key, &self.backend_key)
     }
 }
 

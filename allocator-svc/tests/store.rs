@@ -932,3 +932,74 @@ async fn replicas_stay_in_step_sqlite() {
 async fn replicas_stay_in_step_postgres() {
     replicas_stay_in_step(&common::pg_db()).await;
 }
+
+/// Many concurrent calls, several on the same owners, land in shared batches. What was written
+/// must be exactly what the writer holds in memory: a second store loaded from a copy of the
+/// database makes the same decisions as the first from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batched_writes_match_the_writers_memory() {
+    use rand::{Rng, SeedableRng};
+    let db = common::sqlite_db();
+    let store = std::sync::Arc::new(common::open(&db).await);
+    apply(&store, spec("p", &["10.0.0.0/25", "2001:db8::/121"])).await;
+    let mut tasks = Vec::new();
+    for t in 0..48u64 {
+        let store = std::sync::Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::SmallRng::seed_from_u64(t);
+            for _ in 0..25 {
+                let mut r = svc("d", &format!("s{}", rng.random_range(0..30)));
+                if rng.random_bool(0.35) {
+                    let _ = store.release(&c1(), &r.owner).await;
+                    continue;
+                }
+                r.policy = [FamilyPolicy::SingleStack, FamilyPolicy::PreferDualStack]
+                    [rng.random_range(0..2)];
+                if rng.random_bool(0.4) {
+                    r.sharing_key = ["k", "j"][rng.random_range(0..2)].into();
+                    r.ports = vec![tcp(rng.random_range(1..4))];
+                }
+                match store.allocate(&c1(), r).await {
+                    Ok(_) | Err(Error::Exhausted(_)) => {}
+                    Err(e) => panic!("allocate: {e}"),
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    // Copy the database file and open a second store on the copy.
+    let path = db
+        .url
+        .trim_start_matches("sqlite://")
+        .trim_end_matches("?mode=rwc")
+        .to_string();
+    let copy = format!("{path}.copy");
+    std::fs::copy(&path, &copy).expect("copy the database");
+    // SQLite's write-ahead log holds the latest commits until a checkpoint.
+    if std::path::Path::new(&format!("{path}-wal")).exists() {
+        std::fs::copy(format!("{path}-wal"), format!("{copy}-wal")).expect("copy the log");
+    }
+    let twin = SqlStore::connect(ferrolb_allocator::store::StoreOptions::new(format!(
+        "sqlite://{copy}?mode=rwc"
+    )))
+    .await
+    .expect("open the copy");
+    for i in 0..40 {
+        let mut r = svc("late", &format!("n{i}"));
+        if i % 3 == 0 {
+            r.sharing_key = "k".into();
+            r.ports = vec![tcp(100 + i)];
+        }
+        if i % 5 == 0 {
+            let victim = svc("d", &format!("s{i}"));
+            let a = store.release(&c1(), &victim.owner).await.map(|l| l.ips());
+            let b = twin.release(&c1(), &victim.owner).await.map(|l| l.ips());
+            assert_eq!(a, b, "release {i}");
+        }
+        let a = store.allocate(&c1(), r.clone()).await.map(|(l, _)| l.ips());
+        let b = twin.allocate(&c1(), r).await.map(|(l, _)| l.ips());
+        assert_eq!(a, b, "allocation {i}");
+    }
+}

@@ -12,12 +12,13 @@
 use sqlx::{AnyConnection, Row};
 use tokio::sync::{mpsc, oneshot};
 
+use super::persist;
 use super::sql::{Core, LeaseRow, TxError, lease_of, load_pools, now_ms, write_lock};
 use crate::addr;
 use crate::error::{Error, Result};
 use crate::lease::{AllocRequest, EventKind, Lease, Owner};
 use crate::pool::Caller;
-use crate::state::{Change, State, share_group};
+use crate::state::{Change, State};
 
 /// Calls in one transaction at most: enough to amortize a flush, few enough that one batch
 /// stays in the low milliseconds.
@@ -178,11 +179,8 @@ async fn batch(
         };
         answers.push(answer);
     }
-    for c in &changes {
-        persist(&mut tx, c, now).await?;
-    }
     if !changes.is_empty() {
-        record_events(&mut tx, &changes, now).await?;
+        persist::changes(&mut tx, &changes, now).await?;
         sqlx::query("UPDATE revision SET value = $1 WHERE id = 1")
             .bind(state.revision() as i64)
             .execute(&mut *tx)
@@ -302,159 +300,4 @@ async fn load(core: &Core, conn: &mut AnyConnection, revision: u64) -> Result<St
     }
     tracing::info!(revision, leases = state.len(), "allocation state loaded");
     Ok(state)
-}
-
-/// Writes one change: the owner's rows, the addresses they use, their ports.
-async fn persist(conn: &mut AnyConnection, c: &Change, now: i64) -> Result<(), TxError> {
-    let owner_key = c.lease.owner.key();
-    let released = matches!(c.kind, EventKind::Released | EventKind::Expired);
-    if c.request.is_none() && !released {
-        // Only the time to live changed (Renew).
-        sqlx::query("UPDATE leases SET expires_ms = $1, revision = $2 WHERE owner_key = $3")
-            .bind(c.lease.expires_ms)
-            .bind(c.lease.revision as i64)
-            .bind(&owner_key)
-            .execute(&mut *conn)
-            .await?;
-        return Ok(());
-    }
-    if let Some(old) = &c.old {
-        delete_rows(conn, old).await?;
-    }
-    if released {
-        for a in &c.lease.addrs {
-            sqlx::query(
-                "INSERT INTO recent_releases (owner_key, family, addr, released_ms) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (owner_key, family) DO UPDATE SET addr = excluded.addr, released_ms = excluded.released_ms",
-            )
-            .bind(&owner_key)
-            .bind(a.family.code())
-            .bind(addr::key_bytes(addr::key(a.ip)))
-            .bind(now)
-            .execute(&mut *conn)
-            .await?;
-        }
-        return Ok(());
-    }
-    let l = &c.lease;
-    let group = share_group(&owner_key, &l.sharing_key, &l.backend_key);
-    let request = serde_json::to_string(&c.request).map_err(|e| Error::Internal(e.to_string()))?;
-    let owner = serde_json::to_string(&l.owner).map_err(|e| Error::Internal(e.to_string()))?;
-    let ports = serde_json::to_string(&l.ports).map_err(|e| Error::Internal(e.to_string()))?;
-    let (cluster, namespace, client) = match &l.owner {
-        Owner::Service {
-            cluster, namespace, ..
-        } => (cluster.as_str(), namespace.as_str(), ""),
-        Owner::External { client, .. } => ("", "", client.as_str()),
-    };
-    for (rank, a) in l.addrs.iter().enumerate() {
-        let key = addr::key_bytes(addr::key(a.ip));
-        // An address another sharer holds under this group is joined; one held under another
-        // group makes the lease's foreign key fail, and the batch with it.
-        sqlx::query("INSERT INTO addresses (addr, family, pool, share_group) VALUES ($1, $2, $3, $4) ON CONFLICT (addr) DO NOTHING")
-            .bind(key.clone())
-            .bind(a.family.code())
-            .bind(&a.pool)
-            .bind(&group)
-            .execute(&mut *conn)
-            .await?;
-        sqlx::query(
-            "INSERT INTO leases (owner_key, family, owner, cluster, namespace, client, addr, share_group, pool, \
-             primary_rank, sharing_key, backend_key, ports, request, stranded, created_ms, expires_ms, revision) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
-        )
-        .bind(&owner_key)
-        .bind(a.family.code())
-        .bind(&owner)
-        .bind(cluster)
-        .bind(namespace)
-        .bind(client)
-        .bind(key.clone())
-        .bind(&group)
-        .bind(&a.pool)
-        .bind(rank as i64)
-        .bind(&l.sharing_key)
-        .bind(&l.backend_key)
-        .bind(&ports)
-        .bind(&request)
-        .bind(i64::from(a.stranded))
-        .bind(l.created_ms)
-        .bind(l.expires_ms)
-        .bind(l.revision as i64)
-        .execute(&mut *conn)
-        .await?;
-        if !l.sharing_key.is_empty() {
-            for p in &l.ports {
-                sqlx::query("INSERT INTO lease_ports (addr, protocol, port, owner_key) VALUES ($1, $2, $3, $4)")
-                    .bind(key.clone())
-                    .bind(p.protocol.code())
-                    .bind(i64::from(p.port))
-                    .bind(&owner_key)
-                    .execute(&mut *conn)
-                    .await?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Deletes an owner's rows, its ports, and the addresses nobody else holds.
-async fn delete_rows(conn: &mut AnyConnection, old: &Lease) -> Result<(), TxError> {
-    let owner_key = old.owner.key();
-    sqlx::query("DELETE FROM leases WHERE owner_key = $1")
-        .bind(&owner_key)
-        .execute(&mut *conn)
-        .await?;
-    if !old.sharing_key.is_empty() {
-        sqlx::query("DELETE FROM lease_ports WHERE owner_key = $1")
-            .bind(&owner_key)
-            .execute(&mut *conn)
-            .await?;
-    }
-    for a in &old.addrs {
-        sqlx::query("DELETE FROM addresses WHERE addr = $1 AND NOT EXISTS (SELECT 1 FROM leases WHERE addr = $1)")
-            .bind(addr::key_bytes(addr::key(a.ip)))
-            .execute(&mut *conn)
-            .await?;
-    }
-    Ok(())
-}
-
-/// Records the batch's events in one statement per 100.
-async fn record_events(
-    conn: &mut AnyConnection,
-    changes: &[Change],
-    now: i64,
-) -> Result<(), TxError> {
-    for chunk in changes.chunks(100) {
-        let mut sql =
-            String::from("INSERT INTO lease_events (revision, kind, pool, lease, at_ms) VALUES ");
-        for i in 0..chunk.len() {
-            let b = i * 5;
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${})",
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5
-            ));
-        }
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for c in chunk {
-            let json =
-                serde_json::to_string(&c.lease).map_err(|e| Error::Internal(e.to_string()))?;
-            q = q
-                .bind(c.lease.revision as i64)
-                .bind(c.kind.code())
-                .bind(c.lease.pool().to_string())
-                .bind(json)
-                .bind(now);
-        }
-        q.execute(&mut *conn).await?;
-    }
-    Ok(())
 }

@@ -13,6 +13,7 @@ macro_rules! lease_columns {
 }
 
 mod batch;
+mod persist;
 mod sql;
 
 use std::future::Future;
