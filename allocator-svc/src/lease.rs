@@ -132,6 +132,27 @@ pub struct AllocRequest {
 }
 
 impl AllocRequest {
+    /// A single-stack IPv4 request for a Service, with nothing else asked for.
+    pub fn service(cluster: &str, namespace: &str, name: &str) -> AllocRequest {
+        AllocRequest {
+            owner: Owner::Service {
+                cluster: cluster.into(),
+                namespace: namespace.into(),
+                name: name.into(),
+            },
+            requested_ips: vec![],
+            pool: None,
+            sharing_key: String::new(),
+            ports: vec![],
+            backend_key: String::new(),
+            policy: FamilyPolicy::SingleStack,
+            primary: Family::V4,
+            namespace_labels: Labels::new(),
+            service_labels: Labels::new(),
+            ttl_seconds: None,
+        }
+    }
+
     /// Checks what a request can be checked for without the pools.
     pub fn validate(&mut self) -> Result<()> {
         self.owner.validate()?;
@@ -310,23 +331,7 @@ mod tests {
     use super::*;
 
     fn req() -> AllocRequest {
-        AllocRequest {
-            owner: Owner::Service {
-                cluster: "c".into(),
-                namespace: "default".into(),
-                name: "web".into(),
-            },
-            requested_ips: vec![],
-            pool: None,
-            sharing_key: String::new(),
-            ports: vec![],
-            backend_key: String::new(),
-            policy: FamilyPolicy::SingleStack,
-            primary: Family::V4,
-            namespace_labels: Labels::new(),
-            service_labels: Labels::new(),
-            ttl_seconds: None,
-        }
+        AllocRequest::service("c", "default", "web")
     }
 
     fn field_of(r: &mut AllocRequest) -> String {

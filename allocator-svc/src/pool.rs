@@ -32,6 +32,23 @@ pub struct PoolSpec {
     pub declared_by: String,
 }
 
+impl PoolSpec {
+    /// A pool with MetalLB's defaults: auto-assigned, no serviceAllocation, open to every caller.
+    pub fn new(name: &str, addresses: &[&str]) -> PoolSpec {
+        PoolSpec {
+            name: name.into(),
+            addresses: addresses.iter().map(|s| s.to_string()).collect(),
+            auto_assign: true,
+            avoid_buggy_ips: false,
+            service_allocation: None,
+            excluded: vec![],
+            clusters: vec![],
+            clients: vec![],
+            declared_by: String::new(),
+        }
+    }
+}
+
 /// Who is calling, from the request metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Caller {
@@ -326,18 +343,8 @@ pub fn candidates<'p>(
 mod tests {
     use super::*;
 
-    pub(crate) fn spec(name: &str, addresses: &[&str]) -> PoolSpec {
-        PoolSpec {
-            name: name.into(),
-            addresses: addresses.iter().map(|s| s.to_string()).collect(),
-            auto_assign: true,
-            avoid_buggy_ips: false,
-            service_allocation: None,
-            excluded: vec![],
-            clusters: vec![],
-            clients: vec![],
-            declared_by: "admin".into(),
-        }
+    fn spec(name: &str, addresses: &[&str]) -> PoolSpec {
+        PoolSpec::new(name, addresses)
     }
 
     fn k(s: &str) -> u128 {

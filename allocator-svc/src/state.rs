@@ -52,6 +52,8 @@ fn group_of(lease: &Lease) -> String {
 pub struct State {
     revision: u64,
     pools: Vec<Pool>,
+    /// The pool configuration version `pools` was read at.
+    pools_version: Option<u64>,
     leases: HashMap<String, Lease>,
     addrs: BTreeMap<u128, Use>,
     /// The addresses in use as maximal runs of consecutive keys, start → end: the lowest free
@@ -77,8 +79,13 @@ impl State {
         self.revision
     }
 
-    pub fn set_pools(&mut self, pools: Vec<Pool>) {
+    pub fn set_pools(&mut self, pools: Vec<Pool>, version: u64) {
         self.pools = pools;
+        self.pools_version = Some(version);
+    }
+
+    pub fn pools_version(&self) -> Option<u64> {
+        self.pools_version
     }
 
     pub fn lease(&self, owner_key: &str) -> Option<&Lease> {
@@ -276,22 +283,26 @@ impl State {
         now_ms: i64,
     ) -> Result<Change> {
         let key = owner.key();
-        if !self.leases.contains_key(&key) {
-            return Err(Error::NotFound(format!("no lease for {key}")));
-        }
+        let old = self.held(&key)?;
         if !owner.belongs_to(caller) {
             return Err(Error::PermissionDenied(format!(
                 "{} may not release {key}",
                 caller.name()
             )));
         }
-        let old = self
-            .take(&key)
-            .ok_or_else(|| Error::NotFound(format!("no lease for {key}")))?;
+        self.take(&key);
         for a in &old.addrs {
             self.remember_release(&key, a.family, addr::key(a.ip), now_ms);
         }
         Ok(self.change(kind, old.clone(), Some(old), None))
+    }
+
+    /// The owner's lease, or NOT_FOUND.
+    fn held(&self, key: &str) -> Result<Lease> {
+        self.leases
+            .get(key)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("no lease for {key}")))
     }
 
     /// Extends an external lease.
@@ -303,11 +314,7 @@ impl State {
         now_ms: i64,
     ) -> Result<Change> {
         let key = owner.key();
-        let old = self
-            .leases
-            .get(&key)
-            .cloned()
-            .ok_or_else(|| Error::NotFound(format!("no lease for {key}")))?;
+        let old = self.held(&key)?;
         if !owner.belongs_to(caller) {
             return Err(Error::PermissionDenied(format!(
                 "{} may not renew {key}",
@@ -330,11 +337,7 @@ impl State {
         now_ms: i64,
     ) -> Result<Change> {
         let key = owner.key();
-        let old = self
-            .leases
-            .get(&key)
-            .cloned()
-            .ok_or_else(|| Error::NotFound(format!("no lease for {key}")))?;
+        let old = self.held(&key)?;
         if !old.stranded() {
             return Err(Error::Conflict(format!(
                 "the lease of {key} is not stranded; nothing to move"
@@ -688,50 +691,21 @@ fn check_usable(pool: &Pool, caller: &Caller, req: &AllocRequest) -> Result<()> 
 mod tests {
     use super::*;
     use crate::pool::PoolSpec;
-    use crate::selector::Labels;
 
     fn state(pools: &[(&str, &[&str])]) -> State {
         let mut s = State::new(0, 3_600_000);
         s.set_pools(
             pools
                 .iter()
-                .map(|(name, addrs)| {
-                    Pool::new(PoolSpec {
-                        name: name.to_string(),
-                        addresses: addrs.iter().map(|a| a.to_string()).collect(),
-                        auto_assign: true,
-                        avoid_buggy_ips: false,
-                        service_allocation: None,
-                        excluded: vec![],
-                        clusters: vec![],
-                        clients: vec![],
-                        declared_by: "admin".into(),
-                    })
-                    .expect("valid pool")
-                })
+                .map(|(name, addrs)| Pool::new(PoolSpec::new(name, addrs)).expect("valid pool"))
                 .collect(),
+            1,
         );
         s
     }
 
     fn req(name: &str) -> AllocRequest {
-        AllocRequest {
-            owner: Owner::Service {
-                cluster: "c".into(),
-                namespace: "d".into(),
-                name: name.into(),
-            },
-            requested_ips: vec![],
-            pool: None,
-            sharing_key: String::new(),
-            ports: vec![],
-            backend_key: String::new(),
-            policy: FamilyPolicy::SingleStack,
-            primary: Family::V4,
-            namespace_labels: Labels::new(),
-            service_labels: Labels::new(),
-            ttl_seconds: None,
-        }
+        AllocRequest::service("c", "d", name)
     }
 
     fn ip_of(s: &mut State, name: &str) -> String {

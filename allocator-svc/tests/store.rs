@@ -15,37 +15,11 @@ use ferrolb_allocator::selector::{LabelSelector, Labels};
 use ferrolb_allocator::store::{LeaseStore, SqlStore};
 
 fn spec(name: &str, addresses: &[&str]) -> PoolSpec {
-    PoolSpec {
-        name: name.into(),
-        addresses: addresses.iter().map(|s| s.to_string()).collect(),
-        auto_assign: true,
-        avoid_buggy_ips: false,
-        service_allocation: None,
-        excluded: vec![],
-        clusters: vec![],
-        clients: vec![],
-        declared_by: String::new(),
-    }
+    PoolSpec::new(name, addresses)
 }
 
 fn svc(ns: &str, name: &str) -> AllocRequest {
-    AllocRequest {
-        owner: Owner::Service {
-            cluster: "c1".into(),
-            namespace: ns.into(),
-            name: name.into(),
-        },
-        requested_ips: vec![],
-        pool: None,
-        sharing_key: String::new(),
-        ports: vec![],
-        backend_key: String::new(),
-        policy: FamilyPolicy::SingleStack,
-        primary: Family::V4,
-        namespace_labels: Labels::new(),
-        service_labels: Labels::new(),
-        ttl_seconds: None,
-    }
+    AllocRequest::service("c1", ns, name)
 }
 
 fn tcp(port: u16) -> Port {

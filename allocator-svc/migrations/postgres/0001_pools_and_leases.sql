@@ -71,13 +71,27 @@ CREATE TABLE recent_releases (
     PRIMARY KEY (owner_key, family)
 );
 
--- The store's revision. Every change takes this row's lock just before it commits, so revisions
--- become visible in order and a watcher that reads past revision N has seen everything up to N.
+-- The store's revision, and the version of the pool configuration. Every writer locks this row
+-- first and holds it until it commits, so writers take turns, revisions become visible in order,
+-- and a watcher that reads past revision N has seen everything up to N.
 CREATE TABLE revision (
-    id    BIGINT PRIMARY KEY CHECK (id = 1),
-    value BIGINT NOT NULL
+    id            BIGINT PRIMARY KEY CHECK (id = 1),
+    value         BIGINT NOT NULL,
+    pools_version BIGINT NOT NULL
 );
-INSERT INTO revision (id, value) VALUES (1, 0);
+INSERT INTO revision (id, value, pools_version) VALUES (1, 0, 0);
+
+-- Every new revision is announced to the other replicas, which wake their watchers.
+CREATE FUNCTION ferrolb_notify_revision() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.value <> OLD.value THEN
+        PERFORM pg_notify('ferrolb_revision', NEW.value::text);
+    END IF;
+    RETURN NEW;
+END;
+$$;
+CREATE TRIGGER revision_notify AFTER UPDATE ON revision
+    FOR EACH ROW EXECUTE FUNCTION ferrolb_notify_revision();
 
 -- Every change to a lease, for WatchLeases.
 CREATE TABLE lease_events (

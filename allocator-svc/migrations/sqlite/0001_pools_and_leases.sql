@@ -71,13 +71,15 @@ CREATE TABLE recent_releases (
     PRIMARY KEY (owner_key, family)
 );
 
--- The store's revision. Every change takes this row's lock just before it commits, so revisions
--- become visible in order and a watcher that reads past revision N has seen everything up to N.
+-- The store's revision, and the version of the pool configuration. Every writer locks this row
+-- first and holds it until it commits, so writers take turns, revisions become visible in order,
+-- and a watcher that reads past revision N has seen everything up to N.
 CREATE TABLE revision (
-    id    BIGINT PRIMARY KEY CHECK (id = 1),
-    value BIGINT NOT NULL
+    id            BIGINT PRIMARY KEY CHECK (id = 1),
+    value         BIGINT NOT NULL,
+    pools_version BIGINT NOT NULL
 );
-INSERT INTO revision (id, value) VALUES (1, 0);
+INSERT INTO revision (id, value, pools_version) VALUES (1, 0, 0);
 
 -- Every change to a lease, for WatchLeases.
 CREATE TABLE lease_events (

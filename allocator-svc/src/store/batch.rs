@@ -81,7 +81,9 @@ pub(super) fn spawn(core: std::sync::Arc<Core>) -> mpsc::Sender<Job> {
 }
 
 async fn run(core: &Core, cached: &mut Option<State>, jobs: Vec<Job>) {
+    let started = std::time::Instant::now();
     let outcome = batch(core, cached.take(), &jobs).await;
+    tracing::debug!(calls = jobs.len(), took = ?started.elapsed(), ok = outcome.is_ok(), "batch");
     let answers = match outcome {
         Ok((state, answers)) => {
             core.announce(state.revision());
@@ -126,9 +128,11 @@ async fn batch(
     jobs: &[Job],
 ) -> Result<(State, Vec<Answer>), TxError> {
     let mut tx = core.db.begin().await?;
-    let revision = write_lock(&mut tx, core.dialect).await?;
+    let (revision, pools_version) = write_lock(&mut tx, core.dialect).await?;
     let mut state = sync(core, &mut tx, cached, revision).await?;
-    state.set_pools(load_pools(&mut tx).await?);
+    if state.pools_version() != Some(pools_version) {
+        state.set_pools(load_pools(&mut tx).await?, pools_version);
+    }
     let now = now_ms();
     let mut changes = Vec::new();
     let mut answers = Vec::with_capacity(jobs.len());
@@ -185,13 +189,6 @@ async fn batch(
             .bind(state.revision() as i64)
             .execute(&mut *tx)
             .await?;
-        if core.dialect == super::Dialect::Postgres {
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(super::sql::NOTIFY_CHANNEL)
-                .bind(state.revision().to_string())
-                .execute(&mut *tx)
-                .await?;
-        }
     }
     tx.commit().await?;
     Ok((state, answers))

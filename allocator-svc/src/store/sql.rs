@@ -369,20 +369,31 @@ pub(super) async fn load_pools(conn: &mut AnyConnection) -> Result<Vec<Pool>, Tx
 }
 
 /// The NOTIFY channel on which every commit announces its revision.
-pub(super) const NOTIFY_CHANNEL: &str = "ferrolb_revision";
+pub(super) const NOTIFY_CHANNEL: &str = "ferrolb_revision"; // as in the migration's trigger
 
 /// Makes this transaction the only writer until it commits: it locks the revision row first,
 /// before any pool or lease row, so writers on every replica queue in one order and never
 /// deadlock. Batching (see `batch`) keeps the single writer busy with many calls per commit.
 /// SQLite has one connection and needs no lock.
-/// Returns the store's revision.
-pub(super) async fn write_lock(conn: &mut AnyConnection, dialect: Dialect) -> Result<u64, TxError> {
+/// Returns the store's revision and the pool configuration's version.
+pub(super) async fn write_lock(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+) -> Result<(u64, u64), TxError> {
     let sql = match dialect {
-        Dialect::Postgres => "SELECT value FROM revision WHERE id = 1 FOR UPDATE",
-        Dialect::Sqlite => "SELECT value FROM revision WHERE id = 1",
+        Dialect::Postgres => "SELECT value, pools_version FROM revision WHERE id = 1 FOR UPDATE",
+        Dialect::Sqlite => "SELECT value, pools_version FROM revision WHERE id = 1",
     };
-    let value: i64 = sqlx::query_scalar(sql).fetch_one(&mut *conn).await?;
-    Ok(value as u64)
+    let (value, pools): (i64, i64) = sqlx::query_as(sql).fetch_one(&mut *conn).await?;
+    Ok((value as u64, pools as u64))
+}
+
+/// Tells every writer to re-read the pools.
+async fn pools_changed(conn: &mut AnyConnection) -> Result<(), TxError> {
+    sqlx::query("UPDATE revision SET pools_version = pools_version + 1 WHERE id = 1")
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 /// Takes `n` revisions; writers hold the row's lock until commit, so revisions commit in order.
@@ -398,7 +409,6 @@ pub(super) async fn next_revisions(conn: &mut AnyConnection, n: i64) -> Result<u
 /// Records an event at `revision`.
 pub(super) async fn record_event(
     conn: &mut AnyConnection,
-    dialect: Dialect,
     revision: u64,
     kind: EventKind,
     lease: &Lease,
@@ -414,13 +424,6 @@ pub(super) async fn record_event(
     .bind(now_ms())
     .execute(&mut *conn)
     .await?;
-    if dialect == Dialect::Postgres {
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(NOTIFY_CHANNEL)
-            .bind(revision.to_string())
-            .execute(&mut *conn)
-            .await?;
-    }
     Ok(())
 }
 
@@ -507,7 +510,7 @@ impl SqlStore {
             } else {
                 EventKind::Updated
             };
-            record_event(conn, self.dialect, revision, kind, &lease).await?;
+            record_event(conn, revision, kind, &lease).await?;
             last = revision;
         }
         Ok((stranded, last))
@@ -569,6 +572,7 @@ impl LeaseStore for SqlStore {
             .bind(now)
             .execute(&mut *conn)
             .await?;
+            pools_changed(conn).await?;
             let (stranded, revision) = self.restrand(conn, pool.name(), Some(&pool)).await?;
             let applied = Applied {
                 created: previous.is_none(),
@@ -621,6 +625,7 @@ impl LeaseStore for SqlStore {
                 .bind(name)
                 .execute(&mut *conn)
                 .await?;
+            pools_changed(conn).await?;
             self.restrand(conn, name, None).await
         })
         .map(|(stranded, revision)| {
