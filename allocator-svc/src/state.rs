@@ -17,8 +17,8 @@ use crate::pool::{self, Caller, Pool};
 struct Use {
     family: Family,
     group: String,
-    /// Owner key → its ports on this address.
-    holders: BTreeMap<String, Vec<Port>>,
+    /// Owner keys with their ports on this address; usually one, so a vector beats a map.
+    holders: Vec<(String, Vec<Port>)>,
 }
 
 /// A change a decision made, for the store to persist and announce.
@@ -132,9 +132,10 @@ impl State {
             let u = self.addrs.entry(k).or_insert_with(|| Use {
                 family: a.family,
                 group: group.clone(),
-                holders: BTreeMap::new(),
+                holders: Vec::with_capacity(1),
             });
-            u.holders.insert(key.clone(), lease.ports.clone());
+            u.holders.retain(|(h, _)| h != &key);
+            u.holders.push((key.clone(), lease.ports.clone()));
             if fresh {
                 self.runs_add(k);
                 if group.starts_with("key:") {
@@ -153,7 +154,7 @@ impl State {
             let Some(u) = self.addrs.get_mut(&k) else {
                 continue;
             };
-            u.holders.remove(owner_key);
+            u.holders.retain(|(h, _)| h != owner_key);
             if u.holders.is_empty() {
                 let group = u.group.clone();
                 self.addrs.remove(&k);
@@ -404,7 +405,7 @@ impl State {
                 let Some(u) = self.addrs.get(&addr::key(a.ip)) else {
                     continue;
                 };
-                let others = u.holders.keys().any(|h| h != &key);
+                let others = u.holders.iter().any(|(h, _)| h != &key);
                 if others
                     && (u.group != group || self.port_conflict(addr::key(a.ip), &key, &req.ports))
                 {
