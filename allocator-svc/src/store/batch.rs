@@ -13,7 +13,8 @@ use sqlx::{AnyConnection, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use super::persist;
-use super::sql::{Core, LeaseRow, TxError, lease_of, load_pools, now_ms, write_lock};
+use super::rows::{LeaseRow, lease_of, load_pools};
+use super::sql::{Core, TxError, now_ms, write_lock};
 use crate::addr;
 use crate::error::{Error, Result};
 use crate::lease::{AllocRequest, EventKind, Lease, Owner};

@@ -14,6 +14,7 @@ macro_rules! lease_columns {
 
 mod batch;
 mod persist;
+mod rows;
 mod sql;
 
 use std::future::Future;
