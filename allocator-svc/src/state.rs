@@ -284,13 +284,7 @@ impl State {
         now_ms: i64,
     ) -> Result<Change> {
         let key = owner.key();
-        let old = self.held(&key)?;
-        if !owner.belongs_to(caller) {
-            return Err(Error::PermissionDenied(format!(
-                "{} may not release {key}",
-                caller.name()
-            )));
-        }
+        let old = self.owned(caller, owner, "release")?;
         self.take(&key);
         for a in &old.addrs {
             self.remember_release(&key, a.family, addr::key(a.ip), now_ms);
@@ -306,6 +300,19 @@ impl State {
             .ok_or_else(|| Error::NotFound(format!("no lease for {key}")))
     }
 
+    /// The owner's lease, if the caller may act on it (`verb` names the act in the error).
+    fn owned(&self, caller: &Caller, owner: &Owner, verb: &str) -> Result<Lease> {
+        let key = owner.key();
+        let lease = self.held(&key)?;
+        if !owner.belongs_to(caller) {
+            return Err(Error::PermissionDenied(format!(
+                "{} may not {verb} {key}",
+                caller.name()
+            )));
+        }
+        Ok(lease)
+    }
+
     /// Extends an external lease.
     pub fn renew(
         &mut self,
@@ -314,14 +321,7 @@ impl State {
         ttl_seconds: u32,
         now_ms: i64,
     ) -> Result<Change> {
-        let key = owner.key();
-        let old = self.held(&key)?;
-        if !owner.belongs_to(caller) {
-            return Err(Error::PermissionDenied(format!(
-                "{} may not renew {key}",
-                caller.name()
-            )));
-        }
+        let old = self.owned(caller, owner, "renew")?;
         let lease = Lease {
             expires_ms: Some(now_ms + i64::from(ttl_seconds) * 1000),
             ..old.clone()
