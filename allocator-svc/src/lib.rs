@@ -2,6 +2,7 @@
 //! served over gRPC to Kubernetes adapters and external IPAM clients.
 
 pub mod addr;
+pub mod election;
 pub mod error;
 pub mod grpc;
 pub mod lease;
