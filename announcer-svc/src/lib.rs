@@ -1,0 +1,4 @@
+//! ferrolb's node agent: it makes the network deliver the service addresses the allocator
+//! assigns to its node.
+
+pub mod packet;
