@@ -9,6 +9,8 @@
 //! the batch is kept, every call in it gets the error, and the in-memory state is rebuilt from the
 //! database before the next batch.
 
+use std::sync::Arc;
+
 use sqlx::{AnyConnection, Row};
 use tokio::sync::{mpsc, oneshot};
 
@@ -63,7 +65,7 @@ enum Answer {
 }
 
 /// Starts the worker; it stops when the returned sender (the store) is dropped.
-pub(super) fn spawn(core: std::sync::Arc<Core>) -> mpsc::Sender<Job> {
+pub(super) fn spawn(core: Arc<Core>) -> mpsc::Sender<Job> {
     let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
     tokio::spawn(async move {
         let mut state: Option<State> = None;
@@ -81,26 +83,43 @@ pub(super) fn spawn(core: std::sync::Arc<Core>) -> mpsc::Sender<Job> {
     tx
 }
 
-async fn run(core: &Core, cached: &mut Option<State>, jobs: Vec<Job>) {
+/// Decides a batch, then commits it in the background: the next batch starts on another
+/// connection at once, and its write lock waits for this commit. Should this commit fail, the
+/// next batch finds the store behind its state and reloads it.
+async fn run(core: &Arc<Core>, cached: &mut Option<State>, jobs: Vec<Job>) {
     let started = std::time::Instant::now();
-    let outcome = batch(core, cached.take(), &jobs).await;
-    tracing::debug!(calls = jobs.len(), took = ?started.elapsed(), ok = outcome.is_ok(), "batch");
-    let answers = match outcome {
-        Ok((state, answers)) => {
-            core.announce(state.revision());
+    match batch(core, cached.take(), &jobs).await {
+        Ok((state, answers, tx)) => {
+            let revision = state.revision();
             *cached = Some(state);
-            answers
+            let core = Arc::clone(core);
+            tokio::spawn(async move {
+                match tx.commit().await {
+                    Ok(()) => {
+                        tracing::debug!(calls = jobs.len(), took = ?started.elapsed(), "batch committed");
+                        core.announce(revision);
+                        deliver(jobs, answers);
+                    }
+                    Err(e) => fail_all(jobs, TxError::from(e)),
+                }
+            });
         }
-        Err(e) => {
-            // Nothing of the batch was committed, whatever each call decided inside it.
-            let e = match e {
-                TxError::Fail(e) => e,
-                TxError::Retry(why) => Error::Unavailable(why),
-            };
-            tracing::warn!(error = %e, calls = jobs.len(), "batch failed; state is reloaded");
-            jobs.iter().map(|j| failed(j, e.clone())).collect()
-        }
+        Err(e) => fail_all(jobs, e),
+    }
+}
+
+/// Nothing of the batch was committed, whatever each call decided inside it.
+fn fail_all(jobs: Vec<Job>, e: TxError) {
+    let e = match e {
+        TxError::Fail(e) => e,
+        TxError::Retry(why) => Error::Unavailable(why),
     };
+    tracing::warn!(error = %e, calls = jobs.len(), "batch failed; state is reloaded");
+    let answers = jobs.iter().map(|j| failed(j, e.clone())).collect();
+    deliver(jobs, answers);
+}
+
+fn deliver(jobs: Vec<Job>, answers: Vec<Answer>) {
     for (job, answer) in jobs.into_iter().zip(answers) {
         // A caller that went away no longer needs its answer.
         match (job, answer) {
@@ -123,11 +142,12 @@ fn failed(job: &Job, e: Error) -> Answer {
     }
 }
 
+/// Decides every job and writes what changed; the caller commits.
 async fn batch(
     core: &Core,
     cached: Option<State>,
     jobs: &[Job],
-) -> Result<(State, Vec<Answer>), TxError> {
+) -> Result<(State, Vec<Answer>, sqlx::Transaction<'static, sqlx::Any>), TxError> {
     let mut tx = core.db.begin().await?;
     let (revision, pools_version) = write_lock(&mut tx, core.dialect).await?;
     let mut state = sync(core, &mut tx, cached, revision).await?;
@@ -191,8 +211,7 @@ async fn batch(
             .execute(&mut *tx)
             .await?;
     }
-    tx.commit().await?;
-    Ok((state, answers))
+    Ok((state, answers, tx))
 }
 
 fn keep(changes: &mut Vec<Change>, c: Change) -> Lease {
