@@ -102,6 +102,11 @@ impl State {
 
     /// Remembers a release, so its owner gets the address back within the grace period.
     pub fn remember_release(&mut self, owner_key: &str, family: Family, key: u128, at_ms: i64) {
+        // Forget releases past the grace period now and then, so the map stays small.
+        if self.recent.len() >= 1024 && self.recent.len().is_power_of_two() {
+            let horizon = at_ms - self.grace_ms;
+            self.recent.retain(|_, (_, at)| *at >= horizon);
+        }
         self.recent
             .insert((owner_key.to_string(), family), (key, at_ms));
     }
@@ -730,6 +735,26 @@ mod tests {
         assert_eq!(ip_of(&mut s, "e"), "10.0.0.1", "the hole is filled first");
         assert_eq!(s.runs.len(), 1);
         assert_eq!(s.revision(), 6);
+    }
+
+    #[test]
+    fn old_releases_are_forgotten() {
+        let mut s = state(&[("p", &["10.0.0.0/16"])]);
+        for i in 0..5000u128 {
+            s.remember_release(&format!("o{i}"), Family::V4, i, i as i64);
+        }
+        // Releases at 0..5000 ms with a one-hour grace period: all still count.
+        assert_eq!(s.recent.len(), 5000);
+        s.remember_release("late", Family::V4, 1, 10_000_000);
+        // The map is swept when it grows past a power of two (8192 here).
+        for i in 0..4000u128 {
+            s.remember_release(&format!("p{i}"), Family::V4, i, 10_000_000);
+        }
+        assert!(
+            s.recent.len() < 5000,
+            "expired releases are dropped: {}",
+            s.recent.len()
+        );
     }
 
     #[test]

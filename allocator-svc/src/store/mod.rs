@@ -98,7 +98,8 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// The oldest revision whose event is still kept: a watch must start at or after the one
     /// before it.
     fn history_start(&self) -> impl Future<Output = Result<u64>> + Send;
-    /// Forgets events older than `age`; returns how many.
+    /// Forgets events older than `age` and releases past the grace period; returns how many
+    /// events.
     fn prune_events(&self, age: std::time::Duration) -> impl Future<Output = Result<u64>> + Send;
     /// A receiver that changes whenever the store's revision may have moved.
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64>;

@@ -728,6 +728,12 @@ impl LeaseStore for SqlStore {
             .execute(&self.db)
             .await
             .map_err(map_sqlx)?;
+        // Releases past the grace period are of no more use either.
+        sqlx::query("DELETE FROM recent_releases WHERE released_ms < $1")
+            .bind(now_ms() - self.grace_ms)
+            .execute(&self.db)
+            .await
+            .map_err(map_sqlx)?;
         Ok(done.rows_affected())
     }
 
