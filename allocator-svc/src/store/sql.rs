@@ -228,11 +228,7 @@ impl SqlStore {
                                 match listener.recv().await {
                                     Ok(n) => {
                                         if let Ok(rev) = n.payload().parse::<u64>() {
-                                            changes.send_if_modified(|cur| {
-                                                let newer = rev > *cur;
-                                                *cur = (*cur).max(rev);
-                                                newer
-                                            });
+                                            advance(&changes, rev);
                                         }
                                     }
                                     Err(e) => {
@@ -257,17 +253,19 @@ impl SqlStore {
 }
 
 impl Core {
+    /// Wakes watchers: the store has reached `revision`.
     pub(super) fn announce(&self, revision: u64) {
-        self.changes.send_if_modified(|cur| {
-            let newer = revision > *cur;
-            *cur = (*cur).max(revision);
-            newer
-        });
+        advance(&self.changes, revision);
     }
+}
 
-    pub fn dialect(&self) -> Dialect {
-        self.dialect
-    }
+/// Moves the announced revision forward, never back; watchers wake only on a change.
+fn advance(changes: &watch::Sender<u64>, revision: u64) {
+    changes.send_if_modified(|cur| {
+        let newer = revision > *cur;
+        *cur = (*cur).max(revision);
+        newer
+    });
 }
 
 /// The NOTIFY channel on which every commit announces its revision.
