@@ -218,7 +218,7 @@ impl Ndp {
     }
 
     /// An unsolicited advertisement of `target` at `mac` to all nodes, with Override set so that
-    /// neighbours replace what they had (sent from the interface's link-local address `src`).
+    /// neighbours replace what they had, sent from `src`.
     pub fn unsolicited(target: Ipv6Addr, mac: Mac, src: Ipv6Addr) -> Ndp {
         let all_nodes = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
         Ndp {

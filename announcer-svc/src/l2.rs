@@ -1,0 +1,295 @@
+//! The layer-2 responder of one interface: answers ARP requests and neighbor solicitations for
+//! the addresses this node announces, with the interface's own MAC, and sends gratuitous ARP and
+//! unsolicited neighbor advertisements when an address is gained.
+//!
+//! One blocking thread per interface owns the raw socket and the set of addresses; the control
+//! loop hands it new sets over a channel, which it reads between frames (the socket's read
+//! timeout bounds how late a change is seen). Frames that do not decode are dropped and counted.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::Duration;
+
+use pnet_datalink::{Channel, Config, DataLinkSender, NetworkInterface};
+
+use crate::packet::arp::{self, Arp};
+use crate::packet::ndp::{Message, Ndp};
+use crate::packet::{Mac, arp::ETHERTYPE as ARP, ndp::ETHERTYPE as IPV6};
+
+/// How long the responder blocks on the socket before it looks for new addresses.
+const POLL: Duration = Duration::from_millis(50);
+
+/// What a responder did, for metrics.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// ARP frames and ICMPv6 neighbor messages seen.
+    pub arp_received: AtomicU64,
+    pub ndp_received: AtomicU64,
+    pub replies: AtomicU64,
+    pub gratuitous: AtomicU64,
+    /// ARP or NDP frames that did not decode.
+    pub malformed: AtomicU64,
+}
+
+/// The interface a responder serves.
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub name: String,
+    pub mac: Mac,
+    raw: NetworkInterface,
+}
+
+impl Link {
+    pub fn by_name(name: &str) -> io::Result<Link> {
+        let raw = pnet_datalink::interfaces()
+            .into_iter()
+            .find(|i| i.name == name)
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::NotFound, format!("no interface {name:?}"))
+            })?;
+        let mac = raw.mac.map(|m| Mac(m.octets())).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{name:?} has no MAC address"),
+            )
+        })?;
+        Ok(Link {
+            name: name.to_string(),
+            mac,
+            raw,
+        })
+    }
+}
+
+/// Answers for `addresses` on `link` until the sender side of `updates` is dropped.
+pub fn serve(
+    link: &Link,
+    updates: Receiver<BTreeSet<IpAddr>>,
+    counters: Arc<Counters>,
+) -> io::Result<()> {
+    let config = Config {
+        read_timeout: Some(POLL),
+        // Solicitations go to each address's solicited-node group, which the kernel has not
+        // joined for addresses it does not own; the responder must see them anyway.
+        promiscuous: true,
+        ..Config::default()
+    };
+    let (mut tx, mut rx) = match pnet_datalink::channel(&link.raw, config)? {
+        Channel::Ethernet(tx, rx) => (tx, rx),
+        _ => return Err(io::Error::other("not an Ethernet channel")),
+    };
+    let mut owned: BTreeSet<IpAddr> = BTreeSet::new();
+    loop {
+        loop {
+            match updates.try_recv() {
+                Ok(next) => {
+                    for gained in next.difference(&owned) {
+                        announce(&mut *tx, link, *gained, &counters);
+                    }
+                    owned = next;
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => return Ok(()),
+            }
+        }
+        match rx.next() {
+            Ok(frame) => {
+                if let Some(reply) = answer(frame, link.mac, &owned, &counters) {
+                    send(&mut *tx, &reply);
+                    counters.replies.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+                ) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn send(tx: &mut dyn DataLinkSender, frame: &[u8]) {
+    if let Some(Err(e)) = tx.send_to(frame, None) {
+        tracing::warn!(error = %e, "sending a frame failed");
+    }
+}
+
+/// The reply a frame calls for, if any. Pure: the tests drive it with captured frames.
+pub fn answer(
+    frame: &[u8],
+    mac: Mac,
+    owned: &BTreeSet<IpAddr>,
+    counters: &Counters,
+) -> Option<Vec<u8>> {
+    if frame.len() < 14 {
+        return None;
+    }
+    match u16::from_be_bytes([frame[12], frame[13]]) {
+        ARP => {
+            counters.arp_received.fetch_add(1, Ordering::Relaxed);
+            let req = match Arp::decode(frame) {
+                Ok(r) => r,
+                Err(_) => {
+                    counters.malformed.fetch_add(1, Ordering::Relaxed);
+                    return None;
+                }
+            };
+            let for_us = req.eth_dst == Mac::BROADCAST || req.eth_dst == mac;
+            (req.operation == arp::Operation::Request
+                && for_us
+                && owned.contains(&IpAddr::V4(req.target_ip)))
+            .then(|| req.reply(mac).encode())
+        }
+        IPV6 => {
+            // Only ICMPv6 neighbor messages concern us; other IPv6 traffic is not ours to judge.
+            if frame.len() < 14 + 41 || frame[14 + 6] != 58 || !matches!(frame[14 + 40], 135 | 136)
+            {
+                return None;
+            }
+            counters.ndp_received.fetch_add(1, Ordering::Relaxed);
+            let ns = match Ndp::decode(frame) {
+                Ok(n) => n,
+                Err(_) => {
+                    counters.malformed.fetch_add(1, Ordering::Relaxed);
+                    return None;
+                }
+            };
+            // As MetalLB: only solicitations that say where to answer (duplicate address
+            // detection probes from :: carry no source address and are left alone).
+            let Message::Solicitation {
+                target,
+                source_lla: Some(asker),
+            } = ns.message
+            else {
+                return None;
+            };
+            owned.contains(&IpAddr::V6(target)).then(|| {
+                Ndp {
+                    eth_dst: asker,
+                    eth_src: mac,
+                    // From the target itself, as the kernel answers for its own addresses;
+                    // clients such as ndisc6 match the answer by it.
+                    src: target,
+                    dst: ns.src,
+                    message: Message::Advertisement {
+                        router: false,
+                        solicited: true,
+                        override_: true,
+                        target,
+                        target_lla: Some(mac),
+                    },
+                }
+                .encode()
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Tells the LAN that `ip` is here now: a gratuitous ARP request and reply, or an unsolicited
+/// neighbor advertisement with Override.
+pub fn announce(tx: &mut dyn DataLinkSender, link: &Link, ip: IpAddr, counters: &Counters) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for op in [arp::Operation::Request, arp::Operation::Reply] {
+                send(tx, &Arp::gratuitous(v4, link.mac, op).encode());
+            }
+        }
+        IpAddr::V6(v6) => {
+            send(tx, &Ndp::unsolicited(v6, link.mac, v6).encode());
+        }
+    }
+    counters.gratuitous.fetch_add(1, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+
+    const ME: Mac = Mac([2, 0xfa, 0, 0, 0, 0x11]);
+    const ASKER: Mac = Mac([2, 0xfa, 0, 0, 1, 0]);
+
+    fn owned() -> BTreeSet<IpAddr> {
+        ["10.250.0.200", "fd00:250::200"]
+            .iter()
+            .map(|s| s.parse().expect("test address"))
+            .collect()
+    }
+
+    fn who_has(target: &str) -> Vec<u8> {
+        Arp {
+            eth_dst: Mac::BROADCAST,
+            eth_src: ASKER,
+            operation: arp::Operation::Request,
+            sender_mac: ASKER,
+            sender_ip: Ipv4Addr::new(10, 250, 0, 100),
+            target_mac: Mac::ZERO,
+            target_ip: target.parse().expect("test address"),
+        }
+        .encode()
+    }
+
+    fn solicit(target: &str, source_lla: Option<Mac>, src: &str) -> Vec<u8> {
+        let target: Ipv6Addr = target.parse().expect("test address");
+        let group = crate::packet::ndp::solicited_node(target);
+        Ndp {
+            eth_dst: crate::packet::ndp::multicast_mac(group),
+            eth_src: ASKER,
+            src: src.parse().expect("test address"),
+            dst: group,
+            message: Message::Solicitation { target, source_lla },
+        }
+        .encode()
+    }
+
+    #[test]
+    fn answers_only_for_owned_addresses() {
+        let c = Counters::default();
+        let reply = answer(&who_has("10.250.0.200"), ME, &owned(), &c).expect("a reply");
+        let reply = Arp::decode(&reply).expect("valid");
+        assert_eq!((reply.sender_mac, reply.eth_dst), (ME, ASKER));
+        assert_eq!(answer(&who_has("10.250.0.201"), ME, &owned(), &c), None);
+
+        let asked = solicit("fd00:250::200", Some(ASKER), "fe80::1");
+        let na = answer(&asked, ME, &owned(), &c).expect("an advertisement");
+        let na = Ndp::decode(&na).expect("valid");
+        let target: Ipv6Addr = "fd00:250::200".parse().expect("ip");
+        let asker_ip: Ipv6Addr = "fe80::1".parse().expect("ip");
+        assert_eq!((na.src, na.dst, na.eth_dst), (target, asker_ip, ASKER));
+        assert!(matches!(
+            na.message,
+            Message::Advertisement {
+                solicited: true,
+                override_: true,
+                target_lla: Some(ME),
+                ..
+            }
+        ));
+        // Duplicate address detection probes (from ::, no source address) are left alone.
+        let dad = solicit("fd00:250::200", None, "::");
+        assert_eq!(answer(&dad, ME, &owned(), &c), None);
+        let other = solicit("fd00:250::201", Some(ASKER), "fe80::1");
+        assert_eq!(answer(&other, ME, &owned(), &c), None);
+        assert_eq!(c.malformed.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn malformed_frames_are_counted() {
+        let c = Counters::default();
+        let mut bad = who_has("10.250.0.200");
+        bad[21] = 7; // unknown ARP operation
+        assert_eq!(answer(&bad, ME, &owned(), &c), None);
+        let mut bad = solicit("fd00:250::200", Some(ASKER), "fe80::1");
+        bad[60] ^= 0xff; // checksum no longer matches
+        assert_eq!(answer(&bad, ME, &owned(), &c), None);
+        assert_eq!(answer(&[0u8; 3], ME, &owned(), &c), None);
+        assert_eq!(c.malformed.load(Ordering::Relaxed), 2);
+    }
+}
