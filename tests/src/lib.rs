@@ -419,3 +419,43 @@ pub fn rss_mib(pid: u32) -> f64 {
         .expect("VmRSS");
     kb / 1024.0
 }
+
+/// Runs `scripts/lab` with `args`.
+pub fn lab(args: &[&str]) -> std::process::Output {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/lab");
+    Command::new("bash")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("run scripts/lab")
+}
+
+/// A network lab of the test's own (`scripts/lab`), taken down when dropped.
+pub struct Lab(pub String);
+
+impl Lab {
+    /// Brings up a lab named `prefix` and this process's id; fails the test if it cannot.
+    pub fn up(prefix: &str) -> Lab {
+        let name = format!("{prefix}{}", std::process::id() % 100_000);
+        let out = lab(&["up", &name]);
+        assert!(
+            out.status.success(),
+            "scripts/lab up needs root and iproute2: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Lab(name)
+    }
+
+    /// Runs a command in one of the lab's hosts.
+    pub fn run(&self, host: &str, cmd: &[&str]) -> std::process::Output {
+        let mut args = vec!["exec", &self.0, host];
+        args.extend_from_slice(cmd);
+        lab(&args)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        lab(&["down", &self.0]);
+    }
+}

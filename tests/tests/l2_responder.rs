@@ -4,58 +4,21 @@
 //! neighbour entry.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
-use ferrolb_e2e::bin;
+use ferrolb_e2e::{Lab, bin};
 
-fn lab(args: &[&str]) -> Output {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/lab");
-    Command::new("bash")
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("run scripts/lab")
+/// Runs the layer-2 responder in `host` of the lab for `addrs`.
+fn responder(lab: &Lab, host: &str, addrs: &[&str]) -> Child {
+    Command::new("ip")
+        .args(["netns", "exec", &format!("{}-{host}", lab.0)])
+        .arg(bin("lab-responder"))
+        .arg("eth0")
+        .args(addrs)
+        .spawn()
+        .expect("start lab-responder")
 }
-
-struct Lab(String);
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        lab(&["down", &self.0]);
-    }
-}
-
-impl Lab {
-    fn up() -> Lab {
-        let name = format!("l2{}", std::process::id() % 100_000);
-        let out = lab(&["up", &name]);
-        assert!(
-            out.status.success(),
-            "scripts/lab up needs root: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Lab(name)
-    }
-
-    fn run(&self, host: &str, cmd: &[&str]) -> Output {
-        let mut args = vec!["exec", &self.0, host];
-        args.extend_from_slice(cmd);
-        lab(&args)
-    }
-
-    fn responder(&self, host: &str, addrs: &[&str]) -> Child {
-        Command::new("ip")
-            .args(["netns", "exec", &format!("{}-{host}", self.0)])
-            .arg(bin("lab-responder"))
-            .arg("eth0")
-            .args(addrs)
-            .spawn()
-            .expect("start lab-responder")
-    }
-}
-
 fn text(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
 }
@@ -77,8 +40,8 @@ fn arping(lab: &Lab, ip: &str, within: Duration) -> Option<String> {
 
 #[test]
 fn responder_answers_real_clients() {
-    let lab = Lab::up();
-    let mut n1 = lab.responder("n1", &["10.250.0.200", "fd00:250::200"]);
+    let lab = Lab::up("l2");
+    let mut n1 = responder(&lab, "n1", &["10.250.0.200", "fd00:250::200"]);
     let seen =
         arping(&lab, "10.250.0.200", Duration::from_secs(5)).expect("the address answers ARP");
     assert!(seen.contains("02:fa:00:00:00:11"), "{seen}");
@@ -119,7 +82,7 @@ fn responder_answers_real_clients() {
     // n2 takes the address over: its gratuitous ARP moves the client's entry at once.
     n1.kill().unwrap();
     n1.wait().unwrap();
-    let mut n2 = lab.responder("n2", &["10.250.0.200"]);
+    let mut n2 = responder(&lab, "n2", &["10.250.0.200"]);
     let start = Instant::now();
     let mut moved = false;
     while start.elapsed() < Duration::from_secs(3) && !moved {

@@ -3,17 +3,9 @@
 //! even with processes still running inside.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn lab(args: &[&str]) -> Output {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/lab");
-    Command::new("bash")
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("run scripts/lab")
-}
+use ferrolb_e2e::{Lab, lab};
 
 fn namespaces(prefix: &str) -> Vec<String> {
     let out = Command::new("ip")
@@ -30,32 +22,18 @@ fn namespaces(prefix: &str) -> Vec<String> {
 
 #[test]
 fn lab_comes_up_and_goes_away() {
-    let name = format!("lt{}", std::process::id() % 100_000);
-    let up = lab(&["up", &name]);
-    assert!(
-        up.status.success(),
-        "scripts/lab up needs root and iproute2: {}",
-        String::from_utf8_lossy(&up.stderr)
-    );
-    let guard = Down(name.clone());
+    let guard = Lab::up("lt");
+    let name = guard.0.clone();
     assert_eq!(namespaces(&format!("{name}-")).len(), 6);
     for target in ["10.250.0.11", "fd00:250::13"] {
-        let ping = lab(&["exec", &name, "client", "ping", "-c1", "-W2", target]);
+        let ping = guard.run("client", &["ping", "-c1", "-W2", target]);
         assert!(
             ping.status.success(),
             "ping {target}: {}",
             String::from_utf8_lossy(&ping.stdout)
         );
     }
-    let neigh = lab(&[
-        "exec",
-        &name,
-        "client",
-        "ip",
-        "neigh",
-        "show",
-        "10.250.0.11",
-    ]);
+    let neigh = guard.run("client", &["ip", "neigh", "show", "10.250.0.11"]);
     assert!(String::from_utf8_lossy(&neigh.stdout).contains("02:fa:00:00:00:11"));
     let again = lab(&["up", &name]);
     assert!(!again.status.success(), "a second up must be refused");
@@ -71,14 +49,4 @@ fn lab_comes_up_and_goes_away() {
     );
     let mut sleeper = sleeper;
     assert!(sleeper.wait().is_ok());
-}
-
-/// Takes the lab down when the test ends, passed or failed.
-struct Down(String);
-
-impl Drop for Down {
-    fn drop(&mut self) {
-        let out = lab(&["down", &self.0]);
-        assert!(out.status.success() || std::thread::panicking());
-    }
 }
