@@ -459,3 +459,15 @@ impl Drop for Lab {
         lab(&["down", &self.0]);
     }
 }
+
+/// Creates or replaces a pool; fails the test if the allocator refuses it.
+pub async fn apply(client: &mut Client, pool: pb::Pool) {
+    let name = pool.name.clone();
+    client
+        .apply_pool(pb::ApplyPoolRequest {
+            pool: Some(pool),
+            create_only: false,
+        })
+        .await
+        .unwrap_or_else(|s| panic!("apply pool {name}: {s:?}"));
+}

@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use ferrolb_e2e::{Allocator, PgDb, bin, client, pool, service};
+use ferrolb_e2e::{Allocator, PgDb, apply, bin, client, pool, service};
 use ferrolb_proto::v1 as pb;
 use tonic::Code;
 
@@ -250,13 +250,7 @@ async fn overload_is_shed_and_deadlines_hold() {
         &["--max-in-flight", "2", "--db-max-connections", "1"],
     );
     let mut admin = a.client("admin").await;
-    admin
-        .apply_pool(pb::ApplyPoolRequest {
-            pool: Some(pool("p", &["10.0.0.0/16"])),
-            create_only: false,
-        })
-        .await
-        .unwrap();
+    apply(&mut admin, pool("p", &["10.0.0.0/16"])).await;
     let mut tasks = Vec::new();
     for i in 0..200 {
         let mut c = a.client("cluster/c1").await;
@@ -400,12 +394,11 @@ async fn reference_scenarios_through_ferrolbctl() {
 async fn metrics_show_pools_and_calls() {
     let a = Allocator::start(None, &[]);
     let mut c = a.client("admin").await;
-    c.apply_pool(pb::ApplyPoolRequest {
-        pool: Some(pool("home", &["192.168.1.240-192.168.1.245", "fd00::/120"])),
-        create_only: false,
-    })
-    .await
-    .unwrap();
+    apply(
+        &mut c,
+        pool("home", &["192.168.1.240-192.168.1.245", "fd00::/120"]),
+    )
+    .await;
     c.allocate(alloc_req(service("c", "d", "s"))).await.unwrap();
     let url = format!("http://{}/metrics", a.metrics.unwrap());
     let mut text = String::new();
@@ -441,12 +434,7 @@ async fn watch_follows_another_replica() {
     let a = Allocator::start(Some(&db.url), &[]);
     let b = Allocator::start(Some(&db.url), &[]);
     let mut ca = a.client("admin").await;
-    ca.apply_pool(pb::ApplyPoolRequest {
-        pool: Some(pool("p", &["10.0.0.0/24"])),
-        create_only: false,
-    })
-    .await
-    .unwrap();
+    apply(&mut ca, pool("p", &["10.0.0.0/24"])).await;
     let mut cb = client(&b.url(), "client/mirror").await;
     let mut stream = cb
         .watch_leases(pb::WatchLeasesRequest::default())

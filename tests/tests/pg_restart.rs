@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use ferrolb_e2e::{Allocator, PrivatePg, pool, service};
+use ferrolb_e2e::{Allocator, PrivatePg, apply, pool, service};
 use ferrolb_proto::v1 as pb;
 use tonic::Code;
 
@@ -25,13 +25,7 @@ async fn postgres_restart_under_load() {
     let pg = PrivatePg::start();
     let a = Allocator::start(Some(&pg.url()), &["--db-acquire-timeout-ms", "500"]);
     let mut admin = a.client("admin").await;
-    admin
-        .apply_pool(pb::ApplyPoolRequest {
-            pool: Some(pool("p", &["10.30.0.0/22"])),
-            create_only: false,
-        })
-        .await
-        .unwrap();
+    apply(&mut admin, pool("p", &["10.30.0.0/22"])).await;
 
     let back = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use ferrolb_e2e::{Allocator, Client, PgDb, client, pool, service};
+use ferrolb_e2e::{Allocator, Client, PgDb, apply, client, pool, service};
 use ferrolb_proto::v1 as pb;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -138,13 +138,7 @@ async fn replicas_never_hand_out_an_address_twice() {
         .collect();
     let urls: Vec<String> = replicas.iter().map(Allocator::url).collect();
     let mut admin = client(&urls[0], "admin").await;
-    admin
-        .apply_pool(pb::ApplyPoolRequest {
-            pool: Some(pool("p", &["10.20.0.0/23"])),
-            create_only: false,
-        })
-        .await
-        .unwrap();
+    apply(&mut admin, pool("p", &["10.20.0.0/23"])).await;
 
     let done = Arc::new(AtomicUsize::new(0));
     let kill = Arc::new(tokio::sync::Notify::new());

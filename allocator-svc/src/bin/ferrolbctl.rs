@@ -354,7 +354,7 @@ async fn pools(client: &mut Client, cmd: PoolsCmd, out: Output) -> Result<(), St
             let parsed =
                 metallb_yaml::parse(&text).map_err(|e| format!("{}: {e}", file.display()))?;
             for s in &parsed.skipped {
-                eprintln!("skipped {s}: not a pool");
+                eprintln!("ignoring {s}: pools apply reads IPAddressPools only");
             }
             let mut results = Vec::new();
             for pool in parsed.pools {

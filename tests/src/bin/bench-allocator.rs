@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ferrolb_e2e::{
-    Allocator, PgDb, allocate_many, client, percentile, pg_base, pool, psql, service,
+    Allocator, PgDb, allocate_many, apply, client, percentile, pg_base, pool, psql, service,
 };
 use ferrolb_proto::v1 as pb;
 
@@ -61,13 +61,7 @@ async fn main() {
     assert!(create.success());
     let a = Allocator::start(Some(&db.url), &["--max-in-flight", "4096"]);
     let mut admin = client(&a.url(), "admin").await;
-    admin
-        .apply_pool(pb::ApplyPoolRequest {
-            pool: Some(pool("bench", &["10.64.0.0/12"])),
-            create_only: false,
-        })
-        .await
-        .unwrap();
+    apply(&mut admin, pool("bench", &["10.64.0.0/12"])).await;
     // Warm up connections and caches.
     allocate_many(&a.url(), 300, 8, |i| pb::AllocateRequest {
         owner: Some(service("bench", "warm", &format!("s{i}"))),

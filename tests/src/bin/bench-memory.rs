@@ -2,7 +2,7 @@
 //! leases made through the API (on PostgreSQL).
 #![allow(clippy::unwrap_used)]
 
-use ferrolb_e2e::{Allocator, PgDb, allocate_many, client, pool, rss_mib, service};
+use ferrolb_e2e::{Allocator, PgDb, allocate_many, apply, client, pool, rss_mib, service};
 use ferrolb_proto::v1 as pb;
 
 const LEASES: usize = 100_000;
@@ -12,13 +12,7 @@ async fn main() {
     let db = PgDb::new();
     let a = Allocator::start(Some(&db.url), &["--max-in-flight", "4096"]);
     let mut admin = client(&a.url(), "admin").await;
-    admin
-        .apply_pool(pb::ApplyPoolRequest {
-            pool: Some(pool("big", &["10.0.0.0/8", "2001:db8::/48"])),
-            create_only: false,
-        })
-        .await
-        .unwrap();
+    apply(&mut admin, pool("big", &["10.0.0.0/8", "2001:db8::/48"])).await;
     // Serve some calls first, so the baseline includes warmed-up connections and buffers.
     allocate_many(&a.url(), 200, 32, |i| pb::AllocateRequest {
         owner: Some(service("bench", "warm", &format!("s{i}"))),

@@ -5,7 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use ferrolb_e2e::{Allocator, Client, PgDb, allocate_many, client, percentile, pool, service};
+use ferrolb_e2e::{
+    Allocator, Client, PgDb, allocate_many, apply, client, percentile, pool, service,
+};
 use ferrolb_proto::v1 as pb;
 
 const LEASES: usize = 10_000;
@@ -56,13 +58,7 @@ async fn main() {
         ("v6-48", "2001:db8:99::/48"),
         ("v6-48-exclusive", "2001:db8:aa::/48"),
     ] {
-        admin
-            .apply_pool(pb::ApplyPoolRequest {
-                pool: Some(pool(name, &[cidr])),
-                create_only: false,
-            })
-            .await
-            .unwrap();
+        apply(&mut admin, pool(name, &[cidr])).await;
     }
     eprintln!("filling three pools with {LEASES} leases each...");
     allocate_many(&a.url(), LEASES, 32, |i| shared("v4-24", i)).await;
