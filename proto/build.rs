@@ -3,7 +3,10 @@
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/ferrolb/v1/ipam.proto"];
+    let files = [
+        "proto/ferrolb/v1/ipam.proto",
+        "proto/ferrolb/v1/cluster.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -58,6 +58,8 @@ pub struct Service<'a> {
     pub first_ip: IpAddr,
     /// externalTrafficPolicy Local: only nodes with a serving endpoint may announce.
     pub local: bool,
+    /// Some endpoint serves, wherever it runs.
+    pub any_serving: bool,
     /// Nodes hosting at least one serving endpoint (ready, or terminating but serving).
     pub endpoint_nodes: &'a BTreeSet<String>,
 }
@@ -83,7 +85,7 @@ fn hash(node: &str, ip: IpAddr) -> [u8; 32] {
 
 /// The node that announces the service's addresses, or `None` if nobody may.
 pub fn owner(cluster: Cluster<'_>, ads: &[Advertisement], svc: &Service<'_>) -> Option<String> {
-    if svc.endpoint_nodes.is_empty() || ads.is_empty() {
+    if !svc.any_serving || ads.is_empty() {
         return None;
     }
     cluster
@@ -159,6 +161,7 @@ mod tests {
             &Service {
                 first_ip: ip.parse().expect("test address"),
                 local,
+                any_serving: !endpoint_nodes.is_empty(),
                 endpoint_nodes: &endpoint_nodes,
             },
         )
@@ -217,6 +220,7 @@ mod tests {
             &Service {
                 first_ip: "10.0.0.1".parse().expect("ip"),
                 local: false,
+                any_serving: true,
                 endpoint_nodes: &endpoints,
             },
         );

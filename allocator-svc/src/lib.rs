@@ -2,6 +2,8 @@
 //! served over gRPC to Kubernetes adapters and external IPAM clients.
 
 pub mod addr;
+pub mod assignments;
+pub mod cluster;
 pub mod election;
 pub mod error;
 pub mod grpc;

@@ -50,6 +50,14 @@ struct Args {
     /// Hours lease events are kept for WatchLeases; a watcher further behind lists again.
     #[arg(long, env = "FERROLB_EVENT_RETENTION_HOURS", default_value_t = 168)]
     event_retention_hours: u64,
+    /// Milliseconds without a heartbeat after which an announcer is taken for dead and its
+    /// layer-2 addresses move. Announcers send a heartbeat every third of this.
+    #[arg(long, env = "FERROLB_HEARTBEAT_TIMEOUT_MS", default_value_t = 300)]
+    heartbeat_timeout_ms: u64,
+    /// Let nodes labelled node.kubernetes.io/exclude-from-external-load-balancers announce
+    /// anyway (MetalLB's --ignore-exclude-lb).
+    #[arg(long, env = "FERROLB_IGNORE_EXCLUDE_LB")]
+    ignore_exclude_lb: bool,
     /// Log filter (tracing's env-filter syntax).
     #[arg(long, env = "FERROLB_LOG", default_value = "info")]
     log: String,
@@ -81,6 +89,9 @@ impl Args {
         if self.expiry_interval_seconds == 0 {
             return Err("--expiry-interval-seconds must be at least 1".into());
         }
+        if !(30..=60_000).contains(&self.heartbeat_timeout_ms) {
+            return Err("--heartbeat-timeout-ms must be between 30 and 60000".into());
+        }
         let mut store = StoreOptions::new(url);
         store.max_connections = self.db_max_connections.max(1);
         store.acquire_timeout = Duration::from_millis(self.db_acquire_timeout_ms);
@@ -93,6 +104,8 @@ impl Args {
             max_deadline: Duration::from_millis(self.max_deadline_ms),
             expiry_interval: Duration::from_secs(self.expiry_interval_seconds),
             event_retention: Duration::from_secs(self.event_retention_hours * 3600),
+            heartbeat_timeout: Duration::from_millis(self.heartbeat_timeout_ms),
+            ignore_exclude_label: self.ignore_exclude_lb,
         })
     }
 }

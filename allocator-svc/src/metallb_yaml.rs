@@ -1,4 +1,5 @@
-//! MetalLB's IPAddressPool YAML, as users write it, translated to ferrolb pools.
+//! MetalLB's IPAddressPool and L2Advertisement YAML, as users write it, translated to ferrolb's
+//! API messages.
 //!
 //! The MetalLB fields are read exactly (unknown spec fields are refused, so a typo is not silently
 //! ignored). ferrolb's own pool settings ride along as annotations, so the file stays valid for
@@ -28,6 +29,8 @@ struct Metadata {
     name: String,
     #[serde(default)]
     annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    labels: HashMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -38,6 +41,30 @@ struct IpAddressPoolSpec {
     #[serde(rename = "avoidBuggyIPs")]
     avoid_buggy_ips: Option<bool>,
     service_allocation: Option<ServiceAllocation>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct L2AdvertisementSpec {
+    #[serde(default)]
+    ip_address_pools: Vec<String>,
+    #[serde(default)]
+    ip_address_pool_selectors: Vec<Selector>,
+    #[serde(default)]
+    node_selectors: Vec<Selector>,
+    #[serde(default)]
+    interfaces: Vec<String>,
+    #[serde(default)]
+    service_selectors: Vec<Selector>,
+    #[serde(default)]
+    preferred_node_selectors: Vec<PreferredNode>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PreferredNode {
+    weight: u32,
+    preference: Selector,
 }
 
 #[derive(Debug, Deserialize)]
@@ -75,8 +102,14 @@ struct Expression {
 #[derive(Debug, Default)]
 pub struct Parsed {
     pub pools: Vec<pb::Pool>,
-    /// `Kind/name` of documents that are not pools, for the caller to report.
+    /// With an empty cluster: the caller says which cluster they belong to.
+    pub l2_advertisements: Vec<pb::L2Advertisement>,
+    /// `Kind/name` of documents the allocator does not take, for the caller to report.
     pub skipped: Vec<String>,
+}
+
+fn selectors(s: Vec<Selector>) -> Vec<pb::LabelSelector> {
+    s.into_iter().map(selector).collect()
 }
 
 fn selector(s: Selector) -> pb::LabelSelector {
@@ -119,6 +152,29 @@ pub fn parse(text: &str) -> Result<Parsed, String> {
         let doc: Document =
             serde_yaml::from_value(value).map_err(|e| format!("document {}: {e}", i + 1))?;
         let group = doc.api_version.split('/').next().unwrap_or_default();
+        if group == "metallb.io" && doc.kind == "L2Advertisement" {
+            let where_ = format!("L2Advertisement {:?}", doc.metadata.name);
+            let spec: L2AdvertisementSpec =
+                serde_yaml::from_value(doc.spec).map_err(|e| format!("{where_}: spec: {e}"))?;
+            parsed.l2_advertisements.push(pb::L2Advertisement {
+                cluster: String::new(),
+                name: doc.metadata.name,
+                ip_address_pools: spec.ip_address_pools,
+                ip_address_pool_selectors: selectors(spec.ip_address_pool_selectors),
+                node_selectors: selectors(spec.node_selectors),
+                interfaces: spec.interfaces,
+                service_selectors: selectors(spec.service_selectors),
+                preferred_node_selectors: spec
+                    .preferred_node_selectors
+                    .into_iter()
+                    .map(|p| pb::PreferredNode {
+                        weight: p.weight,
+                        preference: Some(selector(p.preference)),
+                    })
+                    .collect(),
+            });
+            continue;
+        }
         if doc.kind != "IPAddressPool" || group != "metallb.io" {
             parsed
                 .skipped
@@ -137,13 +193,14 @@ pub fn parse(text: &str) -> Result<Parsed, String> {
             service_allocation: spec.service_allocation.map(|sa| pb::ServiceAllocation {
                 priority: sa.priority,
                 namespaces: sa.namespaces,
-                namespace_selectors: sa.namespace_selectors.into_iter().map(selector).collect(),
-                service_selectors: sa.service_selectors.into_iter().map(selector).collect(),
+                namespace_selectors: selectors(sa.namespace_selectors),
+                service_selectors: selectors(sa.service_selectors),
             }),
             excluded_addresses: list(annotations, "ferrolb.io/excluded-addresses"),
             clusters: list(annotations, "ferrolb.io/clusters"),
             clients: list(annotations, "ferrolb.io/clients"),
             declared_by: String::new(),
+            labels: doc.metadata.labels,
         });
     }
     Ok(parsed)
@@ -178,11 +235,11 @@ spec:
       - {key: tier, operator: In, values: [gold]}
 ---
 apiVersion: metallb.io/v1beta1
-kind: L2Advertisement
-metadata: {name: l2}
+kind: BGPAdvertisement
+metadata: {name: bgp}
 "#;
         let p = parse(text).expect("valid");
-        assert_eq!(p.skipped, ["L2Advertisement/l2"]);
+        assert_eq!(p.skipped, ["BGPAdvertisement/bgp"]);
         let pool = &p.pools[0];
         assert_eq!(pool.addresses, ["10.0.0.0/24", "fc00::1-fc00::ff"]);
         assert_eq!(pool.auto_assign, Some(false));
@@ -195,6 +252,38 @@ metadata: {name: l2}
             sa.service_selectors[0].match_expressions[0].values,
             ["gold"]
         );
+    }
+
+    #[test]
+    fn l2_advertisement_with_every_field() {
+        let text = r#"
+apiVersion: metallb.io/v1beta1
+kind: L2Advertisement
+metadata: {name: l2, namespace: metallb-system}
+spec:
+  ipAddressPools: [home-pool]
+  ipAddressPoolSelectors:
+  - matchLabels: {zone: a}
+  nodeSelectors:
+  - matchLabels: {kubernetes.io/hostname: n1}
+  interfaces: [eth0]
+  serviceSelectors:
+  - matchExpressions: [{key: app, operator: Exists}]
+  preferredNodeSelectors:
+  - weight: 50
+    preference: {matchLabels: {rack: r1}}
+"#;
+        let p = parse(text).expect("valid");
+        let ad = &p.l2_advertisements[0];
+        assert_eq!(ad.name, "l2");
+        assert_eq!(ad.ip_address_pools, ["home-pool"]);
+        assert_eq!(ad.ip_address_pool_selectors[0].match_labels["zone"], "a");
+        assert_eq!(ad.interfaces, ["eth0"]);
+        assert_eq!(ad.service_selectors[0].match_expressions[0].operator, "Exists");
+        assert_eq!(ad.preferred_node_selectors[0].weight, 50);
+        let typo = text.replace("interfaces:", "interface:");
+        let err = parse(&typo).expect_err("typo");
+        assert!(err.contains("L2Advertisement \"l2\""), "{err}");
     }
 
     #[test]

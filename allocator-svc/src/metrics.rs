@@ -42,6 +42,8 @@ pub struct Metrics {
     capacity: Family<PoolLabels, FloatGauge>,
     in_use: Family<PoolLabels, FloatGauge>,
     stranded: Family<PoolLabels, Gauge>,
+    /// Announcer streams this replica holds.
+    pub announcer_streams: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -67,7 +69,13 @@ impl Metrics {
             capacity: Family::default(),
             in_use: Family::default(),
             stranded: Family::default(),
+            announcer_streams: Gauge::default(),
         };
+        registry.register(
+            "announcer_streams",
+            "Announcer streams held by this replica",
+            m.announcer_streams.clone(),
+        );
         registry.register("allocations", "Leases handed out", m.allocations.clone());
         registry.register(
             "releases",

@@ -30,6 +30,9 @@ pub struct PoolSpec {
     pub clients: Vec<String>,
     /// `admin` or `cluster/<name>`.
     pub declared_by: String,
+    /// metadata.labels, matched by L2Advertisements' ipAddressPoolSelectors.
+    #[serde(default)]
+    pub labels: Labels,
 }
 
 impl PoolSpec {
@@ -45,6 +48,7 @@ impl PoolSpec {
             clusters: vec![],
             clients: vec![],
             declared_by: String::new(),
+            labels: Labels::new(),
         }
     }
 }
@@ -268,7 +272,7 @@ fn subtract(range: &Range, excluded: &[Range]) -> Vec<Range> {
     out
 }
 
-fn validate_name(field: &str, name: &str) -> Result<()> {
+pub(crate) fn validate_name(field: &str, name: &str) -> Result<()> {
     if name.is_empty() {
         return Err(Error::invalid(field, "must not be empty"));
     }

@@ -5,12 +5,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferrolb_proto::v1::announcer_service_server::AnnouncerServiceServer;
+use ferrolb_proto::v1::cluster_state_service_server::ClusterStateServiceServer;
 use ferrolb_proto::v1::ipam_service_server::IpamServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
 use crate::grpc::Ipam;
+use crate::grpc::cluster::{AnnouncerApi, Announcers, ClusterState, Liveness};
 use crate::grpc::guard::GuardLayer;
 use crate::metrics::Metrics;
 use crate::store::{LeaseStore, SqlStore, StoreOptions};
@@ -27,7 +30,15 @@ pub struct Config {
     pub expiry_interval: Duration,
     /// How long lease events are kept for WatchLeases.
     pub event_retention: Duration,
+    /// An announcer not heard from for this long is taken for dead.
+    pub heartbeat_timeout: Duration,
+    /// MetalLB's `--ignore-exclude-lb`.
+    pub ignore_exclude_label: bool,
 }
+
+/// How long an announcer session outlives the last refresh by the replica holding it: the
+/// sessions of a replica that died without ending them expire after this.
+const SESSION_TTL: Duration = Duration::from_secs(5);
 
 /// How often pool gauges and the database health are refreshed.
 const REFRESH: Duration = Duration::from_secs(2);
@@ -78,17 +89,54 @@ pub async fn run(
         .build_v1alpha()
         .map_err(|e| e.to_string())?;
 
+    let view = crate::assignments::spawn(Arc::clone(&store), config.ignore_exclude_label);
+    let replica: Arc<str> = format!("{}-{:016x}", std::process::id(), crate::cluster::random_u64()).into();
+    spawn_session_refresh(Arc::clone(&store), Arc::clone(&replica));
+    let announcers = Announcers::new(
+        Arc::clone(&store),
+        view.clone(),
+        Arc::clone(&metrics),
+        replica,
+        Liveness {
+            heartbeat_timeout: config.heartbeat_timeout,
+            session_ttl: SESSION_TTL,
+        },
+    );
+
     tonic::transport::Server::builder()
         .layer(GuardLayer::new(config.max_in_flight, config.max_deadline))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
+        .add_service(ClusterStateServiceServer::new(ClusterState::new(
+            Arc::clone(&store),
+            view,
+        )))
+        .add_service(AnnouncerServiceServer::new(AnnouncerApi(Arc::new(announcers))))
         .add_service(IpamServiceServer::new(Ipam::new(store, metrics)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
         .map_err(|e| format!("gRPC server failed: {e}"))?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Keeps the sessions this replica holds from expiring, and expires those of dead replicas.
+fn spawn_session_refresh(store: Arc<SqlStore>, replica: Arc<str>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SESSION_TTL / 5);
+        loop {
+            tick.tick().await;
+            match store
+                .refresh_sessions(&replica, SESSION_TTL.as_millis() as i64)
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(sessions = n, "sessions of a vanished replica expired"),
+                Err(e) => tracing::warn!(error = %e, "cannot refresh announcer sessions"),
+            }
+        }
+    });
 }
 
 /// The database may come up after the allocator: keep trying, and say why not.

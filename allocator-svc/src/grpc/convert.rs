@@ -63,7 +63,7 @@ pub fn parse_caller(raw: &str) -> Option<Caller> {
     }
 }
 
-fn selector(field: &str, s: pb::LabelSelector) -> Result<LabelSelector, Error> {
+pub fn selector(field: &str, s: pb::LabelSelector) -> Result<LabelSelector, Error> {
     let match_expressions = s
         .match_expressions
         .into_iter()
@@ -77,7 +77,7 @@ fn selector(field: &str, s: pb::LabelSelector) -> Result<LabelSelector, Error> {
     })
 }
 
-fn selector_to_pb(s: &LabelSelector) -> pb::LabelSelector {
+pub fn selector_to_pb(s: &LabelSelector) -> pb::LabelSelector {
     pb::LabelSelector {
         match_labels: s.match_labels.clone().into_iter().collect(),
         match_expressions: s
@@ -92,7 +92,7 @@ fn selector_to_pb(s: &LabelSelector) -> pb::LabelSelector {
     }
 }
 
-fn selectors(field: &str, list: Vec<pb::LabelSelector>) -> Result<Vec<LabelSelector>, Error> {
+pub fn selectors(field: &str, list: Vec<pb::LabelSelector>) -> Result<Vec<LabelSelector>, Error> {
     list.into_iter().map(|s| selector(field, s)).collect()
 }
 
@@ -122,6 +122,7 @@ pub fn pool_spec(p: pb::Pool) -> Result<PoolSpec, Error> {
         clusters: p.clusters,
         clients: p.clients,
         declared_by: String::new(),
+        labels: p.labels.into_iter().collect(),
     })
 }
 
@@ -144,6 +145,7 @@ pub fn pool_to_pb(s: &PoolSpec) -> pb::Pool {
         clusters: s.clusters.clone(),
         clients: s.clients.clone(),
         declared_by: s.declared_by.clone(),
+        labels: s.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
     }
 }
 

@@ -13,12 +13,14 @@ macro_rules! lease_columns {
 }
 
 mod batch;
+mod cluster;
 mod persist;
 mod rows;
 mod sql;
 
 use std::future::Future;
 
+pub use cluster::ClusterRows;
 pub use sql::{Dialect, SqlStore, StoreOptions};
 
 use crate::error::Result;

@@ -115,6 +115,8 @@ pub struct Core {
     pub(super) dialect: Dialect,
     pub(super) grace_ms: i64,
     changes: watch::Sender<u64>,
+    /// Cluster state and announcer sessions: moves on every change, from any replica.
+    pub(super) cluster_changes: watch::Sender<u64>,
 }
 
 /// The SQL lease store.
@@ -198,11 +200,18 @@ impl SqlStore {
             .await
             .map_err(map_sqlx)?;
         let (changes, _) = watch::channel(rev as u64);
+        let cluster_rev: i64 =
+            sqlx::query_scalar("SELECT value FROM cluster_revision WHERE id = 1")
+                .fetch_one(&db)
+                .await
+                .map_err(map_sqlx)?;
+        let (cluster_changes, _) = watch::channel(cluster_rev as u64);
         let core = Arc::new(Core {
             db,
             dialect,
             grace_ms: opts.release_grace.as_millis() as i64,
             changes,
+            cluster_changes,
         });
         let store = SqlStore {
             batches: batch::spawn(Arc::clone(&core)),
@@ -217,18 +226,27 @@ impl SqlStore {
     /// Other replicas announce each commit with NOTIFY; this wakes local watchers.
     fn follow_notifications(&self, url: String) {
         let changes = self.changes.clone();
+        let cluster_changes = self.cluster_changes.clone();
         tokio::spawn(async move {
             loop {
                 match sqlx::postgres::PgListener::connect(&url).await {
                     Ok(mut listener) => {
-                        if let Err(e) = listener.listen(NOTIFY_CHANNEL).await {
+                        if let Err(e) = listener
+                            .listen_all([NOTIFY_CHANNEL, CLUSTER_CHANNEL])
+                            .await
+                        {
                             tracing::warn!(error = %e, "LISTEN failed");
                         } else {
                             loop {
                                 match listener.recv().await {
                                     Ok(n) => {
+                                        let to = if n.channel() == CLUSTER_CHANNEL {
+                                            &cluster_changes
+                                        } else {
+                                            &changes
+                                        };
                                         if let Ok(rev) = n.payload().parse::<u64>() {
-                                            advance(&changes, rev);
+                                            advance(to, rev);
                                         }
                                     }
                                     Err(e) => {
@@ -246,6 +264,7 @@ impl SqlStore {
                 }
                 // The connection broke: wake watchers so they re-read, then reconnect.
                 changes.send_modify(|_| {});
+                cluster_changes.send_modify(|_| {});
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         });
@@ -256,6 +275,11 @@ impl Core {
     /// Wakes watchers: the store has reached `revision`.
     pub(super) fn announce(&self, revision: u64) {
         advance(&self.changes, revision);
+    }
+
+    /// Wakes followers of the cluster state: it has reached `revision`.
+    pub(super) fn cluster_changed(&self, revision: u64) {
+        advance(&self.cluster_changes, revision);
     }
 }
 
@@ -270,6 +294,8 @@ fn advance(changes: &watch::Sender<u64>, revision: u64) {
 
 /// The NOTIFY channel on which every commit announces its revision.
 pub(super) const NOTIFY_CHANNEL: &str = "ferrolb_revision"; // as in the migration's trigger
+/// The NOTIFY channel of cluster state and announcer session changes.
+const CLUSTER_CHANNEL: &str = "ferrolb_cluster";
 
 /// Makes this transaction the only writer until it commits: it locks the revision row first,
 /// before any pool or lease row, so writers on every replica queue in one order and never
@@ -792,7 +818,7 @@ impl LeaseStore for SqlStore {
     }
 }
 
-fn fail(e: TxError) -> Error {
+pub(super) fn fail(e: TxError) -> Error {
     match e {
         TxError::Fail(e) => e,
         TxError::Retry(why) => Error::Unavailable(why),

@@ -1,0 +1,161 @@
+//! The replica's current answer to "who announces what": recomputed whenever leases, cluster
+//! state or announcer sessions change (on any replica), and published to the announcer streams
+//! this replica holds.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::cluster::{self, Announcement, Input};
+use crate::error::Result;
+use crate::lease::{Lease, Owner};
+use crate::store::{LeaseStore, SqlStore};
+
+/// What one node announces: address → interfaces (empty: every eligible interface).
+pub type NodeAssignments = BTreeMap<IpAddr, Vec<String>>;
+
+/// Who announces what, in every cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct View {
+    /// Grows with every change of leases or cluster state; the same database state gives the
+    /// same version on every replica.
+    pub version: u64,
+    pub clusters: BTreeMap<String, ClusterView>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterView {
+    pub announcements: Vec<Announcement>,
+    pub by_node: BTreeMap<String, NodeAssignments>,
+}
+
+impl View {
+    pub fn node(&self, cluster: &str, node: &str) -> NodeAssignments {
+        self.clusters
+            .get(cluster)
+            .and_then(|c| c.by_node.get(node))
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// After a recompute, wait this long for more changes to pile up: bursts of allocations then
+/// cost one recompute, and failover waits at most this much longer.
+const SETTLE: Duration = Duration::from_millis(5);
+/// Recompute at least this often: sessions of a replica that died expire by the clock.
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// Starts the recompute loop; the receiver always holds the latest view.
+pub fn spawn(store: Arc<SqlStore>, ignore_exclude_label: bool) -> watch::Receiver<Arc<View>> {
+    let (tx, rx) = watch::channel(Arc::new(View::default()));
+    tokio::spawn(async move {
+        let mut lease_changes = store.subscribe();
+        let mut cluster_changes = store.subscribe_cluster();
+        let mut leases: Option<(u64, Vec<Lease>)> = None;
+        let mut leases_stale = true;
+        loop {
+            match compute(&store, &mut leases, leases_stale, ignore_exclude_label).await {
+                Ok(view) => {
+                    leases_stale = false;
+                    tx.send_if_modified(|cur| {
+                        let changed = **cur != view;
+                        if changed {
+                            *cur = Arc::new(view);
+                        }
+                        changed
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot decide announcements");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+            if tx.is_closed() {
+                return;
+            }
+            tokio::select! {
+                r = lease_changes.changed() => {
+                    if r.is_err() { return; }
+                    leases_stale = true;
+                }
+                r = cluster_changes.changed() => if r.is_err() { return; },
+                _ = tokio::time::sleep(RECHECK) => {}
+            }
+            tokio::time::sleep(SETTLE).await;
+            if lease_changes.has_changed().unwrap_or(false) {
+                lease_changes.borrow_and_update();
+                leases_stale = true;
+            }
+            cluster_changes.borrow_and_update();
+        }
+    });
+    rx
+}
+
+async fn compute(
+    store: &SqlStore,
+    leases: &mut Option<(u64, Vec<Lease>)>,
+    leases_stale: bool,
+    ignore_exclude_label: bool,
+) -> Result<View> {
+    let rows = store.cluster_rows().await?;
+    if rows.ads.is_empty() {
+        // No layer-2 advertisement anywhere: nothing to announce, and no lease to read.
+        return Ok(View {
+            version: rows.revision,
+            clusters: BTreeMap::new(),
+        });
+    }
+    if leases_stale || leases.is_none() {
+        *leases = Some(store.service_leases().await?);
+    }
+    let (lease_revision, all) = leases.as_ref().map_or((0, &[][..]), |(r, l)| (*r, &l[..]));
+    let pools = store.pool_labels().await?;
+    let mut by_cluster: BTreeMap<&str, Vec<&Lease>> = BTreeMap::new();
+    for l in all {
+        if let Owner::Service { cluster, .. } = &l.owner {
+            by_cluster.entry(cluster.as_str()).or_default().push(l);
+        }
+    }
+    let empty_live = Default::default();
+    let empty_endpoints = Default::default();
+    let mut clusters = BTreeMap::new();
+    for (name, leases) in by_cluster {
+        let nodes: Vec<_> = rows
+            .nodes
+            .iter()
+            .filter(|n| n.cluster == name)
+            .cloned()
+            .collect();
+        let ads: Vec<_> = rows
+            .ads
+            .iter()
+            .filter(|a| a.cluster == name)
+            .cloned()
+            .collect();
+        let announcements = cluster::decide(Input {
+            nodes: &nodes,
+            live: rows.live.get(name).unwrap_or(&empty_live),
+            ads: &ads,
+            endpoints: rows.endpoints.get(name).unwrap_or(&empty_endpoints),
+            leases: &leases,
+            pools: &pools,
+            ignore_exclude_label,
+        });
+        let by_node = cluster::by_node(&announcements);
+        clusters.insert(
+            name.to_string(),
+            ClusterView {
+                announcements,
+                by_node,
+            },
+        );
+    }
+    Ok(View {
+        version: rows.revision + lease_revision,
+        clusters,
+    })
+}

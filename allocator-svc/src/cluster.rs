@@ -1,0 +1,554 @@
+//! What a cluster reports (nodes, endpoints, L2Advertisements) and the decision made from it:
+//! which node announces each layer-2 address. The decision is a pure function of the reported
+//! state, the leases and the live announcers, so every replica that reads the same database
+//! reaches the same answer.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::election::{self, Advertisement, Preference};
+use crate::error::{Error, Result};
+use crate::lease::{Lease, Owner};
+use crate::pool::validate_name;
+use crate::selector::{LabelSelector, Labels};
+
+/// A random number from the operating system's generator, for ids.
+pub fn random_u64() -> u64 {
+    use rand::{Rng, SeedableRng};
+    rand::rngs::StdRng::from_os_rng().random()
+}
+
+/// A node of a cluster as its adapter reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub cluster: String,
+    pub name: String,
+    pub labels: Labels,
+    pub network_unavailable: bool,
+}
+
+/// Where one Service's serving endpoints run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Endpoints {
+    pub nodes: BTreeSet<String>,
+    pub any_serving: bool,
+    /// externalTrafficPolicy Local.
+    pub local: bool,
+}
+
+/// One weighted preference, stored form.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Preferred {
+    pub weight: u32,
+    pub selector: LabelSelector,
+}
+
+/// A validated L2Advertisement.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct L2Ad {
+    #[serde(skip)]
+    pub cluster: String,
+    #[serde(skip)]
+    pub name: String,
+    pub pools: Vec<String>,
+    pub pool_selectors: Vec<LabelSelector>,
+    pub node_selectors: Vec<LabelSelector>,
+    pub interfaces: Vec<String>,
+    pub preferences: Vec<Preferred>,
+}
+
+impl L2Ad {
+    /// Checks an advertisement as MetalLB's webhook would; `service_selectors` is how many the
+    /// request carried.
+    pub fn validate(&self, service_selectors: usize) -> Result<()> {
+        validate_name("cluster", &self.cluster)?;
+        validate_name("name", &self.name)?;
+        let mut seen = BTreeSet::new();
+        for p in &self.pools {
+            if !seen.insert(p) {
+                return Err(Error::invalid(
+                    "ip_address_pools",
+                    format!("pool {p:?} is listed twice"),
+                ));
+            }
+        }
+        for i in &self.interfaces {
+            if i.is_empty() || i.len() > 15 || i.contains('/') || i.contains(char::is_whitespace)
+            {
+                return Err(Error::invalid(
+                    "interfaces",
+                    format!("{i:?} is not an interface name"),
+                ));
+            }
+        }
+        for p in &self.preferences {
+            if !(1..=100).contains(&p.weight) {
+                return Err(Error::invalid(
+                    "preferred_node_selectors.weight",
+                    format!("{} is not between 1 and 100", p.weight),
+                ));
+            }
+        }
+        if service_selectors > 0 {
+            return Err(Error::invalid(
+                "service_selectors",
+                "is not supported yet: remove it, or split the advertisement by pool",
+            ));
+        }
+        Ok(())
+    }
+
+    /// MetalLB: an advertisement naming no pool, by name or selector, applies to every pool.
+    fn applies_to(&self, pool: &str, labels: Option<&Labels>) -> bool {
+        (self.pools.is_empty() && self.pool_selectors.is_empty())
+            || self.pools.iter().any(|p| p == pool)
+            || labels.is_some_and(|l| self.pool_selectors.iter().any(|s| s.matches(l)))
+    }
+
+    fn election(&self) -> Advertisement {
+        Advertisement {
+            node_selectors: self.node_selectors.clone(),
+            preferences: self
+                .preferences
+                .iter()
+                .map(|p| Preference {
+                    weight: p.weight,
+                    selector: p.selector.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    fn selects(&self, labels: &Labels) -> bool {
+        self.node_selectors.is_empty() || self.node_selectors.iter().any(|s| s.matches(labels))
+    }
+}
+
+/// Why nobody announces an address (MetalLB's `serviceWithdrawn` reasons where they apply).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Silence {
+    NoMatchingAdvertisement,
+    NoEndpoints,
+    NoLocalEndpoints,
+    /// No live announcer on an eligible node.
+    NoEligibleNode,
+}
+
+impl Silence {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Silence::NoMatchingAdvertisement => "noMatchingAdvertisement",
+            Silence::NoEndpoints => "noEndpoints",
+            Silence::NoLocalEndpoints => "noLocalEndpoints",
+            Silence::NoEligibleNode => "noEligibleNode",
+        }
+    }
+}
+
+/// Who announces one address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announcement {
+    pub ip: IpAddr,
+    pub owner: std::result::Result<String, Silence>,
+    /// Empty: every eligible interface.
+    pub interfaces: Vec<String>,
+    /// `namespace/name` of the Services on the address.
+    pub services: Vec<String>,
+}
+
+/// Everything the decision for one cluster reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    pub nodes: &'a [NodeInfo],
+    /// Nodes whose announcer holds a stream and says it can announce.
+    pub live: &'a BTreeSet<String>,
+    pub ads: &'a [L2Ad],
+    /// By (namespace, name).
+    pub endpoints: &'a BTreeMap<(String, String), Endpoints>,
+    /// The cluster's leases.
+    pub leases: &'a [&'a Lease],
+    /// Pool labels by pool name.
+    pub pools: &'a BTreeMap<String, Labels>,
+    pub ignore_exclude_label: bool,
+}
+
+fn service_name(owner: &Owner) -> Option<(String, String)> {
+    match owner {
+        Owner::Service {
+            namespace, name, ..
+        } => Some((namespace.clone(), name.clone())),
+        Owner::External { .. } => None,
+    }
+}
+
+/// Decides who announces every address of the cluster's leases, in address order.
+///
+/// Leases that share an address, and the addresses of one dual-stack lease, form one group that
+/// is elected once: on the lowest first address of its leases, with the union of their serving
+/// nodes (and policy Local only if every lease of the group has it).
+pub fn decide(input: Input<'_>) -> Vec<Announcement> {
+    // Group leases connected by a shared address (union-find over lease indexes).
+    let leases = input.leases;
+    let mut parent: Vec<usize> = (0..leases.len()).collect();
+    fn root(parent: &mut [usize], mut i: usize) -> usize {
+        while parent[i] != i {
+            parent[i] = parent[parent[i]];
+            i = parent[i];
+        }
+        i
+    }
+    let mut holder: BTreeMap<IpAddr, usize> = BTreeMap::new();
+    for (i, lease) in leases.iter().enumerate() {
+        for a in &lease.addrs {
+            if let Some(&j) = holder.get(&a.ip) {
+                let (ri, rj) = (root(&mut parent, i), root(&mut parent, j));
+                parent[ri] = rj;
+            } else {
+                holder.insert(a.ip, i);
+            }
+        }
+    }
+    let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for i in 0..leases.len() {
+        let r = root(&mut parent, i);
+        groups.entry(r).or_default().push(i);
+    }
+
+    // Nodes with a live announcer that the adapter has not reported take part without labels.
+    let mut nodes: Vec<election::Node> = input
+        .nodes
+        .iter()
+        .map(|n| election::Node {
+            name: n.name.clone(),
+            labels: n.labels.clone(),
+            network_unavailable: n.network_unavailable,
+        })
+        .collect();
+    let known: BTreeSet<&str> = input.nodes.iter().map(|n| n.name.as_str()).collect();
+    for name in input.live {
+        if !known.contains(name.as_str()) {
+            nodes.push(election::Node {
+                name: name.clone(),
+                labels: Labels::new(),
+                network_unavailable: false,
+            });
+        }
+    }
+    let cluster = election::Cluster {
+        nodes: &nodes,
+        live: input.live,
+        ignore_exclude_label: input.ignore_exclude_label,
+    };
+
+    let mut out = Vec::new();
+    for members in groups.values() {
+        let mut ips = BTreeSet::new();
+        let mut services = BTreeSet::new();
+        let mut first_ip: Option<IpAddr> = None;
+        let mut ads: Vec<&L2Ad> = Vec::new();
+        let mut ends = Endpoints {
+            local: true,
+            ..Endpoints::default()
+        };
+        let mut reported = false;
+        for &i in members {
+            let lease = leases[i];
+            if let Some(a) = lease.addrs.first() {
+                first_ip = Some(first_ip.map_or(a.ip, |f| f.min(a.ip)));
+            }
+            for a in &lease.addrs {
+                ips.insert(a.ip);
+                for ad in input.ads {
+                    if ad.applies_to(&a.pool, input.pools.get(&a.pool))
+                        && !ads.iter().any(|x| x.name == ad.name)
+                    {
+                        ads.push(ad);
+                    }
+                }
+            }
+            let Some(svc) = service_name(&lease.owner) else {
+                continue;
+            };
+            services.insert(format!("{}/{}", svc.0, svc.1));
+            if let Some(e) = input.endpoints.get(&svc) {
+                reported = true;
+                ends.any_serving |= e.any_serving || !e.nodes.is_empty();
+                ends.local &= e.local;
+                ends.nodes.extend(e.nodes.iter().cloned());
+            }
+        }
+        let Some(first_ip) = first_ip else { continue };
+        let owner = if ads.is_empty() {
+            Err(Silence::NoMatchingAdvertisement)
+        } else if !reported || !ends.any_serving {
+            Err(Silence::NoEndpoints)
+        } else if ends.local && ends.nodes.is_empty() {
+            Err(Silence::NoLocalEndpoints)
+        } else {
+            let election_ads: Vec<Advertisement> = ads.iter().map(|a| a.election()).collect();
+            election::owner(
+                cluster,
+                &election_ads,
+                &election::Service {
+                    first_ip,
+                    local: ends.local,
+                    any_serving: true,
+                    endpoint_nodes: &ends.nodes,
+                },
+            )
+            .ok_or(Silence::NoEligibleNode)
+        };
+        let interfaces = match &owner {
+            Ok(node) => {
+                let labels = nodes
+                    .iter()
+                    .find(|n| &n.name == node)
+                    .map(|n| n.labels.clone())
+                    .unwrap_or_default();
+                let selecting: Vec<&&L2Ad> = ads.iter().filter(|a| a.selects(&labels)).collect();
+                if selecting.iter().any(|a| a.interfaces.is_empty()) {
+                    vec![]
+                } else {
+                    let all: BTreeSet<&String> =
+                        selecting.iter().flat_map(|a| &a.interfaces).collect();
+                    all.into_iter().cloned().collect()
+                }
+            }
+            Err(_) => vec![],
+        };
+        let services: Vec<String> = services.into_iter().collect();
+        for ip in ips {
+            out.push(Announcement {
+                ip,
+                owner: owner.clone(),
+                interfaces: interfaces.clone(),
+                services: services.clone(),
+            });
+        }
+    }
+    out.sort_by_key(|a| a.ip);
+    out
+}
+
+/// The addresses (with their interfaces) each node announces.
+pub fn by_node(announcements: &[Announcement]) -> BTreeMap<String, BTreeMap<IpAddr, Vec<String>>> {
+    let mut m: BTreeMap<String, BTreeMap<IpAddr, Vec<String>>> = BTreeMap::new();
+    for a in announcements {
+        if let Ok(node) = &a.owner {
+            m.entry(node.clone())
+                .or_default()
+                .insert(a.ip, a.interfaces.clone());
+        }
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::Family;
+    use crate::lease::LeaseAddr;
+
+    fn lease(name: &str, ips: &[&str]) -> Lease {
+        Lease {
+            owner: Owner::Service {
+                cluster: "home".into(),
+                namespace: "default".into(),
+                name: name.into(),
+            },
+            addrs: ips
+                .iter()
+                .map(|ip| {
+                    let ip: IpAddr = ip.parse().expect("test address");
+                    LeaseAddr {
+                        family: if ip.is_ipv4() { Family::V4 } else { Family::V6 },
+                        ip,
+                        pool: "home-pool".into(),
+                        stranded: false,
+                    }
+                })
+                .collect(),
+            sharing_key: String::new(),
+            backend_key: String::new(),
+            ports: vec![],
+            created_ms: 0,
+            expires_ms: None,
+            revision: 1,
+        }
+    }
+
+    fn node(name: &str, labels: &[(&str, &str)]) -> NodeInfo {
+        NodeInfo {
+            cluster: "home".into(),
+            name: name.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            network_unavailable: false,
+        }
+    }
+
+    fn ad(pools: &[&str]) -> L2Ad {
+        L2Ad {
+            cluster: "home".into(),
+            name: "home-l2".into(),
+            pools: pools.iter().map(|s| s.to_string()).collect(),
+            ..L2Ad::default()
+        }
+    }
+
+    fn endpoints(
+        entries: &[(&str, &[&str], bool)],
+    ) -> BTreeMap<(String, String), Endpoints> {
+        entries
+            .iter()
+            .map(|(name, nodes, local)| {
+                (
+                    ("default".to_string(), name.to_string()),
+                    Endpoints {
+                        nodes: nodes.iter().map(|s| s.to_string()).collect(),
+                        any_serving: !nodes.is_empty(),
+                        local: *local,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    struct World {
+        nodes: Vec<NodeInfo>,
+        live: BTreeSet<String>,
+        ads: Vec<L2Ad>,
+        endpoints: BTreeMap<(String, String), Endpoints>,
+        leases: Vec<Lease>,
+        ignore: bool,
+    }
+
+    impl World {
+        fn new() -> World {
+            World {
+                nodes: vec![node("n1", &[]), node("n2", &[]), node("n3", &[])],
+                live: ["n1", "n2", "n3"].iter().map(|s| s.to_string()).collect(),
+                ads: vec![ad(&["home-pool"])],
+                endpoints: endpoints(&[("web", &["n1", "n2", "n3"], false)]),
+                leases: vec![lease("web", &["192.168.1.240", "fd00::240"])],
+                ignore: false,
+            }
+        }
+
+        fn decide(&self) -> Vec<Announcement> {
+            let leases: Vec<&Lease> = self.leases.iter().collect();
+            decide(Input {
+                nodes: &self.nodes,
+                live: &self.live,
+                ads: &self.ads,
+                endpoints: &self.endpoints,
+                leases: &leases,
+                pools: &BTreeMap::new(),
+                ignore_exclude_label: self.ignore,
+            })
+        }
+
+        fn owner_of(&self, ip: &str) -> std::result::Result<String, Silence> {
+            let ip: IpAddr = ip.parse().expect("test address");
+            self.decide()
+                .into_iter()
+                .find(|a| a.ip == ip)
+                .map(|a| a.owner)
+                .expect("address announced or silenced")
+        }
+    }
+
+    #[test]
+    fn both_families_of_a_lease_go_to_one_node() {
+        let w = World::new();
+        let owner = w.owner_of("192.168.1.240").expect("an owner");
+        assert_eq!(w.owner_of("fd00::240"), Ok(owner));
+    }
+
+    #[test]
+    fn reasons_for_silence() {
+        let mut w = World::new();
+        w.ads = vec![ad(&["other-pool"])];
+        assert_eq!(
+            w.owner_of("192.168.1.240"),
+            Err(Silence::NoMatchingAdvertisement)
+        );
+        w.ads = vec![ad(&[])];
+        assert!(w.owner_of("192.168.1.240").is_ok(), "no pools: every pool");
+        w.endpoints = BTreeMap::new();
+        assert_eq!(w.owner_of("192.168.1.240"), Err(Silence::NoEndpoints));
+        w.endpoints = endpoints(&[("web", &[], true)]);
+        assert_eq!(w.owner_of("192.168.1.240"), Err(Silence::NoEndpoints));
+        w.endpoints = endpoints(&[("web", &["n2"], true)]);
+        assert_eq!(w.owner_of("192.168.1.240"), Ok("n2".into()));
+        w.live.remove("n2");
+        assert_eq!(w.owner_of("192.168.1.240"), Err(Silence::NoEligibleNode));
+    }
+
+    #[test]
+    fn exclusion_label_and_network_unavailable_remove_a_node() {
+        let mut w = World::new();
+        let first = w.owner_of("192.168.1.240").expect("owner");
+        let i = w.nodes.iter().position(|n| n.name == first).expect("node");
+        w.nodes[i].network_unavailable = true;
+        let second = w.owner_of("192.168.1.240").expect("owner");
+        assert_ne!(first, second);
+        w.nodes[i].network_unavailable = false;
+        w.nodes[i]
+            .labels
+            .insert(election::EXCLUDE_LABEL.into(), "true".into());
+        assert_eq!(w.owner_of("192.168.1.240"), Ok(second));
+        w.ignore = true;
+        assert_eq!(w.owner_of("192.168.1.240"), Ok(first));
+    }
+
+    #[test]
+    fn a_shared_address_has_one_announcer() {
+        let mut w = World::new();
+        w.leases = vec![
+            lease("web", &["192.168.1.241"]),
+            lease("dns", &["192.168.1.241"]),
+        ];
+        // Different local endpoints: the group is elected once on the union.
+        w.endpoints = endpoints(&[("web", &["n1"], true), ("dns", &["n3"], true)]);
+        let all = w.decide();
+        assert_eq!(all.len(), 1);
+        assert!(matches!(all[0].owner.as_deref(), Ok("n1" | "n3")));
+        assert_eq!(all[0].services, ["default/dns", "default/web"]);
+    }
+
+    #[test]
+    fn interfaces_and_node_selectors() {
+        let mut w = World::new();
+        w.nodes[1].labels.insert("lb".into(), "yes".into());
+        w.ads = vec![L2Ad {
+            node_selectors: vec![LabelSelector {
+                match_labels: [("lb".to_string(), "yes".to_string())].into(),
+                match_expressions: vec![],
+            }],
+            interfaces: vec!["eth1".into(), "eth0".into()],
+            ..ad(&["home-pool"])
+        }];
+        let a = &w.decide()[0];
+        assert_eq!(a.owner, Ok("n2".into()));
+        assert_eq!(a.interfaces, ["eth0", "eth1"]);
+    }
+
+    #[test]
+    fn validation() {
+        let mut a = ad(&["p", "p"]);
+        assert!(a.validate(0).is_err());
+        a.pools = vec!["p".into()];
+        assert!(a.validate(0).is_ok());
+        assert!(a.validate(1).is_err());
+        a.preferences.push(Preferred {
+            weight: 0,
+            selector: LabelSelector::default(),
+        });
+        assert!(a.validate(0).is_err());
+    }
+}

@@ -1,0 +1,398 @@
+//! Cluster state and announcer sessions in the database. Every change bumps `cluster_revision`
+//! in the same transaction; on PostgreSQL a trigger turns that into a NOTIFY that every replica
+//! follows, and the writing replica wakes its own followers at once.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use sqlx::{AnyConnection, Row};
+use tokio::sync::watch;
+
+use super::rows::{LeaseRow, lease_of};
+use super::sql::{SqlStore, fail, map_sqlx, now_ms};
+use crate::cluster::{Endpoints, L2Ad, NodeInfo};
+use crate::error::{Error, Result};
+use crate::lease::Lease;
+use crate::pool::Pool;
+
+/// Everything the announcement decision reads, for every cluster.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterRows {
+    pub revision: u64,
+    pub nodes: Vec<NodeInfo>,
+    pub ads: Vec<L2Ad>,
+    /// By cluster, then (namespace, name).
+    pub endpoints: BTreeMap<String, BTreeMap<(String, String), Endpoints>>,
+    /// Nodes with a live, ready announcer, by cluster.
+    pub live: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// Bumps the cluster revision; the caller commits.
+async fn bump(conn: &mut AnyConnection) -> std::result::Result<u64, sqlx::Error> {
+    let v: i64 = sqlx::query_scalar(
+        "UPDATE cluster_revision SET value = value + 1 WHERE id = 1 RETURNING value",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(v as u64)
+}
+
+/// Runs one statement-building closure in a transaction with the revision bump, and wakes the
+/// local followers.
+macro_rules! cluster_tx {
+    ($store:expr, |$conn:ident| $body:expr) => {{
+        let mut tx = $store.db.begin().await.map_err(map_sqlx)?;
+        let value = {
+            let $conn: &mut AnyConnection = &mut tx;
+            $body.await.map_err(map_sqlx)?
+        };
+        let rev = bump(&mut tx).await.map_err(map_sqlx)?;
+        tx.commit().await.map_err(map_sqlx)?;
+        $store.cluster_changed(rev);
+        Ok(value)
+    }};
+}
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+impl SqlStore {
+    /// A receiver that changes whenever cluster state or announcer sessions may have changed.
+    pub fn subscribe_cluster(&self) -> watch::Receiver<u64> {
+        self.cluster_changes.subscribe()
+    }
+
+    /// Creates or replaces a node; says whether it is new.
+    pub async fn apply_node(&self, n: &NodeInfo) -> Result<bool> {
+        cluster_tx!(self, |conn| async {
+            let existed: Option<i64> =
+                sqlx::query_scalar("SELECT 1 FROM cluster_nodes WHERE cluster = $1 AND name = $2")
+                    .bind(&n.cluster)
+                    .bind(&n.name)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            sqlx::query(
+                "INSERT INTO cluster_nodes (cluster, name, labels, network_unavailable) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (cluster, name) DO UPDATE \
+                 SET labels = excluded.labels, network_unavailable = excluded.network_unavailable",
+            )
+            .bind(&n.cluster)
+            .bind(&n.name)
+            .bind(json(&n.labels))
+            .bind(i64::from(n.network_unavailable))
+            .execute(&mut *conn)
+            .await?;
+            Ok::<_, sqlx::Error>(existed.is_none())
+        })
+    }
+
+    /// Deletes a node; NOT_FOUND if there is none.
+    pub async fn delete_node(&self, cluster: &str, name: &str) -> Result<()> {
+        let n: u64 = cluster_tx!(self, |conn| async {
+            sqlx::query("DELETE FROM cluster_nodes WHERE cluster = $1 AND name = $2")
+                .bind(cluster)
+                .bind(name)
+                .execute(&mut *conn)
+                .await
+                .map(|r| r.rows_affected())
+        })?;
+        if n == 0 {
+            return Err(Error::NotFound(format!("no node {name:?} in cluster {cluster:?}")));
+        }
+        Ok(())
+    }
+
+    pub async fn set_endpoints(
+        &self,
+        cluster: &str,
+        namespace: &str,
+        name: &str,
+        e: &Endpoints,
+    ) -> Result<()> {
+        cluster_tx!(self, |conn| async {
+            sqlx::query(
+                "INSERT INTO service_endpoints (cluster, namespace, name, nodes, any_serving, local_policy) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (cluster, namespace, name) DO UPDATE \
+                 SET nodes = excluded.nodes, any_serving = excluded.any_serving, \
+                 local_policy = excluded.local_policy",
+            )
+            .bind(cluster)
+            .bind(namespace)
+            .bind(name)
+            .bind(json(&e.nodes))
+            .bind(i64::from(e.any_serving))
+            .bind(i64::from(e.local))
+            .execute(&mut *conn)
+            .await
+            .map(|_| ())
+        })
+    }
+
+    pub async fn delete_endpoints(&self, cluster: &str, namespace: &str, name: &str) -> Result<()> {
+        cluster_tx!(self, |conn| async {
+            sqlx::query(
+                "DELETE FROM service_endpoints WHERE cluster = $1 AND namespace = $2 AND name = $3",
+            )
+            .bind(cluster)
+            .bind(namespace)
+            .bind(name)
+            .execute(&mut *conn)
+            .await
+            .map(|_| ())
+        })
+    }
+
+    /// Creates or replaces an advertisement; says whether it is new.
+    pub async fn apply_l2(&self, ad: &L2Ad) -> Result<bool> {
+        cluster_tx!(self, |conn| async {
+            let existed: Option<i64> = sqlx::query_scalar(
+                "SELECT 1 FROM l2_advertisements WHERE cluster = $1 AND name = $2",
+            )
+            .bind(&ad.cluster)
+            .bind(&ad.name)
+            .fetch_optional(&mut *conn)
+            .await?;
+            sqlx::query(
+                "INSERT INTO l2_advertisements (cluster, name, spec) VALUES ($1, $2, $3) \
+                 ON CONFLICT (cluster, name) DO UPDATE SET spec = excluded.spec",
+            )
+            .bind(&ad.cluster)
+            .bind(&ad.name)
+            .bind(json(ad))
+            .execute(&mut *conn)
+            .await?;
+            Ok::<_, sqlx::Error>(existed.is_none())
+        })
+    }
+
+    pub async fn delete_l2(&self, cluster: &str, name: &str) -> Result<()> {
+        let n: u64 = cluster_tx!(self, |conn| async {
+            sqlx::query("DELETE FROM l2_advertisements WHERE cluster = $1 AND name = $2")
+                .bind(cluster)
+                .bind(name)
+                .execute(&mut *conn)
+                .await
+                .map(|r| r.rows_affected())
+        })?;
+        if n == 0 {
+            return Err(Error::NotFound(format!(
+                "no L2Advertisement {name:?} in cluster {cluster:?}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Records that this replica holds `node`'s stream, replacing any older session of the node.
+    pub async fn open_session(
+        &self,
+        cluster: &str,
+        node: &str,
+        session: i64,
+        replica: &str,
+        ttl_ms: i64,
+    ) -> Result<()> {
+        cluster_tx!(self, |conn| async {
+            sqlx::query(
+                "INSERT INTO announcer_sessions (cluster, node, session, replica, ready, expires_ms) \
+                 VALUES ($1, $2, $3, $4, 1, $5) ON CONFLICT (cluster, node) DO UPDATE \
+                 SET session = excluded.session, replica = excluded.replica, ready = 1, \
+                 expires_ms = excluded.expires_ms",
+            )
+            .bind(cluster)
+            .bind(node)
+            .bind(session)
+            .bind(replica)
+            .bind(now_ms() + ttl_ms)
+            .execute(&mut *conn)
+            .await
+            .map(|_| ())
+        })
+    }
+
+    /// The announcer says whether it can announce.
+    pub async fn set_session_ready(
+        &self,
+        cluster: &str,
+        node: &str,
+        session: i64,
+        ready: bool,
+    ) -> Result<()> {
+        cluster_tx!(self, |conn| async {
+            sqlx::query(
+                "UPDATE announcer_sessions SET ready = $4 \
+                 WHERE cluster = $1 AND node = $2 AND session = $3",
+            )
+            .bind(cluster)
+            .bind(node)
+            .bind(session)
+            .bind(i64::from(ready))
+            .execute(&mut *conn)
+            .await
+            .map(|_| ())
+        })
+    }
+
+    /// Ends a session, unless a newer one of the node has replaced it.
+    pub async fn close_session(&self, cluster: &str, node: &str, session: i64) -> Result<()> {
+        cluster_tx!(self, |conn| async {
+            sqlx::query(
+                "DELETE FROM announcer_sessions WHERE cluster = $1 AND node = $2 AND session = $3",
+            )
+            .bind(cluster)
+            .bind(node)
+            .bind(session)
+            .execute(&mut *conn)
+            .await
+            .map(|_| ())
+        })
+    }
+
+    /// Keeps this replica's sessions alive and forgets expired ones (of replicas that died).
+    pub async fn refresh_sessions(&self, replica: &str, ttl_ms: i64) -> Result<u64> {
+        let now = now_ms();
+        sqlx::query("UPDATE announcer_sessions SET expires_ms = $1 WHERE replica = $2")
+            .bind(now + ttl_ms)
+            .bind(replica)
+            .execute(&self.db)
+            .await
+            .map_err(map_sqlx)?;
+        let expired = sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM announcer_sessions WHERE expires_ms < $1",
+        )
+        .bind(now)
+        .fetch_one(&self.db)
+        .await
+        .map_err(map_sqlx)?;
+        if expired == 0 {
+            return Ok(0);
+        }
+        cluster_tx!(self, |conn| async {
+            sqlx::query("DELETE FROM announcer_sessions WHERE expires_ms < $1")
+                .bind(now)
+                .execute(&mut *conn)
+                .await
+                .map(|r| r.rows_affected())
+        })
+    }
+
+    /// Reads every cluster's nodes, advertisements, endpoints and live announcers.
+    pub async fn cluster_rows(&self) -> Result<ClusterRows> {
+        let mut conn = self.db.acquire().await.map_err(map_sqlx)?;
+        let revision: i64 = sqlx::query_scalar("SELECT value FROM cluster_revision WHERE id = 1")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(map_sqlx)?;
+        let mut out = ClusterRows {
+            revision: revision as u64,
+            ..ClusterRows::default()
+        };
+        let bad = |what: &str, e: serde_json::Error| {
+            Error::Internal(format!("stored {what} cannot be read: {e}"))
+        };
+        for r in sqlx::query(
+            "SELECT cluster, name, labels, network_unavailable FROM cluster_nodes ORDER BY cluster, name",
+        )
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(map_sqlx)?
+        {
+            let labels: String = r.try_get("labels").map_err(map_sqlx)?;
+            out.nodes.push(NodeInfo {
+                cluster: r.try_get("cluster").map_err(map_sqlx)?,
+                name: r.try_get("name").map_err(map_sqlx)?,
+                labels: serde_json::from_str(&labels).map_err(|e| bad("node labels", e))?,
+                network_unavailable: r
+                    .try_get::<i64, _>("network_unavailable")
+                    .map_err(map_sqlx)?
+                    != 0,
+            });
+        }
+        for r in sqlx::query(
+            "SELECT cluster, name, spec FROM l2_advertisements ORDER BY cluster, name",
+        )
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(map_sqlx)?
+        {
+            let spec: String = r.try_get("spec").map_err(map_sqlx)?;
+            let mut ad: L2Ad =
+                serde_json::from_str(&spec).map_err(|e| bad("L2Advertisement", e))?;
+            ad.cluster = r.try_get("cluster").map_err(map_sqlx)?;
+            ad.name = r.try_get("name").map_err(map_sqlx)?;
+            out.ads.push(ad);
+        }
+        for r in sqlx::query(
+            "SELECT cluster, namespace, name, nodes, any_serving, local_policy FROM service_endpoints",
+        )
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(map_sqlx)?
+        {
+            let nodes: String = r.try_get("nodes").map_err(map_sqlx)?;
+            let cluster: String = r.try_get("cluster").map_err(map_sqlx)?;
+            out.endpoints.entry(cluster).or_default().insert(
+                (
+                    r.try_get("namespace").map_err(map_sqlx)?,
+                    r.try_get("name").map_err(map_sqlx)?,
+                ),
+                Endpoints {
+                    nodes: serde_json::from_str(&nodes).map_err(|e| bad("endpoint nodes", e))?,
+                    any_serving: r.try_get::<i64, _>("any_serving").map_err(map_sqlx)? != 0,
+                    local: r.try_get::<i64, _>("local_policy").map_err(map_sqlx)? != 0,
+                },
+            );
+        }
+        for r in sqlx::query(
+            "SELECT cluster, node FROM announcer_sessions WHERE ready <> 0 AND expires_ms >= $1",
+        )
+        .bind(now_ms())
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(map_sqlx)?
+        {
+            let cluster: String = r.try_get("cluster").map_err(map_sqlx)?;
+            out.live
+                .entry(cluster)
+                .or_default()
+                .insert(r.try_get("node").map_err(map_sqlx)?);
+        }
+        Ok(out)
+    }
+
+    /// Every Service lease (of any cluster), with the store's revision read before them.
+    pub async fn service_leases(&self) -> Result<(u64, Vec<Lease>)> {
+        let mut conn = self.db.acquire().await.map_err(map_sqlx)?;
+        let revision: i64 = sqlx::query_scalar("SELECT value FROM revision WHERE id = 1")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(map_sqlx)?;
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            lease_columns!(),
+            " FROM leases WHERE cluster <> '' ORDER BY owner_key, primary_rank"
+        ))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(map_sqlx)?;
+        let rows: Vec<LeaseRow> = rows
+            .iter()
+            .map(LeaseRow::from_row)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(fail)?;
+        let leases = rows
+            .chunk_by(|a, b| a.owner_key == b.owner_key)
+            .filter_map(lease_of)
+            .collect();
+        Ok((revision as u64, leases))
+    }
+
+    /// Pools with their labels, for ipAddressPoolSelectors.
+    pub async fn pool_labels(&self) -> Result<BTreeMap<String, crate::selector::Labels>> {
+        use super::LeaseStore;
+        let pools: Vec<Pool> = self.list_pools().await?;
+        Ok(pools
+            .into_iter()
+            .map(|p| (p.spec.name.clone(), p.spec.labels))
+            .collect())
+    }
+}
