@@ -75,8 +75,7 @@ impl L2Ad {
             }
         }
         for i in &self.interfaces {
-            if i.is_empty() || i.len() > 15 || i.contains('/') || i.contains(char::is_whitespace)
-            {
+            if i.is_empty() || i.len() > 15 || i.contains('/') || i.contains(char::is_whitespace) {
                 return Err(Error::invalid(
                     "interfaces",
                     format!("{i:?} is not an interface name"),
@@ -400,9 +399,7 @@ mod tests {
         }
     }
 
-    fn endpoints(
-        entries: &[(&str, &[&str], bool)],
-    ) -> BTreeMap<(String, String), Endpoints> {
+    fn endpoints(entries: &[(&str, &[&str], bool)]) -> BTreeMap<(String, String), Endpoints> {
         entries
             .iter()
             .map(|(name, nodes, local)| {

@@ -279,7 +279,10 @@ spec:
         assert_eq!(ad.ip_address_pools, ["home-pool"]);
         assert_eq!(ad.ip_address_pool_selectors[0].match_labels["zone"], "a");
         assert_eq!(ad.interfaces, ["eth0"]);
-        assert_eq!(ad.service_selectors[0].match_expressions[0].operator, "Exists");
+        assert_eq!(
+            ad.service_selectors[0].match_expressions[0].operator,
+            "Exists"
+        );
         assert_eq!(ad.preferred_node_selectors[0].weight, 50);
         let typo = text.replace("interfaces:", "interface:");
         let err = parse(&typo).expect_err("typo");

@@ -90,7 +90,12 @@ pub async fn run(
         .map_err(|e| e.to_string())?;
 
     let view = crate::assignments::spawn(Arc::clone(&store), config.ignore_exclude_label);
-    let replica: Arc<str> = format!("{}-{:016x}", std::process::id(), crate::cluster::random_u64()).into();
+    let replica: Arc<str> = format!(
+        "{}-{:016x}",
+        std::process::id(),
+        crate::cluster::random_u64()
+    )
+    .into();
     spawn_session_refresh(Arc::clone(&store), Arc::clone(&replica));
     let announcers = Announcers::new(
         Arc::clone(&store),
@@ -112,7 +117,9 @@ pub async fn run(
             Arc::clone(&store),
             view,
         )))
-        .add_service(AnnouncerServiceServer::new(AnnouncerApi(Arc::new(announcers))))
+        .add_service(AnnouncerServiceServer::new(AnnouncerApi(Arc::new(
+            announcers,
+        ))))
         .add_service(IpamServiceServer::new(Ipam::new(store, metrics)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await

@@ -2,19 +2,23 @@
 //! the addresses this node announces, with the interface's own MAC, and sends gratuitous ARP and
 //! unsolicited neighbor advertisements when an address is gained.
 //!
-//! One blocking thread per interface owns the raw socket and the set of addresses; the control
-//! loop hands it new sets over a channel, which it reads between frames (the socket's read
-//! timeout bounds how late a change is seen). Frames that do not decode are dropped and counted.
+//! One blocking thread per interface owns the raw socket and the set of addresses it answers
+//! for; the control loop hands it commands over a channel, which it reads between frames (the
+//! socket's read timeout bounds how late a change is seen). Frames that do not decode are
+//! dropped and counted.
+//!
+//! When the kernel answers for an address (the announcer bound it to the interface), the
+//! responder only announces it; it answers for the addresses it is told to.
 
 use std::collections::BTreeSet;
 use std::io;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::Duration;
 
 use pnet_datalink::{Channel, Config, DataLinkSender, NetworkInterface};
+use prometheus_client::metrics::counter::Counter;
 
 use crate::packet::arp::{self, Arp};
 use crate::packet::ndp::{Message, Ndp};
@@ -23,22 +27,23 @@ use crate::packet::{Mac, arp::ETHERTYPE as ARP, ndp::ETHERTYPE as IPV6};
 /// How long the responder blocks on the socket before it looks for new addresses.
 const POLL: Duration = Duration::from_millis(50);
 
-/// What a responder did, for metrics.
+/// What the responders did, for metrics (shared by every interface's responder).
 #[derive(Debug, Default)]
 pub struct Counters {
     /// ARP frames and ICMPv6 neighbor messages seen.
-    pub arp_received: AtomicU64,
-    pub ndp_received: AtomicU64,
-    pub replies: AtomicU64,
-    pub gratuitous: AtomicU64,
+    pub arp_received: Counter,
+    pub ndp_received: Counter,
+    pub replies: Counter,
+    pub gratuitous: Counter,
     /// ARP or NDP frames that did not decode.
-    pub malformed: AtomicU64,
+    pub malformed: Counter,
 }
 
 /// The interface a responder serves.
 #[derive(Debug, Clone)]
 pub struct Link {
     pub name: String,
+    pub index: u32,
     pub mac: Mac,
     raw: NetworkInterface,
 }
@@ -51,31 +56,53 @@ impl Link {
             .ok_or_else(|| {
                 io::Error::new(io::ErrorKind::NotFound, format!("no interface {name:?}"))
             })?;
-        let mac = raw.mac.map(|m| Mac(m.octets())).ok_or_else(|| {
+        Link::new(raw).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("{name:?} has no MAC address"),
             )
-        })?;
-        Ok(Link {
-            name: name.to_string(),
+        })
+    }
+
+    /// An Ethernet-like interface (one with a MAC address).
+    pub fn new(raw: NetworkInterface) -> Option<Link> {
+        let mac = raw.mac.map(|m| Mac(m.octets()))?;
+        Some(Link {
+            name: raw.name.clone(),
+            index: raw.index,
             mac,
             raw,
         })
     }
+
+    /// The interface flags (`IFF_*`) when it was read.
+    pub fn flags(&self) -> u32 {
+        self.raw.flags
+    }
 }
 
-/// Answers for `addresses` on `link` until the sender side of `updates` is dropped.
+/// What the control loop tells a responder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Answer ARP and NDP for exactly these addresses from now on.
+    Answer(BTreeSet<IpAddr>),
+    /// Send a gratuitous ARP or unsolicited NA for this address now.
+    Announce(IpAddr),
+}
+
+/// Serves `link` until the sender side of `commands` is dropped.
+///
+/// `promiscuous` is needed when the responder answers for IPv6 addresses the kernel does not
+/// own: their solicitations go to solicited-node groups the kernel has not joined.
 pub fn serve(
     link: &Link,
-    updates: Receiver<BTreeSet<IpAddr>>,
+    promiscuous: bool,
+    commands: Receiver<Command>,
     counters: Arc<Counters>,
 ) -> io::Result<()> {
     let config = Config {
         read_timeout: Some(POLL),
-        // Solicitations go to each address's solicited-node group, which the kernel has not
-        // joined for addresses it does not own; the responder must see them anyway.
-        promiscuous: true,
+        promiscuous,
         ..Config::default()
     };
     let (mut tx, mut rx) = match pnet_datalink::channel(&link.raw, config)? {
@@ -85,13 +112,9 @@ pub fn serve(
     let mut owned: BTreeSet<IpAddr> = BTreeSet::new();
     loop {
         loop {
-            match updates.try_recv() {
-                Ok(next) => {
-                    for gained in next.difference(&owned) {
-                        announce(&mut *tx, link, *gained, &counters);
-                    }
-                    owned = next;
-                }
+            match commands.try_recv() {
+                Ok(Command::Answer(next)) => owned = next,
+                Ok(Command::Announce(ip)) => announce(&mut *tx, link, ip, &counters),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => return Ok(()),
             }
@@ -100,7 +123,7 @@ pub fn serve(
             Ok(frame) => {
                 if let Some(reply) = answer(frame, link.mac, &owned, &counters) {
                     send(&mut *tx, &reply);
-                    counters.replies.fetch_add(1, Ordering::Relaxed);
+                    counters.replies.inc();
                 }
             }
             Err(e)
@@ -131,11 +154,11 @@ pub fn answer(
     }
     match u16::from_be_bytes([frame[12], frame[13]]) {
         ARP => {
-            counters.arp_received.fetch_add(1, Ordering::Relaxed);
+            counters.arp_received.inc();
             let req = match Arp::decode(frame) {
                 Ok(r) => r,
                 Err(_) => {
-                    counters.malformed.fetch_add(1, Ordering::Relaxed);
+                    counters.malformed.inc();
                     return None;
                 }
             };
@@ -151,11 +174,11 @@ pub fn answer(
             {
                 return None;
             }
-            counters.ndp_received.fetch_add(1, Ordering::Relaxed);
+            counters.ndp_received.inc();
             let ns = match Ndp::decode(frame) {
                 Ok(n) => n,
                 Err(_) => {
-                    counters.malformed.fetch_add(1, Ordering::Relaxed);
+                    counters.malformed.inc();
                     return None;
                 }
             };
@@ -204,7 +227,7 @@ pub fn announce(tx: &mut dyn DataLinkSender, link: &Link, ip: IpAddr, counters: 
             send(tx, &Ndp::unsolicited(v6, link.mac, v6).encode());
         }
     }
-    counters.gratuitous.fetch_add(1, Ordering::Relaxed);
+    counters.gratuitous.inc();
 }
 
 #[cfg(test)]
@@ -277,7 +300,7 @@ mod tests {
         assert_eq!(answer(&dad, ME, &owned(), &c), None);
         let other = solicit("fd00:250::201", Some(ASKER), "fe80::1");
         assert_eq!(answer(&other, ME, &owned(), &c), None);
-        assert_eq!(c.malformed.load(Ordering::Relaxed), 0);
+        assert_eq!(c.malformed.get(), 0);
     }
 
     #[test]
@@ -290,6 +313,6 @@ mod tests {
         bad[60] ^= 0xff; // checksum no longer matches
         assert_eq!(answer(&bad, ME, &owned(), &c), None);
         assert_eq!(answer(&[0u8; 3], ME, &owned(), &c), None);
-        assert_eq!(c.malformed.load(Ordering::Relaxed), 2);
+        assert_eq!(c.malformed.get(), 2);
     }
 }

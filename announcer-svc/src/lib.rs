@@ -1,5 +1,10 @@
 //! ferrolb's node agent: it makes the network deliver the service addresses the allocator
 //! assigns to its node.
 
+pub mod agent;
+pub mod bind;
 pub mod l2;
+pub mod links;
+pub mod metrics;
 pub mod packet;
+pub mod stream;

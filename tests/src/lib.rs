@@ -3,6 +3,8 @@
 //! PostgreSQL, root) fails the test with the reason; nothing is skipped.
 #![allow(clippy::unwrap_used)]
 
+pub mod home;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ferrolb_allocator::metallb_yaml;
 use ferrolb_proto::v1 as pb;
+use ferrolb_proto::v1::cluster_state_service_client::ClusterStateServiceClient;
 use ferrolb_proto::v1::ipam_service_client::IpamServiceClient;
 use serde_json::{Value, json};
 use tonic::metadata::MetadataValue;
@@ -15,7 +16,7 @@ use tonic::transport::Channel;
 #[command(
     name = "ferrolbctl",
     version,
-    about = "Operate ferrolb: pools, leases, statistics"
+    about = "Operate ferrolb: pools, leases, nodes, announcements"
 )]
 struct Cli {
     /// Allocator gRPC endpoint.
@@ -49,6 +50,28 @@ enum Output {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Apply a MetalLB YAML file: its IPAddressPools and L2Advertisements.
+    Apply {
+        #[arg(short, long)]
+        file: PathBuf,
+        /// The cluster the L2Advertisements belong to (default: the cluster of --as).
+        #[arg(long, default_value = "")]
+        cluster: String,
+    },
+    /// A cluster's nodes, as its adapter reports them.
+    #[command(subcommand)]
+    Nodes(NodesCmd),
+    /// Which nodes serve a Service's endpoints.
+    #[command(subcommand)]
+    Endpoints(EndpointsCmd),
+    /// A cluster's L2Advertisements.
+    #[command(subcommand)]
+    L2(L2Cmd),
+    /// Which node announces each layer-2 address of a cluster.
+    Announcements {
+        #[arg(long)]
+        cluster: String,
+    },
     /// Address pools.
     #[command(subcommand)]
     Pools(PoolsCmd),
@@ -93,6 +116,71 @@ enum PoolsCmd {
     },
     Delete {
         name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodesCmd {
+    List {
+        #[arg(long)]
+        cluster: String,
+    },
+    /// Create or replace a node.
+    Apply {
+        name: String,
+        #[arg(long)]
+        cluster: String,
+        /// A label as key=value (repeat for more).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// The node's NetworkUnavailable condition is True.
+        #[arg(long)]
+        network_unavailable: bool,
+    },
+    Delete {
+        name: String,
+        #[arg(long)]
+        cluster: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum EndpointsCmd {
+    /// Replace what is known of a Service's serving endpoints.
+    Set {
+        #[arg(long)]
+        cluster: String,
+        #[arg(long)]
+        namespace: String,
+        #[arg(long)]
+        name: String,
+        /// A node hosting a serving endpoint (repeat for more).
+        #[arg(long = "node")]
+        nodes: Vec<String>,
+        /// externalTrafficPolicy: Local.
+        #[arg(long)]
+        local: bool,
+    },
+    Delete {
+        #[arg(long)]
+        cluster: String,
+        #[arg(long)]
+        namespace: String,
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum L2Cmd {
+    List {
+        #[arg(long)]
+        cluster: String,
+    },
+    Delete {
+        name: String,
+        #[arg(long)]
+        cluster: String,
     },
 }
 
@@ -193,8 +281,9 @@ impl Interceptor for CallerHeader {
     }
 }
 
-type Client =
-    IpamServiceClient<tonic::service::interceptor::InterceptedService<Channel, CallerHeader>>;
+type Intercepted = tonic::service::interceptor::InterceptedService<Channel, CallerHeader>;
+type Client = IpamServiceClient<Intercepted>;
+type ClusterClient = ClusterStateServiceClient<Intercepted>;
 
 #[tokio::main]
 async fn main() {
@@ -219,9 +308,25 @@ async fn run(cli: Cli) -> Result<(), String> {
         .connect()
         .await
         .map_err(|e| format!("cannot reach the allocator at {}: {e}", cli.server))?;
-    let mut client: Client = IpamServiceClient::with_interceptor(channel, CallerHeader(header));
+    let caller = CallerHeader(header);
+    let mut cluster_client: ClusterClient =
+        ClusterStateServiceClient::with_interceptor(channel.clone(), caller.clone());
+    let mut client: Client = IpamServiceClient::with_interceptor(channel, caller);
     let out = cli.output;
     match cli.command {
+        Command::Apply { file, cluster } => {
+            let cluster = match (cluster.as_str(), cli.caller.strip_prefix("cluster/")) {
+                ("", Some(c)) => c.to_string(),
+                _ => cluster,
+            };
+            apply(&mut client, &mut cluster_client, &file, &cluster, out).await
+        }
+        Command::Nodes(cmd) => nodes(&mut cluster_client, cmd, out).await,
+        Command::Endpoints(cmd) => endpoints(&mut cluster_client, cmd).await,
+        Command::L2(cmd) => l2(&mut cluster_client, cmd, out).await,
+        Command::Announcements { cluster } => {
+            announcements(&mut cluster_client, cluster, out).await
+        }
         Command::Pools(cmd) => pools(&mut client, cmd, out).await,
         Command::Leases(cmd) => leases(&mut client, cmd, out).await,
         Command::Allocate(a) => allocate(&mut client, a, out).await,
@@ -349,37 +454,17 @@ async fn pools(client: &mut Client, cmd: PoolsCmd, out: Output) -> Result<(), St
             print_pools(out, &[p]);
         }
         PoolsCmd::Apply { file } => {
-            let text =
-                std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-            let parsed =
-                metallb_yaml::parse(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+            let parsed = read_yaml(&file)?;
             for s in &parsed.skipped {
                 eprintln!("ignoring {s}: pools apply reads IPAddressPools only");
             }
-            let mut results = Vec::new();
-            for pool in parsed.pools {
-                let name = pool.name.clone();
-                let r = client
-                    .apply_pool(pb::ApplyPoolRequest {
-                        pool: Some(pool),
-                        create_only: false,
-                    })
-                    .await
-                    .map_err(|s| format!("pool {name:?}: {}", status_text(s)))?
-                    .into_inner();
-                let verb = if r.created { "created" } else { "configured" };
-                results.push(
-                    json!({"pool": name, "result": verb, "stranded_leases": r.stranded_leases}),
+            for ad in &parsed.l2_advertisements {
+                eprintln!(
+                    "ignoring L2Advertisement/{}: use ferrolbctl apply --cluster",
+                    ad.name
                 );
-                if out == Output::Table {
-                    let note = if r.stranded_leases > 0 {
-                        format!(" ({} leases stranded)", r.stranded_leases)
-                    } else {
-                        String::new()
-                    };
-                    println!("ipaddresspool/{name} {verb}{note}");
-                }
             }
+            let results = apply_pools(client, parsed.pools, out).await?;
             if out == Output::Json {
                 println!("{}", Value::Array(results));
             }
@@ -402,6 +487,300 @@ async fn pools(client: &mut Client, cmd: PoolsCmd, out: Output) -> Result<(), St
             );
         }
     }
+    Ok(())
+}
+
+fn read_yaml(file: &std::path::Path) -> Result<metallb_yaml::Parsed, String> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    metallb_yaml::parse(&text).map_err(|e| format!("{}: {e}", file.display()))
+}
+
+/// Applies pools, printing a line each for people; returns the results for `-o json`.
+async fn apply_pools(
+    client: &mut Client,
+    pools: Vec<pb::Pool>,
+    out: Output,
+) -> Result<Vec<Value>, String> {
+    let mut results = Vec::new();
+    for pool in pools {
+        let name = pool.name.clone();
+        let r = client
+            .apply_pool(pb::ApplyPoolRequest {
+                pool: Some(pool),
+                create_only: false,
+            })
+            .await
+            .map_err(|s| format!("pool {name:?}: {}", status_text(s)))?
+            .into_inner();
+        let verb = if r.created { "created" } else { "configured" };
+        results.push(json!({"pool": name, "result": verb, "stranded_leases": r.stranded_leases}));
+        if out == Output::Table {
+            let note = if r.stranded_leases > 0 {
+                format!(" ({} leases stranded)", r.stranded_leases)
+            } else {
+                String::new()
+            };
+            println!("ipaddresspool/{name} {verb}{note}");
+        }
+    }
+    Ok(results)
+}
+
+async fn apply(
+    client: &mut Client,
+    cluster_client: &mut ClusterClient,
+    file: &std::path::Path,
+    cluster: &str,
+    out: Output,
+) -> Result<(), String> {
+    let parsed = read_yaml(file)?;
+    if !parsed.l2_advertisements.is_empty() && cluster.is_empty() {
+        return Err(format!(
+            "{}: L2Advertisements belong to a cluster: say which with --cluster",
+            file.display()
+        ));
+    }
+    for s in &parsed.skipped {
+        eprintln!("ignoring {s}: not a kind the allocator takes");
+    }
+    let mut results = apply_pools(client, parsed.pools, out).await?;
+    for mut ad in parsed.l2_advertisements {
+        ad.cluster = cluster.to_string();
+        let name = ad.name.clone();
+        let r = cluster_client
+            .apply_l2_advertisement(ad)
+            .await
+            .map_err(|s| format!("L2Advertisement {name:?}: {}", status_text(s)))?
+            .into_inner();
+        let verb = if r.created { "created" } else { "configured" };
+        results.push(json!({"l2advertisement": name, "result": verb}));
+        if out == Output::Table {
+            println!("l2advertisement/{name} {verb}");
+        }
+    }
+    if out == Output::Json {
+        println!("{}", Value::Array(results));
+    }
+    Ok(())
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("--label {s:?}: write key=value"))?;
+    Ok((k.to_string(), v.to_string()))
+}
+
+async fn nodes(client: &mut ClusterClient, cmd: NodesCmd, out: Output) -> Result<(), String> {
+    match cmd {
+        NodesCmd::List { cluster } => {
+            let r = client
+                .list_nodes(pb::ListNodesRequest { cluster })
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            let mut rows = Vec::new();
+            let mut j = Vec::new();
+            for st in r.nodes {
+                let n = st.node.unwrap_or_default();
+                let mut labels: Vec<String> =
+                    n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                labels.sort();
+                rows.push(vec![
+                    n.name.clone(),
+                    if st.announcer_live { "live" } else { "-" }.into(),
+                    n.network_unavailable.to_string(),
+                    labels.join(","),
+                ]);
+                j.push(json!({"name": n.name, "announcer_live": st.announcer_live,
+                    "network_unavailable": n.network_unavailable, "labels": n.labels}));
+            }
+            emit(out, Value::Array(j), || {
+                table(
+                    &["NODE", "ANNOUNCER", "NETWORK UNAVAILABLE", "LABELS"],
+                    &rows,
+                )
+            });
+        }
+        NodesCmd::Apply {
+            name,
+            cluster,
+            labels,
+            network_unavailable,
+        } => {
+            let labels = labels
+                .iter()
+                .map(|l| parse_label(l))
+                .collect::<Result<_, _>>()?;
+            let r = client
+                .apply_node(pb::Node {
+                    cluster,
+                    name: name.clone(),
+                    labels,
+                    network_unavailable,
+                })
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            let verb = if r.created { "created" } else { "configured" };
+            emit(out, json!({"node": name, "result": verb}), || {
+                format!("node/{name} {verb}")
+            });
+        }
+        NodesCmd::Delete { name, cluster } => {
+            client
+                .delete_node(pb::DeleteNodeRequest {
+                    cluster,
+                    name: name.clone(),
+                })
+                .await
+                .map_err(status_text)?;
+            emit(out, json!({"node": name, "result": "deleted"}), || {
+                format!("node/{name} deleted")
+            });
+        }
+    }
+    Ok(())
+}
+
+async fn endpoints(client: &mut ClusterClient, cmd: EndpointsCmd) -> Result<(), String> {
+    match cmd {
+        EndpointsCmd::Set {
+            cluster,
+            namespace,
+            name,
+            nodes,
+            local,
+        } => {
+            client
+                .set_endpoints(pb::ServiceEndpoints {
+                    cluster,
+                    namespace,
+                    name,
+                    any_serving: !nodes.is_empty(),
+                    serving_nodes: nodes,
+                    traffic_policy_local: local,
+                })
+                .await
+                .map_err(status_text)?;
+        }
+        EndpointsCmd::Delete {
+            cluster,
+            namespace,
+            name,
+        } => {
+            client
+                .delete_endpoints(pb::DeleteEndpointsRequest {
+                    cluster,
+                    namespace,
+                    name,
+                })
+                .await
+                .map_err(status_text)?;
+        }
+    }
+    Ok(())
+}
+
+async fn l2(client: &mut ClusterClient, cmd: L2Cmd, out: Output) -> Result<(), String> {
+    match cmd {
+        L2Cmd::List { cluster } => {
+            let r = client
+                .list_l2_advertisements(pb::ListL2AdvertisementsRequest { cluster })
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            let rows: Vec<Vec<String>> = r
+                .advertisements
+                .iter()
+                .map(|a| {
+                    vec![
+                        a.name.clone(),
+                        a.ip_address_pools.join(","),
+                        a.interfaces.join(","),
+                        a.node_selectors.len().to_string(),
+                    ]
+                })
+                .collect();
+            let j: Vec<Value> = r
+                .advertisements
+                .iter()
+                .map(|a| {
+                    json!({"name": a.name, "ip_address_pools": a.ip_address_pools,
+                    "interfaces": a.interfaces})
+                })
+                .collect();
+            emit(out, Value::Array(j), || {
+                table(&["NAME", "POOLS", "INTERFACES", "NODE SELECTORS"], &rows)
+            });
+        }
+        L2Cmd::Delete { name, cluster } => {
+            client
+                .delete_l2_advertisement(pb::DeleteL2AdvertisementRequest {
+                    cluster,
+                    name: name.clone(),
+                })
+                .await
+                .map_err(status_text)?;
+            emit(
+                out,
+                json!({"l2advertisement": name, "result": "deleted"}),
+                || format!("l2advertisement/{name} deleted"),
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn announcements(
+    client: &mut ClusterClient,
+    cluster: String,
+    out: Output,
+) -> Result<(), String> {
+    let r = client
+        .list_announcements(pb::ListAnnouncementsRequest { cluster })
+        .await
+        .map_err(status_text)?
+        .into_inner();
+    let rows: Vec<Vec<String>> = r
+        .announcements
+        .iter()
+        .map(|a| {
+            vec![
+                a.ip.clone(),
+                if a.node.is_empty() {
+                    "-".into()
+                } else {
+                    a.node.clone()
+                },
+                if a.interfaces.is_empty() {
+                    "*".into()
+                } else {
+                    a.interfaces.join(",")
+                },
+                a.services.join(","),
+                a.reason.clone(),
+            ]
+        })
+        .collect();
+    let j: Vec<Value> = r
+        .announcements
+        .iter()
+        .map(|a| {
+            json!({"ip": a.ip, "node": a.node, "interfaces": a.interfaces,
+            "services": a.services, "reason": a.reason})
+        })
+        .collect();
+    emit(
+        out,
+        json!({"version": r.version, "announcements": j}),
+        || {
+            table(
+                &["ADDRESS", "NODE", "INTERFACES", "SERVICES", "REASON"],
+                &rows,
+            )
+        },
+    );
     Ok(())
 }
 

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferrolb_proto::v1 as pb;
-use ferrolb_proto::v1::announcer_message::Kind as Up;
 use ferrolb_proto::v1::allocator_message::Kind as Down;
+use ferrolb_proto::v1::announcer_message::Kind as Up;
 use ferrolb_proto::v1::announcer_service_server::AnnouncerService;
 use ferrolb_proto::v1::cluster_state_service_server::ClusterStateService;
 use futures::Stream;
@@ -54,7 +54,10 @@ fn l2_ad(a: pb::L2Advertisement) -> Result<L2Ad, Error> {
         cluster: a.cluster,
         name: a.name,
         pools: a.ip_address_pools,
-        pool_selectors: convert::selectors("ip_address_pool_selectors", a.ip_address_pool_selectors)?,
+        pool_selectors: convert::selectors(
+            "ip_address_pool_selectors",
+            a.ip_address_pool_selectors,
+        )?,
         node_selectors: convert::selectors("node_selectors", a.node_selectors)?,
         interfaces: a.interfaces,
         preferences: a
@@ -80,8 +83,16 @@ fn l2_ad_to_pb(a: &L2Ad) -> pb::L2Advertisement {
         cluster: a.cluster.clone(),
         name: a.name.clone(),
         ip_address_pools: a.pools.clone(),
-        ip_address_pool_selectors: a.pool_selectors.iter().map(convert::selector_to_pb).collect(),
-        node_selectors: a.node_selectors.iter().map(convert::selector_to_pb).collect(),
+        ip_address_pool_selectors: a
+            .pool_selectors
+            .iter()
+            .map(convert::selector_to_pb)
+            .collect(),
+        node_selectors: a
+            .node_selectors
+            .iter()
+            .map(convert::selector_to_pb)
+            .collect(),
         interfaces: a.interfaces.clone(),
         service_selectors: vec![],
         preferred_node_selectors: a
@@ -97,7 +108,10 @@ fn l2_ad_to_pb(a: &L2Ad) -> pb::L2Advertisement {
 
 #[tonic::async_trait]
 impl ClusterStateService for ClusterState {
-    async fn apply_node(&self, req: Request<pb::Node>) -> Result<Response<pb::ApplyNodeResponse>, Status> {
+    async fn apply_node(
+        &self,
+        req: Request<pb::Node>,
+    ) -> Result<Response<pb::ApplyNodeResponse>, Status> {
         let caller = caller(&req)?;
         let n = req.into_inner();
         for_cluster(&caller, &n.cluster)?;
@@ -150,7 +164,10 @@ impl ClusterStateService for ClusterState {
             .collect();
         // Nodes known only by their announcer.
         for name in &live {
-            if !nodes.iter().any(|n| n.node.as_ref().is_some_and(|n| &n.name == name)) {
+            if !nodes
+                .iter()
+                .any(|n| n.node.as_ref().is_some_and(|n| &n.name == name))
+            {
                 nodes.push(pb::NodeStatus {
                     announcer_live: true,
                     node: Some(pb::Node {
@@ -209,7 +226,12 @@ impl ClusterStateService for ClusterState {
         for_cluster(&caller, &a.cluster)?;
         let ad = l2_ad(a)?;
         let created = self.store.apply_l2(&ad).await?;
-        tracing::info!(cluster = ad.cluster, name = ad.name, created, "L2Advertisement applied");
+        tracing::info!(
+            cluster = ad.cluster,
+            name = ad.name,
+            created,
+            "L2Advertisement applied"
+        );
         Ok(Response::new(pb::ApplyL2AdvertisementResponse { created }))
     }
 
@@ -238,7 +260,9 @@ impl ClusterStateService for ClusterState {
             .filter(|a| a.cluster == cluster)
             .map(l2_ad_to_pb)
             .collect();
-        Ok(Response::new(pb::ListL2AdvertisementsResponse { advertisements }))
+        Ok(Response::new(pb::ListL2AdvertisementsResponse {
+            advertisements,
+        }))
     }
 
     async fn list_announcements(
@@ -260,7 +284,12 @@ impl ClusterStateService for ClusterState {
                         node: a.owner.clone().unwrap_or_default(),
                         interfaces: a.interfaces.clone(),
                         services: a.services.clone(),
-                        reason: a.owner.as_ref().err().map(|s| s.as_str().to_string()).unwrap_or_default(),
+                        reason: a
+                            .owner
+                            .as_ref()
+                            .err()
+                            .map(|s| s.as_str().to_string())
+                            .unwrap_or_default(),
                     })
                     .collect()
             })
@@ -375,7 +404,12 @@ impl Announcers {
         self.metrics.announcer_streams.inc();
         let why = self.run(&s, &hello, &mut inbound, &out).await;
         self.metrics.announcer_streams.dec();
-        tracing::info!(cluster = s.cluster, node = s.node, reason = why, "announcer gone");
+        tracing::info!(
+            cluster = s.cluster,
+            node = s.node,
+            reason = why,
+            "announcer gone"
+        );
         if let Err(e) = self.store.close_session(&s.cluster, &s.node, s.id).await {
             tracing::warn!(error = %e, node = s.node, "cannot end the session; it will expire");
         }
@@ -393,9 +427,13 @@ impl Announcers {
         let mut view = self.view.clone();
         let current = view.borrow_and_update().clone();
         let mut sent = current.node(&s.cluster, &s.node);
-        let announcing: BTreeSet<IpAddr> =
-            hello.announcing.iter().filter_map(|a| a.parse().ok()).collect();
-        let in_step = hello.version == current.version
+        let announcing: BTreeSet<IpAddr> = hello
+            .announcing
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect();
+        let in_step = hello.version != 0
+            && hello.version == current.version
             && announcing.iter().eq(sent.keys());
         let first = if in_step {
             changes(current.version, &sent, &sent)
@@ -483,7 +521,9 @@ impl AnnouncerService for AnnouncerApi {
             kind: Some(Up::Hello(hello)),
         }) = first
         else {
-            return Err(Status::invalid_argument("the first message must be a hello"));
+            return Err(Status::invalid_argument(
+                "the first message must be a hello",
+            ));
         };
         for_cluster(&caller, &hello.cluster)?;
         validate_name("hello.node", &hello.node)?;

@@ -145,7 +145,11 @@ pub fn pool_to_pb(s: &PoolSpec) -> pb::Pool {
         clusters: s.clusters.clone(),
         clients: s.clients.clone(),
         declared_by: s.declared_by.clone(),
-        labels: s.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        labels: s
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     }
 }
 

@@ -97,7 +97,9 @@ impl SqlStore {
                 .map(|r| r.rows_affected())
         })?;
         if n == 0 {
-            return Err(Error::NotFound(format!("no node {name:?} in cluster {cluster:?}")));
+            return Err(Error::NotFound(format!(
+                "no node {name:?} in cluster {cluster:?}"
+            )));
         }
         Ok(())
     }
@@ -307,12 +309,11 @@ impl SqlStore {
                     != 0,
             });
         }
-        for r in sqlx::query(
-            "SELECT cluster, name, spec FROM l2_advertisements ORDER BY cluster, name",
-        )
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(map_sqlx)?
+        for r in
+            sqlx::query("SELECT cluster, name, spec FROM l2_advertisements ORDER BY cluster, name")
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(map_sqlx)?
         {
             let spec: String = r.try_get("spec").map_err(map_sqlx)?;
             let mut ad: L2Ad =

@@ -231,9 +231,7 @@ impl SqlStore {
             loop {
                 match sqlx::postgres::PgListener::connect(&url).await {
                     Ok(mut listener) => {
-                        if let Err(e) = listener
-                            .listen_all([NOTIFY_CHANNEL, CLUSTER_CHANNEL])
-                            .await
+                        if let Err(e) = listener.listen_all([NOTIFY_CHANNEL, CLUSTER_CHANNEL]).await
                         {
                             tracing::warn!(error = %e, "LISTEN failed");
                         } else {

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use ferrolb_announcer::l2::{Counters, Link, serve};
+use ferrolb_announcer::l2::{Command, Counters, Link, serve};
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -26,13 +26,20 @@ fn main() {
         eprintln!("lab-responder: {e}");
         std::process::exit(1)
     });
-    let (updates, rx) = std::sync::mpsc::channel();
-    if updates.send(addrs).is_err() {
-        std::process::exit(1);
+    let (commands, rx) = std::sync::mpsc::channel();
+    let mut queued = addrs
+        .iter()
+        .map(|a| Command::Announce(*a))
+        .collect::<Vec<_>>();
+    queued.insert(0, Command::Answer(addrs.clone()));
+    for c in queued {
+        if commands.send(c).is_err() {
+            std::process::exit(1);
+        }
     }
-    // `updates` stays alive for as long as the responder runs.
-    let result = serve(&link, rx, Arc::new(Counters::default()));
-    drop(updates);
+    // `commands` stays alive for as long as the responder runs.
+    let result = serve(&link, true, rx, Arc::new(Counters::default()));
+    drop(commands);
     if let Err(e) = result {
         eprintln!("lab-responder: {e}");
         std::process::exit(1);

@@ -1,0 +1,387 @@
+//! The announcer's control loop: holds the assignments the allocator sent, keeps one responder
+//! per eligible interface, binds addresses to interfaces when the kernel answers, and sends the
+//! gratuitous announcements on MetalLB's schedule.
+//!
+//! The loop owns all state; the stream client feeds it updates and reads back what is really
+//! announced. Nothing survives a restart except kernel bindings, which carry ferrolb's mark and
+//! are reconciled against the first snapshot.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::bind::Binder;
+use crate::l2::{self, Command, Counters, Link};
+use crate::links::{self, Pattern};
+use crate::packet::Mac;
+
+/// Who answers ARP and neighbor solicitations for announced addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answerer {
+    /// The kernel: addresses are bound to the interface (fast, and the node accepts their
+    /// traffic without kube-proxy).
+    Kernel,
+    /// ferrolb's own responder, as MetalLB does; nothing on the node changes.
+    Userspace,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub answerer: Answerer,
+    pub exclude: Vec<Pattern>,
+    /// Gratuitous announcements: every `interval` for `period` after gaining an address.
+    pub gratuitous_interval: Duration,
+    pub gratuitous_period: Duration,
+    /// How often interfaces are looked at again.
+    pub scan_interval: Duration,
+}
+
+/// A change from the allocator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Update {
+    pub version: u64,
+    /// Replaces everything held.
+    pub snapshot: bool,
+    pub set: Vec<(IpAddr, Vec<String>)>,
+    pub unset: Vec<IpAddr>,
+}
+
+/// What the announcer really does, for heartbeats and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    pub version: u64,
+    /// Addresses served on at least one interface.
+    pub announcing: Vec<IpAddr>,
+    /// Some interface can announce.
+    pub ready: bool,
+    /// (name, MAC, eligible)
+    pub interfaces: Vec<(String, String, bool)>,
+}
+
+struct Responder {
+    link: Link,
+    commands: std_mpsc::Sender<Command>,
+}
+
+pub struct Agent {
+    settings: Settings,
+    counters: Arc<Counters>,
+    binder: Option<Binder>,
+    assigned: BTreeMap<IpAddr, Vec<String>>,
+    version: u64,
+    /// The allocator has sent a snapshot since the start.
+    synced: bool,
+    links: Vec<(Link, Option<&'static str>)>,
+    responders: BTreeMap<u32, Responder>,
+    /// Where each address is served: interface indexes.
+    serving: BTreeMap<IpAddr, BTreeSet<u32>>,
+    /// Kernel bindings made by ferrolb (also by an earlier run).
+    bound: BTreeSet<(u32, IpAddr)>,
+    /// Addresses in their gratuitous period: next send, end of the period.
+    gratuitous: BTreeMap<IpAddr, (Instant, Instant)>,
+    status: watch::Sender<Status>,
+}
+
+impl Agent {
+    pub async fn new(
+        settings: Settings,
+        counters: Arc<Counters>,
+    ) -> Result<(Agent, watch::Receiver<Status>), String> {
+        let binder = match settings.answerer {
+            Answerer::Kernel => Some(Binder::new().map_err(|e| format!("netlink: {e}"))?),
+            Answerer::Userspace => None,
+        };
+        let mut bound = BTreeSet::new();
+        if let Some(b) = &binder {
+            let left = b
+                .bound()
+                .await
+                .map_err(|e| format!("reading addresses over netlink: {e}"))?;
+            if !left.is_empty() {
+                tracing::info!(
+                    addresses = left.len(),
+                    "found addresses an earlier run bound; keeping them until the allocator answers"
+                );
+            }
+            bound.extend(left);
+        }
+        let (status, rx) = watch::channel(Status::default());
+        let mut agent = Agent {
+            settings,
+            counters,
+            binder,
+            assigned: BTreeMap::new(),
+            version: 0,
+            synced: false,
+            links: vec![],
+            responders: BTreeMap::new(),
+            serving: BTreeMap::new(),
+            bound,
+            gratuitous: BTreeMap::new(),
+            status,
+        };
+        agent.scan();
+        agent.reconcile().await;
+        Ok((agent, rx))
+    }
+
+    /// Runs until `updates` closes, then takes every binding off.
+    pub async fn run(mut self, mut updates: mpsc::Receiver<Update>) {
+        let mut scan = tokio::time::interval(self.settings.scan_interval);
+        loop {
+            let next_gratuitous = self.gratuitous.values().map(|(next, _)| *next).min();
+            tokio::select! {
+                u = updates.recv() => match u {
+                    Some(u) => {
+                        self.apply(u);
+                        self.reconcile().await;
+                    }
+                    None => break,
+                },
+                _ = scan.tick() => {
+                    if self.scan() {
+                        self.reconcile().await;
+                    }
+                }
+                _ = sleep_until(next_gratuitous) => self.send_gratuitous(),
+            }
+        }
+        self.assigned.clear();
+        self.synced = true;
+        self.reconcile().await;
+        tracing::info!("stopped; every binding removed");
+    }
+
+    fn apply(&mut self, u: Update) {
+        // A session opens with a snapshot, or with word that we are in step: either way what
+        // we hold is now the allocator's truth.
+        self.synced = true;
+        if u.snapshot {
+            self.assigned.clear();
+        }
+        for ip in &u.unset {
+            self.assigned.remove(ip);
+        }
+        for (ip, ifs) in u.set {
+            self.assigned.insert(ip, ifs);
+        }
+        self.version = u.version;
+        tracing::debug!(
+            version = u.version,
+            addresses = self.assigned.len(),
+            "assignments updated"
+        );
+    }
+
+    /// Looks at the interfaces again; says whether anything changed.
+    fn scan(&mut self) -> bool {
+        let now = links::scan(&self.settings.exclude);
+        let key = |v: &[(Link, Option<&'static str>)]| -> Vec<(u32, String, Mac, bool)> {
+            v.iter()
+                .map(|(l, why)| (l.index, l.name.clone(), l.mac, why.is_none()))
+                .collect()
+        };
+        let changed = key(&now) != key(&self.links);
+        if changed {
+            for (l, why) in &now {
+                tracing::debug!(
+                    interface = l.name,
+                    ineligible = why.unwrap_or("no"),
+                    "interface"
+                );
+            }
+        }
+        self.links = now;
+        changed
+    }
+
+    fn eligible(&self) -> impl Iterator<Item = &Link> {
+        self.links
+            .iter()
+            .filter(|(_, why)| why.is_none())
+            .map(|(l, _)| l)
+    }
+
+    /// Brings responders, bindings and gratuitous announcements in line with the assignments
+    /// and the interfaces.
+    async fn reconcile(&mut self) {
+        // One responder per eligible interface.
+        let eligible: BTreeMap<u32, Link> = self.eligible().map(|l| (l.index, l.clone())).collect();
+        self.responders.retain(|i, r| {
+            let keep = eligible.get(i).is_some_and(|l| l.mac == r.link.mac);
+            if !keep {
+                tracing::info!(interface = r.link.name, "responder stopped");
+            }
+            keep
+        });
+        for (i, link) in &eligible {
+            if !self.responders.contains_key(i) {
+                self.responders
+                    .insert(*i, self.start_responder(link.clone()));
+            }
+        }
+
+        // Where each assigned address goes.
+        let mut desired: BTreeMap<IpAddr, BTreeSet<u32>> = BTreeMap::new();
+        for (ip, ifs) in &self.assigned {
+            let on: BTreeSet<u32> = eligible
+                .values()
+                .filter(|l| ifs.is_empty() || ifs.contains(&l.name))
+                .map(|l| l.index)
+                .collect();
+            if on.is_empty() {
+                tracing::warn!(%ip, interfaces = ?ifs, "no eligible interface to announce on");
+                continue;
+            }
+            desired.insert(*ip, on);
+        }
+
+        // Silence first: drop lost addresses everywhere before anything is gained.
+        let mut answer_self: BTreeMap<u32, BTreeSet<IpAddr>> = BTreeMap::new();
+        if let Some(binder) = self.binder.clone() {
+            let want: BTreeSet<(u32, IpAddr)> = desired
+                .iter()
+                .flat_map(|(ip, on)| on.iter().map(move |i| (*i, *ip)))
+                .collect();
+            if self.synced {
+                let gone: Vec<(u32, IpAddr)> = self.bound.difference(&want).copied().collect();
+                for (i, ip) in gone {
+                    match binder.unbind(i, ip).await {
+                        Ok(()) => {
+                            self.bound.remove(&(i, ip));
+                        }
+                        Err(e) => tracing::warn!(%ip, index = i, error = %e, "cannot unbind"),
+                    }
+                }
+            }
+            for (i, ip) in want {
+                if self.bound.contains(&(i, ip)) {
+                    continue;
+                }
+                match binder.bind(i, ip).await {
+                    Ok(()) => {
+                        self.bound.insert((i, ip));
+                    }
+                    Err(e) => {
+                        tracing::warn!(%ip, index = i, error = %e,
+                            "cannot bind; the userspace responder answers instead");
+                        answer_self.entry(i).or_default().insert(ip);
+                    }
+                }
+            }
+        } else {
+            for (ip, on) in &desired {
+                for i in on {
+                    answer_self.entry(*i).or_default().insert(*ip);
+                }
+            }
+        }
+        for (i, r) in &self.responders {
+            let set = answer_self.remove(i).unwrap_or_default();
+            let _ = r.commands.send(Command::Answer(set));
+        }
+
+        // Gratuitous announcements for what is new on an interface.
+        let now = Instant::now();
+        for (ip, on) in &desired {
+            let before = self.serving.get(ip);
+            let fresh: Vec<u32> = on
+                .iter()
+                .filter(|i| before.is_none_or(|b| !b.contains(i)))
+                .copied()
+                .collect();
+            if fresh.is_empty() {
+                continue;
+            }
+            tracing::info!(%ip, "announcing");
+            for i in fresh {
+                if let Some(r) = self.responders.get(&i) {
+                    let _ = r.commands.send(Command::Announce(*ip));
+                }
+            }
+            self.gratuitous.insert(
+                *ip,
+                (
+                    now + self.settings.gratuitous_interval,
+                    now + self.settings.gratuitous_period,
+                ),
+            );
+        }
+        for ip in self.serving.keys() {
+            if !desired.contains_key(ip) {
+                tracing::info!(%ip, "no longer announcing");
+                self.gratuitous.remove(ip);
+            }
+        }
+        self.serving = desired;
+        self.publish();
+    }
+
+    fn start_responder(&self, link: Link) -> Responder {
+        let (tx, rx) = std_mpsc::channel();
+        let counters = Arc::clone(&self.counters);
+        // Only the userspace answerer needs frames sent to groups the kernel has not joined.
+        let promiscuous = self.settings.answerer == Answerer::Userspace;
+        let run = link.clone();
+        tracing::info!(interface = link.name, mac = %link.mac, "responder started");
+        std::thread::spawn(move || {
+            if let Err(e) = l2::serve(&run, promiscuous, rx, counters) {
+                tracing::error!(interface = run.name, error = %e, "responder failed");
+            }
+        });
+        Responder { link, commands: tx }
+    }
+
+    fn send_gratuitous(&mut self) {
+        let now = Instant::now();
+        let interval = self.settings.gratuitous_interval;
+        let mut done = vec![];
+        for (ip, (next, until)) in self.gratuitous.iter_mut() {
+            if *next > now {
+                continue;
+            }
+            for i in self.serving.get(ip).into_iter().flatten() {
+                if let Some(r) = self.responders.get(i) {
+                    let _ = r.commands.send(Command::Announce(*ip));
+                }
+            }
+            *next += interval;
+            if *next > *until {
+                done.push(*ip);
+            }
+        }
+        for ip in done {
+            self.gratuitous.remove(&ip);
+        }
+    }
+
+    fn publish(&self) {
+        let status = Status {
+            version: self.version,
+            announcing: self.serving.keys().copied().collect(),
+            ready: self.eligible().next().is_some(),
+            interfaces: self
+                .links
+                .iter()
+                .map(|(l, why)| (l.name.clone(), l.mac.to_string(), why.is_none()))
+                .collect(),
+        };
+        self.status.send_if_modified(|s| {
+            let changed = *s != status;
+            *s = status;
+            changed
+        });
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,180 @@
+//! `ferrolb-announcer`: the node agent. It streams its node's layer-2 assignments from the
+//! allocator and makes the LAN deliver them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use ferrolb_announcer::agent::{self, Agent, Answerer};
+use ferrolb_announcer::l2::Counters;
+use ferrolb_announcer::links::{DEFAULT_EXCLUDE, Pattern};
+use ferrolb_announcer::metrics::Metrics;
+use ferrolb_announcer::stream;
+use tokio::sync::mpsc;
+
+#[derive(Clone, Copy, ValueEnum, Debug)]
+enum AnswererArg {
+    /// Bind announced addresses to the interface; the kernel answers ARP/NDP and accepts their
+    /// traffic (no kube-proxy needed).
+    Kernel,
+    /// Answer from ferrolb's own responder and change nothing on the node (MetalLB's way).
+    Userspace,
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "ferrolb-announcer", version, about = "ferrolb's node agent")]
+struct Args {
+    /// Allocator replicas (comma separated); the announcer uses one and moves on when it fails.
+    #[arg(
+        long,
+        env = "FERROLB_ALLOCATOR",
+        default_value = "http://127.0.0.1:7470",
+        value_delimiter = ','
+    )]
+    allocator: Vec<String>,
+    /// The cluster this node belongs to.
+    #[arg(long, env = "FERROLB_CLUSTER")]
+    cluster: String,
+    /// This node's name (as in Kubernetes); defaults to the host name.
+    #[arg(long, env = "NODE_NAME")]
+    node: Option<String>,
+    /// Who answers ARP and neighbor solicitations.
+    #[arg(long, env = "FERROLB_ANSWERER", value_enum, default_value_t = AnswererArg::Kernel)]
+    answerer: AnswererArg,
+    /// Interfaces never announced on: names, or prefixes followed by * (MetalLB's list).
+    #[arg(long, env = "FERROLB_EXCLUDE_INTERFACES", default_value = DEFAULT_EXCLUDE)]
+    exclude_interfaces: String,
+    /// Milliseconds between gratuitous announcements after gaining an address.
+    #[arg(long, env = "FERROLB_GRATUITOUS_INTERVAL_MS", default_value_t = 1100)]
+    gratuitous_interval_ms: u64,
+    /// Milliseconds during which they are repeated.
+    #[arg(long, env = "FERROLB_GRATUITOUS_PERIOD_MS", default_value_t = 5000)]
+    gratuitous_period_ms: u64,
+    /// Milliseconds between looks at the interfaces.
+    #[arg(long, env = "FERROLB_SCAN_INTERVAL_MS", default_value_t = 500)]
+    scan_interval_ms: u64,
+    /// Longest wait between reconnection attempts, in milliseconds.
+    #[arg(long, env = "FERROLB_MAX_BACKOFF_MS", default_value_t = 2000)]
+    max_backoff_ms: u64,
+    /// Prometheus metrics address (`/metrics`); `off` disables it.
+    #[arg(long, env = "FERROLB_METRICS_LISTEN", default_value = "127.0.0.1:7472")]
+    metrics_listen: String,
+    /// Log filter (tracing's env-filter syntax).
+    #[arg(long, env = "FERROLB_LOG", default_value = "info")]
+    log: String,
+}
+
+fn fail(msg: String) -> ! {
+    eprintln!("ferrolb-announcer: {msg}");
+    std::process::exit(2)
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let node = args.node.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default()
+    });
+    if node.is_empty() {
+        fail("--node is empty and the host name cannot be read".into());
+    }
+    if args.cluster.is_empty() || args.allocator.is_empty() {
+        fail("--cluster and --allocator must not be empty".into());
+    }
+    if args.gratuitous_interval_ms == 0 || args.scan_interval_ms == 0 {
+        fail("--gratuitous-interval-ms and --scan-interval-ms must be at least 1".into());
+    }
+    let exclude = Pattern::list(&args.exclude_interfaces)
+        .unwrap_or_else(|e| fail(format!("--exclude-interfaces: {e}")));
+    let metrics_listen: Option<SocketAddr> =
+        match args.metrics_listen.as_str() {
+            "off" => None,
+            s => Some(s.parse().unwrap_or_else(|_| {
+                fail(format!("--metrics-listen {s:?} is not an address or off"))
+            })),
+        };
+
+    let counters = Arc::new(Counters::default());
+    let metrics = Arc::new(Metrics::new(&counters));
+    let settings = agent::Settings {
+        answerer: match args.answerer {
+            AnswererArg::Kernel => Answerer::Kernel,
+            AnswererArg::Userspace => Answerer::Userspace,
+        },
+        exclude,
+        gratuitous_interval: Duration::from_millis(args.gratuitous_interval_ms),
+        gratuitous_period: Duration::from_millis(args.gratuitous_period_ms),
+        scan_interval: Duration::from_millis(args.scan_interval_ms),
+    };
+    let (agent, status) = Agent::new(settings, Arc::clone(&counters))
+        .await
+        .unwrap_or_else(|e| fail(e));
+
+    if let Some(addr) = metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .unwrap_or_else(|e| fail(format!("cannot listen on {addr} for metrics: {e}")));
+        let m = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            let app = axum::Router::new().route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let m = Arc::clone(&m);
+                    async move { m.encode() }
+                }),
+            );
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "metrics server stopped");
+            }
+        });
+    }
+    {
+        let mut status = status.clone();
+        let m = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            loop {
+                m.addresses
+                    .set(status.borrow_and_update().announcing.len() as i64);
+                if status.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    let (updates, rx) = mpsc::channel(64);
+    let agent = tokio::spawn(agent.run(rx));
+    tracing::info!(node, cluster = args.cluster, answerer = ?args.answerer, "announcer started");
+    let streaming = tokio::spawn(stream::run(
+        stream::Settings {
+            allocators: args.allocator,
+            cluster: args.cluster,
+            node,
+            connect_timeout: Duration::from_secs(1),
+            max_backoff: Duration::from_millis(args.max_backoff_ms.max(100)),
+        },
+        updates,
+        status,
+        Arc::clone(&metrics),
+    ));
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .unwrap_or_else(|e| fail(format!("cannot watch SIGTERM: {e}")));
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("stopping: taking every address off");
+    streaming.abort();
+    let _ = streaming.await;
+    let _ = agent.await;
+}

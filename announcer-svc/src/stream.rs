@@ -1,0 +1,231 @@
+//! The announcer's side of `AnnouncerService.Announce`: hello, assignments down, heartbeats up;
+//! reconnects with backoff to any allocator replica, and never drops what it announces while
+//! the allocator is away (fail static).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferrolb_proto::v1 as pb;
+use ferrolb_proto::v1::allocator_message::Kind as Down;
+use ferrolb_proto::v1::announcer_message::Kind as Up;
+use ferrolb_proto::v1::announcer_service_client::AnnouncerServiceClient;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
+
+use crate::agent::{Status, Update};
+use crate::metrics::Metrics;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Allocator replicas, tried in turn.
+    pub allocators: Vec<String>,
+    pub cluster: String,
+    pub node: String,
+    pub connect_timeout: Duration,
+    pub max_backoff: Duration,
+}
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Runs the stream until `updates` closes.
+pub async fn run(
+    settings: Settings,
+    updates: mpsc::Sender<Update>,
+    mut status: watch::Receiver<Status>,
+    metrics: Arc<Metrics>,
+) {
+    let mut backoff = MIN_BACKOFF;
+    let mut turn = 0usize;
+    loop {
+        let target = &settings.allocators[turn % settings.allocators.len()];
+        turn += 1;
+        let outcome = session(&settings, target, &updates, &mut status, &metrics).await;
+        metrics.stream_connected.set(0);
+        if updates.is_closed() {
+            return;
+        }
+        match outcome {
+            Ok(why) => {
+                tracing::warn!(
+                    allocator = target,
+                    reason = why,
+                    "stream ended; announcing what we had"
+                );
+                backoff = MIN_BACKOFF;
+            }
+            Err(e) => {
+                tracing::warn!(allocator = target, error = e, retry_in = ?backoff,
+                    "allocator unreachable; announcing what we had");
+            }
+        }
+        metrics.stream_reconnects.inc();
+        // Wait, but come back at once when an interface comes up again: the allocator is likely
+        // reachable through it.
+        let was_ready = status.borrow().ready;
+        let sleep = tokio::time::sleep(backoff);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => break,
+                r = status.changed() => {
+                    if r.is_err() { return; }
+                    if !was_ready && status.borrow().ready { break; }
+                }
+            }
+        }
+        backoff = (backoff * 2).min(settings.max_backoff);
+    }
+}
+
+fn status_message(s: &Status) -> pb::AnnouncerMessage {
+    pb::AnnouncerMessage {
+        kind: Some(Up::Status(pb::AnnouncerStatus {
+            version: s.version,
+            announcing: s.announcing.iter().map(IpAddr::to_string).collect(),
+            ready: s.ready,
+            interfaces: interfaces(s),
+        })),
+    }
+}
+
+fn interfaces(s: &Status) -> Vec<pb::Interface> {
+    s.interfaces
+        .iter()
+        .map(|(name, mac, eligible)| pb::Interface {
+            name: name.clone(),
+            mac: mac.clone(),
+            eligible: *eligible,
+        })
+        .collect()
+}
+
+/// Turns an assignments message into an update; malformed addresses are dropped and logged.
+fn update(a: pb::Assignments) -> Update {
+    let parse = |s: &str| match s.parse::<IpAddr>() {
+        Ok(ip) => Some(ip),
+        Err(_) => {
+            tracing::warn!(
+                address = s,
+                "allocator sent an address that does not parse; ignored"
+            );
+            None
+        }
+    };
+    Update {
+        version: a.version,
+        snapshot: a.snapshot,
+        set: a
+            .set
+            .into_iter()
+            .filter_map(|s| parse(&s.ip).map(|ip| (ip, s.interfaces)))
+            .collect(),
+        unset: a.unset.iter().filter_map(|s| parse(s)).collect(),
+    }
+}
+
+/// One connection: returns why it ended (Ok) or why it could not start (Err).
+async fn session(
+    settings: &Settings,
+    target: &str,
+    updates: &mpsc::Sender<Update>,
+    status: &mut watch::Receiver<Status>,
+    metrics: &Metrics,
+) -> Result<&'static str, String> {
+    let channel = Endpoint::from_shared(target.to_string())
+        .map_err(|e| format!("{target:?}: {e}"))?
+        .connect_timeout(settings.connect_timeout)
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let mut client = AnnouncerServiceClient::new(channel);
+    let (tx, rx) = mpsc::channel(16);
+    let now = status.borrow_and_update().clone();
+    let hello = pb::AnnouncerMessage {
+        kind: Some(Up::Hello(pb::Hello {
+            cluster: settings.cluster.clone(),
+            node: settings.node.clone(),
+            interfaces: interfaces(&now),
+            capabilities: vec!["l2".into()],
+            version: now.version,
+            announcing: now.announcing.iter().map(IpAddr::to_string).collect(),
+        })),
+    };
+    tx.send(hello)
+        .await
+        .map_err(|_| "stream closed".to_string())?;
+    let mut req = tonic::Request::new(ReceiverStream::new(rx));
+    let caller = format!("cluster/{}", settings.cluster)
+        .parse()
+        .map_err(|_| format!("cluster {:?} is not a valid header value", settings.cluster))?;
+    req.metadata_mut().insert("x-ferrolb-caller", caller);
+    let mut inbound = tokio::time::timeout(settings.connect_timeout * 2, client.announce(req))
+        .await
+        .map_err(|_| "no answer to the hello".to_string())?
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+        .into_inner();
+
+    // The first message carries the timing.
+    let first = tokio::time::timeout(settings.connect_timeout * 2, inbound.message())
+        .await
+        .map_err(|_| "no assignments after the hello".to_string())?
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+    let Some(pb::AllocatorMessage {
+        kind: Some(Down::Assignments(first)),
+    }) = first
+    else {
+        return Err("the allocator did not open with assignments".into());
+    };
+    let heartbeat = Duration::from_millis(u64::from(first.heartbeat_interval_ms.max(10)));
+    let silence = Duration::from_millis(u64::from(first.allocator_timeout_ms.max(100)));
+    tracing::info!(
+        allocator = target,
+        version = first.version,
+        snapshot = first.snapshot,
+        addresses = first.set.len(),
+        "stream open"
+    );
+    metrics.stream_connected.set(1);
+    if updates.send(update(first)).await.is_err() {
+        return Ok("stopping");
+    }
+    let mut tick = tokio::time::interval(heartbeat);
+    loop {
+        tokio::select! {
+            msg = tokio::time::timeout(silence, inbound.message()) => match msg {
+                Err(_) => return Ok("allocator silent"),
+                Ok(Err(s)) => {
+                    tracing::debug!(code = ?s.code(), message = s.message(), "stream error");
+                    return Ok("stream broken");
+                }
+                Ok(Ok(None)) => return Ok("allocator closed the stream"),
+                Ok(Ok(Some(m))) => match m.kind {
+                    Some(Down::Assignments(a)) => {
+                        if updates.send(update(a)).await.is_err() {
+                            return Ok("stopping");
+                        }
+                    }
+                    Some(Down::Ping(_)) | None => {}
+                },
+            },
+            _ = tick.tick() => {
+                let msg = status_message(&status.borrow_and_update());
+                if tx.send(msg).await.is_err() {
+                    return Ok("stream closed");
+                }
+            }
+            r = status.changed() => {
+                if r.is_err() {
+                    return Ok("stopping");
+                }
+                // Readiness and what is announced travel at once, not at the next beat.
+                let msg = status_message(&status.borrow_and_update());
+                if tx.send(msg).await.is_err() {
+                    return Ok("stream closed");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,423 @@
+//! The home-lab scenario in a network lab: the allocator in the router's namespace (embedded
+//! store), an announcer and a small HTTP server on each of the three nodes, and the client that
+//! reaches the scenario's 192.168.1.0/24 addresses on its LAN. Used by the layer-2 tests, the
+//! failover and ARP benchmarks, and the demo. Everything stays inside the lab's namespaces.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+use crate::{Lab, TempDir, bin};
+
+pub const NODES: [&str; 3] = ["n1", "n2", "n3"];
+/// The allocator's gRPC endpoint inside the lab.
+pub const SERVER: &str = "http://10.250.0.1:7470";
+/// The home-lab scenario's cluster and Service.
+pub const CLUSTER: &str = "home";
+pub const VIP: &str = "192.168.1.240";
+
+/// A node's MAC in the lab.
+pub fn mac(node: &str) -> &'static str {
+    match node {
+        "n1" => "02:fa:00:00:00:11",
+        "n2" => "02:fa:00:00:00:12",
+        "n3" => "02:fa:00:00:00:13",
+        _ => "?",
+    }
+}
+
+/// The node a MAC belongs to.
+pub fn node_of(mac: &str) -> Option<&'static str> {
+    NODES
+        .into_iter()
+        .find(|n| self::mac(n) == mac.to_lowercase())
+}
+
+/// The scenario files: FERROLB_SCENARIOS, or ../shared/scenarios beside the repository.
+pub fn scenarios() -> PathBuf {
+    let dir = std::env::var("FERROLB_SCENARIOS").map_or_else(
+        |_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/scenarios"),
+        PathBuf::from,
+    );
+    assert!(
+        dir.join("home-ip-pool.yaml").exists(),
+        "the scenario files are not in {} (set FERROLB_SCENARIOS)",
+        dir.display()
+    );
+    dir
+}
+
+fn text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
+}
+
+/// How the lab is set up.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `kernel` or `userspace`.
+    pub answerer: &'static str,
+    pub allocator_args: Vec<String>,
+    pub announcer_args: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            answerer: "kernel",
+            allocator_args: vec![],
+            announcer_args: vec![],
+        }
+    }
+}
+
+pub struct HomeLab {
+    pub lab: Lab,
+    pub dir: TempDir,
+    options: Options,
+    allocator: Option<Child>,
+    announcers: BTreeMap<String, Child>,
+    others: Vec<Child>,
+}
+
+impl HomeLab {
+    /// Builds the lab and starts the allocator, the announcers and the HTTP servers.
+    pub fn up(prefix: &str, options: Options) -> HomeLab {
+        let lab = Lab::up(prefix);
+        let mut me = HomeLab {
+            lab,
+            dir: TempDir::new("ferrolb-home"),
+            options,
+            allocator: None,
+            announcers: BTreeMap::new(),
+            others: vec![],
+        };
+        // The client reaches the home network's addresses on its LAN.
+        me.must(
+            "client",
+            &["ip", "route", "add", "192.168.1.0/24", "dev", "eth0"],
+        );
+        me.start_allocator();
+        for n in NODES {
+            me.start_announcer(n);
+            let http = me.spawn(n, &bin("lab-http").to_string_lossy(), &[n], "http");
+            me.others.push(http);
+        }
+        me
+    }
+
+    fn spawn(&self, host: &str, program: &str, args: &[&str], log: &str) -> Child {
+        let file = std::fs::File::create(self.dir.0.join(format!("{log}.log")))
+            .expect("log file in the lab's directory");
+        Command::new("ip")
+            .args(["netns", "exec", &format!("{}-{host}", self.lab.0), program])
+            .args(args)
+            .env("FERROLB_LOG", "info,ferrolb_announcer=debug")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {program} in {host}: {e}"))
+    }
+
+    /// Runs a command in a host of the lab and fails the test if it fails.
+    pub fn must(&self, host: &str, cmd: &[&str]) -> String {
+        let o = self.lab.run(host, cmd);
+        assert!(o.status.success(), "{cmd:?} in {host}: {}", text(&o));
+        text(&o)
+    }
+
+    pub fn start_allocator(&mut self) {
+        let data = self.dir.0.to_string_lossy().to_string();
+        let mut args = vec![
+            "--listen",
+            "10.250.0.1:7470",
+            "--metrics-listen",
+            "10.250.0.1:7471",
+            "--data-dir",
+            &data,
+        ];
+        let extra = self.options.allocator_args.clone();
+        args.extend(extra.iter().map(String::as_str));
+        let child = self.spawn(
+            "router",
+            &bin("ferrolb-allocator").to_string_lossy(),
+            &args,
+            "allocator",
+        );
+        self.allocator = Some(child);
+        let start = Instant::now();
+        while !self.ctl_output(&["pools", "list"]).status.success() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the allocator did not start: {}",
+                self.log("allocator")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL of the allocator.
+    pub fn kill_allocator(&mut self) {
+        if let Some(mut c) = self.allocator.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn start_announcer(&mut self, node: &str) {
+        let metrics = format!(
+            "10.250.0.{}:7472",
+            10 + node[1..].parse::<u32>().unwrap_or(0)
+        );
+        let mut args = vec![
+            "--allocator",
+            SERVER,
+            "--cluster",
+            CLUSTER,
+            "--node",
+            node,
+            "--answerer",
+            self.options.answerer,
+            "--metrics-listen",
+            &metrics,
+        ];
+        let extra = self.options.announcer_args.clone();
+        args.extend(extra.iter().map(String::as_str));
+        let child = self.spawn(
+            node,
+            &bin("ferrolb-announcer").to_string_lossy(),
+            &args,
+            node,
+        );
+        self.announcers.insert(node.to_string(), child);
+    }
+
+    pub fn announcer_pid(&self, node: &str) -> u32 {
+        self.announcers
+            .get(node)
+            .map(Child::id)
+            .unwrap_or_else(|| panic!("no announcer runs on {node}"))
+    }
+
+    /// SIGKILL of a node's announcer; returns when it is dead.
+    pub fn kill_announcer(&mut self, node: &str) {
+        if let Some(mut c) = self.announcers.remove(node) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM of a node's announcer, and waits for it to finish.
+    pub fn stop_announcer(&mut self, node: &str) {
+        if let Some(mut c) = self.announcers.remove(node) {
+            let _ = Command::new("kill").arg(c.id().to_string()).status();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs ferrolbctl in the router's namespace.
+    pub fn ctl_output(&self, args: &[&str]) -> Output {
+        let ctl = bin("ferrolbctl").to_string_lossy().into_owned();
+        let mut v = vec![ctl.as_str(), "--server", SERVER];
+        v.extend_from_slice(args);
+        self.lab.run("router", &v)
+    }
+
+    /// Runs ferrolbctl in the router's namespace; fails the test if it fails.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let o = self.ctl_output(args);
+        assert!(o.status.success(), "ferrolbctl {args:?}: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    }
+
+    /// The home-lab scenario's configuration and its Service, with endpoints on `nodes`.
+    pub fn serve_home_nginx(&self, nodes: &[&str], local: bool) {
+        let file = scenarios().join("home-ip-pool.yaml");
+        self.ctl(&["apply", "-f", &file.to_string_lossy(), "--cluster", CLUSTER]);
+        self.ctl(&[
+            "allocate",
+            "--cluster",
+            CLUSTER,
+            "--namespace",
+            "default",
+            "--name",
+            "home-nginx",
+            "--port",
+            "tcp/80",
+        ]);
+        self.set_endpoints("home-nginx", nodes, local);
+    }
+
+    pub fn set_endpoints(&self, name: &str, nodes: &[&str], local: bool) {
+        let mut args = vec![
+            "endpoints",
+            "set",
+            "--cluster",
+            CLUSTER,
+            "--namespace",
+            "default",
+            "--name",
+            name,
+        ];
+        for n in nodes {
+            args.extend(["--node", n]);
+        }
+        if local {
+            args.push("--local");
+        }
+        self.ctl(&args);
+    }
+
+    /// Who announces `ip` now, per the allocator (None: nobody, with the reason).
+    pub fn owner(&self, ip: &str) -> Result<String, String> {
+        let out = self.ctl(&["-o", "json", "announcements", "--cluster", CLUSTER]);
+        let v: Value = serde_json::from_str(&out).expect("ferrolbctl -o json");
+        let a = v["announcements"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["ip"] == ip)
+            .ok_or_else(|| "no lease on it".to_string())?;
+        match a["node"].as_str() {
+            Some(n) if !n.is_empty() => Ok(n.to_string()),
+            _ => Err(a["reason"].as_str().unwrap_or_default().to_string()),
+        }
+    }
+
+    /// Waits until `check` accepts the owner of `ip`; returns it.
+    pub fn wait_owner(
+        &self,
+        ip: &str,
+        within: Duration,
+        check: impl Fn(&Result<String, String>) -> bool,
+    ) -> Result<String, String> {
+        let start = Instant::now();
+        loop {
+            let o = self.owner(ip);
+            if check(&o) {
+                return o;
+            }
+            assert!(
+                start.elapsed() < within,
+                "owner of {ip} still {o:?} after {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The client's HTTP request to the address: which node answered.
+    pub fn curl(&self, ip: &str) -> Option<String> {
+        let url = if ip.contains(':') {
+            format!("http://[{ip}]/")
+        } else {
+            format!("http://{ip}/")
+        };
+        let o = self.lab.run("client", &["curl", "-s", "-m", "1", &url]);
+        o.status.success().then(|| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .trim_start_matches("served by ")
+                .to_string()
+        })
+    }
+
+    /// curl until a node answers, or `within` passes.
+    pub fn curl_until(&self, ip: &str, within: Duration, want: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            if let Some(n) = self.curl(ip)
+                && want(&n)
+            {
+                return n;
+            }
+            assert!(
+                start.elapsed() < within,
+                "no wanted answer from {ip} within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The MAC of `ip` in the client's neighbour table.
+    pub fn client_neighbour(&self, ip: &str) -> Option<String> {
+        let out = self.must("client", &["ip", "neigh", "show", ip]);
+        let mut words = out.split_whitespace();
+        while let Some(w) = words.next() {
+            if w == "lladdr" {
+                return words.next().map(str::to_string);
+            }
+        }
+        None
+    }
+
+    /// Starts the client's probe against `ip:80`, runs `fault`, and returns the time from the
+    /// fault to the first answer of a node other than `old`, and that node.
+    pub fn failover(&self, ip: &str, old: &str, fault: impl FnOnce()) -> (Duration, String) {
+        let mut probe = Command::new("ip")
+            .args(["netns", "exec", &format!("{}-client", self.lab.0)])
+            .arg(bin("lab-probe"))
+            .args([&format!("{ip}:80"), old, "10000"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start lab-probe");
+        let mut out = BufReader::new(probe.stdout.take().expect("probe stdout"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("probe says ready");
+        assert_eq!(line.trim(), "ready");
+        let at = SystemTime::now();
+        fault();
+        line.clear();
+        out.read_line(&mut line).expect("probe result");
+        let _ = probe.wait();
+        let mut parts = line.split_whitespace();
+        let micros: u128 = match parts.next().and_then(|t| t.parse().ok()) {
+            Some(m) => m,
+            None => panic!("no failover within 10 s: {line}\n{}", self.logs()),
+        };
+        let node = parts.next().unwrap_or_default().to_string();
+        let fault_micros = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros());
+        (
+            Duration::from_micros(micros.saturating_sub(fault_micros) as u64),
+            node,
+        )
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.0.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// The last lines of every log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        for name in ["allocator", "n1", "n2", "n3"] {
+            let log = self.log(name);
+            let lines: Vec<&str> = log.lines().collect();
+            s += &format!("--- {name}.log\n");
+            for l in &lines[lines.len().saturating_sub(15)..] {
+                s += l;
+                s.push('\n');
+            }
+        }
+        s
+    }
+}
+
+impl Drop for HomeLab {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+        for c in self
+            .announcers
+            .values_mut()
+            .chain(self.allocator.iter_mut())
+            .chain(self.others.iter_mut())
+        {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! The home-lab scenario end to end in a network lab, with real clients: the allocator, three
+//! announcers and an HTTP server per node; arping, ndisc6, ping and curl on the client; tcpdump
+//! on the LAN.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use ferrolb_e2e::home::{CLUSTER, HomeLab, NODES, Options, VIP, mac};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// The MACs that answered arping for `ip` (Habets arping, `-c count`).
+fn arping_macs(lab: &HomeLab, ip: &str, count: &str) -> Vec<String> {
+    let o = lab.lab.run(
+        "client",
+        &["arping", "-c", count, "-W", "0.05", "-i", "eth0", ip],
+    );
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| l.split(" from ").nth(1))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect()
+}
+
+fn ndisc(lab: &HomeLab, ip: &str) -> Option<String> {
+    let o = lab.lab.run(
+        "client",
+        &["ndisc6", "-1", "-r", "3", "-w", "300", ip, "eth0"],
+    );
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    out.lines()
+        .find_map(|l| l.strip_prefix("Target link-layer address: "))
+        .map(|m| m.trim().to_lowercase())
+}
+
+/// Adds an IPv6 pool on the lab's own prefix and a Service on it, endpoints everywhere.
+fn serve_v6(lab: &HomeLab) -> String {
+    let file = lab.dir.0.join("v6.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: lab-v6}\n\
+         spec:\n  addresses: [fd00:250::240-fd00:250::245]\n---\n\
+         apiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {name: lab-v6}\n\
+         spec:\n  ipAddressPools: [lab-v6]\n",
+    )
+    .unwrap();
+    lab.ctl(&["apply", "-f", &file.to_string_lossy(), "--cluster", CLUSTER]);
+    lab.ctl(&[
+        "allocate",
+        "--cluster",
+        CLUSTER,
+        "--namespace",
+        "default",
+        "--name",
+        "web6",
+        "--family",
+        "ipv6",
+        "--pool",
+        "lab-v6",
+    ]);
+    lab.set_endpoints("web6", &NODES, false);
+    "fd00:250::240".to_string()
+}
+
+/// What kube-proxy in IPVS mode does on every node: the service addresses on a local interface,
+/// with MetalLB's required strictARP (arp_ignore=1, arp_announce=2) so that the kernels keep
+/// quiet about them and the announcer alone answers.
+fn kube_proxy_ipvs(lab: &HomeLab, addrs: &[&str]) {
+    for n in NODES {
+        lab.must(
+            n,
+            &[
+                "sysctl",
+                "-qw",
+                "net.ipv4.conf.all.arp_ignore=1",
+                "net.ipv4.conf.all.arp_announce=2",
+            ],
+        );
+        for a in addrs {
+            let plen = if a.contains(':') { "128" } else { "32" };
+            lab.must(
+                n,
+                &["ip", "addr", "add", &format!("{a}/{plen}"), "dev", "lo"],
+            );
+        }
+    }
+}
+
+fn end_to_end(answerer: &'static str) {
+    let lab = HomeLab::up(
+        "hl",
+        Options {
+            answerer,
+            ..Options::default()
+        },
+    );
+    if answerer == "userspace" {
+        kube_proxy_ipvs(&lab, &[VIP, "fd00:250::240"]);
+    }
+    lab.serve_home_nginx(&NODES, false);
+    let owner = lab.wait_owner(VIP, 5 * SECOND, Result::is_ok).unwrap();
+
+    // arping resolves the address to the owner's MAC, and only to it.
+    let macs = arping_macs(&lab, VIP, "3");
+    assert!(!macs.is_empty(), "no ARP answer\n{}", lab.logs());
+    assert!(
+        macs.iter().all(|m| m == mac(&owner)),
+        "{macs:?} for owner {owner}"
+    );
+    // The client kernel's own resolution: curl reaches the page, the neighbour entry is the owner.
+    assert_eq!(lab.curl_until(VIP, 5 * SECOND, |_| true), owner);
+    lab.must("client", &["ping", "-c", "1", "-W", "1", VIP]);
+    assert_eq!(lab.client_neighbour(VIP).as_deref(), Some(mac(&owner)));
+
+    // IPv6: ndisc6 resolves, curl reaches it.
+    let v6 = serve_v6(&lab);
+    let owner6 = lab.wait_owner(&v6, 5 * SECOND, Result::is_ok).unwrap();
+    let mut seen = None;
+    for _ in 0..20 {
+        seen = ndisc(&lab, &v6);
+        if seen.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        seen.as_deref(),
+        Some(mac(&owner6)),
+        "ndisc6 {v6}\n{}",
+        lab.logs()
+    );
+    assert_eq!(lab.curl_until(&v6, 5 * SECOND, |_| true), owner6);
+
+    // tcpdump on the LAN: every ARP reply and neighbor advertisement for the addresses comes
+    // from the owner.
+    let capture = lab.dir.0.join("lan.txt");
+    let mut tcpdump = Command::new("ip")
+        .args(["netns", "exec", &format!("{}-lan", lab.lab.0)])
+        .args(["tcpdump", "-l", "-nn", "-e", "-i", "br0", "arp or icmp6"])
+        .stdout(std::fs::File::create(&capture).unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tcpdump");
+    let mut err = BufReader::new(tcpdump.stderr.take().unwrap());
+    let mut line = String::new();
+    while err.read_line(&mut line).unwrap() > 0 && !line.contains("listening on") {
+        line.clear();
+    }
+    assert_eq!(arping_macs(&lab, VIP, "5").len(), 5);
+    for _ in 0..3 {
+        assert_eq!(ndisc(&lab, &v6).as_deref(), Some(mac(&owner6)));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = Command::new("kill")
+        .args(["-INT", &tcpdump.id().to_string()])
+        .status();
+    let _ = tcpdump.wait();
+    let seen = std::fs::read_to_string(&capture).unwrap();
+    let replies: Vec<&str> = seen
+        .lines()
+        .filter(|l| l.contains(&format!("Reply {VIP} is-at")))
+        .collect();
+    assert!(
+        replies.len() >= 5,
+        "too few ARP replies on the LAN:\n{seen}"
+    );
+    for l in &replies {
+        assert!(l.starts_with_mac(mac(&owner)), "a non-owner answered: {l}");
+    }
+    let adverts: Vec<&str> = seen
+        .lines()
+        .filter(|l| l.contains(&format!("neighbor advertisement, tgt is {v6}")))
+        .collect();
+    assert!(
+        adverts.len() >= 3,
+        "too few advertisements on the LAN:\n{seen}"
+    );
+    for l in &adverts {
+        assert!(
+            l.starts_with_mac(mac(&owner6)),
+            "a non-owner advertised: {l}"
+        );
+    }
+}
+
+/// A tcpdump `-e` line's source MAC (after the timestamp).
+trait SourceMac {
+    fn starts_with_mac(&self, mac: &str) -> bool;
+}
+
+impl SourceMac for &str {
+    fn starts_with_mac(&self, mac: &str) -> bool {
+        self.split_whitespace().nth(1) == Some(mac)
+    }
+}
+
+#[test]
+fn home_lab_with_the_kernel_answering() {
+    end_to_end("kernel");
+}
+
+#[test]
+fn home_lab_with_the_userspace_responder() {
+    end_to_end("userspace");
+}
+
+#[test]
+fn failover_on_crash_and_on_link_cut() {
+    let mut lab = HomeLab::up("fo", Options::default());
+    lab.serve_home_nginx(&NODES, false);
+    let first = lab.wait_owner(VIP, 5 * SECOND, Result::is_ok).unwrap();
+    assert_eq!(lab.curl_until(VIP, 5 * SECOND, |_| true), first);
+
+    // The owner's announcer is killed: another node answers, the client's entry moved to it.
+    let pid = lab.announcer_pid(&first).to_string();
+    let (took, next) = lab.failover(VIP, &first, || {
+        Command::new("kill").args(["-9", &pid]).status().unwrap();
+    });
+    lab.kill_announcer(&first);
+    assert!(took < 2 * SECOND, "crash failover took {took:?}");
+    assert_eq!(lab.owner(VIP), Ok(next.clone()));
+    assert_eq!(lab.client_neighbour(VIP).as_deref(), Some(mac(&next)));
+
+    // It comes back and, by MetalLB's rule, wins the address back; the stand-in lets go.
+    lab.start_announcer(&first);
+    lab.wait_owner(VIP, 5 * SECOND, |o| o.as_deref() == Ok(first.as_str()))
+        .unwrap();
+    assert_eq!(lab.curl_until(VIP, 5 * SECOND, |n| n == first), first);
+    let bound = lab.must(&next, &["ip", "-4", "addr", "show", "dev", "eth0"]);
+    assert!(!bound.contains(VIP), "{next} still holds {VIP}: {bound}");
+
+    // The owner's link is cut: the same, through missed heartbeats.
+    let (took, next) = lab.failover(VIP, &first, || {
+        lab.must(&first, &["ip", "link", "set", "eth0", "down"]);
+    });
+    assert!(took < 2 * SECOND, "link-cut failover took {took:?}");
+    assert_ne!(next, first);
+    assert_eq!(lab.client_neighbour(VIP).as_deref(), Some(mac(&next)));
+    lab.must(&first, &["ip", "link", "set", "eth0", "up"]);
+    lab.wait_owner(VIP, 10 * SECOND, |o| o.as_deref() == Ok(first.as_str()))
+        .unwrap();
+    assert_eq!(lab.curl_until(VIP, 10 * SECOND, |n| n == first), first);
+}
