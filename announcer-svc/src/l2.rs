@@ -75,6 +75,20 @@ impl Link {
         })
     }
 
+    /// Sends frames as they are (for tools and tests).
+    pub fn send_raw(&self, frames: &[Vec<u8>]) -> io::Result<()> {
+        let (mut tx, _) = match pnet_datalink::channel(&self.raw, Config::default())? {
+            Channel::Ethernet(tx, rx) => (tx, rx),
+            _ => return Err(io::Error::other("not an Ethernet channel")),
+        };
+        for f in frames {
+            if let Some(r) = tx.send_to(f, None) {
+                r?;
+            }
+        }
+        Ok(())
+    }
+
     /// The interface flags (`IFF_*`) when it was read.
     pub fn flags(&self) -> u32 {
         self.raw.flags

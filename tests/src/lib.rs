@@ -129,6 +129,13 @@ pub fn wait_listening(addr: SocketAddr, within: Duration) {
 #[derive(Clone)]
 pub struct Caller(MetadataValue<tonic::metadata::Ascii>);
 
+impl Caller {
+    /// `admin`, `cluster/x` or `client/y`.
+    pub fn new(caller: &str) -> Caller {
+        Caller(caller.parse().expect("a caller is ASCII"))
+    }
+}
+
 impl Interceptor for Caller {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         req.metadata_mut()

@@ -243,3 +243,152 @@ fn failover_on_crash_and_on_link_cut() {
         .unwrap();
     assert_eq!(lab.curl_until(VIP, 10 * SECOND, |n| n == first), first);
 }
+
+/// Polls arping until every answer comes from `node` (or, with `None`, until nobody answers).
+fn arping_settles(lab: &HomeLab, ip: &str, node: Option<&str>) {
+    let start = std::time::Instant::now();
+    loop {
+        let macs = arping_macs(lab, ip, "2");
+        let ok = match node {
+            Some(n) => !macs.is_empty() && macs.iter().all(|m| m == mac(n)),
+            None => macs.is_empty(),
+        };
+        if ok {
+            return;
+        }
+        assert!(
+            start.elapsed() < 5 * SECOND,
+            "{ip}: answers {macs:?}, wanted {node:?}\n{}",
+            lab.logs()
+        );
+    }
+}
+
+#[test]
+fn fail_static_while_the_allocator_is_away() {
+    let mut lab = HomeLab::up("fs", Options::default());
+    lab.serve_home_nginx(&NODES, false);
+    let owner = lab.wait_owner(VIP, 5 * SECOND, Result::is_ok).unwrap();
+    lab.kill_allocator();
+    // Longer than the announcers wait for a silent allocator (ten heartbeat timeouts).
+    std::thread::sleep(4 * SECOND);
+    arping_settles(&lab, VIP, Some(&owner));
+    assert_eq!(lab.curl(VIP).as_deref(), Some(owner.as_str()));
+
+    // The allocator is back: changes flow again.
+    lab.start_allocator();
+    let other = NODES.into_iter().find(|n| *n != owner).unwrap();
+    lab.set_endpoints("home-nginx", &[other], true);
+    lab.wait_owner(VIP, 5 * SECOND, |o| o.as_deref() == Ok(other))
+        .unwrap();
+    arping_settles(&lab, VIP, Some(other));
+}
+
+#[test]
+fn traffic_policy_exclusion_and_shared_addresses() {
+    let lab = HomeLab::up("po", Options::default());
+    // externalTrafficPolicy Local with the only endpoint on n2: n2 announces.
+    lab.serve_home_nginx(&["n2"], true);
+    lab.wait_owner(VIP, 5 * SECOND, |o| o.as_deref() == Ok("n2"))
+        .unwrap();
+    arping_settles(&lab, VIP, Some("n2"));
+
+    // The exclusion label takes n2 out: nobody may announce, nobody answers.
+    let exclude = "node.kubernetes.io/exclude-from-external-load-balancers=";
+    lab.ctl(&[
+        "nodes",
+        "apply",
+        "n2",
+        "--cluster",
+        CLUSTER,
+        "--label",
+        exclude,
+    ]);
+    let o = lab.wait_owner(VIP, 5 * SECOND, Result::is_err);
+    assert_eq!(o, Err("noEligibleNode".into()));
+    arping_settles(&lab, VIP, None);
+
+    // An endpoint on n3 too: n3 announces; NetworkUnavailable on n3 silences it again.
+    lab.set_endpoints("home-nginx", &["n2", "n3"], true);
+    lab.wait_owner(VIP, 5 * SECOND, |o| o.as_deref() == Ok("n3"))
+        .unwrap();
+    arping_settles(&lab, VIP, Some("n3"));
+    lab.ctl(&[
+        "nodes",
+        "apply",
+        "n3",
+        "--cluster",
+        CLUSTER,
+        "--network-unavailable",
+    ]);
+    lab.wait_owner(VIP, 5 * SECOND, Result::is_err).unwrap_err();
+    arping_settles(&lab, VIP, None);
+    lab.ctl(&["nodes", "apply", "n2", "--cluster", CLUSTER]);
+    lab.wait_owner(VIP, 5 * SECOND, |o| o.as_deref() == Ok("n2"))
+        .unwrap();
+
+    // Two Services share 192.168.1.241 with endpoints on different nodes: one node announces.
+    for (name, port, node) in [("dns-tcp", "tcp/53", "n1"), ("dns-udp", "udp/53", "n3")] {
+        lab.ctl(&[
+            "allocate",
+            "--cluster",
+            CLUSTER,
+            "--namespace",
+            "default",
+            "--name",
+            name,
+            "--ip",
+            "192.168.1.241",
+            "--sharing-key",
+            "dns",
+            "--port",
+            port,
+        ]);
+        lab.set_endpoints(name, &[node], true);
+    }
+    let shared = lab
+        .wait_owner("192.168.1.241", 5 * SECOND, Result::is_ok)
+        .unwrap();
+    let macs = arping_macs(&lab, "192.168.1.241", "4");
+    assert_eq!(macs.len(), 4, "{macs:?}");
+    assert!(
+        macs.iter().all(|m| m == mac(&shared)),
+        "{macs:?} for {shared}"
+    );
+}
+
+#[test]
+fn malformed_frames_are_dropped_and_counted() {
+    let lab = HomeLab::up("mf", Options::default());
+    lab.serve_home_nginx(&NODES, false);
+    let owner = lab.wait_owner(VIP, 5 * SECOND, Result::is_ok).unwrap();
+    let malformed = |node: &str| -> u64 {
+        let url = format!(
+            "http://10.250.0.{}:7472/metrics",
+            10 + node[1..].parse::<u32>().unwrap()
+        );
+        let text = lab.must("router", &["curl", "-s", &url]);
+        text.lines()
+            .find_map(|l| l.strip_prefix("ferrolb_announcer_malformed_frames_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no malformed counter in {text}"))
+    };
+    let before = malformed(&owner);
+    let sender = ferrolb_e2e::bin("lab-malformed");
+    let sent: u64 = lab
+        .must("client", &[&sender.to_string_lossy(), "eth0"])
+        .trim()
+        .parse()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while malformed(&owner) < before + sent {
+        assert!(
+            start.elapsed() < 5 * SECOND,
+            "{} of {sent} counted",
+            malformed(&owner) - before
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Still answering.
+    arping_settles(&lab, VIP, Some(&owner));
+}

@@ -1,0 +1,305 @@
+//! AnnouncerService across allocator replicas on one PostgreSQL, with scripted announcers: a
+//! broken stream moves the owner's addresses at once, stopped heartbeats within the timeout,
+//! the replicas learn of each other's sessions through LISTEN/NOTIFY, and an announcer that
+//! comes back at the current version resumes without a snapshot. Also the protocol's errors.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use ferrolb_e2e::{Allocator, Caller, PgDb, apply, client, pool, service};
+use ferrolb_proto::v1 as pb;
+use ferrolb_proto::v1::allocator_message::Kind as Down;
+use ferrolb_proto::v1::announcer_message::Kind as Up;
+use ferrolb_proto::v1::announcer_service_client::AnnouncerServiceClient;
+use ferrolb_proto::v1::cluster_state_service_client::ClusterStateServiceClient;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+use tonic::transport::Channel;
+
+const VIP: &str = "192.168.1.240";
+
+/// A scripted announcer: what it was told, and a switch for its heartbeats.
+struct Fake {
+    node: String,
+    tx: mpsc::Sender<pb::AnnouncerMessage>,
+    inbound: tonic::Streaming<pb::AllocatorMessage>,
+    beating: Arc<AtomicBool>,
+    held: std::collections::BTreeSet<String>,
+    version: u64,
+    first: pb::Assignments,
+    heart: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Fake {
+    /// Gone for good: the heartbeats stop and the stream closes.
+    fn drop(&mut self) {
+        self.heart.abort();
+    }
+}
+
+fn hello(node: &str, version: u64, announcing: &[&str]) -> pb::AnnouncerMessage {
+    pb::AnnouncerMessage {
+        kind: Some(Up::Hello(pb::Hello {
+            cluster: "home".into(),
+            node: node.into(),
+            interfaces: vec![],
+            capabilities: vec!["l2".into()],
+            version,
+            announcing: announcing.iter().map(|s| s.to_string()).collect(),
+        })),
+    }
+}
+
+async fn open(
+    url: &str,
+    caller: &str,
+    first: pb::AnnouncerMessage,
+) -> Result<
+    (
+        mpsc::Sender<pb::AnnouncerMessage>,
+        tonic::Streaming<pb::AllocatorMessage>,
+    ),
+    tonic::Status,
+> {
+    let channel = Channel::from_shared(url.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut c = AnnouncerServiceClient::new(channel);
+    let (tx, rx) = mpsc::channel(16);
+    tx.send(first).await.unwrap();
+    let mut req = tonic::Request::new(ReceiverStream::new(rx));
+    req.metadata_mut()
+        .insert("x-ferrolb-caller", caller.parse().unwrap());
+    let inbound = c.announce(req).await?.into_inner();
+    Ok((tx, inbound))
+}
+
+impl Fake {
+    async fn connect(url: &str, node: &str, version: u64, announcing: &[&str]) -> Fake {
+        let (tx, mut inbound) = open(url, "cluster/home", hello(node, version, announcing))
+            .await
+            .unwrap();
+        let first = match inbound.message().await.unwrap() {
+            Some(pb::AllocatorMessage {
+                kind: Some(Down::Assignments(a)),
+            }) => a,
+            other => panic!("{node}: the stream did not open with assignments: {other:?}"),
+        };
+        assert!(first.heartbeat_interval_ms > 0 && first.heartbeat_interval_ms <= 100);
+        let beating = Arc::new(AtomicBool::new(true));
+        let (beat_tx, on) = (tx.clone(), Arc::clone(&beating));
+        let every = Duration::from_millis(u64::from(first.heartbeat_interval_ms));
+        let heart = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if !on.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let status = pb::AnnouncerMessage {
+                    kind: Some(Up::Status(pb::AnnouncerStatus {
+                        ready: true,
+                        ..Default::default()
+                    })),
+                };
+                if beat_tx.send(status).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut f = Fake {
+            node: node.into(),
+            tx,
+            inbound,
+            beating,
+            held: announcing.iter().map(|s| s.to_string()).collect(),
+            version,
+            first: first.clone(),
+            heart,
+        };
+        f.apply(first);
+        f
+    }
+
+    fn apply(&mut self, a: pb::Assignments) {
+        if a.snapshot {
+            self.held.clear();
+        }
+        for ip in a.unset {
+            self.held.remove(&ip);
+        }
+        for s in a.set {
+            self.held.insert(s.ip);
+        }
+        self.version = a.version;
+    }
+
+    /// Reads until `want` says the held set is right, or `within` passes; returns how long.
+    async fn until(&mut self, within: Duration, want: impl Fn(&Fake) -> bool) -> Duration {
+        let start = Instant::now();
+        while !want(self) {
+            let left = within.saturating_sub(start.elapsed());
+            match tokio::time::timeout(left, self.inbound.message()).await {
+                Ok(Ok(Some(pb::AllocatorMessage {
+                    kind: Some(Down::Assignments(a)),
+                }))) => self.apply(a),
+                Ok(Ok(Some(_))) => {}
+                other => panic!("{}: waiting {within:?}: {other:?}", self.node),
+            }
+        }
+        start.elapsed()
+    }
+
+    /// Reads whatever arrives during `window`.
+    async fn drain(&mut self, window: Duration) {
+        let end = tokio::time::Instant::now() + window;
+        while let Ok(Ok(Some(m))) = tokio::time::timeout_at(end, self.inbound.message()).await {
+            if let Some(Down::Assignments(a)) = m.kind {
+                self.apply(a);
+            }
+        }
+    }
+
+    fn holds(&self) -> bool {
+        self.held.contains(VIP)
+    }
+}
+
+async fn configure(url: &str) {
+    let mut ipam = client(url, "admin").await;
+    apply(
+        &mut ipam,
+        pool("home-pool", &["192.168.1.240-192.168.1.245"]),
+    )
+    .await;
+    let channel = Channel::from_shared(url.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut cs = ClusterStateServiceClient::with_interceptor(channel, Caller::new("cluster/home"));
+    cs.apply_l2_advertisement(pb::L2Advertisement {
+        cluster: "home".into(),
+        name: "home-l2".into(),
+        ip_address_pools: vec!["home-pool".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    ipam.allocate(pb::AllocateRequest {
+        owner: Some(service("home", "default", "home-nginx")),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    cs.set_endpoints(pb::ServiceEndpoints {
+        cluster: "home".into(),
+        namespace: "default".into(),
+        name: "home-nginx".into(),
+        serving_nodes: vec!["n1".into(), "n2".into()],
+        any_serving: true,
+        traffic_policy_local: false,
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liveness_across_replicas() {
+    let db = PgDb::new();
+    let a = Allocator::start(Some(&db.url), &[]);
+    let b = Allocator::start(Some(&db.url), &[]);
+    configure(&a.url()).await;
+
+    // n1 streams from replica A, n2 from replica B; exactly one of them gets the address.
+    let mut n1 = Fake::connect(&a.url(), "n1", 0, &[]).await;
+    let mut n2 = Fake::connect(&b.url(), "n2", 0, &[]).await;
+    assert!(n1.first.snapshot && n2.first.snapshot);
+    let start = Instant::now();
+    while !n1.holds() && !n2.holds() {
+        assert!(start.elapsed() < Duration::from_secs(3), "nobody got {VIP}");
+        n1.drain(Duration::from_millis(20)).await;
+        n2.drain(Duration::from_millis(20)).await;
+    }
+    n1.drain(Duration::from_millis(300)).await;
+    n2.drain(Duration::from_millis(300)).await;
+    assert!(
+        n1.holds() != n2.holds(),
+        "n1 {:?}, n2 {:?}",
+        n1.held,
+        n2.held
+    );
+    let (owner, mut other) = if n1.holds() { (n1, n2) } else { (n2, n1) };
+
+    // The owner's stream breaks: the other node, on the other replica, gets it at once.
+    let name = owner.node.clone();
+    let other_url = if other.node == "n1" { a.url() } else { b.url() };
+    drop(owner);
+    let took = other.until(Duration::from_secs(2), Fake::holds).await;
+    assert!(
+        took < Duration::from_millis(500),
+        "broken stream acted on after {took:?}"
+    );
+
+    // It comes back, on the replica of the other node, and wins the address back.
+    let mut owner = Fake::connect(&other_url, &name, 0, &[]).await;
+    owner.until(Duration::from_secs(2), Fake::holds).await;
+    other.until(Duration::from_secs(2), |f| !f.holds()).await;
+
+    // Its heartbeats stop while the stream stays open: detected within the 300 ms timeout.
+    owner.beating.store(false, Ordering::Relaxed);
+    let took = other.until(Duration::from_secs(2), Fake::holds).await;
+    assert!(
+        took < Duration::from_millis(800),
+        "stopped heartbeats acted on after {took:?}"
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Ok(Some(_)) = owner.inbound.message().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the silent announcer's stream was not ended");
+}
+
+#[tokio::test]
+async fn resume_at_the_current_version_sends_nothing() {
+    let a = Allocator::start(None, &[]);
+    configure(&a.url()).await;
+    let mut n1 = Fake::connect(&a.url(), "n1", 0, &[]).await;
+    n1.until(Duration::from_secs(3), Fake::holds).await;
+    let version = n1.version;
+    // A second stream of the same node (as after a reconnect) replaces the session.
+    let again = Fake::connect(&a.url(), "n1", version, &[VIP]).await;
+    let _ = &again.tx;
+    assert!(!again.first.snapshot, "{:?}", again.first);
+    assert!(again.first.set.is_empty() && again.first.unset.is_empty());
+    assert_eq!(again.first.version, version);
+    drop(n1);
+}
+
+#[tokio::test]
+async fn protocol_errors() {
+    let a = Allocator::start(None, &[]);
+    let status = pb::AnnouncerMessage {
+        kind: Some(Up::Status(pb::AnnouncerStatus::default())),
+    };
+    let e = open(&a.url(), "cluster/home", status).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let e = open(&a.url(), "cluster/other", hello("n1", 0, &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let mut no_l2 = hello("n1", 0, &[]);
+    if let Some(Up::Hello(h)) = &mut no_l2.kind {
+        h.capabilities.clear();
+    }
+    let e = open(&a.url(), "cluster/home", no_l2).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let e = open(&a.url(), "cluster/home", hello("", 0, &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+}
