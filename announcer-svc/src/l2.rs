@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::Duration;
 
-use pnet_datalink::{Channel, Config, DataLinkSender, NetworkInterface};
+use pnet_datalink::{Channel, Config, DataLinkReceiver, DataLinkSender, NetworkInterface};
 use prometheus_client::metrics::counter::Counter;
 
 use crate::packet::arp::{self, Arp};
@@ -75,12 +75,26 @@ impl Link {
         })
     }
 
+    /// A raw socket on the interface: every frame in, frames out as they are.
+    pub fn channel(
+        &self,
+        promiscuous: bool,
+        read_timeout: Duration,
+    ) -> io::Result<(Box<dyn DataLinkSender>, Box<dyn DataLinkReceiver>)> {
+        let config = Config {
+            read_timeout: Some(read_timeout),
+            promiscuous,
+            ..Config::default()
+        };
+        match pnet_datalink::channel(&self.raw, config)? {
+            Channel::Ethernet(tx, rx) => Ok((tx, rx)),
+            _ => Err(io::Error::other("not an Ethernet channel")),
+        }
+    }
+
     /// Sends frames as they are (for tools and tests).
     pub fn send_raw(&self, frames: &[Vec<u8>]) -> io::Result<()> {
-        let (mut tx, _) = match pnet_datalink::channel(&self.raw, Config::default())? {
-            Channel::Ethernet(tx, rx) => (tx, rx),
-            _ => return Err(io::Error::other("not an Ethernet channel")),
-        };
+        let (mut tx, _) = self.channel(false, POLL)?;
         for f in frames {
             if let Some(r) = tx.send_to(f, None) {
                 r?;
@@ -114,15 +128,7 @@ pub fn serve(
     commands: Receiver<Command>,
     counters: Arc<Counters>,
 ) -> io::Result<()> {
-    let config = Config {
-        read_timeout: Some(POLL),
-        promiscuous,
-        ..Config::default()
-    };
-    let (mut tx, mut rx) = match pnet_datalink::channel(&link.raw, config)? {
-        Channel::Ethernet(tx, rx) => (tx, rx),
-        _ => return Err(io::Error::other("not an Ethernet channel")),
-    };
+    let (mut tx, mut rx) = link.channel(promiscuous, POLL)?;
     let mut owned: BTreeSet<IpAddr> = BTreeSet::new();
     loop {
         loop {

@@ -41,8 +41,8 @@ impl Metrics {
             m.addresses.clone(),
         );
         registry.register(
-            "arp_requests_received",
-            "ARP frames seen by the responders",
+            "arp_frames_received",
+            "ARP frames seen by the responders (requests, replies and announcements)",
             l2.arp_received.clone(),
         );
         registry.register(

@@ -62,6 +62,9 @@ pub struct Options {
     pub answerer: &'static str,
     pub allocator_args: Vec<String>,
     pub announcer_args: Vec<String>,
+    /// A fixed lab name (the demo's, so that its script can always take it down); by default
+    /// the prefix and the process id.
+    pub lab_name: Option<String>,
 }
 
 impl Default for Options {
@@ -70,6 +73,7 @@ impl Default for Options {
             answerer: "kernel",
             allocator_args: vec![],
             announcer_args: vec![],
+            lab_name: None,
         }
     }
 }
@@ -80,20 +84,23 @@ pub struct HomeLab {
     options: Options,
     allocator: Option<Child>,
     announcers: BTreeMap<String, Child>,
-    others: Vec<Child>,
+    http: BTreeMap<String, Child>,
 }
 
 impl HomeLab {
     /// Builds the lab and starts the allocator, the announcers and the HTTP servers.
     pub fn up(prefix: &str, options: Options) -> HomeLab {
-        let lab = Lab::up(prefix);
+        let lab = match &options.lab_name {
+            Some(name) => Lab::named(name),
+            None => Lab::up(prefix),
+        };
         let mut me = HomeLab {
             lab,
             dir: TempDir::new("ferrolb-home"),
             options,
             allocator: None,
             announcers: BTreeMap::new(),
-            others: vec![],
+            http: BTreeMap::new(),
         };
         // The client reaches the home network's addresses on its LAN.
         me.must(
@@ -104,7 +111,7 @@ impl HomeLab {
         for n in NODES {
             me.start_announcer(n);
             let http = me.spawn(n, &bin("lab-http").to_string_lossy(), &[n], "http");
-            me.others.push(http);
+            me.http.insert(n.to_string(), http);
         }
         me
     }
@@ -210,6 +217,19 @@ impl HomeLab {
         }
     }
 
+    /// The node dies: its announcer and web server get SIGKILL and its link goes dark.
+    pub fn crash_node(&self, node: &str) {
+        for c in [self.announcers.get(node), self.http.get(node)]
+            .into_iter()
+            .flatten()
+        {
+            let _ = Command::new("kill")
+                .args(["-9", &c.id().to_string()])
+                .status();
+        }
+        self.must(node, &["ip", "link", "set", "eth0", "down"]);
+    }
+
     /// SIGTERM of a node's announcer, and waits for it to finish.
     pub fn stop_announcer(&mut self, node: &str) {
         if let Some(mut c) = self.announcers.remove(node) {
@@ -249,6 +269,36 @@ impl HomeLab {
             "tcp/80",
         ]);
         self.set_endpoints("home-nginx", nodes, local);
+    }
+
+    /// An IPv6 pool on the lab's own prefix with its L2Advertisement, and a Service `web6` on
+    /// it with endpoints everywhere; returns the Service's address.
+    pub fn serve_v6(&self) -> String {
+        let file = self.dir.0.join("v6.yaml");
+        std::fs::write(
+            &file,
+            "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: lab-v6}\n\
+             spec:\n  addresses: [fd00:250::240-fd00:250::245]\n---\n\
+             apiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {name: lab-v6}\n\
+             spec:\n  ipAddressPools: [lab-v6]\n",
+        )
+        .expect("write the IPv6 pool file");
+        self.ctl(&["apply", "-f", &file.to_string_lossy(), "--cluster", CLUSTER]);
+        self.ctl(&[
+            "allocate",
+            "--cluster",
+            CLUSTER,
+            "--namespace",
+            "default",
+            "--name",
+            "web6",
+            "--family",
+            "ipv6",
+            "--pool",
+            "lab-v6",
+        ]);
+        self.set_endpoints("web6", &NODES, false);
+        "fd00:250::240".to_string()
     }
 
     pub fn set_endpoints(&self, name: &str, nodes: &[&str], local: bool) {
@@ -414,7 +464,7 @@ impl Drop for HomeLab {
             .announcers
             .values_mut()
             .chain(self.allocator.iter_mut())
-            .chain(self.others.iter_mut())
+            .chain(self.http.values_mut())
         {
             let _ = c.kill();
             let _ = c.wait();

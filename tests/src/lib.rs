@@ -445,7 +445,12 @@ pub struct Lab(pub String);
 impl Lab {
     /// Brings up a lab named `prefix` and this process's id; fails the test if it cannot.
     pub fn up(prefix: &str) -> Lab {
-        let name = format!("{prefix}{}", std::process::id() % 100_000);
+        Lab::named(&format!("{prefix}{}", std::process::id() % 100_000))
+    }
+
+    /// Brings up a lab of exactly this name.
+    pub fn named(name: &str) -> Lab {
+        let name = name.to_string();
         let out = lab(&["up", &name]);
         assert!(
             out.status.success(),

@@ -35,35 +35,6 @@ fn ndisc(lab: &HomeLab, ip: &str) -> Option<String> {
         .map(|m| m.trim().to_lowercase())
 }
 
-/// Adds an IPv6 pool on the lab's own prefix and a Service on it, endpoints everywhere.
-fn serve_v6(lab: &HomeLab) -> String {
-    let file = lab.dir.0.join("v6.yaml");
-    std::fs::write(
-        &file,
-        "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: lab-v6}\n\
-         spec:\n  addresses: [fd00:250::240-fd00:250::245]\n---\n\
-         apiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {name: lab-v6}\n\
-         spec:\n  ipAddressPools: [lab-v6]\n",
-    )
-    .unwrap();
-    lab.ctl(&["apply", "-f", &file.to_string_lossy(), "--cluster", CLUSTER]);
-    lab.ctl(&[
-        "allocate",
-        "--cluster",
-        CLUSTER,
-        "--namespace",
-        "default",
-        "--name",
-        "web6",
-        "--family",
-        "ipv6",
-        "--pool",
-        "lab-v6",
-    ]);
-    lab.set_endpoints("web6", &NODES, false);
-    "fd00:250::240".to_string()
-}
-
 /// What kube-proxy in IPVS mode does on every node: the service addresses on a local interface,
 /// with MetalLB's required strictARP (arp_ignore=1, arp_announce=2) so that the kernels keep
 /// quiet about them and the announcer alone answers.
@@ -115,7 +86,7 @@ fn end_to_end(answerer: &'static str) {
     assert_eq!(lab.client_neighbour(VIP).as_deref(), Some(mac(&owner)));
 
     // IPv6: ndisc6 resolves, curl reaches it.
-    let v6 = serve_v6(&lab);
+    let v6 = lab.serve_v6();
     let owner6 = lab.wait_owner(&v6, 5 * SECOND, Result::is_ok).unwrap();
     let mut seen = None;
     for _ in 0..20 {
@@ -242,6 +213,13 @@ fn failover_on_crash_and_on_link_cut() {
     lab.wait_owner(VIP, 10 * SECOND, |o| o.as_deref() == Ok(first.as_str()))
         .unwrap();
     assert_eq!(lab.curl_until(VIP, 10 * SECOND, |n| n == first), first);
+
+    // A stopped announcer (SIGTERM) takes its addresses off the node before it exits.
+    lab.stop_announcer(&first);
+    let bound = lab.must(&first, &["ip", "-4", "addr", "show", "dev", "eth0"]);
+    assert!(!bound.contains(VIP), "{first} still holds {VIP}: {bound}");
+    lab.wait_owner(VIP, 5 * SECOND, |o| o.as_ref().is_ok_and(|n| n != &first))
+        .unwrap();
 }
 
 /// Polls arping until every answer comes from `node` (or, with `None`, until nobody answers).
