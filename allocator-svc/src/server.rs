@@ -195,10 +195,14 @@ fn spawn_background(
                 } else {
                     ServingStatus::NotServing
                 };
-                health
-                    .set_service_status("ferrolb.v1.IpamService", status)
-                    .await;
-                health.set_service_status("", status).await;
+                for service in [
+                    "",
+                    "ferrolb.v1.IpamService",
+                    "ferrolb.v1.ClusterStateService",
+                    "ferrolb.v1.AnnouncerService",
+                ] {
+                    health.set_service_status(service, status).await;
+                }
                 if up {
                     tracing::info!("database reachable");
                 } else {

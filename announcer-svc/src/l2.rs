@@ -323,6 +323,26 @@ mod tests {
         assert_eq!(c.malformed.get(), 0);
     }
 
+    /// The same input as the `frame` fuzz target, from mutations of real requests: the
+    /// responder's decision returns, whatever the bytes.
+    #[test]
+    fn answer_never_panics() {
+        let c = Counters::default();
+        let seeds = [
+            who_has("10.250.0.200"),
+            solicit("fd00:250::200", Some(ASKER), "fe80::1"),
+        ];
+        for seed in &seeds {
+            for f in crate::packet::mutations(seed, 20_000) {
+                let _ = answer(&f, ME, &owned(), &c);
+            }
+        }
+        assert!(
+            c.malformed.get() > 0,
+            "mutations should produce malformed frames"
+        );
+    }
+
     #[test]
     fn malformed_frames_are_counted() {
         let c = Counters::default();

@@ -61,7 +61,7 @@ fn kube_proxy_ipvs(lab: &HomeLab, addrs: &[&str]) {
 
 fn end_to_end(answerer: &'static str) {
     let lab = HomeLab::up(
-        "hl",
+        &format!("h{}", &answerer[..1]),
         Options {
             answerer,
             ..Options::default()

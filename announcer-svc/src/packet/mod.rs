@@ -77,6 +77,31 @@ pub(crate) fn u16_at(buf: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([buf[at], buf[at + 1]])
 }
 
+/// `count` frames made from `seed` by changing a few random bytes and cutting it at a random
+/// length (a fixed xorshift sequence, so failures reproduce): input for the no-panic tests.
+#[cfg(test)]
+pub(crate) fn mutations(seed: &[u8], count: usize) -> impl Iterator<Item = Vec<u8>> {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15 ^ seed.len() as u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let seed = seed.to_vec();
+    (0..count).map(move |_| {
+        let mut f = seed.clone();
+        for _ in 0..(next() % 4 + 1) {
+            let i = (next() as usize) % f.len().max(1);
+            if let Some(b) = f.get_mut(i) {
+                *b = next() as u8;
+            }
+        }
+        f.truncate((next() as usize) % (f.len() + 8));
+        f
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::arp::Arp;
@@ -101,25 +126,12 @@ mod tests {
             )
             .encode(),
         ];
-        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
         for seed in &seeds {
             for n in 0..=seed.len() {
                 let _ = Arp::decode(&seed[..n]);
                 let _ = Ndp::decode(&seed[..n]);
             }
-            for _ in 0..20_000 {
-                let mut f = seed.clone();
-                for _ in 0..(next() % 4 + 1) {
-                    let i = (next() as usize) % f.len();
-                    f[i] = next() as u8;
-                }
-                f.truncate((next() as usize) % (f.len() + 8));
+            for f in mutations(seed, 20_000) {
                 let _ = Arp::decode(&f);
                 let _ = Ndp::decode(&f);
             }
