@@ -44,6 +44,9 @@ pub struct Settings {
 /// A change from the allocator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Update {
+    /// The first message of a stream: whatever it assigns is announced again, since others may
+    /// have answered for it while this node was out of touch.
+    pub fresh_session: bool,
     pub version: u64,
     /// Replaces everything held.
     pub snapshot: bool,
@@ -84,6 +87,8 @@ pub struct Agent {
     bound: BTreeSet<(u32, IpAddr)>,
     /// Addresses in their gratuitous period: next send, end of the period.
     gratuitous: BTreeMap<IpAddr, (Instant, Instant)>,
+    /// Announce everything served at the next reconcile, not only what is new.
+    reannounce: bool,
     status: watch::Sender<Status>,
 }
 
@@ -123,6 +128,7 @@ impl Agent {
             serving: BTreeMap::new(),
             bound,
             gratuitous: BTreeMap::new(),
+            reannounce: false,
             status,
         };
         agent.scan();
@@ -161,6 +167,7 @@ impl Agent {
         // A session opens with a snapshot, or with word that we are in step: either way what
         // we hold is now the allocator's truth.
         self.synced = true;
+        self.reannounce |= u.fresh_session;
         if u.snapshot {
             self.assigned.clear();
         }
@@ -286,13 +293,15 @@ impl Agent {
             let _ = r.commands.send(Command::Answer(set));
         }
 
-        // Gratuitous announcements for what is new on an interface.
+        // Gratuitous announcements for what is new on an interface (everything, after the
+        // stream opened again).
         let now = Instant::now();
+        let again = std::mem::take(&mut self.reannounce);
         for (ip, on) in &desired {
             let before = self.serving.get(ip);
             let fresh: Vec<u32> = on
                 .iter()
-                .filter(|i| before.is_none_or(|b| !b.contains(i)))
+                .filter(|i| again || before.is_none_or(|b| !b.contains(i)))
                 .copied()
                 .collect();
             if fresh.is_empty() {

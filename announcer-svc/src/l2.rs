@@ -128,13 +128,25 @@ pub fn serve(
     commands: Receiver<Command>,
     counters: Arc<Counters>,
 ) -> io::Result<()> {
-    let (mut tx, mut rx) = link.channel(promiscuous, POLL)?;
+    // The first socket must open (else the caller hears why); later ones are retried, since a
+    // socket fails for as long as its link is down and works again once it is up.
+    let mut socket = Some(link.channel(promiscuous, POLL)?);
     let mut owned: BTreeSet<IpAddr> = BTreeSet::new();
     loop {
+        let Some((tx, rx)) = socket.as_mut() else {
+            std::thread::sleep(POLL);
+            match commands.try_recv() {
+                Ok(Command::Answer(next)) => owned = next,
+                Ok(Command::Announce(_)) | Err(TryRecvError::Empty) => {}
+                Err(TryRecvError::Disconnected) => return Ok(()),
+            }
+            socket = link.channel(promiscuous, POLL).ok();
+            continue;
+        };
         loop {
             match commands.try_recv() {
                 Ok(Command::Answer(next)) => owned = next,
-                Ok(Command::Announce(ip)) => announce(&mut *tx, link, ip, &counters),
+                Ok(Command::Announce(ip)) => announce(&mut **tx, link, ip, &counters),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => return Ok(()),
             }
@@ -142,7 +154,7 @@ pub fn serve(
         match rx.next() {
             Ok(frame) => {
                 if let Some(reply) = answer(frame, link.mac, &owned, &counters) {
-                    send(&mut *tx, &reply);
+                    send(&mut **tx, &reply);
                     counters.replies.inc();
                 }
             }
@@ -151,7 +163,10 @@ pub fn serve(
                     e.kind(),
                     io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
                 ) => {}
-            Err(e) => return Err(e),
+            Err(e) => {
+                tracing::debug!(interface = link.name, error = %e, "socket failed; opening it again");
+                socket = None;
+            }
         }
     }
 }

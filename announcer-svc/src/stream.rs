@@ -102,7 +102,7 @@ fn interfaces(s: &Status) -> Vec<pb::Interface> {
 }
 
 /// Turns an assignments message into an update; malformed addresses are dropped and logged.
-fn update(a: pb::Assignments) -> Update {
+fn update(a: pb::Assignments, fresh_session: bool) -> Update {
     let parse = |s: &str| match s.parse::<IpAddr>() {
         Ok(ip) => Some(ip),
         Err(_) => {
@@ -114,6 +114,7 @@ fn update(a: pb::Assignments) -> Update {
         }
     };
     Update {
+        fresh_session,
         version: a.version,
         snapshot: a.snapshot,
         set: a
@@ -188,7 +189,7 @@ async fn session(
         "stream open"
     );
     metrics.stream_connected.set(1);
-    if updates.send(update(first)).await.is_err() {
+    if updates.send(update(first, true)).await.is_err() {
         return Ok("stopping");
     }
     let mut tick = tokio::time::interval(heartbeat);
@@ -203,7 +204,7 @@ async fn session(
                 Ok(Ok(None)) => return Ok("allocator closed the stream"),
                 Ok(Ok(Some(m))) => match m.kind {
                     Some(Down::Assignments(a)) => {
-                        if updates.send(update(a)).await.is_err() {
+                        if updates.send(update(a, false)).await.is_err() {
                             return Ok("stopping");
                         }
                     }
