@@ -400,7 +400,13 @@ impl Announcers {
             let _ = out.send(Err(Status::from(e))).await;
             return;
         }
-        tracing::info!(cluster = s.cluster, node = s.node, "announcer connected");
+        let interfaces: Vec<&str> = hello
+            .interfaces
+            .iter()
+            .filter(|i| i.eligible)
+            .map(|i| i.name.as_str())
+            .collect();
+        tracing::info!(cluster = s.cluster, node = s.node, ?interfaces, "announcer connected");
         self.metrics.announcer_streams.inc();
         let why = self.run(&s, &hello, &mut inbound, &out).await;
         self.metrics.announcer_streams.dec();
@@ -487,10 +493,10 @@ impl Announcers {
                         sent = want;
                     }
                 }
+                _ = tokio::time::sleep_until((heard + timeout).into()) => {
+                    return "heartbeats stopped";
+                }
                 _ = tick.tick() => {
-                    if heard.elapsed() > timeout {
-                        return "heartbeats stopped";
-                    }
                     let ping = pb::AllocatorMessage { kind: Some(Down::Ping(pb::Ping {})) };
                     if out.send(Ok(ping)).await.is_err() {
                         return "stream closed";
