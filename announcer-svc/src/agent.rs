@@ -7,7 +7,7 @@
 //! are reconciled against the first snapshot.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr, UdpSocket};
 use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use crate::bind::Binder;
 use crate::l2::{self, Command, Counters, Link};
 use crate::links::{self, Pattern};
-use crate::packet::Mac;
+use crate::packet::{Mac, ndp};
 
 /// Who answers ARP and neighbor solicitations for announced addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +69,36 @@ pub struct Status {
 struct Responder {
     link: Link,
     commands: std_mpsc::Sender<Command>,
+    /// Holds the interface's memberships of the solicited-node groups of the IPv6 addresses the
+    /// responder answers for, so that the interface lets their solicitations in.
+    groups: Option<UdpSocket>,
+    joined: BTreeSet<Ipv6Addr>,
+}
+
+impl Responder {
+    /// Joins the groups `addrs` need and leaves the others.
+    fn set_groups(&mut self, addrs: &BTreeSet<IpAddr>) {
+        let Some(socket) = &self.groups else { return };
+        let want: BTreeSet<Ipv6Addr> = addrs
+            .iter()
+            .filter_map(|a| match a {
+                IpAddr::V6(v6) => Some(ndp::solicited_node(*v6)),
+                IpAddr::V4(_) => None,
+            })
+            .collect();
+        for g in self.joined.difference(&want) {
+            if let Err(e) = socket.leave_multicast_v6(g, self.link.index) {
+                tracing::warn!(group = %g, interface = self.link.name, error = %e, "cannot leave group");
+            }
+        }
+        for g in want.difference(&self.joined) {
+            if let Err(e) = socket.join_multicast_v6(g, self.link.index) {
+                tracing::warn!(group = %g, interface = self.link.name, error = %e,
+                    "cannot join group; solicitations for it may not arrive");
+            }
+        }
+        self.joined = want;
+    }
 }
 
 pub struct Agent {
@@ -288,8 +318,9 @@ impl Agent {
                 }
             }
         }
-        for (i, r) in &self.responders {
+        for (i, r) in self.responders.iter_mut() {
             let set = answer_self.remove(i).unwrap_or_default();
+            r.set_groups(&set);
             let _ = r.commands.send(Command::Answer(set));
         }
 
@@ -334,16 +365,27 @@ impl Agent {
     fn start_responder(&self, link: Link) -> Responder {
         let (tx, rx) = std_mpsc::channel();
         let counters = Arc::clone(&self.counters);
-        // Only the userspace answerer needs frames sent to groups the kernel has not joined.
-        let promiscuous = self.settings.answerer == Answerer::Userspace;
         let run = link.clone();
         tracing::info!(interface = link.name, mac = %link.mac, "responder started");
         std::thread::spawn(move || {
-            if let Err(e) = l2::serve(&run, promiscuous, rx, counters) {
+            if let Err(e) = l2::serve(&run, false, rx, counters) {
                 tracing::error!(interface = run.name, error = %e, "responder failed");
             }
         });
-        Responder { link, commands: tx }
+        // Only the userspace answerer needs memberships: the kernel joins the groups of the
+        // addresses bound to it.
+        let groups = match self.settings.answerer {
+            Answerer::Kernel => None,
+            Answerer::Userspace => UdpSocket::bind("[::]:0")
+                .inspect_err(|e| tracing::warn!(error = %e, "no IPv6 socket for group memberships"))
+                .ok(),
+        };
+        Responder {
+            link,
+            commands: tx,
+            groups,
+            joined: BTreeSet::new(),
+        }
     }
 
     fn send_gratuitous(&mut self) {

@@ -120,8 +120,8 @@ pub enum Command {
 
 /// Serves `link` until the sender side of `commands` is dropped.
 ///
-/// `promiscuous` is needed when the responder answers for IPv6 addresses the kernel does not
-/// own: their solicitations go to solicited-node groups the kernel has not joined.
+/// Solicitations go to each address's solicited-node group: the caller joins the groups of the
+/// IPv6 addresses the responder answers for, or asks for `promiscuous` mode.
 pub fn serve(
     link: &Link,
     promiscuous: bool,

@@ -102,6 +102,11 @@ fn end_to_end(answerer: &'static str) {
         "ndisc6 {v6}\n{}",
         lab.logs()
     );
+    if answerer == "userspace" {
+        // The owner's interface joined the address's solicited-node group (ff02::1:ff00:240).
+        let groups = lab.must(&owner6, &["ip", "maddr", "show", "dev", "eth0"]);
+        assert!(groups.contains("33:33:ff:00:02:40"), "{groups}");
+    }
     assert_eq!(lab.curl_until(&v6, 5 * SECOND, |_| true), owner6);
 
     // tcpdump on the LAN: every ARP reply and neighbor advertisement for the addresses comes

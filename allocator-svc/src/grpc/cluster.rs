@@ -406,7 +406,12 @@ impl Announcers {
             .filter(|i| i.eligible)
             .map(|i| i.name.as_str())
             .collect();
-        tracing::info!(cluster = s.cluster, node = s.node, ?interfaces, "announcer connected");
+        tracing::info!(
+            cluster = s.cluster,
+            node = s.node,
+            ?interfaces,
+            "announcer connected"
+        );
         self.metrics.announcer_streams.inc();
         let why = self.run(&s, &hello, &mut inbound, &out).await;
         self.metrics.announcer_streams.dec();
