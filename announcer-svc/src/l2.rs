@@ -30,9 +30,9 @@ const POLL: Duration = Duration::from_millis(50);
 /// What the responders did, for metrics (shared by every interface's responder).
 #[derive(Debug, Default)]
 pub struct Counters {
-    /// ARP frames and ICMPv6 neighbor messages seen.
-    pub arp_received: Counter,
-    pub ndp_received: Counter,
+    /// ARP requests and neighbor solicitations seen (for any address).
+    pub arp_requests: Counter,
+    pub solicitations: Counter,
     pub replies: Counter,
     pub gratuitous: Counter,
     /// ARP or NDP frames that did not decode.
@@ -189,7 +189,6 @@ pub fn answer(
     }
     match u16::from_be_bytes([frame[12], frame[13]]) {
         ARP => {
-            counters.arp_received.inc();
             let req = match Arp::decode(frame) {
                 Ok(r) => r,
                 Err(_) => {
@@ -197,6 +196,9 @@ pub fn answer(
                     return None;
                 }
             };
+            if req.operation == arp::Operation::Request {
+                counters.arp_requests.inc();
+            }
             let for_us = req.eth_dst == Mac::BROADCAST || req.eth_dst == mac;
             (req.operation == arp::Operation::Request
                 && for_us
@@ -209,7 +211,6 @@ pub fn answer(
             {
                 return None;
             }
-            counters.ndp_received.inc();
             let ns = match Ndp::decode(frame) {
                 Ok(n) => n,
                 Err(_) => {
@@ -217,6 +218,9 @@ pub fn answer(
                     return None;
                 }
             };
+            if matches!(ns.message, Message::Solicitation { .. }) {
+                counters.solicitations.inc();
+            }
             // As MetalLB: only solicitations that say where to answer (duplicate address
             // detection probes from :: carry no source address and are left alone).
             let Message::Solicitation {

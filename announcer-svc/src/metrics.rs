@@ -41,14 +41,14 @@ impl Metrics {
             m.addresses.clone(),
         );
         registry.register(
-            "arp_frames_received",
-            "ARP frames seen by the responders (requests, replies and announcements)",
-            l2.arp_received.clone(),
+            "arp_requests_received",
+            "ARP requests seen by the responders, for any address",
+            l2.arp_requests.clone(),
         );
         registry.register(
-            "ndp_messages_received",
-            "ICMPv6 neighbor messages seen by the responders",
-            l2.ndp_received.clone(),
+            "neighbor_solicitations_received",
+            "Neighbor solicitations seen by the responders, for any address",
+            l2.solicitations.clone(),
         );
         registry.register(
             "replies_sent",

@@ -30,6 +30,11 @@ pub fn mac(node: &str) -> &'static str {
     }
 }
 
+/// A node's IPv4 address in the lab.
+pub fn node_address(node: &str) -> String {
+    format!("10.250.0.{}", 10 + node[1..].parse::<u32>().unwrap_or(0))
+}
+
 /// The node a MAC belongs to.
 pub fn node_of(mac: &str) -> Option<&'static str> {
     NODES
@@ -175,10 +180,7 @@ impl HomeLab {
     }
 
     pub fn start_announcer(&mut self, node: &str) {
-        let metrics = format!(
-            "10.250.0.{}:7472",
-            10 + node[1..].parse::<u32>().unwrap_or(0)
-        );
+        let metrics = format!("{}:7472", node_address(node));
         let mut args = vec![
             "--allocator",
             SERVER,
@@ -433,6 +435,16 @@ impl HomeLab {
             Duration::from_micros(micros.saturating_sub(fault_micros) as u64),
             node,
         )
+    }
+
+    /// A number from a node's announcer metrics (`/metrics`, read from the router), 0 if absent.
+    pub fn announcer_metric(&self, node: &str, name: &str) -> u64 {
+        let url = format!("http://{}:7472/metrics", node_address(node));
+        let text = self.must("router", &["curl", "-s", &url]);
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
     }
 
     pub fn log(&self, name: &str) -> String {

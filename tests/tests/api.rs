@@ -302,15 +302,26 @@ async fn reference_scenarios_through_ferrolbctl() {
                 + &String::from_utf8_lossy(&out.stderr),
         )
     };
-    // ip-pool.yaml + l2-config.yaml: the first allocation is 192.168.1.240.
+    // ip-pool.yaml + l2-config.yaml: the first allocation is 192.168.1.240, and the
+    // advertisement belongs to the cluster named on the command line.
     let a = Allocator::start(None, &[]);
     for f in ["ip-pool.yaml", "l2-config.yaml"] {
+        let path = scenarios.join(f);
+        let (ok, out) = ctl(&a, &["apply", "-f", path.to_str().unwrap()]);
+        if f == "l2-config.yaml" {
+            assert!(!ok && out.contains("--cluster"), "{out}");
+        }
         let (ok, out) = ctl(
             &a,
-            &["pools", "apply", "-f", scenarios.join(f).to_str().unwrap()],
+            &["apply", "-f", path.to_str().unwrap(), "--cluster", "home"],
         );
         assert!(ok, "{f}: {out}");
     }
+    let (ok, out) = ctl(&a, &["-o", "json", "l2", "list", "--cluster", "home"]);
+    assert!(
+        ok && out.contains("\"name\":\"example\"") && out.contains("example-pool"),
+        "{out}"
+    );
     let (ok, out) = ctl(
         &a,
         &[
@@ -326,6 +337,32 @@ async fn reference_scenarios_through_ferrolbctl() {
         ],
     );
     assert!(ok && out.contains("\"192.168.1.240\""), "{out}");
+    // With endpoints but no announcer yet, nobody announces it, and the reason says why.
+    let (ok, out) = ctl(
+        &a,
+        &[
+            "endpoints",
+            "set",
+            "--cluster",
+            "home",
+            "--namespace",
+            "default",
+            "--name",
+            "nginx",
+            "--node",
+            "n1",
+        ],
+    );
+    assert!(ok, "{out}");
+    let start = std::time::Instant::now();
+    loop {
+        let (ok, out) = ctl(&a, &["announcements", "--cluster", "home"]);
+        if ok && out.contains("192.168.1.240") && out.contains("noEligibleNode") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "{out}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // home-ip-pool.yaml: six addresses, then RESOURCE_EXHAUSTED.
     let a = Allocator::start(None, &[]);
     let (ok, out) = ctl(

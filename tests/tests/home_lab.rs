@@ -345,17 +345,8 @@ fn malformed_frames_are_dropped_and_counted() {
     let lab = HomeLab::up("mf", Options::default());
     lab.serve_home_nginx(&NODES, false);
     let owner = lab.wait_owner(VIP, 5 * SECOND, Result::is_ok).unwrap();
-    let malformed = |node: &str| -> u64 {
-        let url = format!(
-            "http://10.250.0.{}:7472/metrics",
-            10 + node[1..].parse::<u32>().unwrap()
-        );
-        let text = lab.must("router", &["curl", "-s", &url]);
-        text.lines()
-            .find_map(|l| l.strip_prefix("ferrolb_announcer_malformed_frames_total "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no malformed counter in {text}"))
-    };
+    let malformed =
+        |node: &str| lab.announcer_metric(node, "ferrolb_announcer_malformed_frames_total");
     let before = malformed(&owner);
     let sender = ferrolb_e2e::bin("lab-malformed");
     let sent: u64 = lab
@@ -372,6 +363,15 @@ fn malformed_frames_are_dropped_and_counted() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    // Still answering.
+    // Still answering, and counting what it hears.
     arping_settles(&lab, VIP, Some(&owner));
+    assert!(lab.announcer_metric(&owner, "ferrolb_announcer_arp_requests_received_total") > 0);
+    assert_eq!(
+        lab.announcer_metric(&owner, "ferrolb_announcer_addresses_announced"),
+        1
+    );
+    assert_eq!(
+        lab.announcer_metric(&owner, "ferrolb_announcer_stream_connected"),
+        1
+    );
 }

@@ -52,11 +52,7 @@ async fn load(url: &str, count: usize) {
 }
 
 fn announced(lab: &HomeLab) -> usize {
-    let text = lab.must("router", &["curl", "-s", "http://10.250.0.11:7472/metrics"]);
-    text.lines()
-        .find_map(|l| l.strip_prefix("ferrolb_announcer_addresses_announced "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    lab.announcer_metric("n1", "ferrolb_announcer_addresses_announced") as usize
 }
 
 fn main() {

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use ferrolb_e2e::bin;
-use ferrolb_e2e::home::{HomeLab, NODES, Options, VIP};
+use ferrolb_e2e::home::{HomeLab, NODES, Options, VIP, node_address};
 
 const PROBES: &str = "300";
 
@@ -71,7 +71,7 @@ fn measure(answerer: &'static str) -> (f64, f64) {
     let owner4 = lab.wait_owner(VIP, Duration::from_secs(10), ok).unwrap();
     let owner6 = lab.wait_owner(&v6, Duration::from_secs(10), ok).unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    let n4 = format!("10.250.0.{}", 10 + owner4[1..].parse::<u32>().unwrap());
+    let n4 = node_address(&owner4);
     let n6 = format!("fd00:250::{}", 10 + owner6[1..].parse::<u32>().unwrap());
     let mut ratios = vec![];
     for (family, node, vip) in [("IPv4", n4, VIP.to_string()), ("IPv6", n6, v6)] {

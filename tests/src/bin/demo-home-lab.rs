@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use ferrolb_e2e::home::{CLUSTER, HomeLab, NODES, Options, VIP, mac, scenarios};
+use ferrolb_e2e::home::{CLUSTER, HomeLab, NODES, Options, VIP, mac, node_address, scenarios};
 
 fn say(title: &str) {
     println!("\n== {title}");
@@ -101,10 +101,7 @@ fn main() {
     show(&lab, &["nodes", "list", "--cluster", CLUSTER]);
 
     say(&format!("what {next}'s announcer counted"));
-    let url = format!(
-        "http://10.250.0.{}:7472/metrics",
-        10 + next[1..].parse::<u32>().unwrap_or(0)
-    );
+    let url = format!("http://{}:7472/metrics", node_address(&next));
     let metrics = lab.must("router", &["curl", "-s", &url]);
     for l in metrics
         .lines()
