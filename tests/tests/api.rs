@@ -338,21 +338,11 @@ async fn reference_scenarios_through_ferrolbctl() {
     );
     assert!(ok && out.contains("\"192.168.1.240\""), "{out}");
     // With endpoints but no announcer yet, nobody announces it, and the reason says why.
-    let (ok, out) = ctl(
-        &a,
-        &[
-            "endpoints",
-            "set",
-            "--cluster",
-            "home",
-            "--namespace",
-            "default",
-            "--name",
-            "nginx",
-            "--node",
-            "n1",
-        ],
-    );
+    let words: Vec<&str> =
+        "endpoints set --cluster home --namespace default --name nginx --node n1"
+            .split(' ')
+            .collect();
+    let (ok, out) = ctl(&a, &words);
     assert!(ok, "{out}");
     let start = std::time::Instant::now();
     loop {
