@@ -443,9 +443,10 @@ impl Announcers {
             .iter()
             .filter_map(|a| a.parse().ok())
             .collect();
-        let in_step = hello.version != 0
-            && hello.version == current.version
-            && announcing.iter().eq(sent.keys());
+        // An announcer that has been in touch before (any replica) and announces exactly what it
+        // should resumes where it is; versions move with every change anywhere, so they are not
+        // compared.
+        let in_step = hello.version != 0 && announcing.iter().eq(sent.keys());
         let first = if in_step {
             changes(current.version, &sent, &sent)
         } else {
