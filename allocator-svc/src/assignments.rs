@@ -57,9 +57,11 @@ pub fn spawn(store: Arc<SqlStore>, ignore_exclude_label: bool) -> watch::Receive
         let mut leases: Option<(u64, Vec<Lease>)> = None;
         let mut leases_stale = true;
         loop {
+            let mut advertised = true;
             match compute(&store, &mut leases, leases_stale, ignore_exclude_label).await {
-                Ok(view) => {
+                Ok((view, any_ads)) => {
                     leases_stale = false;
+                    advertised = any_ads;
                     tx.send_if_modified(|cur| {
                         let changed = **cur != view;
                         if changed {
@@ -76,13 +78,21 @@ pub fn spawn(store: Arc<SqlStore>, ignore_exclude_label: bool) -> watch::Receive
             if tx.is_closed() {
                 return;
             }
-            tokio::select! {
-                r = lease_changes.changed() => {
-                    if r.is_err() { return; }
-                    leases_stale = true;
+            // Without any L2Advertisement, lease changes decide nothing: only a change of
+            // cluster state can (an allocator used for IPAM alone pays nothing here).
+            loop {
+                tokio::select! {
+                    r = lease_changes.changed() => {
+                        if r.is_err() { return; }
+                        leases_stale = true;
+                        if advertised { break; }
+                    }
+                    r = cluster_changes.changed() => {
+                        if r.is_err() { return; }
+                        break;
+                    }
+                    _ = tokio::time::sleep(RECHECK) => if advertised { break; },
                 }
-                r = cluster_changes.changed() => if r.is_err() { return; },
-                _ = tokio::time::sleep(RECHECK) => {}
             }
             tokio::time::sleep(SETTLE).await;
             if lease_changes.has_changed().unwrap_or(false) {
@@ -100,14 +110,15 @@ async fn compute(
     leases: &mut Option<(u64, Vec<Lease>)>,
     leases_stale: bool,
     ignore_exclude_label: bool,
-) -> Result<View> {
+) -> Result<(View, bool)> {
     let rows = store.cluster_rows().await?;
     if rows.ads.is_empty() {
         // No layer-2 advertisement anywhere: nothing to announce, and no lease to read.
-        return Ok(View {
+        let view = View {
             version: rows.revision,
             clusters: BTreeMap::new(),
-        });
+        };
+        return Ok((view, false));
     }
     if leases_stale || leases.is_none() {
         *leases = Some(store.service_leases().await?);
@@ -154,8 +165,9 @@ async fn compute(
             },
         );
     }
-    Ok(View {
+    let view = View {
         version: rows.revision + lease_revision,
         clusters,
-    })
+    };
+    Ok((view, true))
 }
