@@ -50,3 +50,27 @@ fn lab_comes_up_and_goes_away() {
     let mut sleeper = sleeper;
     assert!(sleeper.wait().is_ok());
 }
+
+/// `scripts/demo`, the README's first command, runs the home-lab scenario to its end and leaves
+/// no namespace behind.
+#[test]
+fn the_demo_runs_to_its_end() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new("bash")
+        .arg(root.join("scripts/demo"))
+        .env("FERROLB_DEMO_PREBUILT", "1")
+        .output()
+        .expect("run scripts/demo");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("served by"), "{text}");
+    assert!(
+        text.contains("demo done: 192.168.1.240 answered from"),
+        "{text}"
+    );
+    assert!(
+        namespaces("demo").is_empty(),
+        "the demo left namespaces behind"
+    );
+}
