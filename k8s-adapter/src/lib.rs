@@ -1,0 +1,4 @@
+//! ferrolb's Kubernetes adapter: MetalLB's custom resources and Service annotations, fed to the
+//! allocator.
+
+pub mod crd;
