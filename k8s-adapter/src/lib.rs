@@ -2,3 +2,4 @@
 //! allocator.
 
 pub mod crd;
+pub mod service;
