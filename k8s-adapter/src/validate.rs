@@ -1,0 +1,722 @@
+//! The rules MetalLB's webhooks and config parser enforce that a schema cannot express
+//! (`internal/config/config.go`, `validator.go`). Each rejection names the object and the field;
+//! the adapter leaves a rejected object out (the rest of the configuration keeps serving) and
+//! reports it in the object's status, an event and a metric.
+//!
+//! Address ranges, overlaps between pools and L2Advertisement fields are checked by the
+//! allocator when the adapter applies them (so that pools of every cluster are checked against
+//! each other); the rules here are the ones that stay within one cluster's objects.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use kube::ResourceExt;
+
+use crate::crd::{BGPAdvertisement, Community, IPAddressPool, L2Advertisement, v1beta2::BGPPeer};
+
+/// Why an object is not used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub kind: &'static str,
+    pub name: String,
+    pub field: String,
+    pub message: String,
+    /// Caused by another object that may appear later (a missing alias or profile): MetalLB's
+    /// "transient" errors.
+    pub transient: bool,
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {:?}: {}: {}",
+            self.kind, self.name, self.field, self.message
+        )
+    }
+}
+
+fn reject(kind: &'static str, name: &str, field: &str, message: impl Into<String>) -> Rejection {
+    Rejection {
+        kind,
+        name: name.to_string(),
+        field: field.to_string(),
+        message: message.into(),
+        transient: false,
+    }
+}
+
+/// Every object of one cluster's configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    pub pools: Vec<IPAddressPool>,
+    pub l2: Vec<L2Advertisement>,
+    pub bgp: Vec<BGPAdvertisement>,
+    pub peers: Vec<BGPPeer>,
+    pub communities: Vec<Community>,
+}
+
+/// The first entry that appears twice in a list, as MetalLB's "duplicate" errors report.
+fn duplicate<T: Ord + Clone>(items: impl IntoIterator<Item = T>) -> Option<T> {
+    let mut seen = BTreeSet::new();
+    items.into_iter().find(|i| !seen.insert(i.clone()))
+}
+
+fn serialized<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+/// A Go duration (`90s`, `1m30s`, `500ms`).
+pub fn duration(s: &str) -> Option<Duration> {
+    if s == "0" {
+        return Some(Duration::ZERO);
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let n = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .filter(|&i| i > 0)?;
+        let value: f64 = rest[..n].parse().ok()?;
+        rest = &rest[n..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        total += value * scale;
+        rest = &rest[unit_len..];
+    }
+    Some(Duration::from_secs_f64(total))
+}
+
+/// A community value: `AA:NN` (two 16-bit numbers) or `large:G:L1:L2` (three 32-bit numbers).
+pub fn community_value(v: &str) -> Result<(), String> {
+    if let Some(large) = v.strip_prefix("large:") {
+        let parts: Vec<&str> = large.split(':').collect();
+        if parts.len() != 3 || parts.iter().any(|p| p.parse::<u32>().is_err()) {
+            return Err(format!(
+                "{v:?} is not a large community (large:G:L1:L2, 32-bit numbers)"
+            ));
+        }
+        return Ok(());
+    }
+    let parts: Vec<&str> = v.split(':').collect();
+    if parts.len() != 2 || parts.iter().any(|p| p.parse::<u16>().is_err()) {
+        return Err(format!("{v:?} is not a community (AA:NN, 16-bit numbers)"));
+    }
+    Ok(())
+}
+
+/// Checks a cluster's configuration; `namespace` is where its objects must live.
+pub fn check(cfg: &Config, namespace: &str) -> Vec<Rejection> {
+    let mut out = vec![];
+    let wrong_ns = |kind: &'static str, obj: &dyn ResourceExtDyn| {
+        let ns = obj.ns();
+        (ns != namespace).then(|| {
+            reject(
+                kind,
+                &obj.nm(),
+                "metadata.namespace",
+                format!("resource must be created in {namespace} namespace"),
+            )
+        })
+    };
+
+    for p in &cfg.pools {
+        let name = p.name_any();
+        out.extend(wrong_ns("IPAddressPool", p));
+        if p.spec.addresses.is_empty() {
+            out.push(reject(
+                "IPAddressPool",
+                &name,
+                "spec.addresses",
+                "pool has no prefixes defined",
+            ));
+        }
+        if let Some(sa) = &p.spec.service_allocation {
+            if let Some(d) = duplicate(sa.namespaces.iter().cloned()) {
+                out.push(reject(
+                    "IPAddressPool",
+                    &name,
+                    "spec.serviceAllocation.namespaces",
+                    format!("duplicate namespace {d:?}"),
+                ));
+            }
+            if duplicate(sa.namespace_selectors.iter().map(serialized)).is_some() {
+                out.push(reject(
+                    "IPAddressPool",
+                    &name,
+                    "spec.serviceAllocation.namespaceSelectors",
+                    "duplicate selector",
+                ));
+            }
+            if duplicate(sa.service_selectors.iter().map(serialized)).is_some() {
+                out.push(reject(
+                    "IPAddressPool",
+                    &name,
+                    "spec.serviceAllocation.serviceSelectors",
+                    "duplicate selector",
+                ));
+            }
+        }
+    }
+    if let Some(d) = duplicate(cfg.pools.iter().map(|p| p.name_any())) {
+        out.push(reject(
+            "IPAddressPool",
+            &d,
+            "metadata.name",
+            "duplicate pool name",
+        ));
+    }
+
+    for a in &cfg.l2 {
+        out.extend(wrong_ns("L2Advertisement", a));
+        if let Some(d) = duplicate(a.spec.ip_address_pools.iter().cloned()) {
+            out.push(reject(
+                "L2Advertisement",
+                &a.name_any(),
+                "spec.ipAddressPools",
+                format!("duplicate pool {d:?}"),
+            ));
+        }
+    }
+
+    // Communities: aliases are unique across every Community object; values must parse.
+    let mut aliases: BTreeMap<String, String> = BTreeMap::new();
+    for c in &cfg.communities {
+        out.extend(wrong_ns("Community", c));
+        for (i, alias) in c.spec.communities.iter().enumerate() {
+            if let Err(e) = community_value(&alias.value) {
+                out.push(reject(
+                    "Community",
+                    &c.name_any(),
+                    &format!("spec.communities[{i}].value"),
+                    e,
+                ));
+            }
+            if aliases
+                .insert(alias.name.clone(), alias.value.clone())
+                .is_some()
+            {
+                out.push(reject(
+                    "Community",
+                    &c.name_any(),
+                    &format!("spec.communities[{i}].name"),
+                    format!("duplicate definition of community {:?}", alias.name),
+                ));
+            }
+        }
+    }
+
+    for a in &cfg.bgp {
+        let name = a.name_any();
+        let s = &a.spec;
+        out.extend(wrong_ns("BGPAdvertisement", a));
+        if let Some(l) = s.aggregation_length.filter(|l| !(1..=32).contains(l)) {
+            out.push(reject(
+                "BGPAdvertisement",
+                &name,
+                "spec.aggregationLength",
+                format!("invalid aggregation length {l}: at most 32"),
+            ));
+        }
+        if let Some(l) = s.aggregation_length_v6.filter(|l| !(1..=128).contains(l)) {
+            out.push(reject(
+                "BGPAdvertisement",
+                &name,
+                "spec.aggregationLengthV6",
+                format!("invalid aggregation length {l}: at most 128"),
+            ));
+        }
+        let custom_aggregation = s.aggregation_length.is_some_and(|l| l != 32)
+            || s.aggregation_length_v6.is_some_and(|l| l != 128);
+        if custom_aggregation && !s.service_selectors.is_empty() {
+            out.push(reject(
+                "BGPAdvertisement",
+                &name,
+                "spec.serviceSelectors",
+                "cannot be combined with an aggregation length other than the default",
+            ));
+        }
+        for (field, list) in [
+            ("spec.ipAddressPools", &s.ip_address_pools),
+            ("spec.peers", &s.peers),
+            ("spec.communities", &s.communities),
+        ] {
+            if let Some(d) = duplicate(list.iter().cloned()) {
+                out.push(reject(
+                    "BGPAdvertisement",
+                    &name,
+                    field,
+                    format!("duplicate entry {d:?}"),
+                ));
+            }
+        }
+        for (field, list) in [
+            ("spec.ipAddressPoolSelectors", &s.ip_address_pool_selectors),
+            ("spec.nodeSelectors", &s.node_selectors),
+            ("spec.serviceSelectors", &s.service_selectors),
+        ] {
+            if duplicate(list.iter().map(serialized)).is_some() {
+                out.push(reject(
+                    "BGPAdvertisement",
+                    &name,
+                    field,
+                    "duplicate selector",
+                ));
+            }
+        }
+        if s.communities.len() > 63 {
+            out.push(reject(
+                "BGPAdvertisement",
+                &name,
+                "spec.communities",
+                format!("{} communities: at most 63", s.communities.len()),
+            ));
+        }
+        for (i, c) in s.communities.iter().enumerate() {
+            if c.contains(':') {
+                if let Err(e) = community_value(c) {
+                    out.push(reject(
+                        "BGPAdvertisement",
+                        &name,
+                        &format!("spec.communities[{i}]"),
+                        e,
+                    ));
+                }
+            } else if !aliases.contains_key(c) {
+                out.push(Rejection {
+                    transient: true,
+                    ..reject(
+                        "BGPAdvertisement",
+                        &name,
+                        &format!("spec.communities[{i}]"),
+                        format!("community alias {c:?} is not defined"),
+                    )
+                });
+            }
+        }
+    }
+    let mut seen_ads: BTreeMap<String, String> = BTreeMap::new();
+    for a in &cfg.bgp {
+        if let Some(first) = seen_ads.insert(serialized(&a.spec), a.name_any()) {
+            out.push(reject(
+                "BGPAdvertisement",
+                &a.name_any(),
+                "spec",
+                format!("duplicate of BGPAdvertisement {first:?}"),
+            ));
+        }
+    }
+
+    let mut seen_peers: BTreeMap<String, String> = BTreeMap::new();
+    for p in &cfg.peers {
+        let name = p.name_any();
+        let s = &p.spec;
+        let r = |field: &str, m: String| reject("BGPPeer", &name, field, m);
+        out.extend(wrong_ns("BGPPeer", p));
+        if s.common.my_asn == 0 {
+            out.push(r("spec.myASN", "missing local ASN".into()));
+        }
+        match (s.peer_asn, s.dynamic_asn) {
+            (None, None) => out.push(r(
+                "spec.peerASN",
+                "one of peerASN and dynamicASN is required".into(),
+            )),
+            (Some(_), Some(_)) => out.push(r(
+                "spec.dynamicASN",
+                "peerASN and dynamicASN cannot both be set".into(),
+            )),
+            _ => {}
+        }
+        if s.peer_asn == Some(s.common.my_asn) && s.common.ebgp_multi_hop == Some(true) {
+            out.push(r(
+                "spec.ebgpMultiHop",
+                "invalid ebgp-multihop parameter set for an ibgp peer".into(),
+            ));
+        }
+        match (&s.peer_address, &s.interface) {
+            (None, None) => out.push(r(
+                "spec.peerAddress",
+                "one of peerAddress and interface is required".into(),
+            )),
+            (Some(_), Some(_)) => out.push(r(
+                "spec.interface",
+                "peerAddress and interface cannot both be set".into(),
+            )),
+            _ => {}
+        }
+        for (field, v) in [
+            ("spec.peerAddress", &s.peer_address),
+            ("spec.sourceAddress", &s.common.source_address),
+            ("spec.routerID", &s.common.router_id),
+        ] {
+            if let Some(v) = v
+                && v.parse::<IpAddr>().is_err()
+            {
+                out.push(r(field, format!("invalid address {v:?}")));
+            }
+        }
+        let hold = s.common.hold_time.as_deref().map(|h| (h, duration(h)));
+        let keepalive = s.common.keepalive_time.as_deref().map(|k| (k, duration(k)));
+        if let Some((h, d)) = hold {
+            match d {
+                None => out.push(r("spec.holdTime", format!("invalid duration {h:?}"))),
+                Some(d) if !d.is_zero() && d < Duration::from_secs(3) => out.push(r(
+                    "spec.holdTime",
+                    format!("invalid hold time {h:?}: must be 0 or >=3s"),
+                )),
+                _ => {}
+            }
+        }
+        if let Some((k, d)) = keepalive {
+            match (d, hold.and_then(|(_, d)| d)) {
+                (None, _) => out.push(r("spec.keepaliveTime", format!("invalid duration {k:?}"))),
+                (Some(k), Some(h)) if k > h => out.push(r(
+                    "spec.keepaliveTime",
+                    "keepalive time cannot be greater than the hold time".into(),
+                )),
+                _ => {}
+            }
+        }
+        if s.common.password.is_some() && s.password_secret.is_some() {
+            out.push(r(
+                "spec.passwordSecret",
+                "password and passwordSecret cannot both be set".into(),
+            ));
+        }
+        if let Some(first) = seen_peers.insert(serialized(&p.spec), name.clone()) {
+            out.push(r(
+                "spec",
+                format!("peer {name} already exists (same as {first:?})"),
+            ));
+        }
+    }
+    out
+}
+
+/// What the namespace rule needs of any object.
+trait ResourceExtDyn {
+    fn ns(&self) -> String;
+    fn nm(&self) -> String;
+}
+
+impl<K: ResourceExt> ResourceExtDyn for K {
+    fn ns(&self) -> String {
+        self.namespace().unwrap_or_default()
+    }
+    fn nm(&self) -> String {
+        self.name_any()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{
+        BGPAdvertisementSpec, CommunityAlias, CommunitySpec, IPAddressPoolSpec,
+        L2AdvertisementSpec, PeerCommon, ServiceAllocation, v1beta2::BGPPeerSpec,
+        v1beta2::SecretReference,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+    const NS: &str = "metallb-system";
+
+    fn named<K: kube::Resource>(mut k: K, name: &str) -> K {
+        k.meta_mut().name = Some(name.into());
+        k.meta_mut().namespace = Some(NS.into());
+        k
+    }
+
+    fn pool(name: &str, spec: IPAddressPoolSpec) -> IPAddressPool {
+        named(IPAddressPool::new(name, spec), name)
+    }
+
+    fn peer(name: &str, f: impl FnOnce(&mut BGPPeerSpec)) -> BGPPeer {
+        let mut spec = BGPPeerSpec {
+            common: PeerCommon {
+                my_asn: 65001,
+                ..PeerCommon::default()
+            },
+            peer_asn: Some(65000),
+            peer_address: Some("10.100.1.1".into()),
+            ..BGPPeerSpec::default()
+        };
+        f(&mut spec);
+        named(BGPPeer::new(name, spec), name)
+    }
+
+    fn ad(name: &str, f: impl FnOnce(&mut BGPAdvertisementSpec)) -> BGPAdvertisement {
+        let mut spec = BGPAdvertisementSpec::default();
+        f(&mut spec);
+        named(BGPAdvertisement::new(name, spec), name)
+    }
+
+    /// The fields rejected, as `Kind/name field`.
+    fn rejected(cfg: &Config) -> Vec<String> {
+        check(cfg, NS)
+            .iter()
+            .map(|r| format!("{}/{} {}", r.kind, r.name, r.field))
+            .collect()
+    }
+
+    #[test]
+    fn a_good_configuration_passes() {
+        let cfg = Config {
+            pools: vec![pool(
+                "home-pool",
+                IPAddressPoolSpec {
+                    addresses: vec!["192.168.1.240-192.168.1.245".into()],
+                    ..Default::default()
+                },
+            )],
+            l2: vec![named(
+                L2Advertisement::new(
+                    "l2",
+                    L2AdvertisementSpec {
+                        ip_address_pools: vec!["home-pool".into()],
+                        ..Default::default()
+                    },
+                ),
+                "l2",
+            )],
+            bgp: vec![ad("bgp", |s| {
+                s.communities = vec!["65000:100".into(), "no-export".into(), "large:1:2:3".into()]
+            })],
+            peers: vec![peer("router", |s| s.common.hold_time = Some("90s".into()))],
+            communities: vec![named(
+                Community::new(
+                    "c",
+                    CommunitySpec {
+                        communities: vec![CommunityAlias {
+                            name: "no-export".into(),
+                            value: "65535:65281".into(),
+                        }],
+                    },
+                ),
+                "c",
+            )],
+        };
+        assert_eq!(check(&cfg, NS), vec![]);
+    }
+
+    #[test]
+    fn pools() {
+        let mut wrong_place = pool(
+            "elsewhere",
+            IPAddressPoolSpec {
+                addresses: vec!["10.0.0.0/24".into()],
+                ..Default::default()
+            },
+        );
+        wrong_place.metadata.namespace = Some("default".into());
+        let sa = ServiceAllocation {
+            namespaces: vec!["a".into(), "a".into()],
+            service_selectors: vec![LabelSelector::default(), LabelSelector::default()],
+            ..Default::default()
+        };
+        let cfg = Config {
+            pools: vec![
+                wrong_place,
+                pool("empty", IPAddressPoolSpec::default()),
+                pool(
+                    "dup",
+                    IPAddressPoolSpec {
+                        addresses: vec!["10.0.1.0/24".into()],
+                        service_allocation: Some(sa),
+                        ..Default::default()
+                    },
+                ),
+            ],
+            ..Config::default()
+        };
+        assert_eq!(
+            rejected(&cfg),
+            [
+                "IPAddressPool/elsewhere metadata.namespace",
+                "IPAddressPool/empty spec.addresses",
+                "IPAddressPool/dup spec.serviceAllocation.namespaces",
+                "IPAddressPool/dup spec.serviceAllocation.serviceSelectors",
+            ]
+        );
+        let msg = check(&cfg, NS)[0].to_string();
+        assert_eq!(
+            msg,
+            "IPAddressPool \"elsewhere\": metadata.namespace: resource must be created in metallb-system namespace"
+        );
+    }
+
+    #[test]
+    fn peers() {
+        let cfg = Config {
+            peers: vec![
+                peer("no-asn", |s| s.common.my_asn = 0),
+                peer("no-peer-asn", |s| s.peer_asn = None),
+                peer("both-asn", |s| {
+                    s.dynamic_asn = Some(crate::crd::v1beta2::DynamicAsn::External)
+                }),
+                peer("ibgp-multihop", |s| {
+                    s.peer_asn = Some(65001);
+                    s.common.ebgp_multi_hop = Some(true);
+                }),
+                peer("no-address", |s| s.peer_address = None),
+                peer("both-address", |s| s.interface = Some("eth0".into())),
+                peer("bad-address", |s| s.peer_address = Some("10.100.1".into())),
+                peer("bad-router-id", |s| {
+                    s.common.router_id = Some("router".into())
+                }),
+                peer("short-hold", |s| s.common.hold_time = Some("2s".into())),
+                peer("keepalive-over-hold", |s| {
+                    s.common.hold_time = Some("30s".into());
+                    s.common.keepalive_time = Some("1m".into());
+                }),
+                peer("two-passwords", |s| {
+                    s.common.password = Some("x".into());
+                    s.password_secret = Some(SecretReference::default());
+                }),
+            ],
+            ..Config::default()
+        };
+        assert_eq!(
+            rejected(&cfg),
+            [
+                "BGPPeer/no-asn spec.myASN",
+                "BGPPeer/no-peer-asn spec.peerASN",
+                "BGPPeer/both-asn spec.dynamicASN",
+                "BGPPeer/ibgp-multihop spec.ebgpMultiHop",
+                "BGPPeer/no-address spec.peerAddress",
+                "BGPPeer/both-address spec.interface",
+                "BGPPeer/bad-address spec.peerAddress",
+                "BGPPeer/bad-router-id spec.routerID",
+                "BGPPeer/short-hold spec.holdTime",
+                "BGPPeer/keepalive-over-hold spec.keepaliveTime",
+                "BGPPeer/two-passwords spec.passwordSecret",
+            ]
+        );
+        let twins = Config {
+            peers: vec![peer("a", |_| {}), peer("b", |_| {})],
+            ..Config::default()
+        };
+        assert_eq!(rejected(&twins), ["BGPPeer/b spec"]);
+    }
+
+    #[test]
+    fn advertisements_and_communities() {
+        let many: Vec<String> = (0..64).map(|i| format!("65000:{i}")).collect();
+        let cfg = Config {
+            bgp: vec![
+                ad("long-v4", |s| s.aggregation_length = Some(33)),
+                ad("long-v6", |s| s.aggregation_length_v6 = Some(129)),
+                ad("selectors-and-aggregation", |s| {
+                    s.aggregation_length = Some(24);
+                    s.service_selectors = vec![LabelSelector::default()];
+                }),
+                ad("dup-pool", |s| {
+                    s.ip_address_pools = vec!["p".into(), "p".into()]
+                }),
+                ad("dup-peer", |s| s.peers = vec!["r".into(), "r".into()]),
+                ad("too-many", |s| s.communities = many.clone()),
+                ad("bad-community", |s| {
+                    s.communities = vec!["99999999:1".into()]
+                }),
+                ad("unknown-alias", |s| s.communities = vec!["gold".into()]),
+                ad("twin-a", |s| s.local_pref = Some(100)),
+                ad("twin-b", |s| s.local_pref = Some(100)),
+            ],
+            l2: vec![named(
+                L2Advertisement::new(
+                    "l2",
+                    L2AdvertisementSpec {
+                        ip_address_pools: vec!["p".into(), "p".into()],
+                        ..Default::default()
+                    },
+                ),
+                "l2",
+            )],
+            communities: vec![
+                named(
+                    Community::new(
+                        "c1",
+                        CommunitySpec {
+                            communities: vec![CommunityAlias {
+                                name: "gold2".into(),
+                                value: "large:1:2".into(),
+                            }],
+                        },
+                    ),
+                    "c1",
+                ),
+                named(
+                    Community::new(
+                        "c2",
+                        CommunitySpec {
+                            communities: vec![CommunityAlias {
+                                name: "gold2".into(),
+                                value: "1:2".into(),
+                            }],
+                        },
+                    ),
+                    "c2",
+                ),
+            ],
+            ..Config::default()
+        };
+        let got = check(&cfg, NS);
+        let fields: Vec<String> = got
+            .iter()
+            .map(|r| format!("{}/{} {}", r.kind, r.name, r.field))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "L2Advertisement/l2 spec.ipAddressPools",
+                "Community/c1 spec.communities[0].value",
+                "Community/c2 spec.communities[0].name",
+                "BGPAdvertisement/long-v4 spec.aggregationLength",
+                "BGPAdvertisement/long-v6 spec.aggregationLengthV6",
+                "BGPAdvertisement/selectors-and-aggregation spec.serviceSelectors",
+                "BGPAdvertisement/dup-pool spec.ipAddressPools",
+                "BGPAdvertisement/dup-peer spec.peers",
+                "BGPAdvertisement/too-many spec.communities",
+                "BGPAdvertisement/bad-community spec.communities[0]",
+                "BGPAdvertisement/unknown-alias spec.communities[0]",
+                "BGPAdvertisement/twin-b spec",
+            ]
+        );
+        let alias = got
+            .iter()
+            .find(|r| r.name == "unknown-alias")
+            .expect("rejected");
+        assert!(alias.transient, "a missing alias may still come");
+        assert!(
+            !got.iter()
+                .find(|r| r.name == "bad-community")
+                .expect("rejected")
+                .transient
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(duration("0"), Some(Duration::ZERO));
+        assert_eq!(duration("90"), None);
+        assert_eq!(duration("s"), None);
+        assert_eq!(duration(""), None);
+    }
+}
