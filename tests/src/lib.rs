@@ -3,6 +3,7 @@
 //! PostgreSQL, root) fails the test with the reason; nothing is skipped.
 #![allow(clippy::unwrap_used)]
 
+pub mod fakekube;
 pub mod home;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -1,0 +1,776 @@
+//! The adapter's loops: MetalLB's configuration objects and the cluster's nodes go to the
+//! allocator as they change; every Service of type LoadBalancer gets its addresses written into
+//! its status (kube-runtime's controller, re-run for all Services when the configuration
+//! changes); the endpoints of each Service are reported for the layer-2 decision; and leases of
+//! Services that are gone are released — only from complete lists.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferrolb_proto::v1 as pb;
+use ferrolb_proto::v1::cluster_state_service_client::ClusterStateServiceClient;
+use ferrolb_proto::v1::ipam_service_client::IpamServiceClient;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use tokio::sync::{Notify, mpsc};
+use tonic::service::Interceptor;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use crate::crd::{self, IPAddressPool, L2Advertisement};
+use crate::service::{self, ALLOCATED_FROM_POOL, Decision, Event};
+use crate::validate;
+
+/// What the adapter needs to know at start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub cluster: String,
+    /// Where MetalLB's configuration objects live.
+    pub namespace: String,
+    pub lb_class: Option<String>,
+    pub allocator: String,
+    /// How often every Service and the lease list are looked at again regardless.
+    pub resync: Duration,
+}
+
+#[derive(Clone)]
+struct CallerHeader(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl Interceptor for CallerHeader {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        req.metadata_mut()
+            .insert("x-ferrolb-caller", self.0.clone());
+        Ok(req)
+    }
+}
+
+type Intercepted = tonic::service::interceptor::InterceptedService<Channel, CallerHeader>;
+
+/// What the reconcilers share.
+struct Ctx {
+    client: Client,
+    settings: Settings,
+    ipam: IpamServiceClient<Intercepted>,
+    cluster: ClusterStateServiceClient<Intercepted>,
+    namespaces: Store<Namespace>,
+    slices: Store<EndpointSlice>,
+    recorder: Recorder,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("allocator: {0}")]
+    Allocator(String),
+    #[error("kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+fn grpc(s: Status) -> Error {
+    Error::Allocator(format!("{:?}: {}", s.code(), s.message()))
+}
+
+/// Runs the adapter until a loop ends (it should not).
+pub async fn run(client: Client, settings: Settings) -> Result<(), String> {
+    let caller = CallerHeader(
+        format!("cluster/{}", settings.cluster)
+            .parse()
+            .map_err(|_| format!("cluster {:?} is not a valid header value", settings.cluster))?,
+    );
+    let channel = Channel::from_shared(settings.allocator.clone())
+        .map_err(|e| format!("--allocator {:?}: {e}", settings.allocator))?
+        .connect_timeout(Duration::from_secs(2))
+        .connect_lazy();
+    let ipam = IpamServiceClient::with_interceptor(channel.clone(), caller.clone());
+    let cluster = ClusterStateServiceClient::with_interceptor(channel, caller);
+
+    let namespaces = reflect(
+        Api::<Namespace>::all(client.clone()),
+        Arc::new(Notify::new()),
+    );
+    let slices = reflect(
+        Api::<EndpointSlice>::all(client.clone()),
+        Arc::new(Notify::new()),
+    );
+
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "ferrolb-k8s-adapter".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
+    );
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        settings: settings.clone(),
+        ipam,
+        cluster,
+        namespaces,
+        slices,
+        recorder,
+    });
+
+    // Configuration and nodes: every change is pushed, then every Service is looked at again.
+    let (reprocess_tx, reprocess_rx) = mpsc::channel::<()>(16);
+    tokio::spawn(sync_config(Arc::clone(&ctx), reprocess_tx.clone()));
+    tokio::spawn(sync_nodes(Arc::clone(&ctx)));
+
+    let services: Api<Service> = Api::all(client.clone());
+    let controller = Controller::new(services, watcher::Config::default());
+    let service_store = controller.store();
+    // A deleted Service wakes the collector at once; it also runs periodically.
+    let deleted = Arc::new(Notify::new());
+    let wake = Arc::clone(&deleted);
+    tokio::spawn(
+        watcher(
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .for_each(move |ev| {
+            if let Ok(watcher::Event::Delete(_)) = ev {
+                wake.notify_one();
+            }
+            async {}
+        }),
+    );
+    tokio::spawn(collect_garbage(Arc::clone(&ctx), service_store, deleted));
+    controller
+        .watches(
+            Api::<EndpointSlice>::all(client),
+            watcher::Config::default(),
+            |slice| {
+                let ns = slice.namespace()?;
+                let svc = slice.labels().get("kubernetes.io/service-name")?.clone();
+                Some(ObjectRef::new(&svc).within(&ns))
+            },
+        )
+        .reconcile_all_on(tokio_stream::wrappers::ReceiverStream::new(reprocess_rx))
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "reconcile");
+            }
+        })
+        .await;
+    Ok(())
+}
+
+fn error_policy(_: Arc<Service>, e: &Error, _: Arc<Ctx>) -> Action {
+    tracing::warn!(error = %e, "Service not settled; trying again");
+    Action::requeue(Duration::from_secs(5))
+}
+
+async fn record(ctx: &Ctx, svc: &Service, e: &Event) {
+    let ev = KubeEvent {
+        type_: if e.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: e.reason.to_string(),
+        note: Some(e.message.clone()),
+        action: "Allocate".into(),
+        secondary: None,
+    };
+    if let Err(err) = ctx.recorder.publish(&ev, &svc.object_ref(&())).await {
+        tracing::debug!(error = %err, "cannot record an event");
+    }
+}
+
+fn owner(ctx: &Ctx, svc: &Service) -> pb::Owner {
+    pb::Owner {
+        cluster: ctx.settings.cluster.clone(),
+        namespace: svc.namespace().unwrap_or_default(),
+        name: svc.name_any(),
+        ..pb::Owner::default()
+    }
+}
+
+/// Nodes with a serving endpoint of the Service, and whether any endpoint serves
+/// (`ready` unset or true, or `serving` true: terminating but serving counts).
+fn endpoints(ctx: &Ctx, svc: &Service) -> (BTreeSet<String>, bool) {
+    let ns = svc.namespace().unwrap_or_default();
+    let name = svc.name_any();
+    let mut nodes = BTreeSet::new();
+    let mut any = false;
+    for slice in ctx.slices.state() {
+        if slice.namespace().as_deref() != Some(ns.as_str())
+            || slice.labels().get("kubernetes.io/service-name") != Some(&name)
+        {
+            continue;
+        }
+        for ep in &slice.endpoints {
+            let c = ep.conditions.as_ref();
+            let serving = c.is_none_or(|c| c.ready.unwrap_or(true) || c.serving == Some(true));
+            if serving {
+                any = true;
+                if let Some(n) = &ep.node_name {
+                    nodes.insert(n.clone());
+                }
+            }
+        }
+    }
+    (nodes, any)
+}
+
+async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let ns = svc.namespace().unwrap_or_default();
+    let ns_labels: BTreeMap<String, String> = ctx
+        .namespaces
+        .get(&ObjectRef::new(&ns))
+        .map(|n| n.labels().clone())
+        .unwrap_or_default();
+    let decision = service::decide(
+        &svc,
+        &ctx.settings.cluster,
+        ctx.settings.lb_class.as_deref(),
+        &ns_labels,
+    );
+    let resync = Action::requeue(ctx.settings.resync);
+    match decision {
+        Decision::NotOurs => Ok(Action::await_change()),
+        Decision::Release => {
+            release(&ctx, &svc).await?;
+            Ok(resync)
+        }
+        Decision::Invalid(e) => {
+            record(&ctx, &svc, &e).await;
+            Ok(resync)
+        }
+        Decision::Allocate(req, events) => {
+            for e in &events {
+                record(&ctx, &svc, e).await;
+            }
+            allocate(&ctx, &svc, *req).await?;
+            let (nodes, any) = endpoints(&ctx, &svc);
+            let local = svc
+                .spec
+                .as_ref()
+                .and_then(|s| s.external_traffic_policy.as_deref())
+                == Some("Local");
+            ctx.cluster
+                .clone()
+                .set_endpoints(pb::ServiceEndpoints {
+                    cluster: ctx.settings.cluster.clone(),
+                    namespace: ns,
+                    name: svc.name_any(),
+                    serving_nodes: nodes.into_iter().collect(),
+                    any_serving: any,
+                    traffic_policy_local: local,
+                })
+                .await
+                .map_err(grpc)?;
+            Ok(resync)
+        }
+    }
+}
+
+async fn allocate(ctx: &Ctx, svc: &Service, req: pb::AllocateRequest) -> Result<(), Error> {
+    let current = service::current_ips(svc);
+    let mut ipam = ctx.ipam.clone();
+    // A Service that already shows addresses (ferrolb's, or MetalLB's before a migration)
+    // claims exactly those first.
+    let who = format!("{}/{}", svc.namespace().unwrap_or_default(), svc.name_any());
+    let mut answer = None;
+    if req.requested_ips.is_empty() && !current.is_empty() {
+        let claim = pb::AllocateRequest {
+            requested_ips: current.clone(),
+            ..req.clone()
+        };
+        answer = match try_allocate(&mut ipam, claim).await? {
+            Ok(a) => Some(a),
+            Err(why) => {
+                let message = format!(
+                    "current IP for \"{who}\" not allowed by config, will attempt for new IP assignment: {why}"
+                );
+                let e = Event {
+                    warning: false,
+                    reason: "ClearAssignment",
+                    message,
+                };
+                record(ctx, svc, &e).await;
+                None
+            }
+        };
+    }
+    let answer = match answer {
+        Some(a) => a,
+        None => match try_allocate(&mut ipam, req).await? {
+            Ok(a) => a,
+            Err(why) => {
+                let message = format!("Failed to allocate IP for \"{who}\": {why}");
+                let e = Event {
+                    warning: true,
+                    reason: "AllocationFailed",
+                    message,
+                };
+                record(ctx, svc, &e).await;
+                return Ok(());
+            }
+        },
+    };
+    let lease = answer.lease.unwrap_or_default();
+    let api: Api<Service> =
+        Api::namespaced(ctx.client.clone(), &svc.namespace().unwrap_or_default());
+    let pp = PatchParams::default();
+    if current != lease.ips {
+        let status = json!({"status": {"loadBalancer": service::ingress(&lease.ips)}});
+        api.patch_status(&svc.name_any(), &pp, &Patch::Merge(&status))
+            .await?;
+    }
+    let annotated = svc.annotations().get(ALLOCATED_FROM_POOL);
+    if annotated != Some(&lease.pool) {
+        let meta = json!({"metadata": {"annotations": {ALLOCATED_FROM_POOL: lease.pool}}});
+        api.patch(&svc.name_any(), &pp, &Patch::Merge(&meta))
+            .await?;
+    }
+    if answer.created || current != lease.ips {
+        let e = Event {
+            warning: false,
+            reason: "IPAllocated",
+            message: format!("Assigned IP {:?}", lease.ips),
+        };
+        record(ctx, svc, &e).await;
+    }
+    Ok(())
+}
+
+/// An allocation: the answer, or why the allocator refused (the outer error: it is unreachable).
+async fn try_allocate(
+    ipam: &mut IpamServiceClient<Intercepted>,
+    req: pb::AllocateRequest,
+) -> Result<Result<pb::AllocateResponse, String>, Error> {
+    match ipam.allocate(req).await {
+        Ok(r) => Ok(Ok(r.into_inner())),
+        Err(s) if s.code() == Code::Unavailable => Err(grpc(s)),
+        Err(s) => Ok(Err(s.message().to_string())),
+    }
+}
+
+/// Releases an owner's lease and forgets its endpoints; says whether there was a lease.
+async fn release_owner(ctx: &Ctx, o: pb::Owner) -> Result<bool, Error> {
+    let released = match ctx
+        .ipam
+        .clone()
+        .release(pb::ReleaseRequest {
+            owner: Some(o.clone()),
+        })
+        .await
+    {
+        Ok(_) => true,
+        Err(s) if s.code() == Code::NotFound => false,
+        Err(s) => return Err(grpc(s)),
+    };
+    let forgotten = ctx
+        .cluster
+        .clone()
+        .delete_endpoints(pb::DeleteEndpointsRequest {
+            cluster: o.cluster,
+            namespace: o.namespace,
+            name: o.name,
+        })
+        .await;
+    if let Err(s) = forgotten {
+        tracing::debug!(error = s.message(), "cannot forget endpoints");
+    }
+    Ok(released)
+}
+
+/// Gives the Service's addresses back and clears what ferrolb wrote on it.
+async fn release(ctx: &Ctx, svc: &Service) -> Result<(), Error> {
+    if release_owner(ctx, owner(ctx, svc)).await? {
+        tracing::info!(service = svc.name_any(), "released");
+    }
+    let api: Api<Service> =
+        Api::namespaced(ctx.client.clone(), &svc.namespace().unwrap_or_default());
+    let pp = PatchParams::default();
+    if !service::current_ips(svc).is_empty() {
+        let status = json!({"status": {"loadBalancer": {"ingress": null}}});
+        api.patch_status(&svc.name_any(), &pp, &Patch::Merge(&status))
+            .await?;
+    }
+    if svc.annotations().contains_key(ALLOCATED_FROM_POOL) {
+        let meta = json!({"metadata": {"annotations": {ALLOCATED_FROM_POOL: null}}});
+        api.patch(&svc.name_any(), &pp, &Patch::Merge(&meta))
+            .await?;
+    }
+    Ok(())
+}
+
+/// A store of every object the API lists, kept current in the background; `changed` wakes on
+/// every change.
+fn reflect<K>(api: Api<K>, changed: Arc<Notify>) -> Store<K>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (store, writer) = reflector::store();
+    tokio::spawn(
+        reflector::reflector(writer, watcher(api, watcher::Config::default()))
+            .touched_objects()
+            .for_each(move |_| {
+                changed.notify_one();
+                async {}
+            }),
+    );
+    store
+}
+
+/// Waits until a store holds a complete list; false if its writer is gone. A clone of a store is
+/// not always woken when the store becomes ready, so it looks again now and then.
+async fn ready<K>(store: &Store<K>) -> bool
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        match tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready()).await {
+            Ok(r) => return r.is_ok(),
+            Err(_) => continue,
+        }
+    }
+}
+
+/// Releases the leases of this cluster's Services that no longer exist, from a complete list
+/// only: the Service store is ready only after a full list, and a failed lease listing releases
+/// nothing.
+async fn collect_garbage(ctx: Arc<Ctx>, services: Store<Service>, deleted: Arc<Notify>) {
+    if !ready(&services).await {
+        return;
+    }
+    tracing::debug!("Service list complete: collecting leases of deleted Services");
+    loop {
+        if let Err(e) = collect_once(&ctx, &services).await {
+            tracing::warn!(error = %e, "cannot look for leases of deleted Services");
+        }
+        tokio::select! {
+            _ = deleted.notified() => {
+                // The controller's own store sees the deletion a moment later.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            _ = tokio::time::sleep(ctx.settings.resync.min(Duration::from_secs(30))) => {}
+        }
+    }
+}
+
+async fn collect_once(ctx: &Ctx, services: &Store<Service>) -> Result<(), Error> {
+    let mut token = String::new();
+    let mut leases = vec![];
+    loop {
+        let page = ctx
+            .ipam
+            .clone()
+            .list_leases(pb::ListLeasesRequest {
+                cluster: ctx.settings.cluster.clone(),
+                page_size: 1000,
+                page_token: token,
+                ..pb::ListLeasesRequest::default()
+            })
+            .await
+            .map_err(grpc)?
+            .into_inner();
+        leases.extend(page.leases);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    for lease in leases {
+        let Some(o) = lease.owner else { continue };
+        let exists = services
+            .get(&ObjectRef::new(&o.name).within(&o.namespace))
+            .is_some();
+        if !exists {
+            tracing::info!(
+                namespace = o.namespace,
+                name = o.name,
+                "Service is gone: releasing its lease"
+            );
+            release_owner(ctx, o).await?;
+        }
+    }
+    Ok(())
+}
+
+fn pool_to_pb(p: &IPAddressPool, cluster: &str) -> pb::Pool {
+    let excluded = p
+        .annotations()
+        .get("ferrolb.io/excluded-addresses")
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    let sel = |list: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector]| {
+        list.iter().map(selector).collect()
+    };
+    pb::Pool {
+        name: p.name_any(),
+        addresses: p.spec.addresses.clone(),
+        auto_assign: p.spec.auto_assign,
+        avoid_buggy_ips: p.spec.avoid_buggy_ips.unwrap_or(false),
+        service_allocation: p
+            .spec
+            .service_allocation
+            .as_ref()
+            .map(|sa| pb::ServiceAllocation {
+                priority: sa.priority.unwrap_or(0),
+                namespaces: sa.namespaces.clone(),
+                namespace_selectors: sel(&sa.namespace_selectors),
+                service_selectors: sel(&sa.service_selectors),
+            }),
+        excluded_addresses: excluded,
+        clusters: vec![cluster.to_string()],
+        clients: vec![],
+        declared_by: String::new(),
+        labels: p.labels().clone().into_iter().collect(),
+    }
+}
+
+fn selector(
+    s: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+) -> pb::LabelSelector {
+    pb::LabelSelector {
+        match_labels: s
+            .match_labels
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+        match_expressions: s
+            .match_expressions
+            .iter()
+            .flatten()
+            .map(|e| pb::LabelSelectorRequirement {
+                key: e.key.clone(),
+                operator: e.operator.clone(),
+                values: e.values.clone().unwrap_or_default(),
+            })
+            .collect(),
+    }
+}
+
+fn l2_to_pb(a: &L2Advertisement, cluster: &str) -> pb::L2Advertisement {
+    let sel = |list: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector]| {
+        list.iter().map(selector).collect()
+    };
+    pb::L2Advertisement {
+        cluster: cluster.to_string(),
+        name: a.name_any(),
+        ip_address_pools: a.spec.ip_address_pools.clone(),
+        ip_address_pool_selectors: sel(&a.spec.ip_address_pool_selectors),
+        node_selectors: sel(&a.spec.node_selectors),
+        interfaces: a.spec.interfaces.clone(),
+        service_selectors: sel(&a.spec.service_selectors),
+        preferred_node_selectors: a
+            .spec
+            .preferred_node_selectors
+            .iter()
+            .map(|p| pb::PreferredNode {
+                weight: u32::try_from(p.weight).unwrap_or(0),
+                preference: Some(selector(&p.preference)),
+            })
+            .collect(),
+    }
+}
+
+/// Watches MetalLB's configuration objects in the namespace; on every change applies the valid
+/// ones, reports the rejected ones, removes what was deleted, and asks for every Service to be
+/// looked at again.
+async fn sync_config(ctx: Arc<Ctx>, reprocess: mpsc::Sender<()>) {
+    let ns = ctx.settings.namespace.clone();
+    let changed = Arc::new(Notify::new());
+    let pools = reflect(
+        Api::<IPAddressPool>::namespaced(ctx.client.clone(), &ns),
+        Arc::clone(&changed),
+    );
+    let l2 = reflect(
+        Api::<L2Advertisement>::namespaced(ctx.client.clone(), &ns),
+        Arc::clone(&changed),
+    );
+    let bgp = reflect(
+        Api::<crd::BGPAdvertisement>::namespaced(ctx.client.clone(), &ns),
+        Arc::clone(&changed),
+    );
+    let peers = reflect(
+        Api::<crd::v1beta2::BGPPeer>::namespaced(ctx.client.clone(), &ns),
+        Arc::clone(&changed),
+    );
+    let communities = reflect(
+        Api::<crd::Community>::namespaced(ctx.client.clone(), &ns),
+        Arc::clone(&changed),
+    );
+    let complete = ready(&pools).await
+        && ready(&l2).await
+        && ready(&bgp).await
+        && ready(&peers).await
+        && ready(&communities).await;
+    if !complete {
+        return;
+    }
+    loop {
+        let cfg = validate::Config {
+            pools: pools.state().iter().map(|p| (**p).clone()).collect(),
+            l2: l2.state().iter().map(|p| (**p).clone()).collect(),
+            bgp: bgp.state().iter().map(|p| (**p).clone()).collect(),
+            peers: peers.state().iter().map(|p| (**p).clone()).collect(),
+            communities: communities.state().iter().map(|p| (**p).clone()).collect(),
+        };
+        if let Err(e) = push_config(&ctx, &cfg).await {
+            tracing::warn!(error = %e, "cannot push the configuration; trying again");
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            continue;
+        }
+        let _ = reprocess.try_send(());
+        changed.notified().await;
+        // Let a burst of changes (a whole file applied) settle into one push.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn push_config(ctx: &Ctx, cfg: &validate::Config) -> Result<(), Error> {
+    let cluster = &ctx.settings.cluster;
+    let rejected = validate::check(cfg, &ctx.settings.namespace);
+    let bad = |kind: &str, name: &str| rejected.iter().any(|r| r.kind == kind && r.name == name);
+    for r in &rejected {
+        tracing::warn!(rejection = %r, "configuration object not used");
+    }
+    let mut ipam = ctx.ipam.clone();
+    let mut cs = ctx.cluster.clone();
+    let mut wanted_pools = BTreeSet::new();
+    for p in &cfg.pools {
+        if bad("IPAddressPool", &p.name_any()) {
+            continue;
+        }
+        wanted_pools.insert(p.name_any());
+        let applied = ipam
+            .apply_pool(pb::ApplyPoolRequest {
+                pool: Some(pool_to_pb(p, cluster)),
+                create_only: false,
+            })
+            .await;
+        match applied {
+            Ok(_) => {}
+            Err(s) if s.code() == Code::Unavailable => return Err(grpc(s)),
+            Err(s) => tracing::warn!(
+                pool = p.name_any(),
+                error = s.message(),
+                "IPAddressPool refused"
+            ),
+        }
+    }
+    let mine = format!("cluster/{cluster}");
+    let existing = ipam
+        .list_pools(pb::ListPoolsRequest {})
+        .await
+        .map_err(grpc)?
+        .into_inner()
+        .pools;
+    for p in existing {
+        if p.declared_by == mine && !wanted_pools.contains(&p.name) {
+            tracing::info!(pool = p.name, "IPAddressPool deleted");
+            ipam.delete_pool(pb::DeletePoolRequest { name: p.name })
+                .await
+                .map_err(grpc)?;
+        }
+    }
+    let mut wanted_ads = BTreeSet::new();
+    for a in &cfg.l2 {
+        if bad("L2Advertisement", &a.name_any()) {
+            continue;
+        }
+        wanted_ads.insert(a.name_any());
+        match cs.apply_l2_advertisement(l2_to_pb(a, cluster)).await {
+            Ok(_) => {}
+            Err(s) if s.code() == Code::Unavailable => return Err(grpc(s)),
+            Err(s) => tracing::warn!(
+                l2 = a.name_any(),
+                error = s.message(),
+                "L2Advertisement refused"
+            ),
+        }
+    }
+    let existing = cs
+        .list_l2_advertisements(pb::ListL2AdvertisementsRequest {
+            cluster: cluster.clone(),
+        })
+        .await
+        .map_err(grpc)?
+        .into_inner()
+        .advertisements;
+    for a in existing {
+        if !wanted_ads.contains(&a.name) {
+            cs.delete_l2_advertisement(pb::DeleteL2AdvertisementRequest {
+                cluster: cluster.clone(),
+                name: a.name,
+            })
+            .await
+            .map_err(grpc)?;
+        }
+    }
+    Ok(())
+}
+
+/// Reports every node's labels and NetworkUnavailable condition, and removes deleted nodes.
+async fn sync_nodes(ctx: Arc<Ctx>) {
+    let changed = Arc::new(Notify::new());
+    let store = reflect(Api::<Node>::all(ctx.client.clone()), Arc::clone(&changed));
+    if !ready(&store).await {
+        return;
+    }
+    let mut sent: BTreeMap<String, pb::Node> = BTreeMap::new();
+    loop {
+        let mut now = BTreeMap::new();
+        for n in store.state() {
+            let unavailable = n
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c.type_ == "NetworkUnavailable" && c.status == "True")
+                });
+            now.insert(
+                n.name_any(),
+                pb::Node {
+                    cluster: ctx.settings.cluster.clone(),
+                    name: n.name_any(),
+                    labels: n.labels().clone().into_iter().collect(),
+                    network_unavailable: unavailable,
+                },
+            );
+        }
+        let mut cs = ctx.cluster.clone();
+        let mut failed = false;
+        for (name, node) in &now {
+            if sent.get(name) != Some(node) && cs.apply_node(node.clone()).await.is_err() {
+                failed = true;
+            }
+        }
+        for name in sent.keys().filter(|n| !now.contains_key(*n)) {
+            let _ = cs
+                .delete_node(pb::DeleteNodeRequest {
+                    cluster: ctx.settings.cluster.clone(),
+                    name: name.clone(),
+                })
+                .await;
+        }
+        if failed {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            continue;
+        }
+        sent = now;
+        changed.notified().await;
+    }
+}

@@ -1,0 +1,76 @@
+//! `ferrolb-k8s-adapter`: watches a cluster's Services, EndpointSlices, Nodes and MetalLB's
+//! configuration objects, feeds the allocator, and writes the addresses back into the Services.
+
+use std::time::Duration;
+
+use clap::Parser;
+use ferrolb_k8s_adapter::controller::{self, Settings};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ferrolb-k8s-adapter",
+    version,
+    about = "ferrolb's Kubernetes adapter"
+)]
+struct Args {
+    /// The allocator's gRPC endpoint.
+    #[arg(
+        long,
+        env = "FERROLB_ALLOCATOR",
+        default_value = "http://127.0.0.1:7470"
+    )]
+    allocator: String,
+    /// This cluster's name at the allocator (pools say which clusters may draw from them).
+    #[arg(long, env = "FERROLB_CLUSTER")]
+    cluster: String,
+    /// The namespace of MetalLB's configuration objects.
+    #[arg(long, env = "FERROLB_NAMESPACE", default_value = "metallb-system")]
+    namespace: String,
+    /// Handle only Services of this loadBalancerClass (without it: Services without a class).
+    #[arg(long, env = "FERROLB_LB_CLASS")]
+    lb_class: Option<String>,
+    /// Seconds between full passes over every Service and lease.
+    #[arg(long, env = "FERROLB_RESYNC_SECONDS", default_value_t = 300)]
+    resync_seconds: u64,
+    /// Log filter (tracing's env-filter syntax).
+    #[arg(long, env = "FERROLB_LOG", default_value = "info")]
+    log: String,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    if args.cluster.is_empty() || args.cluster.contains('/') {
+        eprintln!("ferrolb-k8s-adapter: --cluster must be a name without '/'");
+        std::process::exit(2);
+    }
+    let client = match kube::Client::try_default().await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ferrolb-k8s-adapter: no Kubernetes API (in-cluster or KUBECONFIG): {e}");
+            std::process::exit(2);
+        }
+    };
+    let settings = Settings {
+        cluster: args.cluster,
+        namespace: args.namespace,
+        lb_class: args.lb_class,
+        allocator: args.allocator,
+        resync: Duration::from_secs(args.resync_seconds.max(1)),
+    };
+    tracing::info!(
+        cluster = settings.cluster,
+        namespace = settings.namespace,
+        "adapter started"
+    );
+    if let Err(e) = controller::run(client, settings).await {
+        eprintln!("ferrolb-k8s-adapter: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,569 @@
+//! A small Kubernetes API server for tests and benchmarks: HTTP on 127.0.0.1, real Kubernetes
+//! JSON, any resource of any group (core `/api/v1`, and `/apis/GROUP/VERSION`), namespaced or
+//! not. It lists and watches with resourceVersion (history replay, bookmarks-free, `410 Gone` for
+//! history it no longer keeps), creates, replaces (with resourceVersion conflicts), patches
+//! (merge, strategic-merge and apply patches are applied as JSON merge patches), deletes, and
+//! serves the status subresource. It is enough to drive kube-runtime's watchers and controllers,
+//! recorders and leases, not a mock of them.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+/// Where an object lives: the collection (`/api/v1/services`, `/apis/metallb.io/v1beta1/…`),
+/// and its namespace ("" for cluster-scoped objects).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Key {
+    collection: String,
+    namespace: String,
+    name: String,
+}
+
+#[derive(Debug, Clone)]
+struct Change {
+    rv: u64,
+    collection: String,
+    namespace: String,
+    kind: &'static str,
+    object: Value,
+}
+
+#[derive(Default)]
+struct State {
+    rv: u64,
+    objects: BTreeMap<Key, Value>,
+    history: Vec<Change>,
+    /// Events older than this are forgotten: watches from before it get 410 Gone.
+    compacted: u64,
+    uid: u64,
+}
+
+/// The API server's shared state; cloned handles see the same objects.
+#[derive(Clone)]
+pub struct FakeKube {
+    state: Arc<Mutex<State>>,
+    changes: broadcast::Sender<Change>,
+    pub url: String,
+}
+
+/// Which part of an API path was asked for.
+struct Target {
+    collection: String,
+    /// The request's namespace (None: every namespace, or cluster-scoped).
+    namespace: Option<String>,
+    name: Option<String>,
+    status: bool,
+}
+
+fn parse_path(path: &str) -> Option<Target> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (prefix, rest) = match segs.as_slice() {
+        ["api", v, rest @ ..] => (format!("/api/{v}"), rest),
+        ["apis", g, v, rest @ ..] => (format!("/apis/{g}/{v}"), rest),
+        _ => return None,
+    };
+    let t = |plural: &str, namespace: Option<&str>, name: Option<&str>, status: bool| Target {
+        collection: format!("{prefix}/{plural}"),
+        namespace: namespace.map(str::to_string),
+        name: name.map(str::to_string),
+        status,
+    };
+    Some(match rest {
+        ["namespaces", ns, plural] => t(plural, Some(ns), None, false),
+        ["namespaces", ns, plural, name] => t(plural, Some(ns), Some(name), false),
+        ["namespaces", ns, plural, name, "status"] => t(plural, Some(ns), Some(name), true),
+        [plural] => t(plural, None, None, false),
+        [plural, name] => t(plural, None, Some(name), false),
+        [plural, name, "status"] => t(plural, None, Some(name), true),
+        _ => return None,
+    })
+}
+
+fn status(code: StatusCode, reason: &str, message: impl Into<String>) -> Response {
+    let body = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message.into(), "reason": reason, "code": code.as_u16(),
+    });
+    (
+        code,
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn ok(code: StatusCode, v: &Value) -> Response {
+    (code, [("content-type", "application/json")], v.to_string()).into_response()
+}
+
+/// RFC 7386 JSON merge patch.
+fn merge(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(p) => {
+            if !target.is_object() {
+                *target = json!({});
+            }
+            let t = target.as_object_mut().expect("just made an object");
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
+
+fn query(uri: &Uri) -> BTreeMap<String, String> {
+    uri.query()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.replace("%2C", ",").replace("%3D", "=")))
+        .collect()
+}
+
+/// `labelSelector=a=b,c=d` (equality terms only).
+fn selected(obj: &Value, selector: Option<&String>) -> bool {
+    let Some(sel) = selector.filter(|s| !s.is_empty()) else {
+        return true;
+    };
+    sel.split(',').all(|term| match term.split_once('=') {
+        Some((k, v)) => obj["metadata"]["labels"][k].as_str() == Some(v.trim_start_matches('=')),
+        None => !obj["metadata"]["labels"][term].is_null(),
+    })
+}
+
+impl FakeKube {
+    /// Starts the server on a free port of 127.0.0.1.
+    pub async fn start() -> FakeKube {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a local port for the fake API server");
+        let addr = listener.local_addr().expect("its address");
+        let (changes, _) = broadcast::channel(100_000);
+        let fake = FakeKube {
+            state: Arc::new(Mutex::new(State::default())),
+            changes,
+            url: format!("http://{addr}"),
+        };
+        let handler = fake.clone();
+        let app = axum::Router::new().fallback(
+            move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+                let h = handler.clone();
+                async move { h.handle(method, uri, headers, body).await }
+            },
+        );
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        fake
+    }
+
+    /// A kubeconfig file that points at this server, for binaries.
+    pub fn kubeconfig(&self, path: &std::path::Path) {
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n\
+             users:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n\
+             current-context: fake\n",
+            self.url
+        );
+        std::fs::write(path, text).expect("write the kubeconfig");
+    }
+
+    /// Forgets all history up to now: watches that resume from before get 410 Gone.
+    pub fn compact(&self) {
+        let mut s = self.state.lock().expect("state");
+        s.compacted = s.rv;
+        s.history.clear();
+    }
+
+    /// The stored object, if any (`collection` as in the API path, e.g. `/api/v1/services`).
+    pub fn get(&self, collection: &str, namespace: &str, name: &str) -> Option<Value> {
+        let s = self.state.lock().expect("state");
+        s.objects
+            .get(&Key {
+                collection: collection.into(),
+                namespace: namespace.into(),
+                name: name.into(),
+            })
+            .cloned()
+    }
+
+    /// Every object of a collection.
+    pub fn list(&self, collection: &str) -> Vec<Value> {
+        let s = self.state.lock().expect("state");
+        s.objects
+            .iter()
+            .filter(|(k, _)| k.collection == collection)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// Creates or replaces an object, as `kubectl apply` of a whole object would.
+    pub fn put(&self, collection: &str, mut obj: Value) -> Value {
+        let namespace = obj["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let key = Key {
+            collection: collection.into(),
+            namespace,
+            name,
+        };
+        let mut s = self.state.lock().expect("state");
+        let kind = if s.objects.contains_key(&key) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        if let Some(old) = s.objects.get(&key) {
+            obj["metadata"]["uid"] = old["metadata"]["uid"].clone();
+            obj["metadata"]["creationTimestamp"] = old["metadata"]["creationTimestamp"].clone();
+        }
+        self.store(&mut s, key, obj, kind)
+    }
+
+    /// Deletes an object; false if there was none.
+    pub fn delete(&self, collection: &str, namespace: &str, name: &str) -> bool {
+        let key = Key {
+            collection: collection.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+        let mut s = self.state.lock().expect("state");
+        let Some(obj) = s.objects.remove(&key) else {
+            return false;
+        };
+        s.rv += 1;
+        let rv = s.rv;
+        let mut obj = obj;
+        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let change = Change {
+            rv,
+            collection: key.collection,
+            namespace: key.namespace,
+            kind: "DELETED",
+            object: obj,
+        };
+        s.history.push(change.clone());
+        let _ = self.changes.send(change);
+        true
+    }
+
+    fn store(&self, s: &mut State, key: Key, mut obj: Value, kind: &'static str) -> Value {
+        s.rv += 1;
+        let rv = s.rv;
+        if obj["metadata"]["uid"].is_null() {
+            s.uid += 1;
+            obj["metadata"]["uid"] = json!(format!("00000000-0000-0000-0000-{:012}", s.uid));
+            obj["metadata"]["creationTimestamp"] = json!("2026-11-26T00:00:00Z");
+        }
+        if !key.namespace.is_empty() {
+            obj["metadata"]["namespace"] = json!(key.namespace);
+        }
+        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+        s.objects.insert(key.clone(), obj.clone());
+        let change = Change {
+            rv,
+            collection: key.collection,
+            namespace: key.namespace,
+            kind,
+            object: obj.clone(),
+        };
+        s.history.push(change.clone());
+        let _ = self.changes.send(change);
+        obj
+    }
+
+    async fn handle(&self, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+        let Some(t) = parse_path(uri.path()) else {
+            return status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("no such path {}", uri.path()),
+            );
+        };
+        let q = query(&uri);
+        let body: Value = if body.is_empty() {
+            Value::Null
+        } else {
+            match serde_json::from_slice(&body) {
+                Ok(v) => v,
+                Err(e) => {
+                    return status(StatusCode::BAD_REQUEST, "BadRequest", format!("body: {e}"));
+                }
+            }
+        };
+        match (method, &t.name) {
+            (Method::GET, None) if q.get("watch").is_some_and(|w| w == "true" || w == "1") => {
+                self.watch(t, q)
+            }
+            (Method::GET, None) => self.list_response(&t, &q),
+            (Method::GET, Some(name)) => {
+                let s = self.state.lock().expect("state");
+                match s.objects.get(&key(&t, name)) {
+                    Some(o) => ok(StatusCode::OK, o),
+                    None => status(
+                        StatusCode::NOT_FOUND,
+                        "NotFound",
+                        format!("{name} not found"),
+                    ),
+                }
+            }
+            (Method::POST, None) => {
+                let name = body["metadata"]["name"]
+                    .as_str()
+                    .map(str::to_string)
+                    .or_else(|| {
+                        body["metadata"]["generateName"].as_str().map(|g| {
+                            let s = self.state.lock().expect("state");
+                            format!("{g}{:05}", s.uid + 1)
+                        })
+                    });
+                let Some(name) = name else {
+                    return status(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "Invalid",
+                        "metadata.name is required",
+                    );
+                };
+                let mut s = self.state.lock().expect("state");
+                let k = key(&t, &name);
+                if s.objects.contains_key(&k) {
+                    return status(
+                        StatusCode::CONFLICT,
+                        "AlreadyExists",
+                        format!("{name} already exists"),
+                    );
+                }
+                let mut obj = body;
+                obj["metadata"]["name"] = json!(name);
+                ok(StatusCode::CREATED, &self.store(&mut s, k, obj, "ADDED"))
+            }
+            (Method::PUT, Some(name)) => {
+                let mut s = self.state.lock().expect("state");
+                let k = key(&t, name);
+                let Some(old) = s.objects.get(&k).cloned() else {
+                    return status(
+                        StatusCode::NOT_FOUND,
+                        "NotFound",
+                        format!("{name} not found"),
+                    );
+                };
+                let sent_rv = body["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or_default();
+                if !sent_rv.is_empty()
+                    && Some(sent_rv) != old["metadata"]["resourceVersion"].as_str()
+                {
+                    return status(
+                        StatusCode::CONFLICT,
+                        "Conflict",
+                        "the object has been modified",
+                    );
+                }
+                let mut obj = if t.status {
+                    let mut o = old.clone();
+                    o["status"] = body["status"].clone();
+                    o
+                } else {
+                    let mut o = body;
+                    o["status"] = old["status"].clone();
+                    o
+                };
+                obj["metadata"]["uid"] = old["metadata"]["uid"].clone();
+                obj["metadata"]["creationTimestamp"] = old["metadata"]["creationTimestamp"].clone();
+                ok(StatusCode::OK, &self.store(&mut s, k, obj, "MODIFIED"))
+            }
+            (Method::PATCH, Some(name)) => {
+                let content = headers
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                if content.contains("json-patch") {
+                    return status(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        "UnsupportedMediaType",
+                        "JSON patches are not supported here",
+                    );
+                }
+                let mut s = self.state.lock().expect("state");
+                let k = key(&t, name);
+                let apply = content.contains("apply-patch");
+                let old = match s.objects.get(&k).cloned() {
+                    Some(o) => o,
+                    None if apply => {
+                        json!({"apiVersion": body["apiVersion"], "kind": body["kind"], "metadata": {"name": name}})
+                    }
+                    None => {
+                        return status(
+                            StatusCode::NOT_FOUND,
+                            "NotFound",
+                            format!("{name} not found"),
+                        );
+                    }
+                };
+                let mut patch = body;
+                if let Some(p) = patch.as_object_mut() {
+                    // The status subresource changes only the status, the object never it.
+                    if t.status {
+                        p.retain(|k, _| k == "status");
+                    } else {
+                        p.remove("status");
+                    }
+                    if let Some(m) = p.get_mut("metadata").and_then(Value::as_object_mut) {
+                        m.remove("resourceVersion");
+                        m.remove("managedFields");
+                    }
+                }
+                let mut obj = old.clone();
+                merge(&mut obj, &patch);
+                let kind = if s.objects.contains_key(&k) {
+                    "MODIFIED"
+                } else {
+                    "ADDED"
+                };
+                ok(StatusCode::OK, &self.store(&mut s, k, obj, kind))
+            }
+            (Method::DELETE, Some(name)) => {
+                let k = key(&t, name);
+                let old = self.state.lock().expect("state").objects.get(&k).cloned();
+                match old {
+                    Some(o) if self.delete(&k.collection, &k.namespace, &k.name) => {
+                        ok(StatusCode::OK, &o)
+                    }
+                    _ => status(
+                        StatusCode::NOT_FOUND,
+                        "NotFound",
+                        format!("{name} not found"),
+                    ),
+                }
+            }
+            (m, _) => status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                format!("{m} here"),
+            ),
+        }
+    }
+
+    fn list_response(&self, t: &Target, q: &BTreeMap<String, String>) -> Response {
+        let s = self.state.lock().expect("state");
+        let items: Vec<Value> = s
+            .objects
+            .iter()
+            .filter(|(k, _)| k.collection == t.collection)
+            .filter(|(k, _)| t.namespace.as_ref().is_none_or(|n| &k.namespace == n))
+            .filter(|(_, v)| selected(v, q.get("labelSelector")))
+            .map(|(_, v)| v.clone())
+            .collect();
+        let list = json!({
+            "kind": "List", "apiVersion": "v1",
+            "metadata": {"resourceVersion": s.rv.to_string()},
+            "items": items,
+        });
+        ok(StatusCode::OK, &list)
+    }
+
+    fn watch(&self, t: Target, q: BTreeMap<String, String>) -> Response {
+        let from: u64 = q
+            .get("resourceVersion")
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(0);
+        let timeout = q
+            .get("timeoutSeconds")
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(290u64);
+        let selector = q.get("labelSelector").cloned();
+        let mut rx = self.changes.subscribe();
+        let (replay, gone) = {
+            let s = self.state.lock().expect("state");
+            let gone = from != 0 && from < s.compacted;
+            let replay: Vec<Change> = s.history.iter().filter(|c| c.rv > from).cloned().collect();
+            (replay, gone)
+        };
+        let matches = {
+            let t_collection = t.collection.clone();
+            let t_namespace = t.namespace.clone();
+            move |c: &Change| {
+                c.collection == t_collection
+                    && t_namespace.as_ref().is_none_or(|n| &c.namespace == n)
+                    && selected(&c.object, selector.as_ref())
+            }
+        };
+        let line = |c: &Change| format!("{}\n", json!({"type": c.kind, "object": c.object}));
+        let stream = async_stream(move |tx| async move {
+            if gone {
+                let err = json!({"type": "ERROR", "object": {
+                    "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Expired",
+                    "code": 410, "message": format!("too old resource version: {from}"),
+                }});
+                let _ = tx.send(format!("{err}\n")).await;
+                return;
+            }
+            let mut last = from;
+            for c in replay.iter().filter(|c| matches(c)) {
+                last = c.rv;
+                if tx.send(line(c)).await.is_err() {
+                    return;
+                }
+            }
+            let deadline = tokio::time::sleep(Duration::from_secs(timeout));
+            tokio::pin!(deadline);
+            loop {
+                tokio::select! {
+                    _ = &mut deadline => return,
+                    c = rx.recv() => match c {
+                        Ok(c) if c.rv > last && matches(&c) => {
+                            last = c.rv;
+                            if tx.send(line(&c)).await.is_err() { return; }
+                        }
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Lagged(_)) => return,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            }
+        });
+        Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "application/json")
+            .body(Body::from_stream(
+                stream.map(Ok::<_, std::convert::Infallible>),
+            ))
+            .expect("a streaming response")
+    }
+}
+
+fn key(t: &Target, name: &str) -> Key {
+    Key {
+        collection: t.collection.clone(),
+        namespace: t.namespace.clone().unwrap_or_default(),
+        name: name.to_string(),
+    }
+}
+
+/// A stream fed by a task through a channel.
+fn async_stream<F, Fut>(f: F) -> impl futures::Stream<Item = String>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<String>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(f(tx));
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}

@@ -1,0 +1,208 @@
+//! The Kubernetes adapter against the fake API server (real Kubernetes JSON, list and watch) and
+//! a real allocator: the home-lab scenario's YAML applied unchanged gives `default/home-nginx`
+//! 192.168.1.240 in its status, with MetalLB's annotation and event; deleting the Service
+//! releases the address; a watch that lost its history (410 Gone) recovers.
+#![allow(clippy::unwrap_used)]
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ferrolb_e2e::fakekube::FakeKube;
+use ferrolb_e2e::home::scenarios;
+use ferrolb_e2e::{Allocator, TempDir, bin};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+const SERVICES: &str = "/api/v1/services";
+
+/// Where a kind lives in the API.
+fn collection(kind: &str) -> &'static str {
+    match kind {
+        "IPAddressPool" => "/apis/metallb.io/v1beta1/ipaddresspools",
+        "L2Advertisement" => "/apis/metallb.io/v1beta1/l2advertisements",
+        "BGPAdvertisement" => "/apis/metallb.io/v1beta1/bgpadvertisements",
+        "BGPPeer" => "/apis/metallb.io/v1beta2/bgppeers",
+        other => panic!("no collection for {other}"),
+    }
+}
+
+/// `kubectl apply -f FILE`, unchanged.
+fn apply_file(kube: &FakeKube, file: &str) {
+    let text = std::fs::read_to_string(scenarios().join(file)).unwrap();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let v: Value = serde_json::to_value(serde_yaml::Value::deserialize(doc).unwrap()).unwrap();
+        if v.is_null() {
+            continue;
+        }
+        kube.put(collection(v["kind"].as_str().unwrap()), v);
+    }
+}
+
+fn service(name: &str, ports: &[(u16, &str)]) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "default", "labels": {"app": name}},
+        "spec": {
+            "type": "LoadBalancer",
+            "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
+            "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
+            "selector": {"app": name},
+            "ports": ports.iter().map(|(p, proto)| json!({"port": p, "protocol": proto})).collect::<Vec<_>>(),
+        },
+        "status": {"loadBalancer": {}},
+    })
+}
+
+fn slice(service: &str, nodes: &[&str]) -> Value {
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": format!("{service}-abc"), "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "endpoints": nodes.iter().enumerate().map(|(i, n)| json!({
+            "addresses": [format!("10.244.0.{}", i + 10)],
+            "conditions": {"ready": true, "serving": true},
+            "nodeName": n,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn ingress(kube: &FakeKube, name: &str) -> Vec<String> {
+    kube.get(SERVICES, "default", name)
+        .map(|s| {
+            s["status"]["loadBalancer"]["ingress"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i["ip"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < within, "{what} within {within:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+struct Adapter(Child);
+
+impl Adapter {
+    fn start(kube: &FakeKube, alloc: &Allocator, dir: &TempDir) -> Adapter {
+        let config = dir.0.join("kubeconfig");
+        kube.kubeconfig(&config);
+        let child = Command::new(bin("ferrolb-k8s-adapter"))
+            .args(["--allocator", &alloc.url(), "--cluster", "home"])
+            .env("KUBECONFIG", &config)
+            .env(
+                "FERROLB_LOG",
+                std::env::var("FERROLB_E2E_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start ferrolb-k8s-adapter");
+        Adapter(child)
+    }
+}
+
+impl Drop for Adapter {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_yaml_gives_home_nginx_its_address() {
+    let kube = FakeKube::start().await;
+    let alloc = Allocator::start(None, &[]);
+    let dir = TempDir::new("ferrolb-adapter");
+    kube.put(
+        "/api/v1/namespaces",
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}}),
+    );
+    apply_file(&kube, "home-ip-pool.yaml");
+    let _adapter = Adapter::start(&kube, &alloc, &dir);
+
+    // kubectl expose deployment nginx --type=LoadBalancer --port=80
+    kube.put(SERVICES, service("home-nginx", &[(80, "TCP")]));
+    kube.put(
+        "/apis/discovery.k8s.io/v1/endpointslices",
+        slice("home-nginx", &["n1", "n2"]),
+    );
+    let k = kube.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for(
+            "home-nginx gets 192.168.1.240",
+            Duration::from_secs(20),
+            || ingress(&k, "home-nginx") == ["192.168.1.240"],
+        )
+    })
+    .await
+    .unwrap();
+    // MetalLB's annotation and event follow.
+    let k = kube.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for(
+            "the annotation and the IPAllocated event",
+            Duration::from_secs(10),
+            || {
+                let svc = k.get(SERVICES, "default", "home-nginx").unwrap();
+                let events = k.list("/apis/events.k8s.io/v1/events");
+                svc["metadata"]["annotations"]["metallb.io/ip-allocated-from-pool"] == "home-pool"
+                    && events.iter().any(|e| {
+                        e["reason"] == "IPAllocated" && e["regarding"]["name"] == "home-nginx"
+                    })
+            },
+        )
+    })
+    .await
+    .unwrap();
+
+    // The allocator knows the Service's endpoints and the cluster's advertisement.
+    let mut ipam = alloc.client("cluster/home").await;
+    let lease = ipam
+        .get_lease(ferrolb_proto::v1::GetLeaseRequest {
+            owner: Some(ferrolb_e2e::service("home", "default", "home-nginx")),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(lease.ips, ["192.168.1.240"]);
+
+    // A watch that lost its history starts over (410 Gone), and the next Service is served.
+    kube.compact();
+    kube.put(SERVICES, service("second", &[(443, "TCP")]));
+    let k = kube.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for(
+            "second gets the next address",
+            Duration::from_secs(20),
+            || ingress(&k, "second") == ["192.168.1.241"],
+        )
+    })
+    .await
+    .unwrap();
+
+    // The Service goes away: its address is released.
+    assert!(kube.delete(SERVICES, "default", "home-nginx"));
+    let url = alloc.url();
+    tokio::task::spawn_blocking(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        wait_for("the lease is released", Duration::from_secs(20), || {
+            rt.block_on(async {
+                let mut c = ferrolb_e2e::client(&url, "cluster/home").await;
+                c.get_lease(ferrolb_proto::v1::GetLeaseRequest {
+                    owner: Some(ferrolb_e2e::service("home", "default", "home-nginx")),
+                })
+                .await
+                .is_err_and(|s| s.code() == tonic::Code::NotFound)
+            })
+        })
+    })
+    .await
+    .unwrap();
+}
