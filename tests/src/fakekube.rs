@@ -146,9 +146,14 @@ fn selected(obj: &Value, selector: Option<&String>) -> bool {
 impl FakeKube {
     /// Starts the server on a free port of 127.0.0.1.
     pub async fn start() -> FakeKube {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        FakeKube::start_on("127.0.0.1:0").await
+    }
+
+    /// Starts the server on `addr`.
+    pub async fn start_on(addr: &str) -> FakeKube {
+        let listener = tokio::net::TcpListener::bind(addr)
             .await
-            .expect("a local port for the fake API server");
+            .unwrap_or_else(|e| panic!("cannot listen on {addr} for the fake API server: {e}"));
         let addr = listener.local_addr().expect("its address");
         let (changes, _) = broadcast::channel(100_000);
         let fake = FakeKube {

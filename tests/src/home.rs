@@ -13,6 +13,41 @@ use serde_json::Value;
 
 use crate::{Lab, TempDir, bin};
 
+/// The fake Kubernetes API server inside the lab's router, driven over its standard input.
+pub struct LabKube {
+    child: Child,
+    input: std::process::ChildStdin,
+    output: BufReader<std::process::ChildStdout>,
+}
+
+impl LabKube {
+    fn command(&mut self, line: &str) -> Value {
+        use std::io::Write;
+        writeln!(self.input, "{line}").expect("fake-kube takes commands");
+        let mut answer = String::new();
+        self.output
+            .read_line(&mut answer)
+            .expect("fake-kube answers");
+        serde_json::from_str(&answer).unwrap_or_else(|e| panic!("fake-kube said {answer:?}: {e}"))
+    }
+
+    /// Creates or replaces an object in `collection` (an API path such as `/api/v1/services`).
+    pub fn put(&mut self, collection: &str, obj: &Value) -> Value {
+        self.command(&format!("put {collection} {obj}"))
+    }
+
+    pub fn get(&mut self, collection: &str, namespace: &str, name: &str) -> Value {
+        self.command(&format!("get {collection} {namespace} {name}"))
+    }
+}
+
+impl Drop for LabKube {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 pub const NODES: [&str; 3] = ["n1", "n2", "n3"];
 /// The allocator's gRPC endpoint inside the lab.
 pub const SERVER: &str = "http://10.250.0.1:7470";
@@ -169,6 +204,50 @@ impl HomeLab {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The fake Kubernetes API server on 10.250.0.1:6443 in the router, and a kubeconfig for it.
+    pub fn start_kube(&self) -> LabKube {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &format!("{}-router", self.lab.0)])
+            .arg(bin("fake-kube"))
+            .arg("10.250.0.1:6443")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start fake-kube");
+        let input = child.stdin.take().expect("fake-kube stdin");
+        let output = BufReader::new(child.stdout.take().expect("fake-kube stdout"));
+        let mut kube = LabKube {
+            child,
+            input,
+            output,
+        };
+        // It answers once it serves.
+        kube.command("list /api/v1/namespaces");
+        std::fs::write(
+            self.dir.0.join("kubeconfig"),
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: http://10.250.0.1:6443\n\
+             users:\n- name: lab\n  user: {}\ncontexts:\n- name: lab\n  context:\n    cluster: lab\n    user: lab\n\
+             current-context: lab\n",
+        )
+        .expect("write the lab's kubeconfig");
+        kube
+    }
+
+    /// The Kubernetes adapter in the router, for cluster `home`, against the lab's API server.
+    pub fn start_adapter(&self) -> Child {
+        let log = std::fs::File::create(self.dir.0.join("adapter.log")).expect("adapter log");
+        Command::new("ip")
+            .args(["netns", "exec", &format!("{}-router", self.lab.0)])
+            .arg(bin("ferrolb-k8s-adapter"))
+            .args(["--allocator", SERVER, "--cluster", CLUSTER])
+            .env("KUBECONFIG", self.dir.0.join("kubeconfig"))
+            .env("FERROLB_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start ferrolb-k8s-adapter")
     }
 
     /// SIGKILL of the allocator.
@@ -454,7 +533,7 @@ impl HomeLab {
     /// The last lines of every log, for failure messages.
     pub fn logs(&self) -> String {
         let mut s = String::new();
-        for name in ["allocator", "n1", "n2", "n3"] {
+        for name in ["allocator", "adapter", "n1", "n2", "n3"] {
             let log = self.log(name);
             let lines: Vec<&str> = log.lines().collect();
             s += &format!("--- {name}.log\n");

@@ -375,3 +375,60 @@ fn malformed_frames_are_dropped_and_counted() {
         1
     );
 }
+
+/// The whole path: MetalLB's YAML and a Service created through the Kubernetes API, the adapter,
+/// the allocator and the announcers: the Service's status shows 192.168.1.240 and the client
+/// reaches it.
+#[test]
+fn a_service_created_through_kubernetes_answers_on_the_lan() {
+    let lab = HomeLab::up("kb", Options::default());
+    let mut kube = lab.start_kube();
+    let mut adapter = lab.start_adapter();
+    let file =
+        std::fs::read_to_string(ferrolb_e2e::home::scenarios().join("home-ip-pool.yaml")).unwrap();
+    for doc in file.split("\n---") {
+        let v: serde_json::Value = serde_yaml::from_str(doc).unwrap();
+        let collection = match v["kind"].as_str() {
+            Some("IPAddressPool") => "/apis/metallb.io/v1beta1/ipaddresspools",
+            Some("L2Advertisement") => "/apis/metallb.io/v1beta1/l2advertisements",
+            other => panic!("unexpected kind {other:?}"),
+        };
+        kube.put(collection, &v);
+    }
+    let svc = serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "home-nginx", "namespace": "default"},
+        "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
+                 "selector": {"app": "nginx"}, "ports": [{"port": 80, "protocol": "TCP"}]},
+    });
+    kube.put("/api/v1/services", &svc);
+    let slice = serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "home-nginx-1", "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": "home-nginx"}},
+        "addressType": "IPv4",
+        "endpoints": NODES.iter().map(|n| serde_json::json!({
+            "addresses": ["10.244.0.10"], "conditions": {"ready": true}, "nodeName": n,
+        })).collect::<Vec<_>>(),
+    });
+    kube.put("/apis/discovery.k8s.io/v1/endpointslices", &slice);
+
+    let start = std::time::Instant::now();
+    loop {
+        let s = kube.get("/api/v1/services", "default", "home-nginx");
+        if s["status"]["loadBalancer"]["ingress"][0]["ip"] == VIP {
+            break;
+        }
+        assert!(
+            start.elapsed() < 20 * SECOND,
+            "no ingress: {s}\n{}",
+            lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let owner = lab.wait_owner(VIP, 10 * SECOND, Result::is_ok).unwrap();
+    assert_eq!(lab.curl_until(VIP, 10 * SECOND, |_| true), owner);
+    arping_settles(&lab, VIP, Some(&owner));
+    let _ = adapter.kill();
+    let _ = adapter.wait();
+}
