@@ -120,8 +120,21 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), String> {
 
     // Configuration and nodes: every change is pushed, then every Service is looked at again.
     let (reprocess_tx, reprocess_rx) = mpsc::channel::<()>(16);
-    tokio::spawn(sync_config(Arc::clone(&ctx), reprocess_tx.clone()));
+    let (configured_tx, mut configured) = tokio::sync::watch::channel(false);
+    tokio::spawn(sync_config(
+        Arc::clone(&ctx),
+        reprocess_tx.clone(),
+        configured_tx,
+    ));
     tokio::spawn(sync_nodes(Arc::clone(&ctx)));
+
+    // Services that already show addresses claim them — once the pools are in place — before
+    // any other Service is served, so that a restart (or the move from MetalLB) never hands one
+    // of them to somebody else.
+    if configured.wait_for(|done| *done).await.is_err() {
+        return Err("the configuration loop ended".into());
+    }
+    claim_existing(&ctx).await;
 
     let services: Api<Service> = Api::all(client.clone());
     let controller = Controller::new(services, watcher::Config::default());
@@ -161,6 +174,47 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), String> {
         })
         .await;
     Ok(())
+}
+
+/// Lists every Service (until a list succeeds) and claims the addresses they show.
+async fn claim_existing(ctx: &Ctx) {
+    let api: Api<Service> = Api::all(ctx.client.clone());
+    let list = loop {
+        match api.list(&Default::default()).await {
+            Ok(l) => break l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list Services; trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    ready(&ctx.namespaces).await;
+    let mut claimed = 0;
+    for svc in list
+        .items
+        .iter()
+        .filter(|s| !service::current_ips(s).is_empty())
+    {
+        let ns = svc.namespace().unwrap_or_default();
+        let ns_labels = ctx
+            .namespaces
+            .get(&ObjectRef::new(&ns))
+            .map(|n| n.labels().clone())
+            .unwrap_or_default();
+        let decision = service::decide(
+            svc,
+            &ctx.settings.cluster,
+            ctx.settings.lb_class.as_deref(),
+            &ns_labels,
+        );
+        if let Decision::Allocate(req, _) = decision {
+            match allocate(ctx, svc, *req).await {
+                Ok(()) => claimed += 1,
+                Err(e) => tracing::warn!(service = svc.name_any(), error = %e, "cannot claim"),
+            }
+        }
+    }
+    tracing::info!(services = claimed, "addresses already shown are claimed");
 }
 
 fn error_policy(_: Arc<Service>, e: &Error, _: Arc<Ctx>) -> Action {
@@ -588,7 +642,11 @@ fn l2_to_pb(a: &L2Advertisement, cluster: &str) -> pb::L2Advertisement {
 /// Watches MetalLB's configuration objects in the namespace; on every change applies the valid
 /// ones, reports the rejected ones, removes what was deleted, and asks for every Service to be
 /// looked at again.
-async fn sync_config(ctx: Arc<Ctx>, reprocess: mpsc::Sender<()>) {
+async fn sync_config(
+    ctx: Arc<Ctx>,
+    reprocess: mpsc::Sender<()>,
+    configured: tokio::sync::watch::Sender<bool>,
+) {
     let ns = ctx.settings.namespace.clone();
     let changed = Arc::new(Notify::new());
     let pools = reflect(
@@ -632,6 +690,7 @@ async fn sync_config(ctx: Arc<Ctx>, reprocess: mpsc::Sender<()>) {
             tokio::time::sleep(Duration::from_secs(2)).await;
             continue;
         }
+        configured.send_replace(true);
         let _ = reprocess.try_send(());
         changed.notified().await;
         // Let a burst of changes (a whole file applied) settle into one push.

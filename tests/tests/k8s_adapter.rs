@@ -1,7 +1,8 @@
 //! The Kubernetes adapter against the fake API server (real Kubernetes JSON, list and watch) and
 //! a real allocator: the home-lab scenario's YAML applied unchanged gives `default/home-nginx`
 //! 192.168.1.240 in its status, with MetalLB's annotation and event; deleting the Service
-//! releases the address; a watch that lost its history (410 Gone) recovers.
+//! releases the address; a watch that lost its history (410 Gone) recovers. Services that
+//! MetalLB served keep their addresses, restarts move nothing, and two clusters share a pool.
 #![allow(clippy::unwrap_used)]
 
 use std::process::{Child, Command, Stdio};
@@ -92,10 +93,14 @@ struct Adapter(Child);
 
 impl Adapter {
     fn start(kube: &FakeKube, alloc: &Allocator, dir: &TempDir) -> Adapter {
-        let config = dir.0.join("kubeconfig");
+        Adapter::for_cluster(kube, alloc, dir, "home")
+    }
+
+    fn for_cluster(kube: &FakeKube, alloc: &Allocator, dir: &TempDir, cluster: &str) -> Adapter {
+        let config = dir.0.join(format!("kubeconfig-{cluster}"));
         kube.kubeconfig(&config);
         let child = Command::new(bin("ferrolb-k8s-adapter"))
-            .args(["--allocator", &alloc.url(), "--cluster", "home"])
+            .args(["--allocator", &alloc.url(), "--cluster", cluster])
             .env("KUBECONFIG", &config)
             .env(
                 "FERROLB_LOG",
@@ -205,4 +210,104 @@ async fn scenario_yaml_gives_home_nginx_its_address() {
     })
     .await
     .unwrap();
+}
+
+/// Waits, off the runtime's threads, until `name` shows exactly `ips`.
+async fn until_ingress(kube: &FakeKube, name: &str, ips: &[&str]) {
+    let (k, name) = (kube.clone(), name.to_string());
+    let want: Vec<String> = ips.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        wait_for(
+            &format!("{name} shows {want:?}"),
+            Duration::from_secs(20),
+            || ingress(&k, &name) == want,
+        )
+    })
+    .await
+    .unwrap();
+}
+
+fn with_status(mut svc: Value, ip: &str) -> Value {
+    svc["status"] = json!({"loadBalancer": {"ingress": [{"ip": ip}]}});
+    svc
+}
+
+/// Services that MetalLB gave addresses keep exactly those when ferrolb takes over, and no
+/// address changes when the adapter and the allocator restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_and_restarts_keep_every_address() {
+    let kube = FakeKube::start().await;
+    let db = ferrolb_e2e::PgDb::new();
+    let dir = TempDir::new("ferrolb-adapter");
+    apply_file(&kube, "home-ip-pool.yaml");
+    // As MetalLB left them: not in address order.
+    kube.put(
+        SERVICES,
+        with_status(service("web", &[(80, "TCP")]), "192.168.1.243"),
+    );
+    kube.put(
+        SERVICES,
+        with_status(service("dns", &[(53, "UDP")]), "192.168.1.240"),
+    );
+    kube.put(SERVICES, service("new", &[(8080, "TCP")]));
+    let alloc = Allocator::start(Some(&db.url), &[]);
+    let adapter = Adapter::start(&kube, &alloc, &dir);
+    until_ingress(&kube, "web", &["192.168.1.243"]).await;
+    until_ingress(&kube, "dns", &["192.168.1.240"]).await;
+    until_ingress(&kube, "new", &["192.168.1.241"]).await;
+
+    // Everything restarts; nothing moves.
+    drop(adapter);
+    drop(alloc);
+    let alloc = Allocator::start(Some(&db.url), &[]);
+    let _adapter = Adapter::start(&kube, &alloc, &dir);
+    kube.put(SERVICES, service("later", &[(80, "TCP")]));
+    until_ingress(&kube, "later", &["192.168.1.242"]).await;
+    for (name, ip) in [
+        ("web", "192.168.1.243"),
+        ("dns", "192.168.1.240"),
+        ("new", "192.168.1.241"),
+    ] {
+        assert_eq!(ingress(&kube, name), [ip], "{name}");
+    }
+}
+
+/// Two clusters, each with its own API server and adapter, draw from one pool the operator
+/// opened to both: their Services never get the same address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clusters_share_a_pool_without_collisions() {
+    let alloc = Allocator::start(None, &[]);
+    let mut admin = alloc.client("admin").await;
+    let mut shared = ferrolb_e2e::pool("shared", &["10.77.0.0/28"]);
+    shared.clusters = vec!["east".into(), "west".into()];
+    ferrolb_e2e::apply(&mut admin, shared).await;
+    let dir = TempDir::new("ferrolb-adapter");
+    let east = FakeKube::start().await;
+    let west = FakeKube::start().await;
+    let _a = Adapter::for_cluster(&east, &alloc, &dir, "east");
+    let _b = Adapter::for_cluster(&west, &alloc, &dir, "west");
+    for i in 0..6 {
+        east.put(SERVICES, service(&format!("e{i}"), &[(80, "TCP")]));
+        west.put(SERVICES, service(&format!("w{i}"), &[(80, "TCP")]));
+    }
+    let (e, w) = (east.clone(), west.clone());
+    let all = tokio::task::spawn_blocking(move || {
+        let mut all = vec![];
+        wait_for(
+            "twelve Services with addresses",
+            Duration::from_secs(20),
+            || {
+                all = (0..6)
+                    .flat_map(|i| [ingress(&e, &format!("e{i}")), ingress(&w, &format!("w{i}"))])
+                    .flatten()
+                    .collect::<Vec<_>>();
+                all.len() == 12
+            },
+        );
+        all
+    })
+    .await
+    .unwrap();
+    let distinct: std::collections::BTreeSet<&String> = all.iter().collect();
+    assert_eq!(distinct.len(), 12, "{all:?}");
 }
