@@ -64,6 +64,7 @@ struct Ctx {
     namespaces: Store<Namespace>,
     slices: Store<EndpointSlice>,
     recorder: Recorder,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +80,11 @@ fn grpc(s: Status) -> Error {
 }
 
 /// Runs the adapter until a loop ends (it should not).
-pub async fn run(client: Client, settings: Settings) -> Result<(), String> {
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    metrics: Arc<crate::metrics::Metrics>,
+) -> Result<(), String> {
     let caller = CallerHeader(
         format!("cluster/{}", settings.cluster)
             .parse()
@@ -116,6 +121,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), String> {
         namespaces,
         slices,
         recorder,
+        metrics,
     });
 
     // Configuration and nodes: every change is pushed, then every Service is looked at again.
@@ -700,19 +706,19 @@ async fn sync_config(
 
 async fn push_config(ctx: &Ctx, cfg: &validate::Config) -> Result<(), Error> {
     let cluster = &ctx.settings.cluster;
-    let rejected = validate::check(cfg, &ctx.settings.namespace);
-    let bad = |kind: &str, name: &str| rejected.iter().any(|r| r.kind == kind && r.name == name);
-    for r in &rejected {
-        tracing::warn!(rejection = %r, "configuration object not used");
-    }
+    let mut rejected = validate::check(cfg, &ctx.settings.namespace);
+    let bad = |rejected: &[validate::Rejection], kind: &str, name: &str| {
+        rejected.iter().any(|r| r.kind == kind && r.name == name)
+    };
     let mut ipam = ctx.ipam.clone();
     let mut cs = ctx.cluster.clone();
-    let mut wanted_pools = BTreeSet::new();
+    // Every object present keeps what it last had at the allocator; only the good ones are
+    // (re)applied, and only objects that are gone are removed.
+    let present_pools: BTreeSet<String> = cfg.pools.iter().map(|p| p.name_any()).collect();
     for p in &cfg.pools {
-        if bad("IPAddressPool", &p.name_any()) {
+        if bad(&rejected, "IPAddressPool", &p.name_any()) {
             continue;
         }
-        wanted_pools.insert(p.name_any());
         let applied = ipam
             .apply_pool(pb::ApplyPoolRequest {
                 pool: Some(pool_to_pb(p, cluster)),
@@ -722,11 +728,7 @@ async fn push_config(ctx: &Ctx, cfg: &validate::Config) -> Result<(), Error> {
         match applied {
             Ok(_) => {}
             Err(s) if s.code() == Code::Unavailable => return Err(grpc(s)),
-            Err(s) => tracing::warn!(
-                pool = p.name_any(),
-                error = s.message(),
-                "IPAddressPool refused"
-            ),
+            Err(s) => rejected.push(refused("IPAddressPool", &p.name_any(), &s)),
         }
     }
     let mine = format!("cluster/{cluster}");
@@ -737,27 +739,22 @@ async fn push_config(ctx: &Ctx, cfg: &validate::Config) -> Result<(), Error> {
         .into_inner()
         .pools;
     for p in existing {
-        if p.declared_by == mine && !wanted_pools.contains(&p.name) {
+        if p.declared_by == mine && !present_pools.contains(&p.name) {
             tracing::info!(pool = p.name, "IPAddressPool deleted");
             ipam.delete_pool(pb::DeletePoolRequest { name: p.name })
                 .await
                 .map_err(grpc)?;
         }
     }
-    let mut wanted_ads = BTreeSet::new();
+    let present_ads: BTreeSet<String> = cfg.l2.iter().map(|a| a.name_any()).collect();
     for a in &cfg.l2 {
-        if bad("L2Advertisement", &a.name_any()) {
+        if bad(&rejected, "L2Advertisement", &a.name_any()) {
             continue;
         }
-        wanted_ads.insert(a.name_any());
         match cs.apply_l2_advertisement(l2_to_pb(a, cluster)).await {
             Ok(_) => {}
             Err(s) if s.code() == Code::Unavailable => return Err(grpc(s)),
-            Err(s) => tracing::warn!(
-                l2 = a.name_any(),
-                error = s.message(),
-                "L2Advertisement refused"
-            ),
+            Err(s) => rejected.push(refused("L2Advertisement", &a.name_any(), &s)),
         }
     }
     let existing = cs
@@ -769,7 +766,7 @@ async fn push_config(ctx: &Ctx, cfg: &validate::Config) -> Result<(), Error> {
         .into_inner()
         .advertisements;
     for a in existing {
-        if !wanted_ads.contains(&a.name) {
+        if !present_ads.contains(&a.name) {
             cs.delete_l2_advertisement(pb::DeleteL2AdvertisementRequest {
                 cluster: cluster.clone(),
                 name: a.name,
@@ -778,7 +775,109 @@ async fn push_config(ctx: &Ctx, cfg: &validate::Config) -> Result<(), Error> {
             .map_err(grpc)?;
         }
     }
+    let mut counts: BTreeMap<&'static str, i64> = BTreeMap::new();
+    for r in &rejected {
+        *counts.entry(r.kind).or_default() += 1;
+    }
+    for kind in [
+        "IPAddressPool",
+        "L2Advertisement",
+        "BGPAdvertisement",
+        "BGPPeer",
+        "Community",
+    ] {
+        ctx.metrics
+            .set_rejected(kind, counts.get(kind).copied().unwrap_or(0));
+    }
+    for p in &cfg.pools {
+        report(ctx, p, &rejected).await;
+    }
+    for o in &cfg.l2 {
+        report(ctx, o, &rejected).await;
+    }
+    for o in &cfg.bgp {
+        report(ctx, o, &rejected).await;
+    }
+    for o in &cfg.peers {
+        report(ctx, o, &rejected).await;
+    }
+    for o in &cfg.communities {
+        report(ctx, o, &rejected).await;
+    }
     Ok(())
+}
+
+/// The allocator refused an object: its message names the field.
+fn refused(kind: &'static str, name: &str, s: &Status) -> validate::Rejection {
+    validate::Rejection {
+        kind,
+        name: name.to_string(),
+        field: "spec".into(),
+        message: s.message().to_string(),
+        transient: false,
+    }
+}
+
+/// Writes an object's `Valid` condition when it changes, with an event when it goes bad. A
+/// rejected object keeps what it last had at the allocator.
+async fn report<K>(ctx: &Ctx, obj: &K, rejected: &[validate::Rejection])
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+{
+    let kind = K::kind(&());
+    let name = obj.name_any();
+    let rejection = rejected.iter().find(|r| r.kind == kind && r.name == name);
+    let (status, reason, message) = match rejection {
+        None => ("True", "Reconciled", String::new()),
+        Some(r) if r.transient => ("False", "Pending", r.to_string()),
+        Some(r) => ("False", "ConfigurationError", r.to_string()),
+    };
+    let current = serde_json::to_value(obj).unwrap_or_default();
+    let valid = current["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Valid");
+    if valid.is_some_and(|c| {
+        c["status"] == status && c["reason"] == reason && c["message"] == message.as_str()
+    }) {
+        return;
+    }
+    if let Some(r) = rejection {
+        tracing::warn!(rejection = %r, "configuration object not used");
+        let ev = KubeEvent {
+            type_: EventType::Warning,
+            reason: reason.into(),
+            note: Some(r.to_string()),
+            action: "Validate".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&ev, &obj.object_ref(&())).await {
+            tracing::debug!(error = %e, "cannot record an event");
+        }
+    }
+    let condition = k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        type_: "Valid".into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: obj.meta().generation,
+        last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        ),
+    };
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
+    let patch = json!({"status": {"conditions": [condition]}});
+    if let Err(e) = api
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        tracing::debug!(error = %e, object = name, "cannot write the status");
+    }
 }
 
 /// Reports every node's labels and NetworkUnavailable condition, and removes deleted nodes.

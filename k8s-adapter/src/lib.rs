@@ -3,5 +3,6 @@
 
 pub mod controller;
 pub mod crd;
+pub mod metrics;
 pub mod service;
 pub mod validate;

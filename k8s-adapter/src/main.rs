@@ -1,10 +1,12 @@
 //! `ferrolb-k8s-adapter`: watches a cluster's Services, EndpointSlices, Nodes and MetalLB's
 //! configuration objects, feeds the allocator, and writes the addresses back into the Services.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 use ferrolb_k8s_adapter::controller::{self, Settings};
+use ferrolb_k8s_adapter::metrics::Metrics;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -32,6 +34,9 @@ struct Args {
     /// Seconds between full passes over every Service and lease.
     #[arg(long, env = "FERROLB_RESYNC_SECONDS", default_value_t = 300)]
     resync_seconds: u64,
+    /// Prometheus metrics address (`/metrics`); `off` disables it.
+    #[arg(long, env = "FERROLB_METRICS_LISTEN", default_value = "127.0.0.1:7473")]
+    metrics_listen: String,
     /// Log filter (tracing's env-filter syntax).
     #[arg(long, env = "FERROLB_LOG", default_value = "info")]
     log: String,
@@ -49,6 +54,35 @@ async fn main() {
     if args.cluster.is_empty() || args.cluster.contains('/') {
         eprintln!("ferrolb-k8s-adapter: --cluster must be a name without '/'");
         std::process::exit(2);
+    }
+    let metrics = Arc::new(Metrics::new());
+    if args.metrics_listen != "off" {
+        let addr: std::net::SocketAddr = args.metrics_listen.parse().unwrap_or_else(|_| {
+            eprintln!(
+                "ferrolb-k8s-adapter: --metrics-listen {:?} is not an address or off",
+                args.metrics_listen
+            );
+            std::process::exit(2)
+        });
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .unwrap_or_else(|e| {
+                eprintln!("ferrolb-k8s-adapter: cannot listen on {addr} for metrics: {e}");
+                std::process::exit(2)
+            });
+        let m = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            let app = axum::Router::new().route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let m = Arc::clone(&m);
+                    async move { m.encode() }
+                }),
+            );
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "metrics server stopped");
+            }
+        });
     }
     let client = match kube::Client::try_default().await {
         Ok(c) => c,
@@ -69,7 +103,7 @@ async fn main() {
         namespace = settings.namespace,
         "adapter started"
     );
-    if let Err(e) = controller::run(client, settings).await {
+    if let Err(e) = controller::run(client, settings, metrics).await {
         eprintln!("ferrolb-k8s-adapter: {e}");
         std::process::exit(1);
     }

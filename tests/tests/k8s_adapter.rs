@@ -89,7 +89,7 @@ fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
-struct Adapter(Child);
+struct Adapter(Child, u16);
 
 impl Adapter {
     fn start(kube: &FakeKube, alloc: &Allocator, dir: &TempDir) -> Adapter {
@@ -99,8 +99,10 @@ impl Adapter {
     fn for_cluster(kube: &FakeKube, alloc: &Allocator, dir: &TempDir, cluster: &str) -> Adapter {
         let config = dir.0.join(format!("kubeconfig-{cluster}"));
         kube.kubeconfig(&config);
+        let port = ferrolb_e2e::free_port();
         let child = Command::new(bin("ferrolb-k8s-adapter"))
             .args(["--allocator", &alloc.url(), "--cluster", cluster])
+            .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
             .env("KUBECONFIG", &config)
             .env(
                 "FERROLB_LOG",
@@ -109,7 +111,18 @@ impl Adapter {
             .stdout(Stdio::null())
             .spawn()
             .expect("start ferrolb-k8s-adapter");
-        Adapter(child)
+        Adapter(child, port)
+    }
+
+    /// A figure from the adapter's metrics, if it is there.
+    fn metric(&self, line_start: &str) -> Option<String> {
+        let out = Command::new("curl")
+            .args(["-s", &format!("http://127.0.0.1:{}/metrics", self.1)])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix(line_start).map(|v| v.trim().to_string()))
     }
 }
 
@@ -310,4 +323,89 @@ async fn two_clusters_share_a_pool_without_collisions() {
     .unwrap();
     let distinct: std::collections::BTreeSet<&String> = all.iter().collect();
     assert_eq!(distinct.len(), 12, "{all:?}");
+}
+
+fn valid_condition(kube: &FakeKube, collection: &str, name: &str) -> (String, String) {
+    let o = kube
+        .get(collection, "metallb-system", name)
+        .unwrap_or_default();
+    let c = o["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Valid")
+        .cloned()
+        .unwrap_or_default();
+    (
+        c["status"].as_str().unwrap_or_default().to_string(),
+        c["message"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+/// A bad object is reported in its status, an event and a metric, and never stops the good
+/// configuration: an edit that breaks a pool leaves its last good version serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_objects_are_reported_and_the_good_configuration_keeps_serving() {
+    let kube = FakeKube::start().await;
+    let alloc = Allocator::start(None, &[]);
+    let dir = TempDir::new("ferrolb-adapter");
+    apply_file(&kube, "home-ip-pool.yaml");
+    let adapter = Adapter::start(&kube, &alloc, &dir);
+    kube.put(SERVICES, service("home-nginx", &[(80, "TCP")]));
+    until_ingress(&kube, "home-nginx", &["192.168.1.240"]).await;
+
+    let pools = "/apis/metallb.io/v1beta1/ipaddresspools";
+    kube.put(
+        pools,
+        json!({"apiVersion": "metallb.io/v1beta1", "kind": "IPAddressPool",
+               "metadata": {"name": "broken", "namespace": "metallb-system"},
+               "spec": {"addresses": []}}),
+    );
+    // The home pool edited into something the allocator refuses.
+    let mut home = kube.get(pools, "metallb-system", "home-pool").unwrap();
+    home["spec"]["addresses"] = json!(["192.168.1.300-192.168.1.301"]);
+    kube.put(pools, home);
+
+    let k = kube.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for(
+            "both pools reported invalid",
+            Duration::from_secs(20),
+            || {
+                let (b, bm) = valid_condition(&k, pools, "broken");
+                let (h, hm) = valid_condition(&k, pools, "home-pool");
+                b == "False"
+                    && bm.contains("pool has no prefixes defined")
+                    && h == "False"
+                    && hm.contains("192.168.1.300")
+            },
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        valid_condition(
+            &kube,
+            "/apis/metallb.io/v1beta1/l2advertisements",
+            "home-l2"
+        )
+        .0,
+        "True"
+    );
+    let events = kube.list("/apis/events.k8s.io/v1/events");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["reason"] == "ConfigurationError" && e["regarding"]["name"] == "broken"),
+        "{events:?}"
+    );
+    assert_eq!(
+        adapter
+            .metric("ferrolb_adapter_rejected_objects{kind=\"IPAddressPool\"}")
+            .as_deref(),
+        Some("2")
+    );
+    // The last good home pool still serves.
+    kube.put(SERVICES, service("second", &[(80, "TCP")]));
+    until_ingress(&kube, "second", &["192.168.1.241"]).await;
 }
