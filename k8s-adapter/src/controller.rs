@@ -698,9 +698,83 @@ async fn sync_config(
         }
         configured.send_replace(true);
         let _ = reprocess.try_send(());
-        changed.notified().await;
+        // Until the next change, keep the pools' usage counts current.
+        loop {
+            pool_status(&ctx, &pools).await;
+            tokio::select! {
+                _ = changed.notified() => break,
+                _ = tokio::time::sleep(POOL_STATUS_INTERVAL) => {}
+            }
+        }
         // Let a burst of changes (a whole file applied) settle into one push.
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// How often the IPAddressPools' usage counts are refreshed.
+const POOL_STATUS_INTERVAL: Duration = Duration::from_secs(3);
+
+/// Writes each pool's assigned and available counts per family (MetalLB's status fields) when
+/// they change. Counts beyond i64 (large IPv6 pools) are written as i64::MAX, as MetalLB does.
+async fn pool_status(ctx: &Ctx, pools: &Store<IPAddressPool>) {
+    let Ok(stats) = ctx
+        .ipam
+        .clone()
+        .get_stats(pb::GetStatsRequest::default())
+        .await
+    else {
+        return;
+    };
+    let count = |s: &str| {
+        s.parse::<u128>()
+            .map_or(0, |n| i64::try_from(n).unwrap_or(i64::MAX))
+    };
+    let api: Api<IPAddressPool> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
+    for pool in pools.state() {
+        let mut want = crd::IPAddressPoolStatus::default();
+        for st in stats
+            .get_ref()
+            .stats
+            .iter()
+            .filter(|st| st.pool == pool.name_any())
+        {
+            if st.family == pb::IpFamily::Ipv6 as i32 {
+                want.assigned_ipv6 = count(&st.in_use);
+                want.available_ipv6 = count(&st.available);
+            } else {
+                want.assigned_ipv4 = count(&st.in_use);
+                want.available_ipv4 = count(&st.available);
+            }
+        }
+        let have = pool.status.clone().unwrap_or_default();
+        let same = (
+            have.assigned_ipv4,
+            have.assigned_ipv6,
+            have.available_ipv4,
+            have.available_ipv6,
+        ) == (
+            want.assigned_ipv4,
+            want.assigned_ipv6,
+            want.available_ipv4,
+            want.available_ipv6,
+        );
+        if same {
+            continue;
+        }
+        let patch = json!({"status": {
+            "assignedIPv4": want.assigned_ipv4, "assignedIPv6": want.assigned_ipv6,
+            "availableIPv4": want.available_ipv4, "availableIPv6": want.available_ipv6,
+        }});
+        if let Err(e) = api
+            .patch_status(
+                &pool.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            tracing::debug!(error = %e, pool = pool.name_any(), "cannot write the pool's counts");
+        }
     }
 }
 

@@ -180,6 +180,23 @@ async fn scenario_yaml_gives_home_nginx_its_address() {
     .await
     .unwrap();
 
+    // The pool's status counts what is used (MetalLB's fields).
+    let k = kube.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for("the pool's counts", Duration::from_secs(10), || {
+            let p = k
+                .get(
+                    "/apis/metallb.io/v1beta1/ipaddresspools",
+                    "metallb-system",
+                    "home-pool",
+                )
+                .unwrap();
+            p["status"]["assignedIPv4"] == 1 && p["status"]["availableIPv4"] == 5
+        })
+    })
+    .await
+    .unwrap();
+
     // The allocator knows the Service's endpoints and the cluster's advertisement.
     let mut ipam = alloc.client("cluster/home").await;
     let lease = ipam
