@@ -133,6 +133,7 @@ pub async fn run(
         configured_tx,
     ));
     tokio::spawn(sync_nodes(Arc::clone(&ctx)));
+    tokio::spawn(sync_l2_status(Arc::clone(&ctx)));
 
     // Services that already show addresses claim them — once the pools are in place — before
     // any other Service is served, so that a restart (or the move from MetalLB) never hands one
@@ -952,6 +953,102 @@ where
     {
         tracing::debug!(error = %e, object = name, "cannot write the status");
     }
+}
+
+/// How often the announcements are read back into ServiceL2Status objects.
+const L2_STATUS_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Keeps one ServiceL2Status per announced Service (node, interfaces), named after the Service,
+/// with MetalLB's labels, so `kubectl get servicel2statuses -A` shows where each is announced.
+async fn sync_l2_status(ctx: Arc<Ctx>) {
+    let api: Api<crd::ServiceL2Status> =
+        Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
+    let existing = reflect(api.clone(), Arc::new(Notify::new()));
+    if !ready(&existing).await {
+        return;
+    }
+    loop {
+        tokio::time::sleep(L2_STATUS_INTERVAL).await;
+        let Ok(list) = ctx
+            .cluster
+            .clone()
+            .list_announcements(pb::ListAnnouncementsRequest {
+                cluster: ctx.settings.cluster.clone(),
+            })
+            .await
+        else {
+            continue;
+        };
+        let mut want: BTreeMap<String, crd::ServiceL2StatusStatus> = BTreeMap::new();
+        for a in list
+            .into_inner()
+            .announcements
+            .iter()
+            .filter(|a| !a.node.is_empty())
+        {
+            for svc in &a.services {
+                let (ns, name) = svc.split_once('/').unwrap_or(("", svc));
+                want.insert(
+                    l2_status_name(ns, name),
+                    crd::ServiceL2StatusStatus {
+                        node: a.node.clone(),
+                        service_name: name.to_string(),
+                        service_namespace: ns.to_string(),
+                        interfaces: a
+                            .interfaces
+                            .iter()
+                            .map(|i| crd::InterfaceInfo { name: i.clone() })
+                            .collect(),
+                    },
+                );
+            }
+        }
+        let pp = PatchParams::default();
+        for (name, status) in &want {
+            let current = existing.get(&ObjectRef::new(name).within(&ctx.settings.namespace));
+            if current.as_ref().and_then(|c| c.status.as_ref()) == Some(status) {
+                continue;
+            }
+            let labels = json!({
+                "metallb.io/node": status.node,
+                "metallb.io/service-name": status.service_name,
+                "metallb.io/service-namespace": status.service_namespace,
+            });
+            if current.is_none() {
+                let obj = json!({
+                    "apiVersion": "metallb.io/v1beta1", "kind": "ServiceL2Status",
+                    "metadata": {"name": name, "namespace": ctx.settings.namespace, "labels": labels},
+                    "spec": {},
+                });
+                let Ok(obj) = serde_json::from_value::<crd::ServiceL2Status>(obj) else {
+                    continue;
+                };
+                if let Err(e) = api.create(&Default::default(), &obj).await {
+                    tracing::debug!(error = %e, name, "cannot create a ServiceL2Status");
+                    continue;
+                }
+            } else {
+                let meta = json!({"metadata": {"labels": labels}});
+                let _ = api.patch(name, &pp, &Patch::Merge(&meta)).await;
+            }
+            let patch = json!({"status": status});
+            if let Err(e) = api.patch_status(name, &pp, &Patch::Merge(&patch)).await {
+                tracing::debug!(error = %e, name, "cannot write a ServiceL2Status");
+            }
+        }
+        for obj in existing.state() {
+            let name = obj.name_any();
+            if !want.contains_key(&name) {
+                let _ = api.delete(&name, &Default::default()).await;
+            }
+        }
+    }
+}
+
+/// A ServiceL2Status's name: `l2-` and the Service's namespace and name, cut to fit.
+fn l2_status_name(namespace: &str, name: &str) -> String {
+    let full = format!("l2-{namespace}-{name}");
+    full.chars().take(253).collect()
 }
 
 /// Reports every node's labels and NetworkUnavailable condition, and removes deleted nodes.

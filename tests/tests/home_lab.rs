@@ -429,6 +429,24 @@ fn a_service_created_through_kubernetes_answers_on_the_lan() {
     let owner = lab.wait_owner(VIP, 10 * SECOND, Result::is_ok).unwrap();
     assert_eq!(lab.curl_until(VIP, 10 * SECOND, |_| true), owner);
     arping_settles(&lab, VIP, Some(&owner));
+    // Where it is announced, as `kubectl get servicel2statuses -A` shows it.
+    let start = std::time::Instant::now();
+    loop {
+        let st = kube.get(
+            "/apis/metallb.io/v1beta1/servicel2statuses",
+            "metallb-system",
+            "l2-default-home-nginx",
+        );
+        if st["status"]["node"] == owner.as_str() {
+            assert_eq!(
+                st["metadata"]["labels"]["metallb.io/service-name"],
+                "home-nginx"
+            );
+            break;
+        }
+        assert!(start.elapsed() < 10 * SECOND, "no ServiceL2Status: {st}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let _ = adapter.kill();
     let _ = adapter.wait();
 }
