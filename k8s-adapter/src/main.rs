@@ -34,6 +34,10 @@ struct Args {
     /// Seconds between full passes over every Service and lease.
     #[arg(long, env = "FERROLB_RESYNC_SECONDS", default_value_t = 300)]
     resync_seconds: u64,
+    /// Seconds a leader's lease lasts without renewal (two replicas elect one leader on the
+    /// Lease `ferrolb-k8s-adapter`); 0 runs without leader election.
+    #[arg(long, env = "FERROLB_LEASE_SECONDS", default_value_t = 15)]
+    lease_seconds: u64,
     /// Prometheus metrics address (`/metrics`); `off` disables it.
     #[arg(long, env = "FERROLB_METRICS_LISTEN", default_value = "127.0.0.1:7473")]
     metrics_listen: String,
@@ -91,6 +95,19 @@ async fn main() {
             std::process::exit(2);
         }
     };
+    if args.lease_seconds > 0 {
+        let me = std::env::var("POD_NAME").unwrap_or_else(|_| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            format!("{}-{}", host.trim(), std::process::id())
+        });
+        ferrolb_k8s_adapter::leader::lead(
+            client.clone(),
+            &args.namespace,
+            &me,
+            Duration::from_secs(args.lease_seconds),
+        )
+        .await;
+    }
     let settings = Settings {
         cluster: args.cluster,
         namespace: args.namespace,

@@ -97,12 +97,33 @@ impl Adapter {
     }
 
     fn for_cluster(kube: &FakeKube, alloc: &Allocator, dir: &TempDir, cluster: &str) -> Adapter {
+        Adapter::named(
+            kube,
+            alloc,
+            dir,
+            cluster,
+            &format!("adapter-{cluster}"),
+            "15",
+        )
+    }
+
+    /// An adapter replica called `pod` whose leader lease lasts `lease_seconds`.
+    fn named(
+        kube: &FakeKube,
+        alloc: &Allocator,
+        dir: &TempDir,
+        cluster: &str,
+        pod: &str,
+        lease_seconds: &str,
+    ) -> Adapter {
         let config = dir.0.join(format!("kubeconfig-{cluster}"));
         kube.kubeconfig(&config);
         let port = ferrolb_e2e::free_port();
         let child = Command::new(bin("ferrolb-k8s-adapter"))
             .args(["--allocator", &alloc.url(), "--cluster", cluster])
             .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
+            .args(["--lease-seconds", lease_seconds])
+            .env("POD_NAME", pod)
             .env("KUBECONFIG", &config)
             .env(
                 "FERROLB_LOG",
@@ -423,6 +444,60 @@ async fn bad_objects_are_reported_and_the_good_configuration_keeps_serving() {
         Some("2")
     );
     // The last good home pool still serves.
+    kube.put(SERVICES, service("second", &[(80, "TCP")]));
+    until_ingress(&kube, "second", &["192.168.1.241"]).await;
+}
+
+fn lease_holder(kube: &FakeKube) -> String {
+    kube.get(
+        "/apis/coordination.k8s.io/v1/leases",
+        "metallb-system",
+        "ferrolb-k8s-adapter",
+    )
+    .map(|l| {
+        l["spec"]["holderIdentity"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    })
+    .unwrap_or_default()
+}
+
+/// Two adapter replicas: one leads and serves; the other waits, and takes over when the leader
+/// dies and its lease runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_elect_one_leader() {
+    let kube = FakeKube::start().await;
+    let alloc = Allocator::start(None, &[]);
+    let dir = TempDir::new("ferrolb-adapter");
+    apply_file(&kube, "home-ip-pool.yaml");
+    let a = Adapter::named(&kube, &alloc, &dir, "home", "replica-a", "2");
+    let k = kube.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for("replica-a leads", Duration::from_secs(10), || {
+            lease_holder(&k) == "replica-a"
+        })
+    })
+    .await
+    .unwrap();
+    let _b = Adapter::named(&kube, &alloc, &dir, "home", "replica-b", "2");
+    kube.put(SERVICES, service("home-nginx", &[(80, "TCP")]));
+    until_ingress(&kube, "home-nginx", &["192.168.1.240"]).await;
+    assert_eq!(
+        lease_holder(&kube),
+        "replica-a",
+        "the waiting replica took over"
+    );
+
+    drop(a);
+    let k = kube.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for("replica-b takes over", Duration::from_secs(10), || {
+            lease_holder(&k) == "replica-b"
+        })
+    })
+    .await
+    .unwrap();
     kube.put(SERVICES, service("second", &[(80, "TCP")]));
     until_ingress(&kube, "second", &["192.168.1.241"]).await;
 }
