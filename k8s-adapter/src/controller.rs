@@ -144,7 +144,11 @@ pub async fn run(
     claim_existing(&ctx).await;
 
     let services: Api<Service> = Api::all(client.clone());
-    let controller = Controller::new(services, watcher::Config::default());
+    // A bounded number of Services at a time: a burst of thousands queues here instead of
+    // overloading the allocator.
+    let controller = Controller::new(services, watcher::Config::default()).with_config(
+        kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY),
+    );
     let service_store = controller.store();
     // A deleted Service wakes the collector at once; it also runs periodically.
     let deleted = Arc::new(Notify::new());
@@ -224,9 +228,12 @@ async fn claim_existing(ctx: &Ctx) {
     tracing::info!(services = claimed, "addresses already shown are claimed");
 }
 
+/// Services reconciled at once.
+const RECONCILE_CONCURRENCY: u16 = 64;
+
 fn error_policy(_: Arc<Service>, e: &Error, _: Arc<Ctx>) -> Action {
     tracing::warn!(error = %e, "Service not settled; trying again");
-    Action::requeue(Duration::from_secs(5))
+    Action::requeue(Duration::from_secs(1))
 }
 
 async fn record(ctx: &Ctx, svc: &Service, e: &Event) {
