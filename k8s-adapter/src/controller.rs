@@ -63,6 +63,7 @@ struct Ctx {
     cluster: ClusterStateServiceClient<Intercepted>,
     namespaces: Store<Namespace>,
     slices: Store<EndpointSlice>,
+    nodes: Store<Node>,
     recorder: Recorder,
     metrics: Arc<crate::metrics::Metrics>,
 }
@@ -101,6 +102,8 @@ pub async fn run(
         Api::<Namespace>::all(client.clone()),
         Arc::new(Notify::new()),
     );
+    let node_changes = Arc::new(Notify::new());
+    let nodes = reflect(Api::<Node>::all(client.clone()), Arc::clone(&node_changes));
     let slices = reflect(
         Api::<EndpointSlice>::all(client.clone()),
         Arc::new(Notify::new()),
@@ -120,6 +123,7 @@ pub async fn run(
         cluster,
         namespaces,
         slices,
+        nodes,
         recorder,
         metrics,
     });
@@ -132,7 +136,7 @@ pub async fn run(
         reprocess_tx.clone(),
         configured_tx,
     ));
-    tokio::spawn(sync_nodes(Arc::clone(&ctx)));
+    tokio::spawn(sync_nodes(Arc::clone(&ctx), node_changes));
     tokio::spawn(sync_l2_status(Arc::clone(&ctx)));
 
     // Services that already show addresses claim them — once the pools are in place — before
@@ -683,11 +687,16 @@ async fn sync_config(
         Api::<crd::Community>::namespaced(ctx.client.clone(), &ns),
         Arc::clone(&changed),
     );
+    let bfd = reflect(
+        Api::<crd::BFDProfile>::namespaced(ctx.client.clone(), &ns),
+        Arc::clone(&changed),
+    );
     let complete = ready(&pools).await
         && ready(&l2).await
         && ready(&bgp).await
         && ready(&peers).await
-        && ready(&communities).await;
+        && ready(&communities).await
+        && ready(&bfd).await;
     if !complete {
         return;
     }
@@ -698,6 +707,13 @@ async fn sync_config(
             bgp: bgp.state().iter().map(|p| (**p).clone()).collect(),
             peers: peers.state().iter().map(|p| (**p).clone()).collect(),
             communities: communities.state().iter().map(|p| (**p).clone()).collect(),
+            bfd_profiles: bfd.state().iter().map(|p| (**p).clone()).collect(),
+            nodes: ctx
+                .nodes
+                .state()
+                .iter()
+                .map(|n| n.labels().clone())
+                .collect(),
         };
         if let Err(e) = push_config(&ctx, &cfg).await {
             tracing::warn!(error = %e, "cannot push the configuration; trying again");
@@ -1059,10 +1075,9 @@ fn l2_status_name(namespace: &str, name: &str) -> String {
 }
 
 /// Reports every node's labels and NetworkUnavailable condition, and removes deleted nodes.
-async fn sync_nodes(ctx: Arc<Ctx>) {
-    let changed = Arc::new(Notify::new());
-    let store = reflect(Api::<Node>::all(ctx.client.clone()), Arc::clone(&changed));
-    if !ready(&store).await {
+async fn sync_nodes(ctx: Arc<Ctx>, changed: Arc<Notify>) {
+    let store = &ctx.nodes;
+    if !ready(store).await {
         return;
     }
     let mut sent: BTreeMap<String, pb::Node> = BTreeMap::new();

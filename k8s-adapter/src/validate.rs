@@ -14,7 +14,11 @@ use std::time::Duration;
 
 use kube::ResourceExt;
 
-use crate::crd::{BGPAdvertisement, Community, IPAddressPool, L2Advertisement, v1beta2::BGPPeer};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+use crate::crd::{
+    BFDProfile, BGPAdvertisement, Community, IPAddressPool, L2Advertisement, v1beta2::BGPPeer,
+};
 
 /// Why an object is not used.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +60,79 @@ pub struct Config {
     pub bgp: Vec<BGPAdvertisement>,
     pub peers: Vec<BGPPeer>,
     pub communities: Vec<Community>,
+    pub bfd_profiles: Vec<BFDProfile>,
+    /// The labels of the cluster's nodes, for advertisements' node sets.
+    pub nodes: Vec<BTreeMap<String, String>>,
+}
+
+/// Whether a Kubernetes label selector matches `labels`.
+pub fn matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let by_labels = sel
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    by_labels
+        && sel.match_expressions.iter().flatten().all(|e| {
+            let values = e.values.as_deref().unwrap_or_default();
+            let have = labels.get(&e.key);
+            match e.operator.as_str() {
+                "In" => have.is_some_and(|v| values.contains(v)),
+                "NotIn" => have.is_none_or(|v| !values.contains(v)),
+                "Exists" => have.is_some(),
+                "DoesNotExist" => have.is_none(),
+                _ => false,
+            }
+        })
+}
+
+/// The prefix lengths of a pool entry per family (v4 true): a CIDR's own, or for a range the
+/// widest block of its summary, as MetalLB checks aggregation against.
+fn prefix_of(entry: &str) -> Option<(bool, u8)> {
+    if let Some((ip, len)) = entry.split_once('/') {
+        let ip: IpAddr = ip.trim().parse().ok()?;
+        return Some((ip.is_ipv4(), len.trim().parse().ok()?));
+    }
+    let (a, b) = entry.split_once('-')?;
+    let (a, b): (IpAddr, IpAddr) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+    let (v4, bits, lo, hi) = match (a, b) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            (true, 32, u128::from(u32::from(a)), u128::from(u32::from(b)))
+        }
+        (IpAddr::V6(a), IpAddr::V6(b)) => (false, 128, u128::from(a), u128::from(b)),
+        _ => return None,
+    };
+    if lo > hi {
+        return None;
+    }
+    // Walk the range in aligned blocks; keep the largest.
+    let mut widest = bits;
+    let mut at = lo;
+    loop {
+        let mut size = if at == 0 {
+            bits
+        } else {
+            at.trailing_zeros().min(bits)
+        };
+        while size > 0
+            && (size >= 128
+                || at
+                    .checked_add((1u128 << size) - 1)
+                    .is_none_or(|end| end > hi))
+        {
+            size -= 1;
+        }
+        widest = widest.min(bits - size);
+        let step = if size >= 128 {
+            return Some((v4, widest as u8));
+        } else {
+            1u128 << size
+        };
+        match at.checked_add(step) {
+            Some(next) if next <= hi => at = next,
+            _ => return Some((v4, widest as u8)),
+        }
+    }
 }
 
 /// The first entry that appears twice in a list, as MetalLB's "duplicate" errors report.
@@ -310,6 +387,75 @@ pub fn check(cfg: &Config, namespace: &str) -> Vec<Rejection> {
             }
         }
     }
+    // The pools each advertisement covers: by name, by label, or every pool.
+    let covers = |a: &BGPAdvertisement, p: &IPAddressPool| {
+        (a.spec.ip_address_pools.is_empty() && a.spec.ip_address_pool_selectors.is_empty())
+            || a.spec.ip_address_pools.contains(&p.name_any())
+            || a.spec
+                .ip_address_pool_selectors
+                .iter()
+                .any(|s| matches(s, p.labels()))
+    };
+    for a in &cfg.bgp {
+        let v4 = a.spec.aggregation_length.unwrap_or(32);
+        let v6 = a.spec.aggregation_length_v6.unwrap_or(128);
+        for p in cfg.pools.iter().filter(|p| covers(a, p)) {
+            for entry in &p.spec.addresses {
+                let Some((is_v4, len)) = prefix_of(entry) else {
+                    continue;
+                };
+                let (agg, field) = if is_v4 {
+                    (v4, "spec.aggregationLength")
+                } else {
+                    (v6, "spec.aggregationLengthV6")
+                };
+                if i32::from(len) > agg {
+                    out.push(reject("BGPAdvertisement", &a.name_any(), field, format!(
+                        "invalid aggregation length {agg}: prefix {len} in pool {:?} is more specific than the aggregation length", p.name_any())));
+                }
+            }
+        }
+    }
+    // Two advertisements of one pool must agree on localPref, unless something keeps their
+    // routes apart: different aggregation, disjoint peers, disjoint nodes, service selectors.
+    let node_set = |a: &BGPAdvertisement| -> BTreeSet<usize> {
+        (0..cfg.nodes.len())
+            .filter(|&i| {
+                a.spec.node_selectors.is_empty()
+                    || a.spec
+                        .node_selectors
+                        .iter()
+                        .any(|s| matches(s, &cfg.nodes[i]))
+            })
+            .collect()
+    };
+    for (i, a) in cfg.bgp.iter().enumerate() {
+        for b in &cfg.bgp[i + 1..] {
+            let (sa, sb) = (&a.spec, &b.spec);
+            if sa.local_pref == sb.local_pref
+                || !cfg.pools.iter().any(|p| covers(a, p) && covers(b, p))
+                || sa.aggregation_length != sb.aggregation_length
+                || sa.aggregation_length_v6 != sb.aggregation_length_v6
+                || (!sa.peers.is_empty()
+                    && !sb.peers.is_empty()
+                    && sa.peers.iter().all(|p| !sb.peers.contains(p)))
+                || (!cfg.nodes.is_empty() && node_set(a).is_disjoint(&node_set(b)))
+                || !sa.service_selectors.is_empty()
+                || !sb.service_selectors.is_empty()
+            {
+                continue;
+            }
+            out.push(reject(
+                "BGPAdvertisement",
+                &b.name_any(),
+                "spec.localPref",
+                format!(
+                    "conflicting localPref with BGPAdvertisement {:?} on the same pool",
+                    a.name_any()
+                ),
+            ));
+        }
+    }
     let mut seen_ads: BTreeMap<String, String> = BTreeMap::new();
     for a in &cfg.bgp {
         if let Some(first) = seen_ads.insert(serialized(&a.spec), a.name_any()) {
@@ -391,6 +537,17 @@ pub fn check(cfg: &Config, namespace: &str) -> Vec<Rejection> {
                 )),
                 _ => {}
             }
+        }
+        if let Some(profile) = &s.common.bfd_profile
+            && !cfg.bfd_profiles.iter().any(|b| &b.name_any() == profile)
+        {
+            out.push(Rejection {
+                transient: true,
+                ..r(
+                    "spec.bfdProfile",
+                    format!("BFDProfile {profile:?} does not exist"),
+                )
+            });
         }
         if s.common.password.is_some() && s.password_secret.is_some() {
             out.push(r(
@@ -509,6 +666,7 @@ mod tests {
                 ),
                 "c",
             )],
+            ..Config::default()
         };
         assert_eq!(check(&cfg, NS), vec![]);
     }
@@ -707,6 +865,93 @@ mod tests {
                 .expect("rejected")
                 .transient
         );
+    }
+
+    #[test]
+    fn aggregation_local_pref_and_bfd_references() {
+        let pool_of = |name: &str, addrs: &[&str]| {
+            pool(
+                name,
+                IPAddressPoolSpec {
+                    addresses: addrs.iter().map(|s| s.to_string()).collect(),
+                    ..Default::default()
+                },
+            )
+        };
+        let cfg = Config {
+            pools: vec![
+                pool_of("p24", &["10.0.0.0/24", "10.0.1.0-10.0.1.127"]),
+                pool_of("v6", &["fd00::/120"]),
+            ],
+            bgp: vec![
+                ad("too-short", |s| {
+                    s.ip_address_pools = vec!["p24".into()];
+                    s.aggregation_length = Some(16);
+                }),
+                ad("fine", |s| {
+                    s.ip_address_pools = vec!["p24".into()];
+                    s.aggregation_length = Some(25);
+                    s.local_pref = Some(100);
+                }),
+                ad("other-pref", |s| {
+                    s.ip_address_pools = vec!["p24".into()];
+                    s.aggregation_length = Some(25);
+                    s.local_pref = Some(200);
+                }),
+                ad("other-peers", |s| {
+                    s.ip_address_pools = vec!["v6".into()];
+                    s.aggregation_length_v6 = Some(112);
+                }),
+            ],
+            peers: vec![peer("with-bfd", |s| {
+                s.common.bfd_profile = Some("fast".into())
+            })],
+            ..Config::default()
+        };
+        assert_eq!(
+            rejected(&cfg),
+            [
+                "BGPAdvertisement/too-short spec.aggregationLength",
+                "BGPAdvertisement/too-short spec.aggregationLength",
+                "BGPAdvertisement/other-peers spec.aggregationLengthV6",
+                "BGPAdvertisement/other-pref spec.localPref",
+                "BGPPeer/with-bfd spec.bfdProfile",
+            ]
+        );
+        let msg = check(&cfg, NS)[0].to_string();
+        assert!(
+            msg.contains("prefix 24 in pool \"p24\" is more specific"),
+            "{msg}"
+        );
+        // Disjoint peers keep two local preferences apart.
+        let mut apart = cfg.clone();
+        apart.bgp[1].spec.peers = vec!["r1".into()];
+        apart.bgp[2].spec.peers = vec!["r2".into()];
+        assert!(!rejected(&apart).iter().any(|r| r.contains("localPref")));
+        // The range 10.0.1.0-10.0.1.127 summarises to one /25.
+        assert_eq!(prefix_of("10.0.1.0-10.0.1.127"), Some((true, 25)));
+        assert_eq!(prefix_of("10.0.1.1-10.0.1.6"), Some((true, 31)));
+        assert_eq!(prefix_of("fd00::-fd00::ff"), Some((false, 120)));
+        assert_eq!(prefix_of("10.0.0.9-10.0.0.1"), None);
+    }
+
+    #[test]
+    fn selectors() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+        let labels: BTreeMap<String, String> = [("zone".to_string(), "a".to_string())].into();
+        let sel = |op: &str, values: &[&str]| LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "zone".into(),
+                operator: op.into(),
+                values: Some(values.iter().map(|s| s.to_string()).collect()),
+            }]),
+            ..LabelSelector::default()
+        };
+        assert!(matches(&sel("In", &["a", "b"]), &labels));
+        assert!(!matches(&sel("NotIn", &["a"]), &labels));
+        assert!(matches(&sel("Exists", &[]), &labels));
+        assert!(!matches(&sel("DoesNotExist", &[]), &labels));
+        assert!(matches(&LabelSelector::default(), &labels));
     }
 
     #[test]
