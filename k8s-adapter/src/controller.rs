@@ -64,6 +64,8 @@ struct Ctx {
     namespaces: Store<Namespace>,
     slices: Store<EndpointSlice>,
     nodes: Store<Node>,
+    /// The endpoints last reported per Service (namespace, name).
+    reported: std::sync::Mutex<BTreeMap<(String, String), pb::ServiceEndpoints>>,
     recorder: Recorder,
     metrics: Arc<crate::metrics::Metrics>,
 }
@@ -124,6 +126,7 @@ pub async fn run(
         namespaces,
         slices,
         nodes,
+        reported: std::sync::Mutex::default(),
         recorder,
         metrics,
     });
@@ -328,18 +331,31 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 .as_ref()
                 .and_then(|s| s.external_traffic_policy.as_deref())
                 == Some("Local");
-            ctx.cluster
-                .clone()
-                .set_endpoints(pb::ServiceEndpoints {
-                    cluster: ctx.settings.cluster.clone(),
-                    namespace: ns,
-                    name: svc.name_any(),
-                    serving_nodes: nodes.into_iter().collect(),
-                    any_serving: any,
-                    traffic_policy_local: local,
-                })
-                .await
-                .map_err(grpc)?;
+            let report = pb::ServiceEndpoints {
+                cluster: ctx.settings.cluster.clone(),
+                namespace: ns,
+                name: svc.name_any(),
+                serving_nodes: nodes.into_iter().collect(),
+                any_serving: any,
+                traffic_policy_local: local,
+            };
+            // What this process last reported is not reported again (a Service is reconciled
+            // again after every status write).
+            let key = (report.namespace.clone(), report.name.clone());
+            let known = ctx
+                .reported
+                .lock()
+                .is_ok_and(|m| m.get(&key) == Some(&report));
+            if !known {
+                ctx.cluster
+                    .clone()
+                    .set_endpoints(report.clone())
+                    .await
+                    .map_err(grpc)?;
+                if let Ok(mut m) = ctx.reported.lock() {
+                    m.insert(key, report);
+                }
+            }
             Ok(resync)
         }
     }
@@ -429,6 +445,9 @@ async fn try_allocate(
 
 /// Releases an owner's lease and forgets its endpoints; says whether there was a lease.
 async fn release_owner(ctx: &Ctx, o: pb::Owner) -> Result<bool, Error> {
+    if let Ok(mut m) = ctx.reported.lock() {
+        m.remove(&(o.namespace.clone(), o.name.clone()));
+    }
     let released = match ctx
         .ipam
         .clone()
