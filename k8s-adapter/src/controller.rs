@@ -194,6 +194,22 @@ pub async fn run(
     Ok(())
 }
 
+/// What a Service asks of the allocator, with its namespace's labels.
+fn decide(ctx: &Ctx, svc: &Service) -> Decision {
+    let ns = svc.namespace().unwrap_or_default();
+    let ns_labels = ctx
+        .namespaces
+        .get(&ObjectRef::new(&ns))
+        .map(|n| n.labels().clone())
+        .unwrap_or_default();
+    service::decide(
+        svc,
+        &ctx.settings.cluster,
+        ctx.settings.lb_class.as_deref(),
+        &ns_labels,
+    )
+}
+
 /// Lists every Service (until a list succeeds) and claims the addresses they show.
 async fn claim_existing(ctx: &Ctx) {
     let api: Api<Service> = Api::all(ctx.client.clone());
@@ -213,19 +229,7 @@ async fn claim_existing(ctx: &Ctx) {
         .iter()
         .filter(|s| !service::current_ips(s).is_empty())
     {
-        let ns = svc.namespace().unwrap_or_default();
-        let ns_labels = ctx
-            .namespaces
-            .get(&ObjectRef::new(&ns))
-            .map(|n| n.labels().clone())
-            .unwrap_or_default();
-        let decision = service::decide(
-            svc,
-            &ctx.settings.cluster,
-            ctx.settings.lb_class.as_deref(),
-            &ns_labels,
-        );
-        if let Decision::Allocate(req, _) = decision {
+        if let Decision::Allocate(req, _) = decide(ctx, svc) {
             match allocate(ctx, svc, *req).await {
                 Ok(()) => claimed += 1,
                 Err(e) => tracing::warn!(service = svc.name_any(), error = %e, "cannot claim"),
@@ -298,17 +302,7 @@ fn endpoints(ctx: &Ctx, svc: &Service) -> (BTreeSet<String>, bool) {
 
 async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let ns = svc.namespace().unwrap_or_default();
-    let ns_labels: BTreeMap<String, String> = ctx
-        .namespaces
-        .get(&ObjectRef::new(&ns))
-        .map(|n| n.labels().clone())
-        .unwrap_or_default();
-    let decision = service::decide(
-        &svc,
-        &ctx.settings.cluster,
-        ctx.settings.lb_class.as_deref(),
-        &ns_labels,
-    );
+    let decision = decide(&ctx, &svc);
     let resync = Action::requeue(ctx.settings.resync);
     match decision {
         Decision::NotOurs => Ok(Action::await_change()),
@@ -603,9 +597,6 @@ fn pool_to_pb(p: &IPAddressPool, cluster: &str) -> pb::Pool {
                 .collect()
         })
         .unwrap_or_default();
-    let sel = |list: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector]| {
-        list.iter().map(selector).collect()
-    };
     pb::Pool {
         name: p.name_any(),
         addresses: p.spec.addresses.clone(),
@@ -618,8 +609,8 @@ fn pool_to_pb(p: &IPAddressPool, cluster: &str) -> pb::Pool {
             .map(|sa| pb::ServiceAllocation {
                 priority: sa.priority.unwrap_or(0),
                 namespaces: sa.namespaces.clone(),
-                namespace_selectors: sel(&sa.namespace_selectors),
-                service_selectors: sel(&sa.service_selectors),
+                namespace_selectors: selectors(&sa.namespace_selectors),
+                service_selectors: selectors(&sa.service_selectors),
             }),
         excluded_addresses: excluded,
         clusters: vec![cluster.to_string()],
@@ -627,6 +618,12 @@ fn pool_to_pb(p: &IPAddressPool, cluster: &str) -> pb::Pool {
         declared_by: String::new(),
         labels: p.labels().clone().into_iter().collect(),
     }
+}
+
+fn selectors(
+    list: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector],
+) -> Vec<pb::LabelSelector> {
+    list.iter().map(selector).collect()
 }
 
 fn selector(
@@ -653,17 +650,14 @@ fn selector(
 }
 
 fn l2_to_pb(a: &L2Advertisement, cluster: &str) -> pb::L2Advertisement {
-    let sel = |list: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector]| {
-        list.iter().map(selector).collect()
-    };
     pb::L2Advertisement {
         cluster: cluster.to_string(),
         name: a.name_any(),
         ip_address_pools: a.spec.ip_address_pools.clone(),
-        ip_address_pool_selectors: sel(&a.spec.ip_address_pool_selectors),
-        node_selectors: sel(&a.spec.node_selectors),
+        ip_address_pool_selectors: selectors(&a.spec.ip_address_pool_selectors),
+        node_selectors: selectors(&a.spec.node_selectors),
         interfaces: a.spec.interfaces.clone(),
-        service_selectors: sel(&a.spec.service_selectors),
+        service_selectors: selectors(&a.spec.service_selectors),
         preferred_node_selectors: a
             .spec
             .preferred_node_selectors
