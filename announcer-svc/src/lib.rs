@@ -2,6 +2,7 @@
 //! assigns to its node.
 
 pub mod agent;
+pub mod bgp;
 pub mod bind;
 pub mod l2;
 pub mod links;

@@ -3,16 +3,118 @@
 use std::sync::Arc;
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::bgp::fsm::State;
 use crate::l2::Counters;
+
+type PeerLabel = Vec<(&'static str, String)>;
+
+fn peer(label: &str) -> PeerLabel {
+    vec![("peer", label.to_string())]
+}
+
+/// Per BGP session, labelled `peer="addr:port"` as MetalLB's.
+#[derive(Default)]
+pub struct BgpMetrics {
+    session_up: Family<PeerLabel, Gauge>,
+    session_state: Family<PeerLabel, Gauge>,
+    prefixes: Family<PeerLabel, Gauge>,
+    updates_sent: Family<PeerLabel, Counter>,
+    updates_received: Family<PeerLabel, Counter>,
+    notifications_sent: Family<PeerLabel, Counter>,
+    notifications_received: Family<PeerLabel, Counter>,
+    malformed: Family<PeerLabel, Counter>,
+}
+
+impl BgpMetrics {
+    pub fn set_state(&self, label: &str, state: State, advertised: usize) {
+        let l = peer(label);
+        self.session_up
+            .get_or_create(&l)
+            .set(i64::from(state == State::Established));
+        self.session_state.get_or_create(&l).set(state.number());
+        self.prefixes.get_or_create(&l).set(advertised as i64);
+    }
+
+    /// The session is gone: its gauges go (counters stay, as Prometheus expects).
+    pub fn forget(&self, label: &str) {
+        let l = peer(label);
+        self.session_up.remove(&l);
+        self.session_state.remove(&l);
+        self.prefixes.remove(&l);
+    }
+
+    pub fn update_sent(&self, label: &str) {
+        self.updates_sent.get_or_create(&peer(label)).inc();
+    }
+    pub fn update_received(&self, label: &str) {
+        self.updates_received.get_or_create(&peer(label)).inc();
+    }
+    pub fn notification_sent(&self, label: &str) {
+        self.notifications_sent.get_or_create(&peer(label)).inc();
+    }
+    pub fn notification_received(&self, label: &str) {
+        self.notifications_received
+            .get_or_create(&peer(label))
+            .inc();
+    }
+    pub fn malformed(&self, label: &str) {
+        self.malformed.get_or_create(&peer(label)).inc();
+    }
+
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "bgp_session_up",
+            "1 while the BGP session is Established",
+            self.session_up.clone(),
+        );
+        r.register(
+            "bgp_session_state",
+            "BGP state of the session (1 Idle, 2 Connect, 3 Active, 4 OpenSent, 5 OpenConfirm, 6 Established)",
+            self.session_state.clone(),
+        );
+        r.register(
+            "bgp_announced_prefixes",
+            "Prefixes the peer holds from this node",
+            self.prefixes.clone(),
+        );
+        r.register(
+            "bgp_updates_sent",
+            "UPDATE messages sent",
+            self.updates_sent.clone(),
+        );
+        r.register(
+            "bgp_updates_received",
+            "UPDATE messages received",
+            self.updates_received.clone(),
+        );
+        r.register(
+            "bgp_notifications_sent",
+            "NOTIFICATION messages sent",
+            self.notifications_sent.clone(),
+        );
+        r.register(
+            "bgp_notifications_received",
+            "NOTIFICATION messages received",
+            self.notifications_received.clone(),
+        );
+        r.register(
+            "bgp_malformed_messages",
+            "Messages from the peer that did not decode (each ends the session with a NOTIFICATION)",
+            self.malformed.clone(),
+        );
+    }
+}
 
 pub struct Metrics {
     registry: Registry,
     pub stream_connected: Gauge,
     pub stream_reconnects: Counter,
     pub addresses: Gauge,
+    pub bgp: Arc<BgpMetrics>,
 }
 
 impl Metrics {
@@ -24,7 +126,9 @@ impl Metrics {
             stream_connected: Gauge::default(),
             stream_reconnects: Counter::default(),
             addresses: Gauge::default(),
+            bgp: Arc::new(BgpMetrics::default()),
         };
+        m.bgp.register(&mut registry);
         registry.register(
             "stream_connected",
             "1 while the assignment stream to an allocator is open",

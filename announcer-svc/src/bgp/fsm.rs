@@ -1,0 +1,661 @@
+//! The BGP finite state machine of RFC 4271 §8, without I/O: `process(event)` returns what the
+//! shell must do (connect, send, close, arm or stop a timer). Events carry the RFC's names and
+//! numbers. ferrolb only connects actively (as MetalLB's speaker); a session that fails goes
+//! back to Idle and starts again when the IdleHoldTimer expires (event 13), with a delay that
+//! doubles with every failure in a row (DampPeerOscillations) and resets once Established.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use super::wire::{
+    AFI_IPV4, AFI_IPV6, AS_TRANS, Capability, GracefulRestart, Message, Notification, Open,
+    SAFI_UNICAST, Update, WireError, code,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Idle,
+    Connect,
+    Active,
+    OpenSent,
+    OpenConfirm,
+    Established,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Idle => "Idle",
+            State::Connect => "Connect",
+            State::Active => "Active",
+            State::OpenSent => "OpenSent",
+            State::OpenConfirm => "OpenConfirm",
+            State::Established => "Established",
+        }
+    }
+
+    /// The number BGP4-MIB gives the state (bgpPeerState), for the metric.
+    pub fn number(self) -> i64 {
+        match self {
+            State::Idle => 1,
+            State::Connect => 2,
+            State::Active => 3,
+            State::OpenSent => 4,
+            State::OpenConfirm => 5,
+            State::Established => 6,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Timer {
+    ConnectRetry,
+    Hold,
+    Keepalive,
+    IdleHold,
+}
+
+/// RFC 4271 §8.1 events (the numbers are the RFC's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// 1
+    ManualStart,
+    /// 2; `graceful`: leave without a NOTIFICATION, so that a peer that supports graceful
+    /// restart keeps the routes until this speaker is back.
+    ManualStop { graceful: bool },
+    /// 9
+    ConnectRetryTimerExpires,
+    /// 10
+    HoldTimerExpires,
+    /// 11
+    KeepaliveTimerExpires,
+    /// 13
+    IdleHoldTimerExpires,
+    /// 16: the connection this side opened is up; `local` is its source address.
+    TcpCrAcked { local: std::net::IpAddr },
+    /// 18
+    TcpConnectionFails,
+    /// 19
+    BgpOpen(Open),
+    /// 21
+    BgpHeaderErr(WireError),
+    /// 22
+    BgpOpenMsgErr(WireError),
+    /// 25 (and 24, which needs no different handling without DelayOpen)
+    NotifMsg(Notification),
+    /// 26
+    KeepAliveMsg,
+    /// 27
+    UpdateMsg(Update),
+    /// 28
+    UpdateMsgErr(WireError),
+    /// A ROUTE-REFRESH (RFC 2918) for a family.
+    RouteRefreshMsg { afi: u16, safi: u8 },
+}
+
+/// What the shell does, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Open a TCP connection to the peer.
+    Connect,
+    /// Close the connection (after sending what came before).
+    Disconnect,
+    Send(Message),
+    StartTimer(Timer, Duration),
+    StopTimer(Timer),
+    /// The session is up: send the routes, then End-of-RIB.
+    Established(Negotiated),
+    /// Send every route of the family again (a ROUTE-REFRESH asked for it).
+    Resend {
+        afi: u16,
+    },
+    /// The session left Established or failed to get there.
+    Down(String),
+}
+
+/// The session parameters this side asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub my_as: u32,
+    pub peer_as: u32,
+    /// None: the local IPv4 address of the connection (MetalLB's rule), else `fallback_id`.
+    pub router_id: Option<Ipv4Addr>,
+    pub fallback_id: Ipv4Addr,
+    /// Seconds; 0 or at least 3.
+    pub hold_time: u16,
+    /// Seconds between KEEPALIVEs; None: a third of the negotiated hold time.
+    pub keepalive: Option<u16>,
+    /// Advertise graceful restart (RFC 4724) with this restart time in seconds.
+    pub graceful_restart: Option<u16>,
+    /// Set the Restart State bit: this speaker has just restarted.
+    pub restarting: bool,
+    /// Longest delay before reconnecting.
+    pub max_backoff: Duration,
+}
+
+/// What both sides agreed on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Negotiated {
+    pub hold_time: u16,
+    pub keepalive: u16,
+    pub four_octet: bool,
+    pub ipv4: bool,
+    pub ipv6: bool,
+    pub ibgp: bool,
+    /// The peer keeps this speaker's routes across its restarts.
+    pub graceful_restart: bool,
+    pub peer_router_id: Ipv4Addr,
+    pub router_id: Ipv4Addr,
+}
+
+/// The hold time while waiting for the peer's OPEN (RFC 4271 suggests 4 minutes).
+const OPEN_HOLD: Duration = Duration::from_secs(240);
+/// How long a TCP connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+
+pub struct Fsm {
+    config: Config,
+    state: State,
+    /// Failures since the last Established (DampPeerOscillations).
+    failures: u32,
+    local_id: Ipv4Addr,
+    negotiated: Option<Negotiated>,
+    stopped: bool,
+}
+
+fn notif(code: u8, subcode: u8) -> Notification {
+    Notification {
+        code,
+        subcode,
+        data: vec![],
+    }
+}
+
+fn notification(code: u8, subcode: u8) -> Message {
+    Message::Notification(notif(code, subcode))
+}
+
+impl Fsm {
+    pub fn new(config: Config) -> Fsm {
+        Fsm {
+            local_id: config.router_id.unwrap_or(config.fallback_id),
+            config,
+            state: State::Idle,
+            failures: 0,
+            negotiated: None,
+            stopped: true,
+        }
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    pub fn negotiated(&self) -> Option<&Negotiated> {
+        self.negotiated.as_ref()
+    }
+
+    /// The delay before the next attempt: doubles with every failure in a row.
+    fn backoff(&self) -> Duration {
+        let shift = self.failures.saturating_sub(1).min(16);
+        (FIRST_BACKOFF * (1u32 << shift)).min(self.config.max_backoff)
+    }
+
+    fn open(&self) -> Message {
+        let mut capabilities = vec![
+            Capability::Multiprotocol {
+                afi: AFI_IPV4,
+                safi: SAFI_UNICAST,
+            },
+            Capability::Multiprotocol {
+                afi: AFI_IPV6,
+                safi: SAFI_UNICAST,
+            },
+            Capability::RouteRefresh,
+        ];
+        if let Some(t) = self.config.graceful_restart {
+            capabilities.push(Capability::GracefulRestart(GracefulRestart {
+                restarting: self.config.restarting,
+                restart_time: t.min(4095),
+                // The node keeps forwarding while the announcer restarts.
+                families: vec![
+                    (AFI_IPV4, SAFI_UNICAST, true),
+                    (AFI_IPV6, SAFI_UNICAST, true),
+                ],
+            }));
+        }
+        capabilities.push(Capability::FourOctetAs(self.config.my_as));
+        Message::Open(Open {
+            version: 4,
+            my_as: u16::try_from(self.config.my_as).unwrap_or(AS_TRANS),
+            hold_time: self.config.hold_time,
+            router_id: self.local_id,
+            capabilities,
+        })
+    }
+
+    /// Leaves for Idle after a failure: closes, stops the timers and arms the restart.
+    fn fail(&mut self, out: &mut Vec<Output>, why: String) {
+        out.push(Output::Disconnect);
+        for t in [Timer::ConnectRetry, Timer::Hold, Timer::Keepalive] {
+            out.push(Output::StopTimer(t));
+        }
+        self.failures = self.failures.saturating_add(1);
+        out.push(Output::StartTimer(Timer::IdleHold, self.backoff()));
+        out.push(Output::Down(why));
+        self.negotiated = None;
+        self.state = State::Idle;
+    }
+
+    /// Sends a NOTIFICATION for `err`, then fails.
+    fn fail_with(&mut self, out: &mut Vec<Output>, msg: Message) {
+        let why = match &msg {
+            Message::Notification(n) => format!("sent {n}"),
+            _ => String::new(),
+        };
+        out.push(Output::Send(msg));
+        self.fail(out, why);
+    }
+
+    fn start(&mut self, out: &mut Vec<Output>) {
+        self.state = State::Connect;
+        out.push(Output::StartTimer(Timer::ConnectRetry, CONNECT_TIMEOUT));
+        out.push(Output::Connect);
+    }
+
+    /// Checks the peer's OPEN (RFC 4271 §6.2, RFC 6793) and agrees on the session.
+    fn accept_open(&self, o: &Open) -> Result<Negotiated, Notification> {
+        if o.asn() != self.config.peer_as {
+            return Err(notif(code::OPEN, code::BAD_PEER_AS));
+        }
+        if o.hold_time == 1 || o.hold_time == 2 {
+            return Err(notif(code::OPEN, code::UNACCEPTABLE_HOLD_TIME));
+        }
+        let ibgp = self.config.my_as == self.config.peer_as;
+        if o.router_id.is_unspecified() || (ibgp && o.router_id == self.local_id) {
+            return Err(notif(code::OPEN, code::BAD_BGP_IDENTIFIER));
+        }
+        let hold_time = o.hold_time.min(self.config.hold_time);
+        let keepalive = match self.config.keepalive {
+            Some(k) if hold_time > 0 => k.min(hold_time / 3).max(1),
+            _ => hold_time / 3,
+        };
+        // Without multiprotocol capabilities a peer speaks IPv4 unicast only (RFC 4760 §8).
+        let any_mp = o
+            .capabilities
+            .iter()
+            .any(|c| matches!(c, Capability::Multiprotocol { .. }));
+        let mp = |afi| {
+            o.has(&Capability::Multiprotocol {
+                afi,
+                safi: SAFI_UNICAST,
+            })
+        };
+        Ok(Negotiated {
+            hold_time,
+            keepalive,
+            four_octet: o.four_octet(),
+            ipv4: !any_mp || mp(AFI_IPV4),
+            ipv6: mp(AFI_IPV6),
+            ibgp,
+            graceful_restart: self.config.graceful_restart.is_some()
+                && o.graceful_restart().is_some(),
+            peer_router_id: o.router_id,
+            router_id: self.local_id,
+        })
+    }
+
+    pub fn process(&mut self, event: Event) -> Vec<Output> {
+        let mut out = Vec::new();
+        use Event as E;
+        use State as S;
+        match (self.state, event) {
+            (_, E::ManualStop { graceful }) => {
+                self.stopped = true;
+                if !graceful && matches!(self.state, S::OpenSent | S::OpenConfirm | S::Established)
+                {
+                    out.push(Output::Send(notification(
+                        code::CEASE,
+                        code::ADMINISTRATIVE_SHUTDOWN,
+                    )));
+                }
+                out.push(Output::Disconnect);
+                for t in [
+                    Timer::ConnectRetry,
+                    Timer::Hold,
+                    Timer::Keepalive,
+                    Timer::IdleHold,
+                ] {
+                    out.push(Output::StopTimer(t));
+                }
+                if self.state != S::Idle {
+                    out.push(Output::Down("stopped".into()));
+                }
+                self.state = S::Idle;
+                self.negotiated = None;
+            }
+            (S::Idle, E::ManualStart) => {
+                self.stopped = false;
+                self.failures = 0;
+                self.start(&mut out);
+            }
+            (S::Idle, E::IdleHoldTimerExpires) if !self.stopped => self.start(&mut out),
+            (S::Idle, _) => {}
+            (S::Connect | S::Active, E::TcpCrAcked { local }) => {
+                if self.config.router_id.is_none()
+                    && let std::net::IpAddr::V4(v4) = local
+                {
+                    self.local_id = v4;
+                }
+                out.push(Output::StopTimer(Timer::ConnectRetry));
+                out.push(Output::Send(self.open()));
+                out.push(Output::StartTimer(Timer::Hold, OPEN_HOLD));
+                self.state = S::OpenSent;
+            }
+            (S::Connect | S::Active, E::ConnectRetryTimerExpires) => {
+                self.fail(&mut out, "connection attempt timed out".into())
+            }
+            (S::Connect | S::Active, E::TcpConnectionFails) => {
+                self.fail(&mut out, "connection failed".into())
+            }
+            (S::Connect | S::Active, _) => {}
+            (S::OpenSent, E::BgpOpen(o)) => match self.accept_open(&o) {
+                Ok(n) => {
+                    out.push(Output::Send(Message::Keepalive));
+                    if n.hold_time > 0 {
+                        out.push(Output::StartTimer(
+                            Timer::Keepalive,
+                            Duration::from_secs(u64::from(n.keepalive)),
+                        ));
+                        out.push(Output::StartTimer(
+                            Timer::Hold,
+                            Duration::from_secs(u64::from(n.hold_time)),
+                        ));
+                    } else {
+                        out.push(Output::StopTimer(Timer::Hold));
+                    }
+                    self.negotiated = Some(n);
+                    self.state = S::OpenConfirm;
+                }
+                Err(n) => self.fail_with(&mut out, Message::Notification(n)),
+            },
+            (S::OpenConfirm, E::KeepAliveMsg) => {
+                self.restart_hold(&mut out);
+                self.failures = 0;
+                self.state = S::Established;
+                if let Some(n) = &self.negotiated {
+                    out.push(Output::Established(n.clone()));
+                }
+            }
+            (S::Established, E::KeepAliveMsg | E::UpdateMsg(_)) => self.restart_hold(&mut out),
+            (S::Established, E::RouteRefreshMsg { afi, safi }) => {
+                self.restart_hold(&mut out);
+                if safi == SAFI_UNICAST && (afi == AFI_IPV4 || afi == AFI_IPV6) {
+                    out.push(Output::Resend { afi });
+                }
+            }
+            (S::OpenConfirm | S::Established, E::KeepaliveTimerExpires) => {
+                out.push(Output::Send(Message::Keepalive));
+                if let Some(n) = &self.negotiated {
+                    out.push(Output::StartTimer(
+                        Timer::Keepalive,
+                        Duration::from_secs(u64::from(n.keepalive)),
+                    ));
+                }
+            }
+            (S::OpenSent | S::OpenConfirm | S::Established, E::HoldTimerExpires) => {
+                self.fail_with(&mut out, notification(code::HOLD_TIMER_EXPIRED, 0))
+            }
+            (S::OpenSent | S::OpenConfirm | S::Established, E::TcpConnectionFails) => {
+                self.fail(&mut out, "connection lost".into())
+            }
+            (S::OpenSent | S::OpenConfirm | S::Established, E::NotifMsg(n)) => {
+                self.fail(&mut out, format!("received {n}"))
+            }
+            (
+                S::OpenSent | S::OpenConfirm | S::Established,
+                E::BgpHeaderErr(e) | E::BgpOpenMsgErr(e) | E::UpdateMsgErr(e),
+            ) => self.fail_with(&mut out, Message::Notification(e.notification())),
+            // Anything else is out of place in this state (RFC 6608 subcodes).
+            (S::OpenSent, _) => self.fail_with(&mut out, notification(code::FSM, 1)),
+            (S::OpenConfirm, _) => self.fail_with(&mut out, notification(code::FSM, 2)),
+            (S::Established, _) => self.fail_with(&mut out, notification(code::FSM, 3)),
+        }
+        out
+    }
+
+    fn restart_hold(&self, out: &mut Vec<Output>) {
+        if let Some(n) = &self.negotiated
+            && n.hold_time > 0
+        {
+            out.push(Output::StartTimer(
+                Timer::Hold,
+                Duration::from_secs(u64::from(n.hold_time)),
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config {
+            my_as: 64513,
+            peer_as: 64512,
+            router_id: None,
+            fallback_id: Ipv4Addr::new(1, 2, 3, 4),
+            hold_time: 9,
+            keepalive: None,
+            graceful_restart: Some(120),
+            restarting: false,
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+
+    fn peer_open(asn: u32, hold: u16) -> Open {
+        Open {
+            version: 4,
+            my_as: u16::try_from(asn).unwrap_or(AS_TRANS),
+            hold_time: hold,
+            router_id: Ipv4Addr::new(10, 0, 0, 1),
+            capabilities: vec![
+                Capability::Multiprotocol {
+                    afi: AFI_IPV4,
+                    safi: 1,
+                },
+                Capability::FourOctetAs(asn),
+            ],
+        }
+    }
+
+    fn local() -> Event {
+        Event::TcpCrAcked {
+            local: "10.0.0.11".parse().expect("ip"),
+        }
+    }
+
+    fn sent(out: &[Output]) -> Vec<Message> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Send(m) => Some(m.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn established(f: &mut Fsm) -> Negotiated {
+        f.process(Event::ManualStart);
+        f.process(local());
+        f.process(Event::BgpOpen(peer_open(64512, 90)));
+        let out = f.process(Event::KeepAliveMsg);
+        match out.last() {
+            Some(Output::Established(n)) => n.clone(),
+            other => panic!("not established: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reaches_established_and_negotiates() {
+        let mut f = Fsm::new(config());
+        assert_eq!(
+            f.process(Event::ManualStart),
+            [
+                Output::StartTimer(Timer::ConnectRetry, CONNECT_TIMEOUT),
+                Output::Connect
+            ]
+        );
+        let out = f.process(local());
+        let [Message::Open(o)] = &sent(&out)[..] else {
+            panic!("no open: {out:?}")
+        };
+        // The router ID is the connection's IPv4 source address.
+        assert_eq!(o.router_id, Ipv4Addr::new(10, 0, 0, 11));
+        assert_eq!(o.hold_time, 9);
+        assert!(o.graceful_restart().is_some());
+        let n = established(&mut Fsm::new(config()));
+        assert_eq!((n.hold_time, n.keepalive), (9, 3));
+        assert!(n.ipv4 && !n.ipv6 && !n.ibgp && n.four_octet && !n.graceful_restart);
+    }
+
+    #[test]
+    fn four_octet_as_goes_as_trans() {
+        let mut f = Fsm::new(Config {
+            my_as: 4_200_000_001,
+            ..config()
+        });
+        f.process(Event::ManualStart);
+        let [Message::Open(o)] = &sent(&f.process(local()))[..] else {
+            panic!("no open")
+        };
+        assert_eq!((o.my_as, o.asn()), (AS_TRANS, 4_200_000_001));
+    }
+
+    #[test]
+    fn bad_opens_get_their_notifications() {
+        let cases = [
+            (peer_open(64999, 90), code::BAD_PEER_AS),
+            (peer_open(64512, 2), code::UNACCEPTABLE_HOLD_TIME),
+            (
+                Open {
+                    router_id: Ipv4Addr::UNSPECIFIED,
+                    ..peer_open(64512, 90)
+                },
+                code::BAD_BGP_IDENTIFIER,
+            ),
+        ];
+        for (open, sub) in cases {
+            let mut f = Fsm::new(config());
+            f.process(Event::ManualStart);
+            f.process(local());
+            let out = f.process(Event::BgpOpen(open));
+            assert_eq!(sent(&out), [notification(code::OPEN, sub)]);
+            assert!(out.contains(&Output::Disconnect));
+            assert_eq!(f.state(), State::Idle);
+        }
+    }
+
+    #[test]
+    fn hold_timer_is_enforced_and_restarted_by_traffic() {
+        let mut f = Fsm::new(config());
+        established(&mut f);
+        let hold = Output::StartTimer(Timer::Hold, Duration::from_secs(9));
+        assert_eq!(f.process(Event::KeepAliveMsg), std::slice::from_ref(&hold));
+        assert_eq!(
+            f.process(Event::UpdateMsg(Update::default())),
+            std::slice::from_ref(&hold)
+        );
+        let out = f.process(Event::HoldTimerExpires);
+        assert_eq!(sent(&out), [notification(code::HOLD_TIMER_EXPIRED, 0)]);
+        assert_eq!(f.state(), State::Idle);
+        assert!(out.iter().any(|o| matches!(o, Output::Down(_))));
+    }
+
+    #[test]
+    fn failures_back_off_and_restart_on_their_own() {
+        let mut f = Fsm::new(config());
+        f.process(Event::ManualStart);
+        let mut delays = vec![];
+        for _ in 0..8 {
+            let out = f.process(Event::TcpConnectionFails);
+            for o in &out {
+                if let Output::StartTimer(Timer::IdleHold, d) = o {
+                    delays.push(d.as_millis());
+                }
+            }
+            assert_eq!(f.state(), State::Idle);
+            assert!(
+                f.process(Event::IdleHoldTimerExpires)
+                    .contains(&Output::Connect)
+            );
+        }
+        assert_eq!(delays, [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000]);
+        // Established resets the count.
+        f.process(local());
+        f.process(Event::BgpOpen(peer_open(64512, 90)));
+        f.process(Event::KeepAliveMsg);
+        let out = f.process(Event::TcpConnectionFails);
+        assert!(out.contains(&Output::StartTimer(Timer::IdleHold, FIRST_BACKOFF)));
+    }
+
+    #[test]
+    fn stop_sends_cease_unless_graceful() {
+        let mut f = Fsm::new(config());
+        established(&mut f);
+        let out = f.process(Event::ManualStop { graceful: false });
+        assert_eq!(
+            sent(&out),
+            [notification(code::CEASE, code::ADMINISTRATIVE_SHUTDOWN)]
+        );
+        // A stopped session does not come back by itself.
+        assert!(f.process(Event::IdleHoldTimerExpires).is_empty());
+        let mut f = Fsm::new(config());
+        established(&mut f);
+        assert!(sent(&f.process(Event::ManualStop { graceful: true })).is_empty());
+    }
+
+    #[test]
+    fn unexpected_messages_are_fsm_errors() {
+        let mut f = Fsm::new(config());
+        f.process(Event::ManualStart);
+        f.process(local());
+        let out = f.process(Event::KeepAliveMsg);
+        assert_eq!(sent(&out), [notification(code::FSM, 1)]);
+        let mut f = Fsm::new(config());
+        established(&mut f);
+        let out = f.process(Event::BgpOpen(peer_open(64512, 90)));
+        assert_eq!(sent(&out), [notification(code::FSM, 3)]);
+        let mut f = Fsm::new(config());
+        established(&mut f);
+        let e = WireError {
+            code: 3,
+            subcode: 1,
+            data: vec![],
+        };
+        let out = f.process(Event::UpdateMsgErr(e));
+        assert_eq!(sent(&out), [notification(3, 1)]);
+    }
+
+    #[test]
+    fn ibgp_and_route_refresh() {
+        let mut f = Fsm::new(Config {
+            peer_as: 64513,
+            ..config()
+        });
+        f.process(Event::ManualStart);
+        f.process(local());
+        f.process(Event::BgpOpen(peer_open(64513, 0)));
+        let out = f.process(Event::KeepAliveMsg);
+        let Some(Output::Established(n)) = out.last() else {
+            panic!("not established")
+        };
+        // Hold time 0: no keepalives, no hold timer.
+        assert!(n.ibgp && n.hold_time == 0);
+        assert_eq!(
+            f.process(Event::RouteRefreshMsg { afi: 2, safi: 1 }),
+            [Output::Resend { afi: 2 }]
+        );
+    }
+}
