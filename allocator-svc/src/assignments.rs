@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::bgp::{self, NodeBgp};
 use crate::cluster::{self, Announcement, Input};
 use crate::error::Result;
 use crate::lease::{Lease, Owner};
@@ -30,15 +31,25 @@ pub struct View {
 pub struct ClusterView {
     pub announcements: Vec<Announcement>,
     pub by_node: BTreeMap<String, NodeAssignments>,
+    pub bgp: bgp::Decision,
+}
+
+/// Everything one node does: layer-2 addresses and BGP sessions with their routes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeView {
+    pub l2: NodeAssignments,
+    pub bgp: NodeBgp,
 }
 
 impl View {
-    pub fn node(&self, cluster: &str, node: &str) -> NodeAssignments {
-        self.clusters
-            .get(cluster)
-            .and_then(|c| c.by_node.get(node))
-            .cloned()
-            .unwrap_or_default()
+    pub fn node(&self, cluster: &str, node: &str) -> NodeView {
+        let Some(c) = self.clusters.get(cluster) else {
+            return NodeView::default();
+        };
+        NodeView {
+            l2: c.by_node.get(node).cloned().unwrap_or_default(),
+            bgp: c.bgp.nodes.get(node).cloned().unwrap_or_default(),
+        }
     }
 }
 
@@ -112,8 +123,9 @@ async fn compute(
     ignore_exclude_label: bool,
 ) -> Result<(View, bool)> {
     let rows = store.cluster_rows().await?;
-    if rows.ads.is_empty() {
-        // No layer-2 advertisement anywhere: nothing to announce, and no lease to read.
+    if rows.ads.is_empty() && rows.bgp_peers.is_empty() {
+        // No layer-2 advertisement or BGP peer anywhere: nothing to announce, and no lease to
+        // read.
         let view = View {
             version: rows.revision,
             clusters: BTreeMap::new(),
@@ -134,6 +146,10 @@ async fn compute(
     let empty_live = Default::default();
     let empty_endpoints = Default::default();
     let mut clusters = BTreeMap::new();
+    // A cluster with BGP peers but no lease still runs its sessions.
+    for p in &rows.bgp_peers {
+        by_cluster.entry(p.cluster.as_str()).or_default();
+    }
     for (name, leases) in by_cluster {
         let nodes: Vec<_> = rows
             .nodes
@@ -157,11 +173,45 @@ async fn compute(
             ignore_exclude_label,
         });
         let by_node = cluster::by_node(&announcements);
+        let of_cluster = |c: &str| c == name;
+        let bgp_peers: Vec<_> = rows
+            .bgp_peers
+            .iter()
+            .filter(|p| of_cluster(&p.cluster))
+            .cloned()
+            .collect();
+        let bgp = if bgp_peers.is_empty() {
+            bgp::Decision::default()
+        } else {
+            let bgp_ads: Vec<_> = rows
+                .bgp_ads
+                .iter()
+                .filter(|a| of_cluster(&a.cluster))
+                .cloned()
+                .collect();
+            let communities: Vec<_> = rows
+                .communities
+                .iter()
+                .filter(|c| of_cluster(&c.cluster))
+                .cloned()
+                .collect();
+            bgp::decide(bgp::Input {
+                nodes: &nodes,
+                peers: &bgp_peers,
+                ads: &bgp_ads,
+                communities: &communities,
+                endpoints: rows.endpoints.get(name).unwrap_or(&empty_endpoints),
+                leases: &leases,
+                pools: &pools,
+                ignore_exclude_label,
+            })
+        };
         clusters.insert(
             name.to_string(),
             ClusterView {
                 announcements,
                 by_node,
+                bgp,
             },
         );
     }

@@ -99,11 +99,8 @@ impl L2Ad {
         Ok(())
     }
 
-    /// MetalLB: an advertisement naming no pool, by name or selector, applies to every pool.
     fn applies_to(&self, pool: &str, labels: Option<&Labels>) -> bool {
-        (self.pools.is_empty() && self.pool_selectors.is_empty())
-            || self.pools.iter().any(|p| p == pool)
-            || labels.is_some_and(|l| self.pool_selectors.iter().any(|s| s.matches(l)))
+        pool_applies(&self.pools, &self.pool_selectors, pool, labels)
     }
 
     fn election(&self) -> Advertisement {
@@ -173,7 +170,20 @@ pub struct Input<'a> {
     pub ignore_exclude_label: bool,
 }
 
-fn service_name(owner: &Owner) -> Option<(String, String)> {
+/// MetalLB: an advertisement naming no pool, by name or selector, applies to every pool.
+pub(crate) fn pool_applies(
+    pools: &[String],
+    selectors: &[LabelSelector],
+    pool: &str,
+    labels: Option<&Labels>,
+) -> bool {
+    (pools.is_empty() && selectors.is_empty())
+        || pools.iter().any(|p| p == pool)
+        || labels.is_some_and(|l| selectors.iter().any(|s| s.matches(l)))
+}
+
+/// The (namespace, name) of the Service that owns a lease.
+pub(crate) fn service_of(owner: &Owner) -> Option<(String, String)> {
     match owner {
         Owner::Service {
             namespace, name, ..
@@ -267,7 +277,7 @@ pub fn decide(input: Input<'_>) -> Vec<Announcement> {
                     }
                 }
             }
-            let Some(svc) = service_name(&lease.owner) else {
+            let Some(svc) = service_of(&lease.owner) else {
                 continue;
             };
             services.insert(format!("{}/{}", svc.0, svc.1));

@@ -3,6 +3,7 @@
 
 pub mod addr;
 pub mod assignments;
+pub mod bgp;
 pub mod cluster;
 pub mod election;
 pub mod error;

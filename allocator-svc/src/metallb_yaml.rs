@@ -1,5 +1,5 @@
-//! MetalLB's IPAddressPool and L2Advertisement YAML, as users write it, translated to ferrolb's
-//! API messages.
+//! MetalLB's IPAddressPool, L2Advertisement, BGPPeer, BGPAdvertisement and Community YAML, as
+//! users write it, translated to ferrolb's API messages.
 //!
 //! The MetalLB fields are read exactly (unknown spec fields are refused, so a typo is not silently
 //! ignored). ferrolb's own pool settings ride along as annotations, so the file stays valid for
@@ -61,6 +61,153 @@ struct L2AdvertisementSpec {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct BgpAdvertisementSpec {
+    aggregation_length: Option<u32>,
+    #[serde(rename = "aggregationLengthV6")]
+    aggregation_length_v6: Option<u32>,
+    #[serde(default)]
+    local_pref: u32,
+    #[serde(default)]
+    communities: Vec<String>,
+    #[serde(default)]
+    ip_address_pools: Vec<String>,
+    #[serde(default)]
+    ip_address_pool_selectors: Vec<Selector>,
+    #[serde(default)]
+    node_selectors: Vec<Selector>,
+    #[serde(default)]
+    peers: Vec<String>,
+    #[serde(default)]
+    service_selectors: Vec<Selector>,
+}
+
+/// BGPPeer v1beta2 (v1beta1 has the same fields ferrolb's speaker takes). Fields that only
+/// MetalLB's FRR modes honour are read so that the refusal can name them.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct BgpPeerSpec {
+    #[serde(rename = "myASN")]
+    my_asn: u32,
+    #[serde(rename = "peerASN", default)]
+    peer_asn: u32,
+    #[serde(default)]
+    peer_address: String,
+    #[serde(default)]
+    source_address: String,
+    #[serde(default)]
+    peer_port: u32,
+    hold_time: Option<String>,
+    keepalive_time: Option<String>,
+    #[serde(rename = "routerID", default)]
+    router_id: String,
+    #[serde(default)]
+    node_selectors: Vec<Selector>,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    ebgp_multi_hop: bool,
+    #[serde(default)]
+    enable_graceful_restart: bool,
+    #[serde(rename = "disableMP", default)]
+    disable_mp: bool,
+    #[serde(flatten)]
+    frr_only: BTreeMap<String, serde_yaml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommunitySpec {
+    #[serde(default)]
+    communities: Vec<CommunityAlias>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommunityAlias {
+    name: String,
+    value: String,
+}
+
+/// MetalLB fields ferrolb's speaker does not run (as MetalLB's native mode refuses them).
+const FRR_ONLY: &[&str] = &[
+    "bfdProfile",
+    "dynamicASN",
+    "localASN",
+    "interface",
+    "connectTime",
+    "vrf",
+    "dualStackAddressFamily",
+    "passwordSecret",
+];
+
+/// Whole seconds of a Go duration (`90s`, `1m30s`, `2h`).
+fn seconds(field: &str, s: &str) -> Result<u32, String> {
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| format!("{field}: {s:?} is not a duration like 90s"))?;
+        total += n * match c {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => return Err(format!("{field}: {s:?} is not a duration like 90s")),
+        };
+        digits.clear();
+    }
+    if !digits.is_empty() && s != "0" {
+        return Err(format!("{field}: {s:?} needs a unit (90s)"));
+    }
+    u32::try_from(total).map_err(|_| format!("{field}: {s:?} is too long"))
+}
+
+fn bgp_peer(name: String, spec: BgpPeerSpec) -> Result<pb::BgpPeer, String> {
+    if let Some(field) = spec.frr_only.keys().next() {
+        return if FRR_ONLY.contains(&field.as_str()) {
+            Err(format!(
+                "spec.{field} is a MetalLB FRR-mode setting that ferrolb's speaker does not run{}",
+                if field == "passwordSecret" {
+                    " (ferrolbctl takes spec.password; the Kubernetes adapter reads the Secret)"
+                } else {
+                    ""
+                }
+            ))
+        } else {
+            Err(format!("unknown field `{field}`"))
+        };
+    }
+    let _ = spec.disable_mp; // deprecated by MetalLB, no effect
+    Ok(pb::BgpPeer {
+        cluster: String::new(),
+        name,
+        my_asn: spec.my_asn,
+        peer_asn: spec.peer_asn,
+        peer_address: spec.peer_address,
+        source_address: spec.source_address,
+        peer_port: spec.peer_port,
+        hold_time: spec
+            .hold_time
+            .map(|h| seconds("spec.holdTime", &h))
+            .transpose()?,
+        keepalive_time: spec
+            .keepalive_time
+            .map(|k| seconds("spec.keepaliveTime", &k))
+            .transpose()?,
+        router_id: spec.router_id,
+        node_selectors: selectors(spec.node_selectors),
+        password: spec.password,
+        ebgp_multihop: spec.ebgp_multi_hop,
+        enable_graceful_restart: spec.enable_graceful_restart,
+    })
+}
+
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PreferredNode {
     weight: u32,
@@ -104,6 +251,9 @@ pub struct Parsed {
     pub pools: Vec<pb::Pool>,
     /// With an empty cluster: the caller says which cluster they belong to.
     pub l2_advertisements: Vec<pb::L2Advertisement>,
+    pub bgp_peers: Vec<pb::BgpPeer>,
+    pub bgp_advertisements: Vec<pb::BgpAdvertisement>,
+    pub communities: Vec<pb::Community>,
     /// `Kind/name` of documents the allocator does not take, for the caller to report.
     pub skipped: Vec<String>,
 }
@@ -175,13 +325,55 @@ pub fn parse(text: &str) -> Result<Parsed, String> {
             });
             continue;
         }
+        let where_ = format!("{} {:?}", doc.kind, doc.metadata.name);
+        if group == "metallb.io" && doc.kind == "BGPPeer" {
+            let spec: BgpPeerSpec =
+                serde_yaml::from_value(doc.spec).map_err(|e| format!("{where_}: spec: {e}"))?;
+            let peer = bgp_peer(doc.metadata.name, spec).map_err(|e| format!("{where_}: {e}"))?;
+            parsed.bgp_peers.push(peer);
+            continue;
+        }
+        if group == "metallb.io" && doc.kind == "BGPAdvertisement" {
+            let spec: BgpAdvertisementSpec =
+                serde_yaml::from_value(doc.spec).map_err(|e| format!("{where_}: spec: {e}"))?;
+            parsed.bgp_advertisements.push(pb::BgpAdvertisement {
+                cluster: String::new(),
+                name: doc.metadata.name,
+                aggregation_length: spec.aggregation_length,
+                aggregation_length_v6: spec.aggregation_length_v6,
+                local_pref: spec.local_pref,
+                communities: spec.communities,
+                ip_address_pools: spec.ip_address_pools,
+                ip_address_pool_selectors: selectors(spec.ip_address_pool_selectors),
+                node_selectors: selectors(spec.node_selectors),
+                peers: spec.peers,
+                service_selectors: selectors(spec.service_selectors),
+            });
+            continue;
+        }
+        if group == "metallb.io" && doc.kind == "Community" {
+            let spec: CommunitySpec =
+                serde_yaml::from_value(doc.spec).map_err(|e| format!("{where_}: spec: {e}"))?;
+            parsed.communities.push(pb::Community {
+                cluster: String::new(),
+                name: doc.metadata.name,
+                communities: spec
+                    .communities
+                    .into_iter()
+                    .map(|c| pb::CommunityAlias {
+                        name: c.name,
+                        value: c.value,
+                    })
+                    .collect(),
+            });
+            continue;
+        }
         if doc.kind != "IPAddressPool" || group != "metallb.io" {
             parsed
                 .skipped
                 .push(format!("{}/{}", doc.kind, doc.metadata.name));
             continue;
         }
-        let where_ = format!("IPAddressPool {:?}", doc.metadata.name);
         let spec: IpAddressPoolSpec =
             serde_yaml::from_value(doc.spec).map_err(|e| format!("{where_}: spec: {e}"))?;
         let annotations = &doc.metadata.annotations;
@@ -235,11 +427,11 @@ spec:
       - {key: tier, operator: In, values: [gold]}
 ---
 apiVersion: metallb.io/v1beta1
-kind: BGPAdvertisement
-metadata: {name: bgp}
+kind: BFDProfile
+metadata: {name: bfd}
 "#;
         let p = parse(text).expect("valid");
-        assert_eq!(p.skipped, ["BGPAdvertisement/bgp"]);
+        assert_eq!(p.skipped, ["BFDProfile/bfd"]);
         let pool = &p.pools[0];
         assert_eq!(pool.addresses, ["10.0.0.0/24", "fc00::1-fc00::ff"]);
         assert_eq!(pool.auto_assign, Some(false));
@@ -252,6 +444,67 @@ metadata: {name: bgp}
             sa.service_selectors[0].match_expressions[0].values,
             ["gold"]
         );
+    }
+
+    #[test]
+    fn bgp_objects_with_every_field() {
+        let text = r#"
+apiVersion: metallb.io/v1beta2
+kind: BGPPeer
+metadata: {name: core, namespace: metallb-system}
+spec:
+  myASN: 4200000001
+  peerASN: 65000
+  peerAddress: 10.100.1.1
+  sourceAddress: 10.100.1.11
+  peerPort: 1179
+  holdTime: 1m30s
+  keepaliveTime: 30s
+  routerID: 10.100.1.11
+  nodeSelectors: [{matchLabels: {rack: a}}]
+  password: s3cret
+  ebgpMultiHop: true
+  enableGracefulRestart: true
+---
+apiVersion: metallb.io/v1beta1
+kind: BGPAdvertisement
+metadata: {name: adv}
+spec:
+  aggregationLength: 24
+  aggregationLengthV6: 64
+  localPref: 100
+  communities: [no-export, "65000:1", "large:65000:1:2"]
+  ipAddressPools: [corp]
+  peers: [core]
+---
+apiVersion: metallb.io/v1beta1
+kind: Community
+metadata: {name: aliases}
+spec:
+  communities:
+  - {name: no-export, value: "65535:65281"}
+"#;
+        let p = parse(text).expect("valid");
+        let peer = &p.bgp_peers[0];
+        assert_eq!((peer.my_asn, peer.peer_port), (4_200_000_001, 1179));
+        assert_eq!((peer.hold_time, peer.keepalive_time), (Some(90), Some(30)));
+        assert!(peer.ebgp_multihop && peer.enable_graceful_restart);
+        assert_eq!(peer.node_selectors.len(), 1);
+        let ad = &p.bgp_advertisements[0];
+        assert_eq!(ad.aggregation_length, Some(24));
+        assert_eq!(ad.communities.len(), 3);
+        assert_eq!(p.communities[0].communities[0].value, "65535:65281");
+
+        let frr = "apiVersion: metallb.io/v1beta2\nkind: BGPPeer\nmetadata: {name: p}\nspec: {myASN: 1, peerASN: 2, peerAddress: 10.0.0.1, bfdProfile: fast}\n";
+        let err = parse(frr).unwrap_err();
+        assert!(
+            err.contains("BGPPeer \"p\"") && err.contains("bfdProfile"),
+            "{err}"
+        );
+        let typo = frr.replace("bfdProfile", "holdtime");
+        assert!(parse(&typo).unwrap_err().contains("unknown field"));
+        let bad = frr.replace("bfdProfile: fast", "holdTime: \"90\"");
+        assert!(parse(&bad).unwrap_err().contains("unit"));
     }
 
     #[test]

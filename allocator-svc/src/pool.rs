@@ -285,7 +285,7 @@ pub(crate) fn validate_name(field: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
-fn check_unique<T: Ord + std::fmt::Debug>(field: &str, items: &[T]) -> Result<()> {
+pub(crate) fn check_unique<T: Ord + std::fmt::Debug>(field: &str, items: &[T]) -> Result<()> {
     let mut seen = BTreeSet::new();
     for item in items {
         if !seen.insert(item) {

@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::bgp;
 use crate::bind::Binder;
 use crate::l2::{self, Command, Counters, Link};
 use crate::links::{self, Pattern};
@@ -52,6 +53,7 @@ pub struct Update {
     pub snapshot: bool,
     pub set: Vec<(IpAddr, Vec<String>)>,
     pub unset: Vec<IpAddr>,
+    pub bgp: bgp::Changes,
 }
 
 /// What the announcer really does, for heartbeats and metrics.
@@ -120,12 +122,14 @@ pub struct Agent {
     /// Announce everything served at the next reconcile, not only what is new.
     reannounce: bool,
     status: watch::Sender<Status>,
+    bgp: bgp::Manager,
 }
 
 impl Agent {
     pub async fn new(
         settings: Settings,
         counters: Arc<Counters>,
+        bgp: bgp::Manager,
     ) -> Result<(Agent, watch::Receiver<Status>), String> {
         let binder = match settings.answerer {
             Answerer::Kernel => Some(Binder::new().map_err(|e| format!("netlink: {e}"))?),
@@ -160,6 +164,7 @@ impl Agent {
             gratuitous: BTreeMap::new(),
             reannounce: false,
             status,
+            bgp,
         };
         agent.scan();
         agent.reconcile().await;
@@ -190,7 +195,8 @@ impl Agent {
         self.assigned.clear();
         self.synced = true;
         self.reconcile().await;
-        tracing::info!("stopped; every binding removed");
+        self.bgp.stop().await;
+        tracing::info!("stopped; every binding removed, every BGP session ended");
     }
 
     fn apply(&mut self, u: Update) {
@@ -206,6 +212,9 @@ impl Agent {
         }
         for (ip, ifs) in u.set {
             self.assigned.insert(ip, ifs);
+        }
+        if u.snapshot || !u.bgp.is_empty() {
+            self.bgp.apply(u.bgp, u.snapshot);
         }
         self.version = u.version;
         tracing::debug!(

@@ -57,6 +57,13 @@ struct Args {
     /// Longest wait between reconnection attempts, in milliseconds.
     #[arg(long, env = "FERROLB_MAX_BACKOFF_MS", default_value_t = 2000)]
     max_backoff_ms: u64,
+    /// Seconds a BGP peer with graceful restart keeps this node's routes while the announcer
+    /// restarts (RFC 4724 restart time, at most 4095).
+    #[arg(long, env = "FERROLB_BGP_RESTART_TIME", default_value_t = 120)]
+    bgp_restart_time: u16,
+    /// Longest wait before a failed BGP session tries again, in milliseconds.
+    #[arg(long, env = "FERROLB_BGP_MAX_BACKOFF_MS", default_value_t = 30000)]
+    bgp_max_backoff_ms: u64,
     /// Prometheus metrics address (`/metrics`); `off` disables it.
     #[arg(long, env = "FERROLB_METRICS_LISTEN", default_value = "127.0.0.1:7472")]
     metrics_listen: String,
@@ -115,7 +122,19 @@ async fn main() {
         gratuitous_period: Duration::from_millis(args.gratuitous_period_ms),
         scan_interval: Duration::from_millis(args.scan_interval_ms),
     };
-    let (agent, status) = Agent::new(settings, Arc::clone(&counters))
+    if args.bgp_restart_time > 4095 {
+        fail("--bgp-restart-time is at most 4095 seconds (12 bits in the OPEN)".into());
+    }
+    let bgp = ferrolb_announcer::bgp::Manager::new(
+        ferrolb_announcer::bgp::speaker::Common {
+            fallback_id: ferrolb_announcer::bgp::fallback_router_id(&node),
+            restart_time: args.bgp_restart_time,
+            restarting: true,
+            max_backoff: Duration::from_millis(args.bgp_max_backoff_ms.max(500)),
+        },
+        Arc::clone(&metrics.bgp),
+    );
+    let (agent, status) = Agent::new(settings, Arc::clone(&counters), bgp)
         .await
         .unwrap_or_else(|e| fail(e));
 

@@ -15,6 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 
 use crate::agent::{Status, Update};
+use crate::bgp::{self, rib::Route, speaker::PeerSpec, wire::Prefix};
 use crate::metrics::Metrics;
 
 #[derive(Debug, Clone)]
@@ -123,6 +124,100 @@ fn update(a: pb::Assignments, fresh_session: bool) -> Update {
             .filter_map(|s| parse(&s.ip).map(|ip| (ip, s.interfaces)))
             .collect(),
         unset: a.unset.iter().filter_map(|s| parse(s)).collect(),
+        bgp: bgp_changes(
+            a.sessions_set,
+            a.sessions_unset,
+            a.routes_set,
+            a.routes_unset,
+        ),
+    }
+}
+
+/// The BGP part of an assignments message; what does not parse is dropped and logged.
+fn bgp_changes(
+    sessions_set: Vec<pb::BgpSession>,
+    sessions_unset: Vec<String>,
+    routes_set: Vec<pb::BgpRoute>,
+    routes_unset: Vec<String>,
+) -> bgp::Changes {
+    let prefix = |s: &str| match s.parse::<Prefix>() {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::warn!(
+                error = e,
+                "allocator sent a prefix that does not parse; ignored"
+            );
+            None
+        }
+    };
+    let session = |s: pb::BgpSession| -> Result<PeerSpec, String> {
+        let ip = |field: &str, v: &str| {
+            v.parse::<IpAddr>()
+                .map_err(|_| format!("{field} {v:?} is not an address"))
+        };
+        Ok(PeerSpec {
+            address: ip("peer address", &s.peer_address)?,
+            port: u16::try_from(s.peer_port).map_err(|_| "peer port out of range".to_string())?,
+            source: if s.source_address.is_empty() {
+                None
+            } else {
+                Some(ip("source address", &s.source_address)?)
+            },
+            my_as: s.my_asn,
+            peer_as: s.peer_asn,
+            router_id: if s.router_id.is_empty() {
+                None
+            } else {
+                Some(
+                    s.router_id
+                        .parse()
+                        .map_err(|_| format!("router ID {:?} is not IPv4", s.router_id))?,
+                )
+            },
+            hold_time: u16::try_from(s.hold_time)
+                .map_err(|_| "hold time out of range".to_string())?,
+            keepalive: s.keepalive_time.and_then(|k| u16::try_from(k).ok()),
+            password: (!s.password.is_empty()).then_some(s.password),
+            ebgp_multihop: s.ebgp_multihop,
+            graceful_restart: s.graceful_restart,
+            name: s.name,
+        })
+    };
+    bgp::Changes {
+        sessions_set: sessions_set
+            .into_iter()
+            .filter_map(|s| {
+                let name = s.name.clone();
+                session(s)
+                    .map_err(|e| tracing::warn!(peer = name, error = e, "BGP peer ignored"))
+                    .ok()
+            })
+            .collect(),
+        sessions_unset,
+        routes_set: routes_set
+            .into_iter()
+            .filter_map(|r| {
+                let p = prefix(&r.prefix)?;
+                let peers = r
+                    .peers
+                    .into_iter()
+                    .map(|pr| {
+                        let route = Route {
+                            communities: pr.communities,
+                            large_communities: pr
+                                .large_communities
+                                .iter()
+                                .map(|l| (l.global_admin, l.local_data1, l.local_data2))
+                                .collect(),
+                            local_pref: (pr.local_pref != 0).then_some(pr.local_pref),
+                        };
+                        (pr.peer, route)
+                    })
+                    .collect();
+                Some((p, peers))
+            })
+            .collect(),
+        routes_unset: routes_unset.iter().filter_map(|s| prefix(s)).collect(),
     }
 }
 
@@ -149,7 +244,7 @@ async fn session(
             cluster: settings.cluster.clone(),
             node: settings.node.clone(),
             interfaces: interfaces(&now),
-            capabilities: vec!["l2".into()],
+            capabilities: vec!["l2".into(), "bgp".into()],
             version: now.version,
             announcing: now.announcing.iter().map(IpAddr::to_string).collect(),
         })),

@@ -50,11 +50,12 @@ enum Output {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Apply a MetalLB YAML file: its IPAddressPools and L2Advertisements.
+    /// Apply a MetalLB YAML file: its IPAddressPools, L2Advertisements, BGPPeers,
+    /// BGPAdvertisements and Communities.
     Apply {
         #[arg(short, long)]
         file: PathBuf,
-        /// The cluster the L2Advertisements belong to (default: the cluster of --as).
+        /// The cluster the advertisements and peers belong to (default: the cluster of --as).
         #[arg(long, default_value = "")]
         cluster: String,
     },
@@ -69,6 +70,11 @@ enum Command {
     L2(L2Cmd),
     /// Which node announces each layer-2 address of a cluster.
     Announcements {
+        #[arg(long)]
+        cluster: String,
+    },
+    /// Which nodes advertise each address of a cluster over BGP, and to which peers.
+    BgpAnnouncements {
         #[arg(long)]
         cluster: String,
     },
@@ -327,6 +333,9 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Announcements { cluster } => {
             announcements(&mut cluster_client, cluster, out).await
         }
+        Command::BgpAnnouncements { cluster } => {
+            bgp_announcements(&mut cluster_client, cluster, out).await
+        }
         Command::Pools(cmd) => pools(&mut client, cmd, out).await,
         Command::Leases(cmd) => leases(&mut client, cmd, out).await,
         Command::Allocate(a) => allocate(&mut client, a, out).await,
@@ -534,9 +543,13 @@ async fn apply(
     out: Output,
 ) -> Result<(), String> {
     let parsed = read_yaml(file)?;
-    if !parsed.l2_advertisements.is_empty() && cluster.is_empty() {
+    let cluster_objects = parsed.l2_advertisements.len()
+        + parsed.bgp_peers.len()
+        + parsed.bgp_advertisements.len()
+        + parsed.communities.len();
+    if cluster_objects > 0 && cluster.is_empty() {
         return Err(format!(
-            "{}: L2Advertisements belong to a cluster: say which with --cluster",
+            "{}: advertisements, peers and communities belong to a cluster: say which with --cluster",
             file.display()
         ));
     }
@@ -557,6 +570,41 @@ async fn apply(
         if out == Output::Table {
             println!("l2advertisement/{name} {verb}");
         }
+    }
+    // Communities first: advertisements may name their aliases.
+    let mut report = |kind: &str, name: String, created: bool| {
+        let verb = if created { "created" } else { "configured" };
+        results.push(json!({kind: name, "result": verb}));
+        if out == Output::Table {
+            println!("{kind}/{name} {verb}");
+        }
+    };
+    for mut c in parsed.communities {
+        c.cluster = cluster.to_string();
+        let name = c.name.clone();
+        let r = cluster_client
+            .apply_community(c)
+            .await
+            .map_err(|s| format!("Community {name:?}: {}", status_text(s)))?;
+        report("community", name, r.into_inner().created);
+    }
+    for mut p in parsed.bgp_peers {
+        p.cluster = cluster.to_string();
+        let name = p.name.clone();
+        let r = cluster_client
+            .apply_bgp_peer(p)
+            .await
+            .map_err(|s| format!("BGPPeer {name:?}: {}", status_text(s)))?;
+        report("bgppeer", name, r.into_inner().created);
+    }
+    for mut a in parsed.bgp_advertisements {
+        a.cluster = cluster.to_string();
+        let name = a.name.clone();
+        let r = cluster_client
+            .apply_bgp_advertisement(a)
+            .await
+            .map_err(|s| format!("BGPAdvertisement {name:?}: {}", status_text(s)))?;
+        report("bgpadvertisement", name, r.into_inner().created);
     }
     if out == Output::Json {
         println!("{}", Value::Array(results));
@@ -777,6 +825,64 @@ async fn announcements(
         || {
             table(
                 &["ADDRESS", "NODE", "INTERFACES", "SERVICES", "REASON"],
+                &rows,
+            )
+        },
+    );
+    Ok(())
+}
+
+async fn bgp_announcements(
+    client: &mut ClusterClient,
+    cluster: String,
+    out: Output,
+) -> Result<(), String> {
+    let r = client
+        .list_bgp_announcements(pb::ListAnnouncementsRequest { cluster })
+        .await
+        .map_err(status_text)?
+        .into_inner();
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for a in &r.announcements {
+        if a.nodes.is_empty() {
+            rows.push(vec![
+                a.ip.clone(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                a.services.join(","),
+                a.reason.clone(),
+            ]);
+        }
+        for n in &a.nodes {
+            rows.push(vec![
+                a.ip.clone(),
+                n.node.clone(),
+                n.prefix.clone(),
+                n.peers.join(","),
+                a.services.join(","),
+                String::new(),
+            ]);
+        }
+    }
+    let j: Vec<Value> = r
+        .announcements
+        .iter()
+        .map(|a| {
+            let nodes: Vec<Value> = a
+                .nodes
+                .iter()
+                .map(|n| json!({"node": n.node, "prefix": n.prefix, "peers": n.peers}))
+                .collect();
+            json!({"ip": a.ip, "services": a.services, "nodes": nodes, "reason": a.reason})
+        })
+        .collect();
+    emit(
+        out,
+        json!({"version": r.version, "announcements": j}),
+        || {
+            table(
+                &["ADDRESS", "NODE", "PREFIX", "PEERS", "SERVICES", "REASON"],
                 &rows,
             )
         },

@@ -16,13 +16,14 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::bgp;
 use super::convert::{self, caller};
-use crate::assignments::{NodeAssignments, View};
+use crate::assignments::{NodeView, View};
 use crate::cluster::{Endpoints, L2Ad, NodeInfo, Preferred};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::pool::{Caller, validate_name};
-use crate::store::SqlStore;
+use crate::store::{BgpKind, SqlStore};
 
 /// May `caller` act for `cluster`?
 fn for_cluster(caller: &Caller, cluster: &str) -> Result<(), Status> {
@@ -299,6 +300,167 @@ impl ClusterStateService for ClusterState {
             version: view.version,
         }))
     }
+
+    async fn apply_bgp_peer(
+        &self,
+        req: Request<pb::BgpPeer>,
+    ) -> Result<Response<pb::ApplyBgpResponse>, Status> {
+        let caller = caller(&req)?;
+        let p = req.into_inner();
+        for_cluster(&caller, &p.cluster)?;
+        let peer = bgp::peer(p)?;
+        let created = self
+            .store
+            .apply_bgp(BgpKind::Peer, &peer.cluster, &peer.name, &peer)
+            .await?;
+        tracing::info!(
+            cluster = peer.cluster,
+            name = peer.name,
+            created,
+            "BGPPeer applied"
+        );
+        Ok(Response::new(pb::ApplyBgpResponse { created }))
+    }
+
+    async fn apply_bgp_advertisement(
+        &self,
+        req: Request<pb::BgpAdvertisement>,
+    ) -> Result<Response<pb::ApplyBgpResponse>, Status> {
+        let caller = caller(&req)?;
+        let a = req.into_inner();
+        for_cluster(&caller, &a.cluster)?;
+        let rows = self.store.cluster_rows().await?;
+        let sets: Vec<_> = rows
+            .communities
+            .into_iter()
+            .filter(|c| c.cluster == a.cluster)
+            .collect();
+        let ad = bgp::advertisement(a, &crate::bgp::aliases(&sets))?;
+        let created = self
+            .store
+            .apply_bgp(BgpKind::Advertisement, &ad.cluster, &ad.name, &ad)
+            .await?;
+        tracing::info!(
+            cluster = ad.cluster,
+            name = ad.name,
+            created,
+            "BGPAdvertisement applied"
+        );
+        Ok(Response::new(pb::ApplyBgpResponse { created }))
+    }
+
+    async fn apply_community(
+        &self,
+        req: Request<pb::Community>,
+    ) -> Result<Response<pb::ApplyBgpResponse>, Status> {
+        let caller = caller(&req)?;
+        let c = req.into_inner();
+        for_cluster(&caller, &c.cluster)?;
+        let rows = self.store.cluster_rows().await?;
+        let others: Vec<_> = rows
+            .communities
+            .into_iter()
+            .filter(|o| o.cluster == c.cluster)
+            .collect();
+        let set = bgp::community(c, &others)?;
+        let created = self
+            .store
+            .apply_bgp(BgpKind::Community, &set.cluster, &set.name, &set)
+            .await?;
+        Ok(Response::new(pb::ApplyBgpResponse { created }))
+    }
+
+    async fn delete_bgp_object(
+        &self,
+        req: Request<pb::DeleteBgpObjectRequest>,
+    ) -> Result<Response<pb::DeleteBgpObjectResponse>, Status> {
+        let caller = caller(&req)?;
+        let r = req.into_inner();
+        for_cluster(&caller, &r.cluster)?;
+        let kind = match pb::BgpKind::try_from(r.kind) {
+            Ok(pb::BgpKind::Peer) => BgpKind::Peer,
+            Ok(pb::BgpKind::Advertisement) => BgpKind::Advertisement,
+            Ok(pb::BgpKind::Community) => BgpKind::Community,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "kind: peer, advertisement or community",
+                ));
+            }
+        };
+        self.store.delete_bgp(kind, &r.cluster, &r.name).await?;
+        Ok(Response::new(pb::DeleteBgpObjectResponse {}))
+    }
+
+    async fn list_bgp_config(
+        &self,
+        req: Request<pb::ListBgpConfigRequest>,
+    ) -> Result<Response<pb::ListBgpConfigResponse>, Status> {
+        let caller = caller(&req)?;
+        let cluster = req.into_inner().cluster;
+        for_cluster(&caller, &cluster)?;
+        let rows = self.store.cluster_rows().await?;
+        Ok(Response::new(pb::ListBgpConfigResponse {
+            peers: rows
+                .bgp_peers
+                .iter()
+                .filter(|p| p.cluster == cluster)
+                .map(bgp::peer_to_pb)
+                .collect(),
+            advertisements: rows
+                .bgp_ads
+                .iter()
+                .filter(|a| a.cluster == cluster)
+                .map(bgp::advertisement_to_pb)
+                .collect(),
+            communities: rows
+                .communities
+                .iter()
+                .filter(|c| c.cluster == cluster)
+                .map(bgp::community_to_pb)
+                .collect(),
+        }))
+    }
+
+    async fn list_bgp_announcements(
+        &self,
+        req: Request<pb::ListAnnouncementsRequest>,
+    ) -> Result<Response<pb::ListBgpAnnouncementsResponse>, Status> {
+        let caller = caller(&req)?;
+        let cluster = req.into_inner().cluster;
+        for_cluster(&caller, &cluster)?;
+        let view = self.view.borrow().clone();
+        let announcements = view
+            .clusters
+            .get(&cluster)
+            .map(|c| {
+                c.bgp
+                    .announcements
+                    .iter()
+                    .map(|a| pb::BgpAnnouncement {
+                        ip: a.ip.to_string(),
+                        services: a.services.iter().cloned().collect(),
+                        nodes: a
+                            .nodes
+                            .iter()
+                            .map(|(node, (prefix, peers))| pb::BgpNodeAnnouncement {
+                                node: node.clone(),
+                                prefix: format!("{}/{}", prefix.0, prefix.1),
+                                peers: peers.iter().cloned().collect(),
+                            })
+                            .collect(),
+                        reason: a
+                            .silence
+                            .map(|s| s.as_str().to_string())
+                            .unwrap_or_default(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Response::new(pb::ListBgpAnnouncementsResponse {
+            announcements,
+            version: view.version,
+        }))
+    }
 }
 
 /// Liveness settings of the announcer streams.
@@ -341,26 +503,28 @@ impl Announcers {
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The message that brings an announcer from `had` to `want`.
-fn changes(version: u64, had: &NodeAssignments, want: &NodeAssignments) -> pb::Assignments {
-    pb::Assignments {
+fn changes(version: u64, had: &NodeView, want: &NodeView) -> pb::Assignments {
+    let (had_l2, want_l2) = (&had.l2, &want.l2);
+    let mut out = pb::Assignments {
         version,
         snapshot: false,
-        set: want
+        set: want_l2
             .iter()
-            .filter(|(ip, ifs)| had.get(ip) != Some(ifs))
+            .filter(|(ip, ifs)| had_l2.get(ip) != Some(ifs))
             .map(|(ip, ifs)| pb::L2Assignment {
                 ip: ip.to_string(),
                 interfaces: ifs.clone(),
             })
             .collect(),
-        unset: had
+        unset: had_l2
             .keys()
-            .filter(|ip| !want.contains_key(ip))
+            .filter(|ip| !want_l2.contains_key(ip))
             .map(IpAddr::to_string)
             .collect(),
-        heartbeat_interval_ms: 0,
-        allocator_timeout_ms: 0,
-    }
+        ..pb::Assignments::default()
+    };
+    bgp::changes(&had.bgp, &want.bgp, &mut out);
+    out
 }
 
 type Outbound = mpsc::Sender<Result<pb::AllocatorMessage, Status>>;
@@ -437,7 +601,15 @@ impl Announcers {
         let interval = (timeout / 3).max(Duration::from_millis(10));
         let mut view = self.view.clone();
         let current = view.borrow_and_update().clone();
-        let mut sent = current.node(&s.cluster, &s.node);
+        let speaks_bgp = hello.capabilities.iter().any(|c| c == "bgp");
+        let node_view = |v: &View| {
+            let mut n = v.node(&s.cluster, &s.node);
+            if !speaks_bgp {
+                n.bgp = Default::default();
+            }
+            n
+        };
+        let mut sent = node_view(&current);
         let announcing: BTreeSet<IpAddr> = hello
             .announcing
             .iter()
@@ -445,14 +617,17 @@ impl Announcers {
             .collect();
         // An announcer that has been in touch before (any replica) and announces exactly what it
         // should resumes where it is; versions move with every change anywhere, so they are not
-        // compared.
-        let in_step = hello.version != 0 && announcing.iter().eq(sent.keys());
+        // compared. The announcer does not report its BGP state, so a node with any gets a
+        // snapshot (sessions and routes that did not change cause no traffic to the peers).
+        let in_step = hello.version != 0
+            && announcing.iter().eq(sent.l2.keys())
+            && sent.bgp == Default::default();
         let first = if in_step {
             changes(current.version, &sent, &sent)
         } else {
             pb::Assignments {
                 snapshot: true,
-                ..changes(current.version, &NodeAssignments::new(), &sent)
+                ..changes(current.version, &NodeView::default(), &sent)
             }
         };
         let first = pb::Assignments {
@@ -491,7 +666,7 @@ impl Announcers {
                         return "shutting down";
                     }
                     let v = view.borrow_and_update().clone();
-                    let want = v.node(&s.cluster, &s.node);
+                    let want = node_view(&v);
                     if want != sent {
                         if out.send(down(changes(v.version, &sent, &want))).await.is_err() {
                             return "stream closed";
@@ -539,9 +714,9 @@ impl AnnouncerService for AnnouncerApi {
         };
         for_cluster(&caller, &hello.cluster)?;
         validate_name("hello.node", &hello.node)?;
-        if !hello.capabilities.iter().any(|c| c == "l2") {
+        if !hello.capabilities.iter().any(|c| c == "l2" || c == "bgp") {
             return Err(Status::invalid_argument(
-                "hello.capabilities: this allocator serves layer-2 announcers (\"l2\")",
+                "hello.capabilities: this allocator serves layer-2 (\"l2\") and BGP (\"bgp\") announcers",
             ));
         }
         let (tx, rx) = mpsc::channel(64);

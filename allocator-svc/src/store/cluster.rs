@@ -9,6 +9,7 @@ use tokio::sync::watch;
 
 use super::rows::{LeaseRow, lease_of};
 use super::sql::{SqlStore, fail, map_sqlx, now_ms};
+use crate::bgp::{BgpAd, BgpPeer, CommunitySet};
 use crate::cluster::{Endpoints, L2Ad, NodeInfo};
 use crate::error::{Error, Result};
 use crate::lease::Lease;
@@ -24,6 +25,36 @@ pub struct ClusterRows {
     pub endpoints: BTreeMap<String, BTreeMap<(String, String), Endpoints>>,
     /// Nodes with a live, ready announcer, by cluster.
     pub live: BTreeMap<String, BTreeSet<String>>,
+    pub bgp_peers: Vec<BgpPeer>,
+    pub bgp_ads: Vec<BgpAd>,
+    pub communities: Vec<CommunitySet>,
+}
+
+/// The kinds of BGP objects, as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BgpKind {
+    Peer,
+    Advertisement,
+    Community,
+}
+
+impl BgpKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            BgpKind::Peer => "peer",
+            BgpKind::Advertisement => "advertisement",
+            BgpKind::Community => "community",
+        }
+    }
+
+    /// MetalLB's kind name, for messages.
+    pub fn kind_name(self) -> &'static str {
+        match self {
+            BgpKind::Peer => "BGPPeer",
+            BgpKind::Advertisement => "BGPAdvertisement",
+            BgpKind::Community => "Community",
+        }
+    }
 }
 
 /// Bumps the cluster revision; the caller commits.
@@ -184,6 +215,56 @@ impl SqlStore {
         Ok(())
     }
 
+    /// Creates or replaces a BGP object (already validated); says whether it is new.
+    pub async fn apply_bgp<T: serde::Serialize>(
+        &self,
+        kind: BgpKind,
+        cluster: &str,
+        name: &str,
+        spec: &T,
+    ) -> Result<bool> {
+        cluster_tx!(self, |conn| async {
+            let existed: Option<i64> = sqlx::query_scalar(
+                "SELECT 1 FROM bgp_objects WHERE cluster = $1 AND kind = $2 AND name = $3",
+            )
+            .bind(cluster)
+            .bind(kind.as_str())
+            .bind(name)
+            .fetch_optional(&mut *conn)
+            .await?;
+            sqlx::query(
+                "INSERT INTO bgp_objects (cluster, kind, name, spec) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (cluster, kind, name) DO UPDATE SET spec = excluded.spec",
+            )
+            .bind(cluster)
+            .bind(kind.as_str())
+            .bind(name)
+            .bind(json(spec))
+            .execute(&mut *conn)
+            .await?;
+            Ok::<_, sqlx::Error>(existed.is_none())
+        })
+    }
+
+    pub async fn delete_bgp(&self, kind: BgpKind, cluster: &str, name: &str) -> Result<()> {
+        let n: u64 = cluster_tx!(self, |conn| async {
+            sqlx::query("DELETE FROM bgp_objects WHERE cluster = $1 AND kind = $2 AND name = $3")
+                .bind(cluster)
+                .bind(kind.as_str())
+                .bind(name)
+                .execute(&mut *conn)
+                .await
+                .map(|r| r.rows_affected())
+        })?;
+        if n == 0 {
+            return Err(Error::NotFound(format!(
+                "no {} {name:?} in cluster {cluster:?}",
+                kind.kind_name()
+            )));
+        }
+        Ok(())
+    }
+
     /// Records that this replica holds `node`'s stream, replacing any older session of the node.
     pub async fn open_session(
         &self,
@@ -321,6 +402,42 @@ impl SqlStore {
             ad.cluster = r.try_get("cluster").map_err(map_sqlx)?;
             ad.name = r.try_get("name").map_err(map_sqlx)?;
             out.ads.push(ad);
+        }
+        for r in
+            sqlx::query("SELECT cluster, kind, name, spec FROM bgp_objects ORDER BY cluster, name")
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(map_sqlx)?
+        {
+            let spec: String = r.try_get("spec").map_err(map_sqlx)?;
+            let kind: String = r.try_get("kind").map_err(map_sqlx)?;
+            let cluster: String = r.try_get("cluster").map_err(map_sqlx)?;
+            let name: String = r.try_get("name").map_err(map_sqlx)?;
+            match kind.as_str() {
+                "peer" => {
+                    let mut p: BgpPeer =
+                        serde_json::from_str(&spec).map_err(|e| bad("BGPPeer", e))?;
+                    (p.cluster, p.name) = (cluster, name);
+                    out.bgp_peers.push(p);
+                }
+                "advertisement" => {
+                    let mut a: BgpAd =
+                        serde_json::from_str(&spec).map_err(|e| bad("BGPAdvertisement", e))?;
+                    (a.cluster, a.name) = (cluster, name);
+                    out.bgp_ads.push(a);
+                }
+                "community" => {
+                    let mut c: CommunitySet =
+                        serde_json::from_str(&spec).map_err(|e| bad("Community", e))?;
+                    (c.cluster, c.name) = (cluster, name);
+                    out.communities.push(c);
+                }
+                other => {
+                    return Err(Error::Internal(format!(
+                        "stored BGP object of kind {other:?}"
+                    )));
+                }
+            }
         }
         for r in sqlx::query(
             "SELECT cluster, namespace, name, nodes, any_serving, local_policy FROM service_endpoints",

@@ -6,3 +6,159 @@ pub mod rib;
 pub mod socket;
 pub mod speaker;
 pub mod wire;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use crate::metrics::BgpMetrics;
+use rib::Route;
+use speaker::{Command, Common, PeerSpec, Session};
+use wire::Prefix;
+
+/// A router ID for sessions that have no IPv4 address to take it from: a 32-bit FNV-1a hash of
+/// the node name, so that it stays the same across restarts.
+pub fn fallback_router_id(node: &str) -> std::net::Ipv4Addr {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in node.bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    std::net::Ipv4Addr::from(h.max(1))
+}
+
+/// The BGP part of a change from the allocator.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub sessions_set: Vec<PeerSpec>,
+    pub sessions_unset: Vec<String>,
+    /// Each replaces what was held for its prefix: peer name → route.
+    pub routes_set: Vec<(Prefix, BTreeMap<String, Route>)>,
+    pub routes_unset: Vec<Prefix>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        *self == Changes::default()
+    }
+}
+
+/// Routes to set and prefixes to unset for one session.
+type RouteDiff = (Vec<(Prefix, Route)>, Vec<Prefix>);
+
+/// Runs the node's sessions and hands each its routes.
+pub struct Manager {
+    common: Common,
+    metrics: Arc<BgpMetrics>,
+    sessions: BTreeMap<String, Session>,
+    routes: BTreeMap<Prefix, BTreeMap<String, Route>>,
+}
+
+impl Manager {
+    pub fn new(common: Common, metrics: Arc<BgpMetrics>) -> Manager {
+        Manager {
+            common,
+            metrics,
+            sessions: BTreeMap::new(),
+            routes: BTreeMap::new(),
+        }
+    }
+
+    /// Sessions running now.
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Applies a change; `snapshot` means it holds everything (what it lacks goes).
+    pub fn apply(&mut self, c: Changes, snapshot: bool) {
+        let mut unset_sessions: BTreeSet<String> = c.sessions_unset.into_iter().collect();
+        let mut routes_unset = c.routes_unset;
+        if snapshot {
+            let keep: BTreeSet<&String> = c.sessions_set.iter().map(|s| &s.name).collect();
+            unset_sessions.extend(self.sessions.keys().filter(|n| !keep.contains(n)).cloned());
+            let keep: BTreeSet<&Prefix> = c.routes_set.iter().map(|(p, _)| p).collect();
+            routes_unset.extend(self.routes.keys().filter(|p| !keep.contains(p)).copied());
+        }
+        for name in &unset_sessions {
+            if let Some(s) = self.sessions.remove(name) {
+                tracing::info!(peer = name, "BGP peer no longer selects this node");
+                let _ = s.commands.send(Command::Stop { graceful: false });
+            }
+        }
+        // Per existing session: what to set and unset.
+        let mut per_peer: BTreeMap<String, RouteDiff> = BTreeMap::new();
+        for p in routes_unset {
+            if let Some(old) = self.routes.remove(&p) {
+                for peer in old.into_keys() {
+                    per_peer.entry(peer).or_default().1.push(p);
+                }
+            }
+        }
+        for (p, want) in c.routes_set {
+            let old = self.routes.remove(&p).unwrap_or_default();
+            for peer in old.keys().filter(|peer| !want.contains_key(*peer)) {
+                per_peer.entry(peer.clone()).or_default().1.push(p);
+            }
+            for (peer, r) in &want {
+                if old.get(peer) != Some(r) {
+                    per_peer
+                        .entry(peer.clone())
+                        .or_default()
+                        .0
+                        .push((p, r.clone()));
+                }
+            }
+            self.routes.insert(p, want);
+        }
+        let mut fresh = BTreeSet::new();
+        for spec in c.sessions_set {
+            if self
+                .sessions
+                .get(&spec.name)
+                .is_some_and(|s| s.spec == spec)
+            {
+                continue;
+            }
+            if let Some(old) = self.sessions.remove(&spec.name) {
+                tracing::info!(
+                    peer = spec.name,
+                    "BGP peer changed; starting its session again"
+                );
+                let _ = old.commands.send(Command::Stop { graceful: false });
+            }
+            fresh.insert(spec.name.clone());
+            let s = speaker::spawn(spec, &self.common, Arc::clone(&self.metrics));
+            self.sessions.insert(s.spec.name.clone(), s);
+        }
+        for name in &fresh {
+            let set: Vec<(Prefix, Route)> = self
+                .routes
+                .iter()
+                .filter_map(|(p, peers)| peers.get(name).map(|r| (*p, r.clone())))
+                .collect();
+            if let Some(s) = self.sessions.get(name) {
+                let _ = s.commands.send(Command::Routes { set, unset: vec![] });
+            }
+        }
+        for (peer, (set, unset)) in per_peer {
+            if fresh.contains(&peer) {
+                continue;
+            }
+            if let Some(s) = self.sessions.get(&peer) {
+                let _ = s.commands.send(Command::Routes { set, unset });
+            }
+        }
+    }
+
+    /// Ends every session: peers with graceful restart keep the routes (the announcer is
+    /// expected back); the others withdraw them at once.
+    pub async fn stop(&mut self) {
+        let sessions = std::mem::take(&mut self.sessions);
+        for s in sessions.values() {
+            let _ = s.commands.send(Command::Stop {
+                graceful: s.spec.graceful_restart,
+            });
+        }
+        for (_, s) in sessions {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), s.task).await;
+        }
+    }
+}

@@ -1,0 +1,792 @@
+//! BGP mode: MetalLB's BGPPeer, BGPAdvertisement and Community, checked as MetalLB's webhook
+//! checks them, and the decision made from them: for every node, the sessions it runs and, per
+//! prefix, what each of its peers receives. Every eligible node advertises (there is no election
+//! in BGP mode), so the decision does not depend on which announcers are connected.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::{Endpoints, NodeInfo, Silence, pool_applies, service_of};
+use crate::election::EXCLUDE_LABEL;
+use crate::error::{Error, Result};
+use crate::lease::Lease;
+use crate::pool::{check_unique, validate_name};
+use crate::selector::{LabelSelector, Labels};
+
+/// MetalLB's default hold time for its native speaker.
+pub const DEFAULT_HOLD_TIME: u16 = 90;
+/// Linux takes TCP MD5 keys of up to 80 bytes.
+const MAX_PASSWORD: usize = 80;
+/// MetalLB's limit per advertisement.
+const MAX_COMMUNITIES: usize = 63;
+
+/// A validated BGPPeer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BgpPeer {
+    #[serde(skip)]
+    pub cluster: String,
+    #[serde(skip)]
+    pub name: String,
+    pub my_asn: u32,
+    pub peer_asn: u32,
+    pub address: IpAddr,
+    pub port: u16,
+    pub source: Option<IpAddr>,
+    pub hold_time: u16,
+    pub keepalive: Option<u16>,
+    pub router_id: Option<Ipv4Addr>,
+    pub node_selectors: Vec<LabelSelector>,
+    pub password: String,
+    pub ebgp_multihop: bool,
+    pub graceful_restart: bool,
+}
+
+impl BgpPeer {
+    /// Checks the rules MetalLB's webhook applies to a BGPPeer (§6.4).
+    pub fn validate(&self) -> Result<()> {
+        validate_name("cluster", &self.cluster)?;
+        validate_name("name", &self.name)?;
+        if self.my_asn == 0 {
+            return Err(Error::invalid("my_asn", "missing local ASN"));
+        }
+        if self.peer_asn == 0 {
+            return Err(Error::invalid("peer_asn", "missing peer ASN"));
+        }
+        if self.port == 0 || self.port > 16384 {
+            return Err(Error::invalid(
+                "peer_port",
+                format!("{} is not between 1 and 16384", self.port),
+            ));
+        }
+        if self.hold_time != 0 && self.hold_time < 3 {
+            return Err(Error::invalid(
+                "hold_time",
+                format!("{} s: must be 0 or at least 3 s", self.hold_time),
+            ));
+        }
+        if let Some(k) = self.keepalive
+            && k > self.hold_time
+        {
+            return Err(Error::invalid(
+                "keepalive_time",
+                format!("{k} s is longer than the hold time ({} s)", self.hold_time),
+            ));
+        }
+        if self.ebgp_multihop && self.my_asn == self.peer_asn {
+            return Err(Error::invalid(
+                "ebgp_multihop",
+                "invalid ebgp-multihop parameter set for an ibgp peer",
+            ));
+        }
+        if self.password.len() > MAX_PASSWORD {
+            return Err(Error::invalid(
+                "password",
+                format!("at most {MAX_PASSWORD} bytes (the kernel's TCP MD5 key limit)"),
+            ));
+        }
+        if let Some(s) = self.source
+            && s.is_ipv4() != self.address.is_ipv4()
+        {
+            return Err(Error::invalid(
+                "source_address",
+                format!("{s} is not of the peer address's family"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn selects(&self, labels: &Labels) -> bool {
+        self.node_selectors.is_empty() || self.node_selectors.iter().any(|s| s.matches(labels))
+    }
+}
+
+/// A validated BGPAdvertisement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BgpAd {
+    #[serde(skip)]
+    pub cluster: String,
+    #[serde(skip)]
+    pub name: String,
+    pub aggregation_length: u8,
+    pub aggregation_length_v6: u8,
+    pub local_pref: u32,
+    /// As given: values or alias names.
+    pub communities: Vec<String>,
+    pub pools: Vec<String>,
+    pub pool_selectors: Vec<LabelSelector>,
+    pub node_selectors: Vec<LabelSelector>,
+    pub peers: Vec<String>,
+}
+
+impl BgpAd {
+    /// Checks an advertisement; `aliases` are the cluster's Community aliases and
+    /// `service_selectors` how many the request carried.
+    pub fn validate(
+        &self,
+        aliases: &BTreeMap<String, Community>,
+        service_selectors: usize,
+    ) -> Result<()> {
+        validate_name("cluster", &self.cluster)?;
+        validate_name("name", &self.name)?;
+        if !(1..=32).contains(&self.aggregation_length) {
+            return Err(Error::invalid(
+                "aggregation_length",
+                format!("{} is not between 1 and 32", self.aggregation_length),
+            ));
+        }
+        if !(1..=128).contains(&self.aggregation_length_v6) {
+            return Err(Error::invalid(
+                "aggregation_length_v6",
+                format!("{} is not between 1 and 128", self.aggregation_length_v6),
+            ));
+        }
+        check_unique("ip_address_pools", &self.pools)?;
+        check_unique("peers", &self.peers)?;
+        check_unique("communities", &self.communities)?;
+        if self.communities.len() > MAX_COMMUNITIES {
+            return Err(Error::invalid(
+                "communities",
+                format!("at most {MAX_COMMUNITIES} communities"),
+            ));
+        }
+        for c in &self.communities {
+            if Community::parse(c)
+                .map_err(|e| Error::invalid("communities", e))?
+                .is_none()
+                && !aliases.contains_key(c)
+            {
+                return Err(Error::invalid(
+                    "communities",
+                    format!("{c:?} is neither a community value nor an alias of a Community"),
+                ));
+            }
+        }
+        if service_selectors > 0 {
+            return Err(Error::invalid(
+                "service_selectors",
+                "is not supported yet: remove it, or split the advertisement by pool",
+            ));
+        }
+        Ok(())
+    }
+
+    fn selects(&self, labels: &Labels) -> bool {
+        self.node_selectors.is_empty() || self.node_selectors.iter().any(|s| s.matches(labels))
+    }
+
+    fn prefix(&self, ip: IpAddr) -> (IpAddr, u8) {
+        match ip {
+            IpAddr::V4(a) => {
+                let len = self.aggregation_length.min(32);
+                let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+                (IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask)), len)
+            }
+            IpAddr::V6(a) => {
+                let len = self.aggregation_length_v6.min(128);
+                let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+                (IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask)), len)
+            }
+        }
+    }
+}
+
+/// A community value (RFC 1997 or RFC 8092).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Community {
+    Standard(u32),
+    Large(u32, u32, u32),
+}
+
+impl Community {
+    /// Parses `AA:NN` or `large:G:L1:L2`; Ok(None) for a name that can only be an alias.
+    pub fn parse(s: &str) -> std::result::Result<Option<Community>, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let num = |p: &str| p.chars().all(|c| c.is_ascii_digit()) && !p.is_empty();
+        match parts[..] {
+            ["large", g, l1, l2] => {
+                let v = |p: &str| {
+                    p.parse::<u32>()
+                        .map_err(|_| format!("{s:?}: {p:?} is not a 32-bit number"))
+                };
+                Ok(Some(Community::Large(v(g)?, v(l1)?, v(l2)?)))
+            }
+            [a, n] if num(a) && num(n) => {
+                let v = |p: &str| {
+                    p.parse::<u16>()
+                        .map_err(|_| format!("{s:?}: {p:?} is not a 16-bit number"))
+                };
+                Ok(Some(Community::Standard(
+                    (u32::from(v(a)?) << 16) | u32::from(v(n)?),
+                )))
+            }
+            _ if s.contains(':') => {
+                Err(format!("{s:?} is not a community (AA:NN or large:G:L1:L2)"))
+            }
+            _ if s.is_empty() => Err("an empty community".into()),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// A validated Community object: alias → value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommunitySet {
+    #[serde(skip)]
+    pub cluster: String,
+    #[serde(skip)]
+    pub name: String,
+    pub aliases: Vec<(String, String)>,
+}
+
+impl CommunitySet {
+    /// `others` are the cluster's other Community objects: alias names must be unique across
+    /// all of them.
+    pub fn validate(&self, others: &[CommunitySet]) -> Result<()> {
+        validate_name("cluster", &self.cluster)?;
+        validate_name("name", &self.name)?;
+        let mut seen = BTreeSet::new();
+        for (alias, value) in &self.aliases {
+            if alias.is_empty() || alias.contains(':') {
+                return Err(Error::invalid(
+                    "communities.name",
+                    format!("{alias:?} is not an alias name"),
+                ));
+            }
+            if !seen.insert(alias) {
+                return Err(Error::invalid(
+                    "communities.name",
+                    format!("duplicate community alias {alias:?}"),
+                ));
+            }
+            if let Some(o) = others
+                .iter()
+                .filter(|o| o.name != self.name)
+                .find(|o| o.aliases.iter().any(|(a, _)| a == alias))
+            {
+                return Err(Error::invalid(
+                    "communities.name",
+                    format!(
+                        "duplicate community alias {alias:?} (also in Community {:?})",
+                        o.name
+                    ),
+                ));
+            }
+            if Community::parse(value)
+                .map_err(|e| Error::invalid("communities.value", e))?
+                .is_none()
+            {
+                return Err(Error::invalid(
+                    "communities.value",
+                    format!("{value:?} is not a community value"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Alias name → value, over a cluster's Community objects.
+pub fn aliases(sets: &[CommunitySet]) -> BTreeMap<String, Community> {
+    sets.iter()
+        .flat_map(|s| &s.aliases)
+        .filter_map(|(a, v)| Community::parse(v).ok().flatten().map(|c| (a.clone(), c)))
+        .collect()
+}
+
+/// What one peer receives for one prefix.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerRoute {
+    pub communities: BTreeSet<Community>,
+    /// 0: none.
+    pub local_pref: u32,
+}
+
+/// A prefix: address (masked) and length.
+pub type Prefix = (IpAddr, u8);
+
+/// What one node does in BGP mode.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeBgp {
+    /// The BGPPeers whose node selectors pick the node, by name.
+    pub sessions: BTreeMap<String, BgpPeer>,
+    /// Per prefix, per peer name.
+    pub routes: BTreeMap<Prefix, BTreeMap<String, PeerRoute>>,
+}
+
+/// Who advertises one address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BgpAnnouncement {
+    pub ip: IpAddr,
+    pub services: BTreeSet<String>,
+    /// Node → (prefix, peers).
+    pub nodes: BTreeMap<String, (Prefix, BTreeSet<String>)>,
+    pub silence: Option<Silence>,
+}
+
+/// Everything the BGP decision for one cluster reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    pub nodes: &'a [NodeInfo],
+    pub peers: &'a [BgpPeer],
+    pub ads: &'a [BgpAd],
+    pub communities: &'a [CommunitySet],
+    pub endpoints: &'a BTreeMap<(String, String), Endpoints>,
+    pub leases: &'a [&'a Lease],
+    pub pools: &'a BTreeMap<String, Labels>,
+    pub ignore_exclude_label: bool,
+}
+
+/// The cluster's BGP decision: per node, and per address for status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Decision {
+    pub nodes: BTreeMap<String, NodeBgp>,
+    pub announcements: Vec<BgpAnnouncement>,
+}
+
+/// Decides, for every node, its sessions and what each peer receives (MetalLB §5.1).
+pub fn decide(input: Input<'_>) -> Decision {
+    let aliases = aliases(input.communities);
+    let mut nodes: BTreeMap<String, NodeBgp> = BTreeMap::new();
+    for n in input.nodes {
+        let sessions: BTreeMap<String, BgpPeer> = input
+            .peers
+            .iter()
+            .filter(|p| p.selects(&n.labels))
+            .map(|p| (p.name.clone(), p.clone()))
+            .collect();
+        if !sessions.is_empty() {
+            nodes.insert(
+                n.name.clone(),
+                NodeBgp {
+                    sessions,
+                    routes: BTreeMap::new(),
+                },
+            );
+        }
+    }
+    let eligible: Vec<&NodeInfo> = input
+        .nodes
+        .iter()
+        .filter(|n| nodes.contains_key(&n.name))
+        .filter(|n| !n.network_unavailable)
+        .filter(|n| input.ignore_exclude_label || !n.labels.contains_key(EXCLUDE_LABEL))
+        .collect();
+
+    let mut by_ip: BTreeMap<IpAddr, BgpAnnouncement> = BTreeMap::new();
+    for lease in input.leases {
+        let svc = service_of(&lease.owner);
+        let ends = svc.as_ref().and_then(|s| input.endpoints.get(s));
+        for a in &lease.addrs {
+            let ann = by_ip.entry(a.ip).or_insert_with(|| BgpAnnouncement {
+                ip: a.ip,
+                services: BTreeSet::new(),
+                nodes: BTreeMap::new(),
+                silence: None,
+            });
+            if let Some((ns, name)) = &svc {
+                ann.services.insert(format!("{ns}/{name}"));
+            }
+            let labels = input.pools.get(&a.pool);
+            let ads: Vec<&BgpAd> = input
+                .ads
+                .iter()
+                .filter(|ad| pool_applies(&ad.pools, &ad.pool_selectors, &a.pool, labels))
+                .collect();
+            let silence = if ads.is_empty() {
+                Some(Silence::NoMatchingAdvertisement)
+            } else {
+                match ends {
+                    Some(e) if e.any_serving || !e.nodes.is_empty() => {
+                        (e.local && e.nodes.is_empty()).then_some(Silence::NoLocalEndpoints)
+                    }
+                    _ => Some(Silence::NoEndpoints),
+                }
+            };
+            if let Some(s) = silence {
+                // Another lease on the same address may still advertise it.
+                if ann.nodes.is_empty() {
+                    ann.silence = Some(s);
+                }
+                continue;
+            }
+            let local = ends.filter(|e| e.local);
+            for n in &eligible {
+                if local.is_some_and(|e| !e.nodes.contains(&n.name)) {
+                    continue;
+                }
+                let Some(node) = nodes.get_mut(&n.name) else {
+                    continue;
+                };
+                for ad in ads.iter().filter(|ad| ad.selects(&n.labels)) {
+                    let prefix = ad.prefix(a.ip);
+                    let peers: Vec<&String> = node
+                        .sessions
+                        .keys()
+                        .filter(|p| ad.peers.is_empty() || ad.peers.contains(p))
+                        .collect();
+                    if peers.is_empty() {
+                        continue;
+                    }
+                    let values: Vec<Community> = ad
+                        .communities
+                        .iter()
+                        .filter_map(|c| match Community::parse(c) {
+                            Ok(Some(v)) => Some(v),
+                            _ => aliases.get(c).copied(),
+                        })
+                        .collect();
+                    let routes = node.routes.entry(prefix).or_default();
+                    let entry = ann
+                        .nodes
+                        .entry(n.name.clone())
+                        .or_insert_with(|| (prefix, BTreeSet::new()));
+                    for p in peers {
+                        let r = routes.entry(p.clone()).or_default();
+                        r.communities.extend(values.iter().copied());
+                        r.local_pref = r.local_pref.max(ad.local_pref);
+                        entry.1.insert(p.clone());
+                    }
+                    ann.silence = None;
+                }
+            }
+        }
+    }
+    Decision {
+        nodes,
+        announcements: by_ip.into_values().collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::Family;
+    use crate::lease::{LeaseAddr, Owner};
+
+    fn peer(name: &str, asn: u32) -> BgpPeer {
+        BgpPeer {
+            cluster: "corp".into(),
+            name: name.into(),
+            my_asn: 64513,
+            peer_asn: asn,
+            address: "10.250.0.1".parse().expect("ip"),
+            port: 179,
+            source: None,
+            hold_time: DEFAULT_HOLD_TIME,
+            keepalive: None,
+            router_id: None,
+            node_selectors: vec![],
+            password: String::new(),
+            ebgp_multihop: false,
+            graceful_restart: false,
+        }
+    }
+
+    fn ad(name: &str) -> BgpAd {
+        BgpAd {
+            cluster: "corp".into(),
+            name: name.into(),
+            aggregation_length: 32,
+            aggregation_length_v6: 128,
+            local_pref: 0,
+            communities: vec![],
+            pools: vec![],
+            pool_selectors: vec![],
+            node_selectors: vec![],
+            peers: vec![],
+        }
+    }
+
+    fn node(name: &str, labels: &[(&str, &str)]) -> NodeInfo {
+        NodeInfo {
+            cluster: "corp".into(),
+            name: name.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            network_unavailable: false,
+        }
+    }
+
+    fn lease(name: &str, ips: &[&str]) -> Lease {
+        Lease {
+            owner: Owner::Service {
+                cluster: "corp".into(),
+                namespace: "default".into(),
+                name: name.into(),
+            },
+            addrs: ips
+                .iter()
+                .map(|ip| {
+                    let ip: IpAddr = ip.parse().expect("ip");
+                    LeaseAddr {
+                        family: Family::of(ip),
+                        ip,
+                        pool: "corp-pool".into(),
+                        stranded: false,
+                    }
+                })
+                .collect(),
+            sharing_key: String::new(),
+            backend_key: String::new(),
+            ports: vec![],
+            created_ms: 0,
+            expires_ms: None,
+            revision: 1,
+        }
+    }
+
+    struct World {
+        nodes: Vec<NodeInfo>,
+        peers: Vec<BgpPeer>,
+        ads: Vec<BgpAd>,
+        communities: Vec<CommunitySet>,
+        endpoints: BTreeMap<(String, String), Endpoints>,
+        leases: Vec<Lease>,
+    }
+
+    impl World {
+        fn new() -> World {
+            World {
+                nodes: vec![node("n1", &[]), node("n2", &[]), node("n3", &[])],
+                peers: vec![peer("router", 64512)],
+                ads: vec![ad("all")],
+                communities: vec![],
+                endpoints: [(
+                    ("default".to_string(), "web".to_string()),
+                    Endpoints {
+                        nodes: ["n1".to_string()].into(),
+                        any_serving: true,
+                        local: false,
+                    },
+                )]
+                .into(),
+                leases: vec![lease("web", &["10.251.0.10", "fd00:251::10"])],
+            }
+        }
+
+        fn decide(&self) -> Decision {
+            let leases: Vec<&Lease> = self.leases.iter().collect();
+            decide(Input {
+                nodes: &self.nodes,
+                peers: &self.peers,
+                ads: &self.ads,
+                communities: &self.communities,
+                endpoints: &self.endpoints,
+                leases: &leases,
+                pools: &BTreeMap::new(),
+                ignore_exclude_label: false,
+            })
+        }
+
+        fn advertisers(&self, ip: &str) -> Vec<String> {
+            let ip: IpAddr = ip.parse().expect("ip");
+            self.decide()
+                .announcements
+                .into_iter()
+                .find(|a| a.ip == ip)
+                .map(|a| a.nodes.into_keys().collect())
+                .unwrap_or_default()
+        }
+    }
+
+    #[test]
+    fn every_eligible_node_advertises_with_policy_cluster() {
+        let mut w = World::new();
+        assert_eq!(w.advertisers("10.251.0.10"), ["n1", "n2", "n3"]);
+        assert_eq!(w.advertisers("fd00:251::10"), ["n1", "n2", "n3"]);
+        w.nodes[1].network_unavailable = true;
+        w.nodes[2]
+            .labels
+            .insert(EXCLUDE_LABEL.into(), String::new());
+        assert_eq!(w.advertisers("10.251.0.10"), ["n1"]);
+    }
+
+    #[test]
+    fn policy_local_keeps_to_nodes_with_endpoints_and_reasons_otherwise() {
+        let mut w = World::new();
+        let key = ("default".to_string(), "web".to_string());
+        w.endpoints.get_mut(&key).expect("web").local = true;
+        assert_eq!(w.advertisers("10.251.0.10"), ["n1"]);
+        w.endpoints.get_mut(&key).expect("web").nodes.clear();
+        w.endpoints.get_mut(&key).expect("web").any_serving = false;
+        let d = w.decide();
+        assert_eq!(d.announcements[0].silence, Some(Silence::NoEndpoints));
+        assert!(d.nodes["n1"].routes.is_empty());
+        // Sessions stay up without routes.
+        assert_eq!(d.nodes["n1"].sessions.len(), 1);
+        w.ads[0].pools = vec!["other".into()];
+        assert_eq!(
+            w.decide().announcements[0].silence,
+            Some(Silence::NoMatchingAdvertisement)
+        );
+    }
+
+    #[test]
+    fn aggregation_communities_local_pref_and_peers() {
+        let mut w = World::new();
+        w.peers.push(peer("backup", 64513));
+        w.communities.push(CommunitySet {
+            cluster: "corp".into(),
+            name: "aliases".into(),
+            aliases: vec![("no-export".into(), "65535:65281".into())],
+        });
+        w.ads = vec![
+            BgpAd {
+                aggregation_length: 24,
+                communities: vec!["no-export".into(), "64512:100".into()],
+                peers: vec!["router".into()],
+                ..ad("agg")
+            },
+            BgpAd {
+                communities: vec!["large:64512:1:2".into()],
+                local_pref: 200,
+                ..ad("host")
+            },
+        ];
+        let d = w.decide();
+        let n1 = &d.nodes["n1"];
+        let agg = &n1.routes[&("10.251.0.0".parse().expect("ip"), 24)];
+        assert_eq!(agg.keys().collect::<Vec<_>>(), ["router"]);
+        assert_eq!(
+            agg["router"].communities,
+            [
+                Community::Standard((64512 << 16) | 100),
+                Community::Standard(0xffff_ff01)
+            ]
+            .into()
+        );
+        let host = &n1.routes[&("10.251.0.10".parse().expect("ip"), 32)];
+        assert_eq!(host.len(), 2);
+        assert_eq!(host["backup"].local_pref, 200);
+        assert_eq!(
+            host["backup"].communities,
+            [Community::Large(64512, 1, 2)].into()
+        );
+    }
+
+    #[test]
+    fn overlapping_ads_union_their_communities() {
+        let mut w = World::new();
+        w.ads = vec![
+            BgpAd {
+                communities: vec!["1:1".into()],
+                ..ad("a")
+            },
+            BgpAd {
+                communities: vec!["2:2".into()],
+                ..ad("b")
+            },
+        ];
+        let d = w.decide();
+        let r = &d.nodes["n2"].routes[&("10.251.0.10".parse().expect("ip"), 32)]["router"];
+        assert_eq!(r.communities.len(), 2);
+    }
+
+    #[test]
+    fn peers_and_ads_follow_node_selectors() {
+        let mut w = World::new();
+        w.nodes[0].labels.insert("rack".into(), "a".into());
+        let rack_a = LabelSelector {
+            match_labels: [("rack".to_string(), "a".to_string())].into(),
+            match_expressions: vec![],
+        };
+        w.peers[0].node_selectors = vec![rack_a.clone()];
+        let d = w.decide();
+        assert_eq!(d.nodes.keys().collect::<Vec<_>>(), ["n1"]);
+        w.peers[0].node_selectors = vec![];
+        w.ads[0].node_selectors = vec![rack_a];
+        assert_eq!(w.advertisers("10.251.0.10"), ["n1"]);
+        assert_eq!(w.decide().nodes.len(), 3);
+    }
+
+    #[test]
+    fn validation_rules() {
+        let ok = peer("p", 64512);
+        assert!(ok.validate().is_ok());
+        let bad = [
+            BgpPeer {
+                my_asn: 0,
+                ..ok.clone()
+            },
+            BgpPeer {
+                hold_time: 2,
+                ..ok.clone()
+            },
+            BgpPeer {
+                keepalive: Some(100),
+                ..ok.clone()
+            },
+            BgpPeer {
+                port: 0,
+                ..ok.clone()
+            },
+            BgpPeer {
+                peer_asn: 64513,
+                ebgp_multihop: true,
+                ..ok.clone()
+            },
+            BgpPeer {
+                password: "x".repeat(81),
+                ..ok.clone()
+            },
+            BgpPeer {
+                source: Some("fd00::1".parse().expect("ip")),
+                ..ok.clone()
+            },
+        ];
+        for b in bad {
+            assert!(b.validate().is_err(), "{b:?}");
+        }
+        let none = BTreeMap::new();
+        assert!(ad("a").validate(&none, 0).is_ok());
+        for b in [
+            BgpAd {
+                aggregation_length: 33,
+                ..ad("a")
+            },
+            BgpAd {
+                aggregation_length_v6: 129,
+                ..ad("a")
+            },
+            BgpAd {
+                communities: vec!["99999999:1".into()],
+                ..ad("a")
+            },
+            BgpAd {
+                communities: vec!["1:1".into(), "1:1".into()],
+                ..ad("a")
+            },
+            BgpAd {
+                communities: vec!["unknown".into()],
+                ..ad("a")
+            },
+            BgpAd {
+                peers: vec!["p".into(), "p".into()],
+                ..ad("a")
+            },
+        ] {
+            assert!(b.validate(&none, 0).is_err(), "{b:?}");
+        }
+        assert!(ad("a").validate(&none, 1).is_err());
+        let set = |name: &str, alias: &str, value: &str| CommunitySet {
+            cluster: "corp".into(),
+            name: name.into(),
+            aliases: vec![(alias.into(), value.into())],
+        };
+        assert!(set("c", "x", "1:2").validate(&[]).is_ok());
+        assert!(set("c", "x", "1:").validate(&[]).is_err());
+        assert!(
+            set("c", "x", "1:2")
+                .validate(&[set("d", "x", "3:4")])
+                .is_err()
+        );
+        assert_eq!(
+            Community::parse("large:4200000000:1:2"),
+            Ok(Some(Community::Large(4_200_000_000, 1, 2)))
+        );
+    }
+}
