@@ -195,8 +195,21 @@ async fn compute(
                 .filter(|c| of_cluster(&c.cluster))
                 .cloned()
                 .collect();
+            // As in layer 2: a node with a live announcer that the adapter has not reported
+            // takes part without labels.
+            let mut bgp_nodes = nodes.clone();
+            for live in rows.live.get(name).into_iter().flatten() {
+                if !nodes.iter().any(|n| &n.name == live) {
+                    bgp_nodes.push(cluster::NodeInfo {
+                        cluster: name.to_string(),
+                        name: live.clone(),
+                        labels: Default::default(),
+                        network_unavailable: false,
+                    });
+                }
+            }
             bgp::decide(bgp::Input {
-                nodes: &nodes,
+                nodes: &bgp_nodes,
                 peers: &bgp_peers,
                 ads: &bgp_ads,
                 communities: &communities,

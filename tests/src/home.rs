@@ -156,7 +156,8 @@ impl HomeLab {
         me
     }
 
-    fn spawn(&self, host: &str, program: &str, args: &[&str], log: &str) -> Child {
+    /// Starts a program in a host of the lab, its standard error in `<log>.log`.
+    pub fn spawn(&self, host: &str, program: &str, args: &[&str], log: &str) -> Child {
         let file = std::fs::File::create(self.dir.0.join(format!("{log}.log")))
             .expect("log file in the lab's directory");
         Command::new("ip")
@@ -533,7 +534,7 @@ impl HomeLab {
     /// The last lines of every log, for failure messages.
     pub fn logs(&self) -> String {
         let mut s = String::new();
-        for name in ["allocator", "adapter", "n1", "n2", "n3"] {
+        for name in ["allocator", "adapter", "n1", "n2", "n3", "bird"] {
             let log = self.log(name);
             let lines: Vec<&str> = log.lines().collect();
             s += &format!("--- {name}.log\n");

@@ -5,6 +5,7 @@
 
 pub mod fakekube;
 pub mod home;
+pub mod routers;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
