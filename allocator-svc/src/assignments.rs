@@ -151,12 +151,8 @@ async fn compute(
         by_cluster.entry(p.cluster.as_str()).or_default();
     }
     for (name, leases) in by_cluster {
-        let nodes: Vec<_> = rows
-            .nodes
-            .iter()
-            .filter(|n| n.cluster == name)
-            .cloned()
-            .collect();
+        let live = rows.live.get(name).unwrap_or(&empty_live);
+        let nodes = cluster::participants(name, &rows.nodes, live);
         let ads: Vec<_> = rows
             .ads
             .iter()
@@ -165,7 +161,7 @@ async fn compute(
             .collect();
         let announcements = cluster::decide(Input {
             nodes: &nodes,
-            live: rows.live.get(name).unwrap_or(&empty_live),
+            live,
             ads: &ads,
             endpoints: rows.endpoints.get(name).unwrap_or(&empty_endpoints),
             leases: &leases,
@@ -195,21 +191,8 @@ async fn compute(
                 .filter(|c| of_cluster(&c.cluster))
                 .cloned()
                 .collect();
-            // As in layer 2: a node with a live announcer that the adapter has not reported
-            // takes part without labels.
-            let mut bgp_nodes = nodes.clone();
-            for live in rows.live.get(name).into_iter().flatten() {
-                if !nodes.iter().any(|n| &n.name == live) {
-                    bgp_nodes.push(cluster::NodeInfo {
-                        cluster: name.to_string(),
-                        name: live.clone(),
-                        labels: Default::default(),
-                        network_unavailable: false,
-                    });
-                }
-            }
             bgp::decide(bgp::Input {
-                nodes: &bgp_nodes,
+                nodes: &nodes,
                 peers: &bgp_peers,
                 ads: &bgp_ads,
                 communities: &communities,

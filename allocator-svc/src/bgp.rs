@@ -347,7 +347,23 @@ pub struct Decision {
 
 /// Decides, for every node, its sessions and what each peer receives (MetalLB §5.1).
 pub fn decide(input: Input<'_>) -> Decision {
+    // Each advertisement's community values, aliases resolved, once.
     let aliases = aliases(input.communities);
+    let values: BTreeMap<&String, Vec<Community>> = input
+        .ads
+        .iter()
+        .map(|ad| {
+            let v = ad
+                .communities
+                .iter()
+                .filter_map(|c| match Community::parse(c) {
+                    Ok(Some(v)) => Some(v),
+                    _ => aliases.get(c).copied(),
+                })
+                .collect();
+            (&ad.name, v)
+        })
+        .collect();
     let mut nodes: BTreeMap<String, NodeBgp> = BTreeMap::new();
     for n in input.nodes {
         let sessions: BTreeMap<String, BgpPeer> = input
@@ -429,14 +445,7 @@ pub fn decide(input: Input<'_>) -> Decision {
                     if peers.is_empty() {
                         continue;
                     }
-                    let values: Vec<Community> = ad
-                        .communities
-                        .iter()
-                        .filter_map(|c| match Community::parse(c) {
-                            Ok(Some(v)) => Some(v),
-                            _ => aliases.get(c).copied(),
-                        })
-                        .collect();
+                    let values = &values[&ad.name];
                     let routes = node.routes.entry(prefix).or_default();
                     let entry = ann
                         .nodes

@@ -157,6 +157,7 @@ pub struct Announcement {
 /// Everything the decision for one cluster reads.
 #[derive(Debug, Clone, Copy)]
 pub struct Input<'a> {
+    /// The cluster's nodes (see `participants`).
     pub nodes: &'a [NodeInfo],
     /// Nodes whose announcer holds a stream and says it can announce.
     pub live: &'a BTreeSet<String>,
@@ -180,6 +181,30 @@ pub(crate) fn pool_applies(
     (pools.is_empty() && selectors.is_empty())
         || pools.iter().any(|p| p == pool)
         || labels.is_some_and(|l| selectors.iter().any(|s| s.matches(l)))
+}
+
+/// The nodes that take part in a cluster's decisions: those its adapter reported, and those
+/// known only by a live announcer (without labels).
+pub fn participants(
+    cluster: &str,
+    reported: &[NodeInfo],
+    live: &BTreeSet<String>,
+) -> Vec<NodeInfo> {
+    let mut nodes: Vec<NodeInfo> = reported
+        .iter()
+        .filter(|n| n.cluster == cluster)
+        .cloned()
+        .collect();
+    let known: BTreeSet<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    for name in live.difference(&known) {
+        nodes.push(NodeInfo {
+            cluster: cluster.to_string(),
+            name: name.clone(),
+            labels: Labels::new(),
+            network_unavailable: false,
+        });
+    }
+    nodes
 }
 
 /// The (namespace, name) of the Service that owns a lease.
@@ -225,8 +250,7 @@ pub fn decide(input: Input<'_>) -> Vec<Announcement> {
         groups.entry(r).or_default().push(i);
     }
 
-    // Nodes with a live announcer that the adapter has not reported take part without labels.
-    let mut nodes: Vec<election::Node> = input
+    let nodes: Vec<election::Node> = input
         .nodes
         .iter()
         .map(|n| election::Node {
@@ -235,16 +259,6 @@ pub fn decide(input: Input<'_>) -> Vec<Announcement> {
             network_unavailable: n.network_unavailable,
         })
         .collect();
-    let known: BTreeSet<&str> = input.nodes.iter().map(|n| n.name.as_str()).collect();
-    for name in input.live {
-        if !known.contains(name.as_str()) {
-            nodes.push(election::Node {
-                name: name.clone(),
-                labels: Labels::new(),
-                network_unavailable: false,
-            });
-        }
-    }
     let cluster = election::Cluster {
         nodes: &nodes,
         live: input.live,

@@ -7,7 +7,9 @@ use std::net::IpAddr;
 use ferrolb_proto::v1 as pb;
 
 use super::convert;
-use crate::bgp::{BgpAd, BgpPeer, Community, CommunitySet, DEFAULT_HOLD_TIME, NodeBgp, PeerRoute};
+use crate::bgp::{
+    BgpAd, BgpPeer, Community, CommunitySet, DEFAULT_HOLD_TIME, NodeBgp, PeerRoute, Prefix,
+};
 use crate::error::Error;
 
 fn ip(field: &str, s: &str) -> Result<IpAddr, Error> {
@@ -191,9 +193,14 @@ fn session(p: &BgpPeer) -> pb::BgpSession {
     }
 }
 
-fn route(prefix: &(IpAddr, u8), peers: &BTreeMap<String, PeerRoute>) -> pb::BgpRoute {
+/// `address/length`.
+pub fn prefix_text((addr, len): &Prefix) -> String {
+    format!("{addr}/{len}")
+}
+
+fn route(prefix: &Prefix, peers: &BTreeMap<String, PeerRoute>) -> pb::BgpRoute {
     pb::BgpRoute {
-        prefix: format!("{}/{}", prefix.0, prefix.1),
+        prefix: prefix_text(prefix),
         peers: peers
             .iter()
             .map(|(name, r)| {
@@ -244,6 +251,6 @@ pub fn changes(had: &NodeBgp, want: &NodeBgp, out: &mut pb::Assignments) {
         .routes
         .keys()
         .filter(|prefix| !want.routes.contains_key(*prefix))
-        .map(|(a, l)| format!("{a}/{l}"))
+        .map(prefix_text)
         .collect();
 }

@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::bgp;
 use super::convert::{self, caller};
 use crate::assignments::{NodeView, View};
+use crate::bgp::CommunitySet;
 use crate::cluster::{Endpoints, L2Ad, NodeInfo, Preferred};
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -47,6 +48,17 @@ pub struct ClusterState {
 impl ClusterState {
     pub fn new(store: Arc<SqlStore>, view: watch::Receiver<Arc<View>>) -> ClusterState {
         ClusterState { store, view }
+    }
+
+    /// The cluster's Community objects, which advertisements and other Communities are checked
+    /// against.
+    async fn communities(&self, cluster: &str) -> Result<Vec<CommunitySet>, Status> {
+        let rows = self.store.cluster_rows().await?;
+        Ok(rows
+            .communities
+            .into_iter()
+            .filter(|c| c.cluster == cluster)
+            .collect())
     }
 }
 
@@ -329,12 +341,7 @@ impl ClusterStateService for ClusterState {
         let caller = caller(&req)?;
         let a = req.into_inner();
         for_cluster(&caller, &a.cluster)?;
-        let rows = self.store.cluster_rows().await?;
-        let sets: Vec<_> = rows
-            .communities
-            .into_iter()
-            .filter(|c| c.cluster == a.cluster)
-            .collect();
+        let sets = self.communities(&a.cluster).await?;
         let ad = bgp::advertisement(a, &crate::bgp::aliases(&sets))?;
         let created = self
             .store
@@ -356,12 +363,7 @@ impl ClusterStateService for ClusterState {
         let caller = caller(&req)?;
         let c = req.into_inner();
         for_cluster(&caller, &c.cluster)?;
-        let rows = self.store.cluster_rows().await?;
-        let others: Vec<_> = rows
-            .communities
-            .into_iter()
-            .filter(|o| o.cluster == c.cluster)
-            .collect();
+        let others = self.communities(&c.cluster).await?;
         let set = bgp::community(c, &others)?;
         let created = self
             .store
@@ -444,7 +446,7 @@ impl ClusterStateService for ClusterState {
                             .iter()
                             .map(|(node, (prefix, peers))| pb::BgpNodeAnnouncement {
                                 node: node.clone(),
-                                prefix: format!("{}/{}", prefix.0, prefix.1),
+                                prefix: bgp::prefix_text(prefix),
                                 peers: peers.iter().cloned().collect(),
                             })
                             .collect(),

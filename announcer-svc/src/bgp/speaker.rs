@@ -257,8 +257,7 @@ impl Shell {
 
     async fn read_messages(&mut self) {
         loop {
-            let four = self.ctx.as_ref().is_some_and(|c| c.four_octet)
-                || self.fsm.negotiated().is_some_and(|n| n.four_octet);
+            let four = self.fsm.negotiated().is_some_and(|n| n.four_octet);
             let len = match wire::frame_len(&self.buf) {
                 Ok(Some(len)) if self.buf.len() >= len => len,
                 Ok(_) => return,
@@ -411,7 +410,7 @@ impl Shell {
         let Some((_, w)) = self.conn.as_mut() else {
             return true;
         };
-        let four = self.ctx.as_ref().is_some_and(|c| c.four_octet);
+        let four = self.fsm.negotiated().is_some_and(|n| n.four_octet);
         let mut bytes = Vec::new();
         for m in msgs {
             match m {
