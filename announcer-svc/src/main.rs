@@ -129,7 +129,7 @@ async fn main() {
         ferrolb_announcer::bgp::speaker::Common {
             fallback_id: ferrolb_announcer::bgp::fallback_router_id(&node),
             restart_time: args.bgp_restart_time,
-            restarting: true,
+            started: std::time::Instant::now(),
             max_backoff: Duration::from_millis(args.bgp_max_backoff_ms.max(500)),
         },
         Arc::clone(&metrics.bgp),

@@ -1,5 +1,5 @@
-//! A real BGP router in a lab's router namespace (BIRD 2), and its tables read back
-//! in a form tests can assert on.
+//! Real BGP routers in a lab's router namespace (BIRD 2 and GoBGP), and their tables read back
+//! in one form tests can assert on.
 
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -10,7 +10,7 @@ use crate::home::HomeLab;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Path {
     pub prefix: String,
-    /// The router's session the path came over (BIRD's protocol name).
+    /// The router's session the path came over: BIRD's protocol name, GoBGP's neighbor address.
     pub from: String,
     pub next_hop: String,
     pub as_path: String,
@@ -18,6 +18,8 @@ pub struct Path {
     /// As BIRD prints them: `(65535,65281)`, `(65000, 1, 2)`.
     pub communities: String,
     pub large_communities: String,
+    /// Kept by the router for a peer in graceful restart (GoBGP says so; BIRD does not).
+    pub stale: bool,
 }
 
 fn need(program: &str, package: &str) {
@@ -98,6 +100,153 @@ impl Drop for Bird {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// GoBGP's daemon running in the lab's router, its API on 127.0.0.1:50051 of that namespace.
+pub struct GoBgp {
+    netns: String,
+    child: Child,
+}
+
+impl GoBgp {
+    /// Starts gobgpd with `config` (TOML) and waits for its API.
+    pub fn start(lab: &HomeLab, config: &str) -> GoBgp {
+        need("gobgpd", "gobgpd");
+        let conf = lab.dir.0.join("gobgp.toml");
+        std::fs::write(&conf, config).expect("write gobgp.toml");
+        let child = lab.spawn(
+            "router",
+            "gobgpd",
+            &[
+                "-f",
+                &conf.to_string_lossy(),
+                "-p",
+                "--pprof-disable",
+                "--api-hosts",
+                "127.0.0.1:50051",
+            ],
+            "gobgp",
+        );
+        let gobgp = GoBgp {
+            netns: format!("{}-router", lab.lab.0),
+            child,
+        };
+        let start = Instant::now();
+        while gobgp.json(&["global"]).is_none() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "gobgpd did not start: {}",
+                lab.log("gobgp")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        gobgp
+    }
+
+    /// Runs the gobgp CLI with `-j`; None when it fails.
+    pub fn json(&self, args: &[&str]) -> Option<serde_json::Value> {
+        let o = Command::new("ip")
+            .args(["netns", "exec", &self.netns, "gobgp", "-u", "127.0.0.1"])
+            .args(args)
+            .arg("-j")
+            .output()
+            .expect("run gobgp");
+        if !o.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&o.stdout).ok()
+    }
+
+    /// Every path in GoBGP's IPv4 and IPv6 tables.
+    pub fn paths(&self) -> Vec<Path> {
+        let mut out = Vec::new();
+        for family in ["ipv4", "ipv6"] {
+            if let Some(v) = self.json(&["global", "rib", "-a", family]) {
+                out.extend(parse_gobgp(&v));
+            }
+        }
+        out
+    }
+
+    /// Addresses of the neighbors in state Established.
+    pub fn established(&self) -> Vec<String> {
+        let v = self.json(&["neighbor"]).unwrap_or_default();
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|n| n["state"]["session_state"] == 6)
+            .filter_map(|n| n["state"]["neighbor_address"].as_str().map(str::to_string))
+            .collect()
+    }
+}
+
+impl Drop for GoBgp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Parses `gobgp global rib -j`: prefix → its paths, each with its attributes by type code.
+pub fn parse_gobgp(v: &serde_json::Value) -> Vec<Path> {
+    let mut out = Vec::new();
+    let Some(prefixes) = v.as_object() else {
+        return out;
+    };
+    for (prefix, paths) in prefixes {
+        for p in paths.as_array().into_iter().flatten() {
+            let mut path = Path {
+                prefix: prefix.clone(),
+                from: p["neighbor-ip"].as_str().unwrap_or_default().to_string(),
+                stale: p["stale"].as_bool().unwrap_or(false),
+                ..Path::default()
+            };
+            for a in p["attrs"].as_array().into_iter().flatten() {
+                match a["type"].as_u64() {
+                    // AS_PATH
+                    Some(2) => {
+                        let asns: Vec<String> = a["as_paths"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .flat_map(|seg| seg["asns"].as_array().cloned().unwrap_or_default())
+                            .map(|n| n.to_string())
+                            .collect();
+                        path.as_path = asns.join(" ");
+                    }
+                    // NEXT_HOP, MP_REACH_NLRI
+                    Some(3) | Some(14) => {
+                        path.next_hop = a["nexthop"].as_str().unwrap_or_default().to_string()
+                    }
+                    Some(5) => path.local_pref = a["value"].as_u64().map(|n| n as u32),
+                    Some(8) => {
+                        let c: Vec<String> = a["communities"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(serde_json::Value::as_u64)
+                            .map(|c| format!("({},{})", c >> 16, c & 0xffff))
+                            .collect();
+                        path.communities = c.join(" ");
+                    }
+                    Some(32) => {
+                        let c: Vec<String> = a["value"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|l| {
+                                format!("({}, {}, {})", l["ASN"], l["LocalData1"], l["LocalData2"])
+                            })
+                            .collect();
+                        path.large_communities = c.join(" ");
+                    }
+                    _ => {}
+                }
+            }
+            out.push(path);
+        }
+    }
+    out
 }
 
 /// Parses `birdc show route all`: a line naming a prefix starts its first path, an indented

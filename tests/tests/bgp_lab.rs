@@ -1,11 +1,11 @@
 //! BGP mode end to end in a network lab: the allocator and three announcers, real routers
-//! (BIRD 2) in the router's namespace, and what they hold in their tables.
+//! (BIRD 2 and GoBGP) in the router's namespace, and what they hold in their tables.
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
 
 use ferrolb_e2e::home::{CLUSTER, HomeLab, Options, scenarios};
-use ferrolb_e2e::routers::{Bird, Path, eventually};
+use ferrolb_e2e::routers::{Bird, GoBgp, Path, eventually};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -199,15 +199,7 @@ fn company_scenario_against_bird() {
 
     // Release: withdrawn at the router.
     let released = Instant::now();
-    lab.ctl(&[
-        "release",
-        "--cluster",
-        CLUSTER,
-        "--namespace",
-        "default",
-        "--name",
-        "company-web",
-    ]);
+    release(&lab, "company-web");
     eventually(
         WAIT,
         "the released prefix gone",
@@ -272,6 +264,359 @@ fn node_failures_withdraw_their_paths() {
         WAIT,
         "no path left",
         || bird.paths(),
+        |p| next_hops(p, &prefix, "").is_empty(),
+    );
+}
+
+/// One BGPPeer per node (picked by hostname), each a different kind of session; an advertisement
+/// with a local preference and a community; the nodes carry their hostname labels.
+fn per_node_peers(lab: &HomeLab, peers: &[(&str, &str)]) -> String {
+    for n in ["n1", "n2", "n3"] {
+        lab.ctl(&[
+            "nodes",
+            "apply",
+            n,
+            "--cluster",
+            CLUSTER,
+            "--label",
+            &format!("kubernetes.io/hostname={n}"),
+        ]);
+    }
+    let mut text = String::from(
+        r#"apiVersion: metallb.io/v1beta1
+kind: IPAddressPool
+metadata: {name: peers-pool, namespace: metallb-system}
+spec: {addresses: [10.100.60.0/28]}
+---
+apiVersion: metallb.io/v1beta1
+kind: BGPAdvertisement
+metadata: {name: peers, namespace: metallb-system}
+spec: {ipAddressPools: [peers-pool], localPref: 250, communities: ["65000:7"]}
+"#,
+    );
+    for (node, spec) in peers {
+        text += &format!(
+            "---\napiVersion: metallb.io/v1beta2\nkind: BGPPeer\n\
+             metadata: {{name: peer-{node}, namespace: metallb-system}}\n\
+             spec: {{{spec}, nodeSelectors: [{{matchLabels: {{kubernetes.io/hostname: {node}}}}}]}}\n"
+        );
+    }
+    let path = lab.dir.0.join("peers.yaml");
+    std::fs::write(&path, text).expect("write the peers file");
+    path.to_string_lossy().into_owned()
+}
+
+/// Applies `file`, waits for three sessions, and has `peers-web` served on all three nodes;
+/// returns its prefix and a look-up of the router's path to it by session.
+fn served_by_three(
+    lab: &HomeLab,
+    file: &str,
+    established: impl FnMut() -> Vec<String>,
+    paths: impl FnMut() -> Vec<Path>,
+) -> (String, Vec<Path>) {
+    lab.ctl(&["apply", "-f", file, "--cluster", CLUSTER]);
+    eventually(WAIT, "three sessions", established, |e| e.len() == 3);
+    let web = allocate(lab, "peers-web", "peers-pool", "ipv4");
+    lab.set_endpoints("peers-web", &["n1", "n2", "n3"], false);
+    let prefix = format!("{web}/32");
+    let paths = eventually(WAIT, "the /32 from all three", paths, |p| {
+        next_hops(p, &prefix, "").len() == 3
+    });
+    (prefix, paths)
+}
+
+fn path_from(paths: &[Path], prefix: &str, session: &str) -> Path {
+    paths
+        .iter()
+        .find(|p| p.prefix == prefix && p.from == session)
+        .cloned()
+        .unwrap_or_else(|| panic!("no path to {prefix} from {session}: {paths:?}"))
+}
+
+fn release(lab: &HomeLab, name: &str) {
+    lab.ctl(&[
+        "release",
+        "--cluster",
+        CLUSTER,
+        "--namespace",
+        "default",
+        "--name",
+        name,
+    ]);
+}
+
+/// Polls `paths` until `done` holds and fails if `prefix` ever lacks a path from `from` on
+/// the way; returns how many times it looked.
+fn never_without(
+    what: &str,
+    within: Duration,
+    mut paths: impl FnMut() -> Vec<Path>,
+    prefix: &str,
+    from: &str,
+    mut done: impl FnMut(&[Path]) -> bool,
+) -> usize {
+    let start = Instant::now();
+    let mut looks = 0;
+    loop {
+        let p = paths();
+        looks += 1;
+        assert!(
+            p.iter().any(|p| p.prefix == prefix && p.from == from),
+            "{what}: the path of {prefix} from {from} left the router after {:?}: {p:?}",
+            start.elapsed()
+        );
+        if done(&p) {
+            return looks;
+        }
+        assert!(start.elapsed() < within, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// BIRD with one session per node: iBGP with 4-octet AS numbers and MD5 (n1), eBGP from a
+/// 2-octet node AS to a 4-octet router AS with graceful restart (n2), eBGP from a 4-octet
+/// node AS with MD5 (n3).
+const BIRD_PEERS: &str = r#"
+router id 10.250.0.1;
+log stderr all;
+protocol device { }
+template bgp node {
+  passive on; direct; hold time 9; keepalive time 3;
+  ipv4 { import all; export none; };
+}
+protocol bgp n1 from node { local 10.250.0.1 as 4200000001; neighbor 10.250.0.11 as 4200000001; password "n1-secret"; }
+protocol bgp n2 from node { local 10.250.0.1 as 4200000000; neighbor 10.250.0.12 as 65001; }
+protocol bgp n3 from node { local 10.250.0.1 as 65000; neighbor 10.250.0.13 as 4200000002; password "n3-secret"; }
+"#;
+
+#[test]
+fn ibgp_four_octet_md5_and_graceful_restart_against_bird() {
+    let mut lab = HomeLab::up("bgi", Options::default());
+    let bird = Bird::start(&lab, BIRD_PEERS);
+    let n1 =
+        r#"myASN: 4200000001, peerASN: 4200000001, peerAddress: 10.250.0.1, password: n1-secret"#;
+    let peers = [
+        ("n1", n1),
+        (
+            "n2",
+            "myASN: 65001, peerASN: 4200000000, peerAddress: 10.250.0.1, enableGracefulRestart: true",
+        ),
+        (
+            "n3",
+            "myASN: 4200000002, peerASN: 65000, peerAddress: 10.250.0.1, password: n3-secret",
+        ),
+    ];
+    let file = per_node_peers(&lab, &peers);
+    let (prefix, paths) = served_by_three(&lab, &file, || bird.established(), || bird.paths());
+    let from = |session: &str| path_from(&paths, &prefix, session);
+    // iBGP: no AS of its own on the path, the advertisement's local preference.
+    let p1 = from("n1");
+    assert_eq!(
+        (p1.as_path.as_str(), p1.local_pref),
+        ("", Some(250)),
+        "{p1:?}"
+    );
+    assert_eq!(p1.next_hop, "10.250.0.11");
+    // eBGP: the node's AS, 2- and 4-octet; local preference is BIRD's default, not ours.
+    let p2 = from("n2");
+    assert_eq!(
+        (p2.as_path.as_str(), p2.local_pref),
+        ("65001", Some(100)),
+        "{p2:?}"
+    );
+    let p3 = from("n3");
+    assert_eq!(p3.as_path, "4200000002", "{p3:?}");
+    for p in [&p1, &p2, &p3] {
+        assert_eq!(p.communities, "(65000,7)", "{p:?}");
+    }
+
+    // MD5 is real: with the wrong password n1 cannot come back.
+    std::fs::write(
+        &file,
+        std::fs::read_to_string(&file)
+            .unwrap()
+            .replace("password: n1-secret", "password: wrong"),
+    )
+    .unwrap();
+    lab.ctl(&["apply", "-f", &file, "--cluster", CLUSTER]);
+    eventually(
+        WAIT,
+        "n1's path gone with its session",
+        || bird.paths(),
+        |p| next_hops(p, &prefix, "n").len() == 2,
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !bird.established().contains(&"n1".to_string()),
+        "a session with the wrong password came up: {}",
+        bird.birdc(&["show", "protocols", "all", "n1"])
+    );
+    std::fs::write(
+        &file,
+        std::fs::read_to_string(&file)
+            .unwrap()
+            .replace("password: wrong", "password: n1-secret"),
+    )
+    .unwrap();
+    lab.ctl(&["apply", "-f", &file, "--cluster", CLUSTER]);
+    eventually(
+        Duration::from_secs(40),
+        "n1 back with the right password",
+        || bird.paths(),
+        |p| next_hops(p, &prefix, "n").len() == 3,
+    );
+
+    // Graceful restart: n2's announcer restarts and its path never leaves BIRD's table. A
+    // lease released meanwhile is withdrawn once the new session has sent everything.
+    let gone = allocate(&lab, "peers-gone", "peers-pool", "ipv4");
+    lab.set_endpoints("peers-gone", &["n2"], true);
+    let gone_prefix = format!("{gone}/32");
+    eventually(
+        WAIT,
+        "n2 advertises the second service",
+        || bird.paths(),
+        |p| next_hops(p, &gone_prefix, "n2") == ["10.250.0.12"],
+    );
+    let restarted = Instant::now();
+    lab.stop_announcer("n2");
+    release(&lab, "peers-gone");
+    // While n2 is down BIRD holds its routes as stale.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        next_hops(&bird.paths(), &gone_prefix, "n2") == ["10.250.0.12"],
+        "BIRD dropped the routes of a restarting peer"
+    );
+    lab.start_announcer("n2");
+    let looks = never_without(
+        "n2's restart",
+        Duration::from_secs(20),
+        || bird.paths(),
+        &prefix,
+        "n2",
+        |p| next_hops(p, &gone_prefix, "").is_empty(),
+    );
+    eprintln!(
+        "announcer restart: n2's path stayed through {looks} looks; the released prefix went after {:?}",
+        restarted.elapsed()
+    );
+    assert!(bird.established().contains(&"n2".to_string()));
+}
+
+/// GoBGP listening on port 1790: iBGP with MD5 (n1), eBGP to a 4-octet node AS with graceful
+/// restart (n2), eBGP from the router's 4-octet local AS (n3).
+const GOBGP_PEERS: &str = r#"
+[global.config]
+  as = 65000
+  router-id = "10.250.0.1"
+  port = 1790
+[[neighbors]]
+  [neighbors.config]
+    neighbor-address = "10.250.0.11"
+    peer-as = 65000
+    auth-password = "gobgp-n1"
+  [neighbors.transport.config]
+    passive-mode = true
+  [neighbors.timers.config]
+    hold-time = 9
+    keepalive-interval = 3
+[[neighbors]]
+  [neighbors.config]
+    neighbor-address = "10.250.0.12"
+    peer-as = 4200000002
+  [neighbors.transport.config]
+    passive-mode = true
+  [neighbors.timers.config]
+    hold-time = 9
+    keepalive-interval = 3
+  [neighbors.graceful-restart.config]
+    enabled = true
+[[neighbors]]
+  [neighbors.config]
+    neighbor-address = "10.250.0.13"
+    peer-as = 65001
+    local-as = 4200000000
+  [neighbors.transport.config]
+    passive-mode = true
+  [neighbors.timers.config]
+    hold-time = 9
+    keepalive-interval = 3
+"#;
+
+#[test]
+fn ibgp_ebgp_peer_port_and_graceful_restart_against_gobgp() {
+    let mut lab = HomeLab::up("bgg", Options::default());
+    let gobgp = GoBgp::start(&lab, GOBGP_PEERS);
+    let peers = [
+        (
+            "n1",
+            "myASN: 65000, peerASN: 65000, peerAddress: 10.250.0.1, peerPort: 1790, password: gobgp-n1",
+        ),
+        (
+            "n2",
+            "myASN: 4200000002, peerASN: 65000, peerAddress: 10.250.0.1, peerPort: 1790, enableGracefulRestart: true",
+        ),
+        (
+            "n3",
+            "myASN: 65001, peerASN: 4200000000, peerAddress: 10.250.0.1, peerPort: 1790",
+        ),
+    ];
+    let file = per_node_peers(&lab, &peers);
+    let (prefix, paths) = served_by_three(&lab, &file, || gobgp.established(), || gobgp.paths());
+    let from = |session: &str| path_from(&paths, &prefix, session);
+    let three = ["10.250.0.11", "10.250.0.12", "10.250.0.13"];
+    let p1 = from("10.250.0.11");
+    assert_eq!(
+        (p1.as_path.as_str(), p1.local_pref),
+        ("", Some(250)),
+        "{p1:?}"
+    );
+    let p2 = from("10.250.0.12");
+    assert_eq!(
+        (p2.as_path.as_str(), p2.local_pref),
+        ("4200000002", None),
+        "{p2:?}"
+    );
+    let p3 = from("10.250.0.13");
+    assert_eq!(
+        (p3.as_path.as_str(), p3.local_pref),
+        ("65001", None),
+        "{p3:?}"
+    );
+    for p in [&p1, &p2, &p3] {
+        assert_eq!(p.communities, "(65000,7)", "{p:?}");
+    }
+
+    // Graceful restart: GoBGP keeps n2's path, marked stale, until the new session refreshes it.
+    lab.stop_announcer("n2");
+    let stale = eventually(
+        WAIT,
+        "n2's path kept as stale",
+        || gobgp.paths(),
+        |p| {
+            p.iter()
+                .any(|p| p.prefix == prefix && p.from == "10.250.0.12" && p.stale)
+        },
+    );
+    assert_eq!(next_hops(&stale, &prefix, ""), three);
+    lab.start_announcer("n2");
+    never_without(
+        "n2's restart",
+        Duration::from_secs(20),
+        || gobgp.paths(),
+        &prefix,
+        "10.250.0.12",
+        |p| {
+            p.iter()
+                .any(|p| p.prefix == prefix && p.from == "10.250.0.12" && !p.stale)
+        },
+    );
+
+    // Release: withdrawn from every session.
+    release(&lab, "peers-web");
+    eventually(
+        WAIT,
+        "the released prefix gone",
+        || gobgp.paths(),
         |p| next_hops(p, &prefix, "").is_empty(),
     );
 }

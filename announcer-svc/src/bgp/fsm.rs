@@ -384,6 +384,9 @@ impl Fsm {
                 self.restart_hold(&mut out);
                 self.failures = 0;
                 self.state = S::Established;
+                // The restart is over once the peer has had this session's routes; a later
+                // reconnection is no restart (RFC 4724 §4.1).
+                self.config.restarting = false;
                 if let Some(n) = &self.negotiated {
                     out.push(Output::Established(n.clone()));
                 }
@@ -657,5 +660,28 @@ mod tests {
             f.process(Event::RouteRefreshMsg { afi: 2, safi: 1 }),
             [Output::Resend { afi: 2 }]
         );
+    }
+
+    #[test]
+    fn restart_state_bit_only_until_the_first_established() {
+        let mut f = Fsm::new(Config {
+            restarting: true,
+            ..config()
+        });
+        let restarting = |f: &mut Fsm| {
+            f.process(Event::ManualStart);
+            let out = f.process(local());
+            let [Message::Open(o)] = &sent(&out)[..] else {
+                panic!("no open: {out:?}")
+            };
+            o.graceful_restart().map(|g| g.restarting)
+        };
+        assert_eq!(restarting(&mut f), Some(true));
+        f.process(Event::BgpOpen(peer_open(64512, 90)));
+        f.process(Event::KeepAliveMsg);
+        assert_eq!(f.state(), State::Established);
+        f.process(Event::TcpConnectionFails);
+        f.process(Event::ManualStop { graceful: false });
+        assert_eq!(restarting(&mut f), Some(false));
     }
 }

@@ -60,8 +60,9 @@ pub struct Common {
     pub fallback_id: Ipv4Addr,
     /// Seconds a peer keeps this node's routes while the announcer restarts.
     pub restart_time: u16,
-    /// This announcer has just started: set the Restart State bit in graceful-restart OPENs.
-    pub restarting: bool,
+    /// When the announcer started: sessions that begin within the restart time of it set the
+    /// Restart State bit in their first graceful-restart OPEN.
+    pub started: std::time::Instant,
     pub max_backoff: Duration,
 }
 
@@ -82,7 +83,7 @@ pub fn spawn(spec: PeerSpec, common: &Common, metrics: Arc<BgpMetrics>) -> Sessi
         hold_time: spec.hold_time,
         keepalive: spec.keepalive,
         graceful_restart: spec.graceful_restart.then_some(common.restart_time),
-        restarting: common.restarting,
+        restarting: common.started.elapsed() < Duration::from_secs(common.restart_time.into()),
         max_backoff: common.max_backoff,
     });
     let shell = Shell {
