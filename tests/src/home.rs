@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-use crate::{Lab, TempDir, bin};
+use crate::{Caller, Lab, TempDir, allocate_many, bin, service};
 
 /// The fake Kubernetes API server inside the lab's router, driven over its standard input.
 pub struct LabKube {
@@ -320,6 +320,13 @@ impl HomeLab {
         }
     }
 
+    /// Runs `program` (a benchmark binary that calls `load_bulk` when given `--load URL COUNT`)
+    /// in the router's namespace to make `count` leases in pool `bulk`, endpoints on n1.
+    pub fn load_bulk(&self, program: &str, count: usize) {
+        let me = bin(program).to_string_lossy().into_owned();
+        self.must("router", &[&me, "--load", SERVER, &count.to_string()]);
+    }
+
     /// Runs ferrolbctl in the router's namespace.
     pub fn ctl_output(&self, args: &[&str]) -> Output {
         let ctl = bin("ferrolbctl").to_string_lossy().into_owned();
@@ -562,4 +569,49 @@ impl Drop for HomeLab {
             let _ = c.wait();
         }
     }
+}
+
+/// Makes `count` leases in pool `bulk` (Services `bulk/s0`, `bulk/s1`, …), each with endpoints
+/// on n1, through the API at `url`. Benchmarks run it inside the lab's router namespace, where
+/// the allocator listens (see `HomeLab::load_bulk`).
+pub fn load_bulk(url: &str, count: usize) {
+    use ferrolb_proto::v1 as pb;
+    use ferrolb_proto::v1::cluster_state_service_client::ClusterStateServiceClient;
+
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    rt.block_on(async {
+        allocate_many(url, count, 16, |i| pb::AllocateRequest {
+            owner: Some(service(CLUSTER, "bulk", &format!("s{i}"))),
+            pool: "bulk".into(),
+            ..Default::default()
+        })
+        .await;
+        let channel = tonic::transport::Channel::from_shared(url.to_string())
+            .expect("allocator URL")
+            .connect()
+            .await
+            .expect("connect to the allocator");
+        let cs = ClusterStateServiceClient::with_interceptor(channel, Caller::new("admin"));
+        let mut tasks = vec![];
+        for t in 0..16 {
+            let mut cs = cs.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in (t..count).step_by(16) {
+                    cs.set_endpoints(pb::ServiceEndpoints {
+                        cluster: CLUSTER.into(),
+                        namespace: "bulk".into(),
+                        name: format!("s{i}"),
+                        serving_nodes: vec!["n1".into()],
+                        any_serving: true,
+                        traffic_policy_local: false,
+                    })
+                    .await
+                    .expect("set endpoints");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("endpoint task");
+        }
+    });
 }

@@ -71,6 +71,15 @@ impl Bird {
         bird
     }
 
+    /// The control socket (a path, so birdc reaches it from any namespace).
+    pub fn ctl(&self) -> &str {
+        &self.ctl
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn birdc(&self, args: &[&str]) -> String {
         let o = Command::new("ip")
             .args(["netns", "exec", &self.netns, "birdc", "-s", &self.ctl])
@@ -109,13 +118,19 @@ pub struct GoBgp {
 }
 
 impl GoBgp {
-    /// Starts gobgpd with `config` (TOML) and waits for its API.
+    /// Starts gobgpd in the router with `config` (TOML) and waits for its API.
     pub fn start(lab: &HomeLab, config: &str) -> GoBgp {
+        GoBgp::start_in(lab, "router", config)
+    }
+
+    /// Starts gobgpd in a host of the lab (its log: `gobgp-<host>.log`).
+    pub fn start_in(lab: &HomeLab, host: &str, config: &str) -> GoBgp {
         need("gobgpd", "gobgpd");
-        let conf = lab.dir.0.join("gobgp.toml");
+        let conf = lab.dir.0.join(format!("gobgp-{host}.toml"));
         std::fs::write(&conf, config).expect("write gobgp.toml");
+        let log = format!("gobgp-{host}");
         let child = lab.spawn(
-            "router",
+            host,
             "gobgpd",
             &[
                 "-f",
@@ -125,10 +140,10 @@ impl GoBgp {
                 "--api-hosts",
                 "127.0.0.1:50051",
             ],
-            "gobgp",
+            &log,
         );
         let gobgp = GoBgp {
-            netns: format!("{}-router", lab.lab.0),
+            netns: format!("{}-{host}", lab.lab.0),
             child,
         };
         let start = Instant::now();
@@ -136,25 +151,33 @@ impl GoBgp {
             assert!(
                 start.elapsed() < Duration::from_secs(10),
                 "gobgpd did not start: {}",
-                lab.log("gobgp")
+                lab.log(&log)
             );
             std::thread::sleep(Duration::from_millis(50));
         }
         gobgp
     }
 
-    /// Runs the gobgp CLI with `-j`; None when it fails.
-    pub fn json(&self, args: &[&str]) -> Option<serde_json::Value> {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Runs the gobgp CLI; its output, or None when it fails.
+    pub fn cli(&self, args: &[&str]) -> Option<String> {
         let o = Command::new("ip")
             .args(["netns", "exec", &self.netns, "gobgp", "-u", "127.0.0.1"])
             .args(args)
-            .arg("-j")
             .output()
             .expect("run gobgp");
-        if !o.status.success() {
-            return None;
-        }
-        serde_json::from_slice(&o.stdout).ok()
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+
+    /// Runs the gobgp CLI with `-j`; None when it fails.
+    pub fn json(&self, args: &[&str]) -> Option<serde_json::Value> {
+        let args: Vec<&str> = args.iter().copied().chain(["-j"]).collect();
+        serde_json::from_str(&self.cli(&args)?).ok()
     }
 
     /// Every path in GoBGP's IPv4 and IPv6 tables.

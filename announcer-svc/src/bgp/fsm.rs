@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use super::wire::{
-    AFI_IPV4, AFI_IPV6, AS_TRANS, Capability, GracefulRestart, Message, Notification, Open,
+    self, AFI_IPV4, AFI_IPV6, AS_TRANS, Capability, GracefulRestart, Message, Notification, Open,
     SAFI_UNICAST, Update, WireError, code,
 };
 
@@ -91,6 +91,24 @@ pub enum Event {
     UpdateMsgErr(WireError),
     /// A ROUTE-REFRESH (RFC 2918) for a family.
     RouteRefreshMsg { afi: u16, safi: u8 },
+}
+
+impl Event {
+    /// The event for one whole message from the peer, decoded or not.
+    pub fn received(frame: &[u8], four_octet: bool) -> Event {
+        match wire::decode(frame, four_octet) {
+            Ok(Message::Open(o)) => Event::BgpOpen(o),
+            Ok(Message::Keepalive) => Event::KeepAliveMsg,
+            Ok(Message::Update(u)) => Event::UpdateMsg(u),
+            Ok(Message::Notification(n)) => Event::NotifMsg(n),
+            Ok(Message::RouteRefresh { afi, safi }) => Event::RouteRefreshMsg { afi, safi },
+            Err(e) => match frame.get(18) {
+                Some(1) => Event::BgpOpenMsgErr(e),
+                Some(2) => Event::UpdateMsgErr(e),
+                _ => Event::BgpHeaderErr(e),
+            },
+        }
+    }
 }
 
 /// What the shell does, in order.

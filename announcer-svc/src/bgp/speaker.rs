@@ -270,29 +270,19 @@ impl Shell {
                 }
             };
             let frame: Vec<u8> = self.buf.drain(..len).collect();
-            let event = match wire::decode(&frame, four) {
-                Ok(Message::Open(o)) => Event::BgpOpen(o),
-                Ok(Message::Keepalive) => Event::KeepAliveMsg,
-                Ok(Message::Update(u)) => {
-                    self.metrics.update_received(&self.label);
-                    Event::UpdateMsg(u)
-                }
-                Ok(Message::Notification(n)) => {
+            let event = Event::received(&frame, four);
+            match &event {
+                Event::UpdateMsg(_) => self.metrics.update_received(&self.label),
+                Event::NotifMsg(n) => {
                     self.metrics.notification_received(&self.label);
                     tracing::warn!(peer = self.label, notification = %n, "peer sent a NOTIFICATION");
-                    Event::NotifMsg(n)
                 }
-                Ok(Message::RouteRefresh { afi, safi }) => Event::RouteRefreshMsg { afi, safi },
-                Err(e) => {
+                Event::BgpHeaderErr(e) | Event::BgpOpenMsgErr(e) | Event::UpdateMsgErr(e) => {
                     self.metrics.malformed(&self.label);
                     tracing::warn!(peer = self.label, error = %e, "malformed message from the peer");
-                    match frame[18] {
-                        1 => Event::BgpOpenMsgErr(e),
-                        2 => Event::UpdateMsgErr(e),
-                        _ => Event::BgpHeaderErr(e),
-                    }
                 }
-            };
+                _ => {}
+            }
             self.step(event).await;
             if self.conn.is_none() {
                 self.buf.clear();

@@ -38,6 +38,7 @@ pub mod code {
     pub const UNACCEPTABLE_HOLD_TIME: u8 = 6;
     // UPDATE Message Error subcodes.
     pub const MALFORMED_ATTRIBUTE_LIST: u8 = 1;
+    pub const MISSING_WELL_KNOWN_ATTRIBUTE: u8 = 3;
     pub const ATTRIBUTE_FLAGS_ERROR: u8 = 4;
     pub const ATTRIBUTE_LENGTH_ERROR: u8 = 5;
     pub const INVALID_ORIGIN: u8 = 6;
@@ -719,6 +720,22 @@ fn decode_update(body: &[u8], four_octet: bool) -> Result<Update, WireError> {
             _ => {}
         }
     }
+    // Routes need ORIGIN and AS_PATH, and NEXT_HOP unless they came in MP_REACH_NLRI
+    // (RFC 4271 §6.3, RFC 4760 §3); the data names the first one missing.
+    let mut required = Vec::new();
+    if !u.announced.is_empty() || !u.announced_v6.is_empty() {
+        required.extend([1, 2]);
+    }
+    if !u.announced.is_empty() {
+        required.push(3);
+    }
+    if let Some(&missing) = required.iter().find(|k| !seen.contains(*k)) {
+        return Err(WireError::new(
+            code::UPDATE,
+            code::MISSING_WELL_KNOWN_ATTRIBUTE,
+            [missing],
+        ));
+    }
     if !attrs.is_empty() {
         u.attributes = Some(a);
     }
@@ -1098,6 +1115,19 @@ mod tests {
         let mut b = vec![0, 0, 0, 0, 33, 1, 2, 3, 4, 5];
         b = frame(2, &std::mem::take(&mut b));
         assert_eq!(decode(&b, true).unwrap_err().subcode, 10);
+        // Routes without a mandatory attribute: the first one missing is named.
+        let routes = |attrs: &[u8]| {
+            let mut b = vec![0, 0, 0, attrs.len() as u8];
+            b.extend_from_slice(attrs);
+            b.extend_from_slice(&[8, 10]);
+            frame(2, &b)
+        };
+        let e = decode(&routes(&[0x40, 1, 1, 0]), true).unwrap_err();
+        assert_eq!((e.code, e.subcode, e.data), (3, 3, vec![2]));
+        let e = decode(&routes(&[0x40, 1, 1, 0, 0x40, 2, 0]), true).unwrap_err();
+        assert_eq!((e.code, e.subcode, e.data), (3, 3, vec![3]));
+        let ok = routes(&[0x40, 1, 1, 0, 0x40, 2, 0, 0x40, 3, 4, 10, 0, 0, 1]);
+        assert!(decode(&ok, true).is_ok());
         // A route refresh of the wrong length.
         assert_eq!(decode(&frame(5, &[0, 1, 0]), true).unwrap_err().code, 7);
     }

@@ -6,50 +6,10 @@
 
 use std::time::{Duration, Instant};
 
-use ferrolb_e2e::home::{CLUSTER, HomeLab, Options, SERVER};
-use ferrolb_e2e::{Caller, allocate_many, bin, rss_mib, service};
-use ferrolb_proto::v1 as pb;
-use ferrolb_proto::v1::cluster_state_service_client::ClusterStateServiceClient;
-use tonic::transport::Channel;
+use ferrolb_e2e::home::{CLUSTER, HomeLab, Options, load_bulk};
+use ferrolb_e2e::rss_mib;
 
 const ADDRESSES: usize = 10_000;
-
-/// Inside the router's namespace: the leases and the endpoints (all on n1).
-async fn load(url: &str, count: usize) {
-    allocate_many(url, count, 16, |i| pb::AllocateRequest {
-        owner: Some(service(CLUSTER, "bulk", &format!("s{i}"))),
-        pool: "bulk".into(),
-        ..Default::default()
-    })
-    .await;
-    let channel = Channel::from_shared(url.to_string())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let cs = ClusterStateServiceClient::with_interceptor(channel, Caller::new("admin"));
-    let mut tasks = vec![];
-    for t in 0..16 {
-        let mut cs = cs.clone();
-        tasks.push(tokio::spawn(async move {
-            for i in (t..count).step_by(16) {
-                cs.set_endpoints(pb::ServiceEndpoints {
-                    cluster: CLUSTER.into(),
-                    namespace: "bulk".into(),
-                    name: format!("s{i}"),
-                    serving_nodes: vec!["n1".into()],
-                    any_serving: true,
-                    traffic_policy_local: false,
-                })
-                .await
-                .unwrap();
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-}
 
 fn announced(lab: &HomeLab) -> usize {
     lab.announcer_metric("n1", "ferrolb_announcer_addresses_announced") as usize
@@ -58,8 +18,7 @@ fn announced(lab: &HomeLab) -> usize {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--load") {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(load(&args[2], args[3].parse().unwrap()));
+        load_bulk(&args[2], args[3].parse().unwrap());
         return;
     }
     let mut lab = HomeLab::up("am", Options::default());
@@ -80,9 +39,7 @@ fn main() {
     let idle = rss_mib(pid);
 
     let start = Instant::now();
-    let me = bin("bench-announcer-memory").to_string_lossy().into_owned();
-    let count = ADDRESSES.to_string();
-    lab.must("router", &[&me, "--load", SERVER, &count]);
+    lab.load_bulk("bench-announcer-memory", ADDRESSES);
     let loaded = start.elapsed();
     while announced(&lab) < ADDRESSES {
         assert!(
