@@ -12,7 +12,7 @@ use ferrolb_proto::v1 as pb;
 use ferrolb_proto::v1::cluster_state_service_client::ClusterStateServiceClient;
 use ferrolb_proto::v1::ipam_service_client::IpamServiceClient;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Node, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -26,6 +26,7 @@ use tonic::service::Interceptor;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+use crate::bgp;
 use crate::crd::{self, IPAddressPool, L2Advertisement};
 use crate::service::{self, ALLOCATED_FROM_POOL, Decision, Event};
 use crate::validate;
@@ -140,7 +141,7 @@ pub async fn run(
         configured_tx,
     ));
     tokio::spawn(sync_nodes(Arc::clone(&ctx), node_changes));
-    tokio::spawn(sync_l2_status(Arc::clone(&ctx)));
+    tokio::spawn(sync_announcement_status(Arc::clone(&ctx)));
 
     // Services that already show addresses claim them — once the pools are in place — before
     // any other Service is served, so that a restart (or the move from MetalLB) never hands one
@@ -620,7 +621,7 @@ fn pool_to_pb(p: &IPAddressPool, cluster: &str) -> pb::Pool {
     }
 }
 
-fn selectors(
+pub(crate) fn selectors(
     list: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector],
 ) -> Vec<pb::LabelSelector> {
     list.iter().map(selector).collect()
@@ -704,12 +705,18 @@ async fn sync_config(
         Api::<crd::BFDProfile>::namespaced(ctx.client.clone(), &ns),
         Arc::clone(&changed),
     );
+    // BGPPeers' passwordSecrets.
+    let secrets = reflect(
+        Api::<Secret>::namespaced(ctx.client.clone(), &ns),
+        Arc::clone(&changed),
+    );
     let complete = ready(&pools).await
         && ready(&l2).await
         && ready(&bgp).await
         && ready(&peers).await
         && ready(&communities).await
-        && ready(&bfd).await;
+        && ready(&bfd).await
+        && ready(&secrets).await;
     if !complete {
         return;
     }
@@ -728,7 +735,12 @@ async fn sync_config(
                 .map(|n| n.labels().clone())
                 .collect(),
         };
-        if let Err(e) = push_config(&ctx, &cfg).await {
+        let secret = |name: &str| {
+            secrets
+                .get(&ObjectRef::new(name).within(&ns))
+                .map(|s| (*s).clone())
+        };
+        if let Err(e) = push_config(&ctx, &cfg, secret).await {
             tracing::warn!(error = %e, "cannot push the configuration; trying again");
             tokio::time::sleep(Duration::from_secs(2)).await;
             continue;
@@ -815,32 +827,29 @@ async fn pool_status(ctx: &Ctx, pools: &Store<IPAddressPool>) {
     }
 }
 
-async fn push_config(ctx: &Ctx, cfg: &validate::Config) -> Result<(), Error> {
+async fn push_config(
+    ctx: &Ctx,
+    cfg: &validate::Config,
+    secret: impl Fn(&str) -> Option<Secret>,
+) -> Result<(), Error> {
     let cluster = &ctx.settings.cluster;
     let mut rejected = validate::check(cfg, &ctx.settings.namespace);
-    let bad = |rejected: &[validate::Rejection], kind: &str, name: &str| {
-        rejected.iter().any(|r| r.kind == kind && r.name == name)
-    };
     let mut ipam = ctx.ipam.clone();
     let mut cs = ctx.cluster.clone();
     // Every object present keeps what it last had at the allocator; only the good ones are
     // (re)applied, and only objects that are gone are removed.
     let present_pools: BTreeSet<String> = cfg.pools.iter().map(|p| p.name_any()).collect();
     for p in &cfg.pools {
-        if bad(&rejected, "IPAddressPool", &p.name_any()) {
+        if is_rejected(&rejected, "IPAddressPool", &p.name_any()) {
             continue;
         }
-        let applied = ipam
+        let r = ipam
             .apply_pool(pb::ApplyPoolRequest {
                 pool: Some(pool_to_pb(p, cluster)),
                 create_only: false,
             })
             .await;
-        match applied {
-            Ok(_) => {}
-            Err(s) if s.code() == Code::Unavailable => return Err(grpc(s)),
-            Err(s) => rejected.push(refused("IPAddressPool", &p.name_any(), &s)),
-        }
+        applied(r, "IPAddressPool", &p.name_any(), &mut rejected)?;
     }
     let mine = format!("cluster/{cluster}");
     let existing = ipam
@@ -859,14 +868,11 @@ async fn push_config(ctx: &Ctx, cfg: &validate::Config) -> Result<(), Error> {
     }
     let present_ads: BTreeSet<String> = cfg.l2.iter().map(|a| a.name_any()).collect();
     for a in &cfg.l2 {
-        if bad(&rejected, "L2Advertisement", &a.name_any()) {
+        if is_rejected(&rejected, "L2Advertisement", &a.name_any()) {
             continue;
         }
-        match cs.apply_l2_advertisement(l2_to_pb(a, cluster)).await {
-            Ok(_) => {}
-            Err(s) if s.code() == Code::Unavailable => return Err(grpc(s)),
-            Err(s) => rejected.push(refused("L2Advertisement", &a.name_any(), &s)),
-        }
+        let r = cs.apply_l2_advertisement(l2_to_pb(a, cluster)).await;
+        applied(r, "L2Advertisement", &a.name_any(), &mut rejected)?;
     }
     let existing = cs
         .list_l2_advertisements(pb::ListL2AdvertisementsRequest {
@@ -886,6 +892,7 @@ async fn push_config(ctx: &Ctx, cfg: &validate::Config) -> Result<(), Error> {
             .map_err(grpc)?;
         }
     }
+    push_bgp(ctx, cfg, secret, &mut rejected).await?;
     let mut counts: BTreeMap<&'static str, i64> = BTreeMap::new();
     for r in &rejected {
         *counts.entry(r.kind).or_default() += 1;
@@ -916,6 +923,114 @@ async fn push_config(ctx: &Ctx, cfg: &validate::Config) -> Result<(), Error> {
         report(ctx, o, &rejected).await;
     }
     Ok(())
+}
+
+/// Applies the good Communities, BGPPeers and BGPAdvertisements (in that order, so that
+/// advertisements find their aliases) and removes from the allocator those that are gone.
+async fn push_bgp(
+    ctx: &Ctx,
+    cfg: &validate::Config,
+    secret: impl Fn(&str) -> Option<Secret>,
+    rejected: &mut Vec<validate::Rejection>,
+) -> Result<(), Error> {
+    let cluster = &ctx.settings.cluster;
+    let mut cs = ctx.cluster.clone();
+    for c in &cfg.communities {
+        let name = c.name_any();
+        if !is_rejected(rejected, "Community", &name) {
+            let r = cs.apply_community(bgp::community_to_pb(c, cluster)).await;
+            applied(r, "Community", &name, rejected)?;
+        }
+    }
+    for p in &cfg.peers {
+        let name = p.name_any();
+        if is_rejected(rejected, "BGPPeer", &name) {
+            continue;
+        }
+        if let Some(r) = bgp::unsupported(p) {
+            rejected.push(r);
+            continue;
+        }
+        match bgp::password(p, &ctx.settings.namespace, &secret) {
+            Ok(pw) => {
+                let r = cs.apply_bgp_peer(bgp::peer_to_pb(p, cluster, pw)).await;
+                applied(r, "BGPPeer", &name, rejected)?;
+            }
+            Err(r) => rejected.push(r),
+        }
+    }
+    for a in &cfg.bgp {
+        let name = a.name_any();
+        if !is_rejected(rejected, "BGPAdvertisement", &name) {
+            let r = cs
+                .apply_bgp_advertisement(bgp::advertisement_to_pb(a, cluster))
+                .await;
+            applied(r, "BGPAdvertisement", &name, rejected)?;
+        }
+    }
+    let existing = cs
+        .list_bgp_config(pb::ListBgpConfigRequest {
+            cluster: cluster.clone(),
+        })
+        .await
+        .map_err(grpc)?
+        .into_inner();
+    let gone: [(pb::BgpKind, BTreeSet<String>, BTreeSet<String>); 3] = [
+        (
+            pb::BgpKind::Advertisement,
+            existing
+                .advertisements
+                .into_iter()
+                .map(|a| a.name)
+                .collect(),
+            cfg.bgp.iter().map(ResourceExt::name_any).collect(),
+        ),
+        (
+            pb::BgpKind::Peer,
+            existing.peers.into_iter().map(|p| p.name).collect(),
+            cfg.peers.iter().map(ResourceExt::name_any).collect(),
+        ),
+        (
+            pb::BgpKind::Community,
+            existing.communities.into_iter().map(|c| c.name).collect(),
+            cfg.communities.iter().map(ResourceExt::name_any).collect(),
+        ),
+    ];
+    for (kind, at_allocator, present) in gone {
+        for name in at_allocator.difference(&present) {
+            tracing::info!(kind = ?kind, name, "BGP object deleted");
+            cs.delete_bgp_object(pb::DeleteBgpObjectRequest {
+                cluster: cluster.clone(),
+                kind: kind as i32,
+                name: name.clone(),
+            })
+            .await
+            .map_err(grpc)?;
+        }
+    }
+    Ok(())
+}
+
+fn is_rejected(rejected: &[validate::Rejection], kind: &str, name: &str) -> bool {
+    rejected.iter().any(|r| r.kind == kind && r.name == name)
+}
+
+/// What the allocator said to an object: refused (its message names the field) goes with the
+/// rejections; unreachable ends this push.
+fn applied<T>(
+    r: Result<T, Status>,
+    kind: &'static str,
+    name: &str,
+    rejected: &mut Vec<validate::Rejection>,
+) -> Result<(), Error> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(s) if s.code() == Code::Unavailable => Err(grpc(s)),
+        Err(s) => {
+            rejected.push(refused(kind, name, &s));
+            Ok(())
+        }
+    }
 }
 
 /// The allocator refused an object: its message names the field.
@@ -991,99 +1106,176 @@ where
     }
 }
 
-/// How often the announcements are read back into ServiceL2Status objects.
-const L2_STATUS_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the announcements are read back into ServiceL2Status and ServiceBGPStatus objects.
+const ANNOUNCEMENT_STATUS_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Keeps one ServiceL2Status per announced Service (node, interfaces), named after the Service,
-/// with MetalLB's labels, so `kubectl get servicel2statuses -A` shows where each is announced.
-async fn sync_l2_status(ctx: Arc<Ctx>) {
-    let api: Api<crd::ServiceL2Status> =
-        Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
-    let existing = reflect(api.clone(), Arc::new(Notify::new()));
-    if !ready(&existing).await {
+/// The objects ferrolb writes to show where each Service is announced.
+trait AnnouncementStatus:
+    Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+    + Clone
+    + serde::de::DeserializeOwned
+    + serde::Serialize
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+    type Status: PartialEq + serde::Serialize;
+    fn current(&self) -> Option<&Self::Status>;
+}
+
+impl AnnouncementStatus for crd::ServiceL2Status {
+    type Status = crd::ServiceL2StatusStatus;
+    fn current(&self) -> Option<&Self::Status> {
+        self.status.as_ref()
+    }
+}
+
+impl AnnouncementStatus for crd::ServiceBGPStatus {
+    type Status = crd::ServiceBGPStatusStatus;
+    fn current(&self) -> Option<&Self::Status> {
+        self.status.as_ref()
+    }
+}
+
+/// Keeps, from the allocator's announcement state and as MetalLB does, one ServiceL2Status per
+/// announced Service (its node and interfaces) and one ServiceBGPStatus per Service and
+/// advertising node (the BGPPeers it advertises to), each with MetalLB's labels, so that
+/// `kubectl get servicel2statuses -A` and `kubectl get servicebgpstatuses -A` work as with
+/// MetalLB.
+async fn sync_announcement_status(ctx: Arc<Ctx>) {
+    let ns = &ctx.settings.namespace;
+    let l2_api: Api<crd::ServiceL2Status> = Api::namespaced(ctx.client.clone(), ns);
+    let bgp_api: Api<crd::ServiceBGPStatus> = Api::namespaced(ctx.client.clone(), ns);
+    let l2 = reflect(l2_api.clone(), Arc::new(Notify::new()));
+    let bgp = reflect(bgp_api.clone(), Arc::new(Notify::new()));
+    if !(ready(&l2).await && ready(&bgp).await) {
         return;
     }
+    let request = || pb::ListAnnouncementsRequest {
+        cluster: ctx.settings.cluster.clone(),
+    };
     loop {
-        tokio::time::sleep(L2_STATUS_INTERVAL).await;
-        let Ok(list) = ctx
-            .cluster
-            .clone()
-            .list_announcements(pb::ListAnnouncementsRequest {
-                cluster: ctx.settings.cluster.clone(),
-            })
-            .await
-        else {
-            continue;
-        };
-        let mut want: BTreeMap<String, crd::ServiceL2StatusStatus> = BTreeMap::new();
-        for a in list
-            .into_inner()
-            .announcements
-            .iter()
-            .filter(|a| !a.node.is_empty())
-        {
-            for svc in &a.services {
-                let (ns, name) = svc.split_once('/').unwrap_or(("", svc));
-                want.insert(
-                    l2_status_name(ns, name),
-                    crd::ServiceL2StatusStatus {
-                        node: a.node.clone(),
-                        service_name: name.to_string(),
-                        service_namespace: ns.to_string(),
-                        interfaces: a
-                            .interfaces
-                            .iter()
-                            .map(|i| crd::InterfaceInfo { name: i.clone() })
-                            .collect(),
-                    },
-                );
-            }
+        tokio::time::sleep(ANNOUNCEMENT_STATUS_INTERVAL).await;
+        if let Ok(list) = ctx.cluster.clone().list_announcements(request()).await {
+            let want = l2_statuses(&list.into_inner().announcements);
+            write_statuses(&ctx, &l2_api, &l2, want).await;
         }
-        let pp = PatchParams::default();
-        for (name, status) in &want {
-            let current = existing.get(&ObjectRef::new(name).within(&ctx.settings.namespace));
-            if current.as_ref().and_then(|c| c.status.as_ref()) == Some(status) {
-                continue;
-            }
-            let labels = json!({
-                "metallb.io/node": status.node,
-                "metallb.io/service-name": status.service_name,
-                "metallb.io/service-namespace": status.service_namespace,
-            });
-            if current.is_none() {
-                let obj = json!({
-                    "apiVersion": "metallb.io/v1beta1", "kind": "ServiceL2Status",
-                    "metadata": {"name": name, "namespace": ctx.settings.namespace, "labels": labels},
-                    "spec": {},
-                });
-                let Ok(obj) = serde_json::from_value::<crd::ServiceL2Status>(obj) else {
-                    continue;
-                };
-                if let Err(e) = api.create(&Default::default(), &obj).await {
-                    tracing::debug!(error = %e, name, "cannot create a ServiceL2Status");
-                    continue;
-                }
-            } else {
-                let meta = json!({"metadata": {"labels": labels}});
-                let _ = api.patch(name, &pp, &Patch::Merge(&meta)).await;
-            }
-            let patch = json!({"status": status});
-            if let Err(e) = api.patch_status(name, &pp, &Patch::Merge(&patch)).await {
-                tracing::debug!(error = %e, name, "cannot write a ServiceL2Status");
-            }
-        }
-        for obj in existing.state() {
-            let name = obj.name_any();
-            if !want.contains_key(&name) {
-                let _ = api.delete(&name, &Default::default()).await;
-            }
+        if let Ok(list) = ctx.cluster.clone().list_bgp_announcements(request()).await {
+            let want = bgp_statuses(&list.into_inner().announcements);
+            write_statuses(&ctx, &bgp_api, &bgp, want).await;
         }
     }
 }
 
-/// A ServiceL2Status's name: `l2-` and the Service's namespace and name, cut to fit.
-fn l2_status_name(namespace: &str, name: &str) -> String {
-    let full = format!("l2-{namespace}-{name}");
+/// The labels MetalLB puts on its status objects.
+fn status_labels(node: &str, namespace: &str, name: &str) -> serde_json::Value {
+    json!({
+        "metallb.io/node": node,
+        "metallb.io/service-name": name,
+        "metallb.io/service-namespace": namespace,
+    })
+}
+
+type Wanted<S> = BTreeMap<String, (serde_json::Value, S)>;
+
+fn l2_statuses(list: &[pb::Announcement]) -> Wanted<crd::ServiceL2StatusStatus> {
+    let mut want = BTreeMap::new();
+    for a in list.iter().filter(|a| !a.node.is_empty()) {
+        for svc in &a.services {
+            let (ns, name) = svc.split_once('/').unwrap_or(("", svc));
+            let status = crd::ServiceL2StatusStatus {
+                node: a.node.clone(),
+                service_name: name.to_string(),
+                service_namespace: ns.to_string(),
+                interfaces: a
+                    .interfaces
+                    .iter()
+                    .map(|i| crd::InterfaceInfo { name: i.clone() })
+                    .collect(),
+            };
+            let labels = status_labels(&a.node, ns, name);
+            want.insert(status_name("l2", &[ns, name]), (labels, status));
+        }
+    }
+    want
+}
+
+/// One per Service and node; a dual-stack Service's two addresses merge their peers.
+fn bgp_statuses(list: &[pb::BgpAnnouncement]) -> Wanted<crd::ServiceBGPStatusStatus> {
+    let mut want: Wanted<crd::ServiceBGPStatusStatus> = BTreeMap::new();
+    for a in list {
+        for n in &a.nodes {
+            for svc in &a.services {
+                let (ns, name) = svc.split_once('/').unwrap_or(("", svc));
+                let (_, status) = want
+                    .entry(status_name("bgp", &[ns, name, &n.node]))
+                    .or_insert_with(|| {
+                        let status = crd::ServiceBGPStatusStatus {
+                            node: n.node.clone(),
+                            service_name: name.to_string(),
+                            service_namespace: ns.to_string(),
+                            peers: vec![],
+                        };
+                        (status_labels(&n.node, ns, name), status)
+                    });
+                status.peers.extend(n.peers.iter().cloned());
+                status.peers.sort();
+                status.peers.dedup();
+            }
+        }
+    }
+    want
+}
+
+/// Makes the namespace's objects of kind K exactly `want`: creates, relabels and updates the
+/// status of what differs, deletes the rest.
+async fn write_statuses<K: AnnouncementStatus>(
+    ctx: &Ctx,
+    api: &Api<K>,
+    existing: &Store<K>,
+    want: Wanted<K::Status>,
+) {
+    let kind = K::kind(&());
+    let pp = PatchParams::default();
+    for (name, (labels, status)) in &want {
+        let current = existing.get(&ObjectRef::new(name).within(&ctx.settings.namespace));
+        if current.as_ref().and_then(|c| c.current()) == Some(status) {
+            continue;
+        }
+        if current.is_none() {
+            let obj = json!({
+                "apiVersion": K::api_version(&()), "kind": kind,
+                "metadata": {"name": name, "namespace": ctx.settings.namespace, "labels": labels},
+                "spec": {},
+            });
+            let Ok(obj) = serde_json::from_value::<K>(obj) else {
+                continue;
+            };
+            if let Err(e) = api.create(&Default::default(), &obj).await {
+                tracing::debug!(error = %e, name, %kind, "cannot create a status object");
+                continue;
+            }
+        } else {
+            let meta = json!({"metadata": {"labels": labels}});
+            let _ = api.patch(name, &pp, &Patch::Merge(&meta)).await;
+        }
+        let patch = json!({"status": status});
+        if let Err(e) = api.patch_status(name, &pp, &Patch::Merge(&patch)).await {
+            tracing::debug!(error = %e, name, %kind, "cannot write a status object");
+        }
+    }
+    for obj in existing.state() {
+        let name = obj.name_any();
+        if !want.contains_key(&name) {
+            let _ = api.delete(&name, &Default::default()).await;
+        }
+    }
+}
+
+/// A status object's name: the prefix and the parts joined by `-`, cut to fit.
+fn status_name(prefix: &str, parts: &[&str]) -> String {
+    let full = format!("{prefix}-{}", parts.join("-"));
     full.chars().take(253).collect()
 }
 

@@ -549,6 +549,30 @@ pub fn check(cfg: &Config, namespace: &str) -> Vec<Rejection> {
                 )
             });
         }
+        // BFD echo mode is refused towards a peer that receives an IPv6 pool's prefixes.
+        let echo = |b: &BFDProfile| b.spec.echo_mode == Some(true);
+        let gets_v6 = cfg.bgp.iter().any(|a| {
+            (a.spec.peers.is_empty() || a.spec.peers.contains(&name))
+                && cfg.pools.iter().any(|p| {
+                    covers(a, p)
+                        && p.spec
+                            .addresses
+                            .iter()
+                            .any(|e| prefix_of(e).is_some_and(|(v4, _)| !v4))
+                })
+        });
+        if let Some(profile) = &s.common.bfd_profile
+            && gets_v6
+            && cfg
+                .bfd_profiles
+                .iter()
+                .any(|b| &b.name_any() == profile && echo(b))
+        {
+            out.push(r(
+                "spec.bfdProfile",
+                format!("BFDProfile {profile:?} has echo mode, which cannot run with IPv6 pools"),
+            ));
+        }
         if s.common.password.is_some() && s.password_secret.is_some() {
             out.push(r(
                 "spec.passwordSecret",
@@ -933,6 +957,74 @@ mod tests {
         assert_eq!(prefix_of("10.0.1.1-10.0.1.6"), Some((true, 31)));
         assert_eq!(prefix_of("fd00::-fd00::ff"), Some((false, 120)));
         assert_eq!(prefix_of("10.0.0.9-10.0.0.1"), None);
+    }
+
+    #[test]
+    fn bfd_echo_mode_only_without_ipv6_pools() {
+        use crate::crd::BFDProfileSpec;
+        let profile = |name: &str, echo: bool| {
+            named(
+                BFDProfile::new(
+                    name,
+                    BFDProfileSpec {
+                        echo_mode: Some(echo),
+                        ..BFDProfileSpec::default()
+                    },
+                ),
+                name,
+            )
+        };
+        let with = |name: &str, address: &str, profile: &str| {
+            let (address, profile) = (address.to_string(), profile.to_string());
+            peer(name, move |s| {
+                s.peer_address = Some(address);
+                s.common.bfd_profile = Some(profile);
+            })
+        };
+        let mut cfg = Config {
+            pools: vec![
+                pool(
+                    "v4",
+                    IPAddressPoolSpec {
+                        addresses: vec!["10.0.0.0/24".into()],
+                        ..Default::default()
+                    },
+                ),
+                pool(
+                    "v6",
+                    IPAddressPoolSpec {
+                        addresses: vec!["fd00::/120".into()],
+                        ..Default::default()
+                    },
+                ),
+            ],
+            bgp: vec![
+                ad("v4-to-all", |s| s.ip_address_pools = vec!["v4".into()]),
+                ad("v6-to-r2", |s| {
+                    s.ip_address_pools = vec!["v6".into()];
+                    s.peers = vec!["r2".into()];
+                }),
+            ],
+            peers: vec![
+                with("r1", "10.0.0.1", "echo"),
+                with("r2", "10.0.0.2", "echo"),
+                with("r3", "10.0.0.3", "plain"),
+            ],
+            bfd_profiles: vec![profile("echo", true), profile("plain", false)],
+            ..Config::default()
+        };
+        // Only r2 gets the IPv6 pool's prefixes.
+        assert_eq!(rejected(&cfg), ["BGPPeer/r2 spec.bfdProfile"]);
+        let msg = check(&cfg, NS)[0].to_string();
+        assert!(msg.contains("echo mode"), "{msg}");
+        // The referenced profile deleted: the peers wait for it (transient), keeping what they had.
+        cfg.bfd_profiles.clear();
+        let all = check(&cfg, NS);
+        assert_eq!(all.len(), 3);
+        assert!(
+            all.iter()
+                .all(|r| r.transient && r.message.contains("does not exist"))
+        );
     }
 
     #[test]

@@ -39,6 +39,17 @@ impl LabKube {
     pub fn get(&mut self, collection: &str, namespace: &str, name: &str) -> Value {
         self.command(&format!("get {collection} {namespace} {name}"))
     }
+
+    pub fn delete(&mut self, collection: &str, namespace: &str, name: &str) -> Value {
+        self.command(&format!("delete {collection} {namespace} {name}"))
+    }
+
+    pub fn list(&mut self, collection: &str) -> Vec<Value> {
+        match self.command(&format!("list {collection}")) {
+            Value::Array(items) => items,
+            other => panic!("fake-kube list {collection}: {other}"),
+        }
+    }
 }
 
 impl Drop for LabKube {

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use ferrolb_e2e::home::{CLUSTER, HomeLab, Options, scenarios};
+use ferrolb_e2e::home::{CLUSTER, HomeLab, NODES, Options, scenarios};
 use ferrolb_e2e::routers::{Bird, GoBgp, Path, eventually};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -619,4 +619,170 @@ fn ibgp_ebgp_peer_port_and_graceful_restart_against_gobgp() {
         || gobgp.paths(),
         |p| next_hops(p, &prefix, "").is_empty(),
     );
+}
+
+/// The company scenario through Kubernetes: MetalLB's YAML into the API server (the router's
+/// address mapped into the lab), a BGPPeer whose password comes from a Secret created after it,
+/// a Service created through the API: its status gets the address, BIRD gets the /32 from all
+/// three nodes, ServiceBGPStatus objects show who advertises it, and deleting the Service
+/// withdraws it.
+#[test]
+fn company_scenario_through_kubernetes() {
+    let lab = HomeLab::up("bgq", Options::default());
+    // The router wants a TCP MD5 password on every session.
+    let bird = Bird::start(
+        &lab,
+        &BIRD_COMPANY.replace("passive on;", "passive on; password \"from-a-secret\";"),
+    );
+    let mut kube = lab.start_kube();
+    let mut adapter = lab.start_adapter();
+    let collection = |kind: &str| match kind {
+        "BGPPeer" => "/apis/metallb.io/v1beta2/bgppeers",
+        "IPAddressPool" => "/apis/metallb.io/v1beta1/ipaddresspools",
+        "BGPAdvertisement" => "/apis/metallb.io/v1beta1/bgpadvertisements",
+        other => panic!("unexpected kind {other}"),
+    };
+    let scenario = std::fs::read_to_string(scenarios().join("company-bgp-pool.yaml")).unwrap();
+    let mut peer = serde_json::Value::Null;
+    for doc in scenario.replace("10.100.1.1", "10.250.0.1").split("\n---") {
+        let v: serde_json::Value = serde_yaml::from_str(doc).unwrap();
+        if v["kind"] == "BGPPeer" {
+            peer = v.clone();
+        }
+        kube.put(collection(v["kind"].as_str().unwrap()), &v);
+    }
+    let peers = collection("BGPPeer");
+    // The password from a Secret that does not exist yet: the peer waits.
+    peer["spec"]["passwordSecret"] = serde_json::json!({"name": "company-router-pw"});
+    kube.put(peers, &peer);
+    let condition = |kube: &mut ferrolb_e2e::home::LabKube| {
+        let p = kube.get(peers, "metallb-system", "company-router");
+        let c = p["status"]["conditions"][0].clone();
+        (
+            c["reason"].as_str().unwrap_or_default().to_string(),
+            c["message"].to_string(),
+        )
+    };
+    eventually(
+        WAIT,
+        "the peer pending on its Secret",
+        || condition(&mut kube),
+        |(r, m)| r == "Pending" && m.contains("company-router-pw"),
+    );
+    assert!(bird.established().is_empty());
+    kube.put(
+        "/api/v1/secrets",
+        &serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/basic-auth",
+            "metadata": {"name": "company-router-pw", "namespace": "metallb-system"},
+            // base64 of "from-a-secret"
+            "data": {"password": "ZnJvbS1hLXNlY3JldA=="},
+        }),
+    );
+    eventually(
+        WAIT,
+        "the peer reconciled",
+        || condition(&mut kube),
+        |(r, _)| r == "Reconciled",
+    );
+    eventually(
+        Duration::from_secs(10),
+        "three IPv4 sessions with the password",
+        || bird.established(),
+        |e| e.iter().filter(|p| p.starts_with("c4_")).count() == 3,
+    );
+
+    kube.put(
+        "/api/v1/services",
+        &serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "company-web", "namespace": "default"},
+            "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.20", "clusterIPs": ["10.96.0.20"],
+                     "selector": {"app": "web"}, "ports": [{"port": 80, "protocol": "TCP"}]},
+        }),
+    );
+    kube.put(
+        "/apis/discovery.k8s.io/v1/endpointslices",
+        &serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "company-web-1", "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": "company-web"}},
+            "addressType": "IPv4",
+            "endpoints": NODES.iter().map(|n| serde_json::json!({
+                "addresses": ["10.244.0.10"], "conditions": {"ready": true}, "nodeName": n,
+            })).collect::<Vec<_>>(),
+        }),
+    );
+    eventually(
+        Duration::from_secs(20),
+        "the Service's ingress",
+        || kube.get("/api/v1/services", "default", "company-web")["status"].clone(),
+        |s| s["loadBalancer"]["ingress"][0]["ip"] == "10.100.50.1",
+    );
+    let prefix = "10.100.50.1/32";
+    eventually(
+        WAIT,
+        "the /32 from all three nodes",
+        || bird.paths(),
+        |p| next_hops(p, prefix, "c4_") == ["10.250.0.11", "10.250.0.12", "10.250.0.13"],
+    );
+    // Where it is advertised, as `kubectl get servicebgpstatuses -A` shows it.
+    let statuses = eventually(
+        WAIT,
+        "a ServiceBGPStatus per node",
+        || kube.list("/apis/metallb.io/v1beta1/servicebgpstatuses"),
+        |l| l.len() == 3,
+    );
+    for s in &statuses {
+        let node = s["status"]["node"].as_str().unwrap();
+        assert_eq!(
+            s["metadata"]["name"],
+            format!("bgp-default-company-web-{node}")
+        );
+        assert_eq!(s["status"]["serviceName"], "company-web");
+        assert_eq!(s["status"]["peers"], serde_json::json!(["company-router"]));
+        assert_eq!(s["metadata"]["labels"]["metallb.io/node"], node);
+    }
+
+    // A peer that needs MetalLB's FRR mode is refused by name; the rest keeps serving.
+    kube.put(
+        peers,
+        &serde_json::json!({
+            "apiVersion": "metallb.io/v1beta2", "kind": "BGPPeer",
+            "metadata": {"name": "in-a-vrf", "namespace": "metallb-system"},
+            "spec": {"myASN": 65001, "peerASN": 65000, "peerAddress": "10.250.0.9", "vrf": "red"},
+        }),
+    );
+    let refused = eventually(
+        WAIT,
+        "the VRF peer refused",
+        || kube.get(peers, "metallb-system", "in-a-vrf")["status"]["conditions"][0].clone(),
+        |c| c["reason"] == "ConfigurationError",
+    );
+    assert!(
+        refused["message"].as_str().unwrap().contains("spec.vrf"),
+        "{refused}"
+    );
+    assert_eq!(
+        next_hops(&bird.paths(), prefix, "c4_").len(),
+        3,
+        "the good peer kept its routes"
+    );
+
+    // Deleting the Service withdraws its route and its status objects.
+    kube.delete("/api/v1/services", "default", "company-web");
+    eventually(
+        WAIT,
+        "the route withdrawn",
+        || bird.paths(),
+        |p| next_hops(p, prefix, "").is_empty(),
+    );
+    eventually(
+        WAIT,
+        "no ServiceBGPStatus left",
+        || kube.list("/apis/metallb.io/v1beta1/servicebgpstatuses"),
+        Vec::is_empty,
+    );
+    let _ = adapter.kill();
+    let _ = adapter.wait();
 }
