@@ -1,6 +1,7 @@
-//! A BGP peer on 127.0.0.1 that sends malformed and out-of-place messages: for each, the
+//! A BGP peer on 127.0.0.1 that misbehaves. For each malformed or out-of-place message the
 //! speaker answers with the NOTIFICATION RFC 4271 (and RFC 6608) names, closes the connection,
-//! counts the message, and comes back with a clean session that carries its routes again.
+//! counts the message, and comes back with a clean session that carries its routes again. A
+//! peer that falls silent is dropped when the hold timer expires.
 #![allow(clippy::unwrap_used)]
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -38,10 +39,14 @@ async fn next(s: &mut TcpStream) -> Option<Message> {
 }
 
 fn peer_open() -> Message {
+    peer_open_with_hold(90)
+}
+
+fn peer_open_with_hold(hold_time: u16) -> Message {
     Message::Open(Open {
         version: 4,
         my_as: PEER_AS as u16,
-        hold_time: 90,
+        hold_time,
         router_id: Ipv4Addr::new(10, 0, 0, 1),
         capabilities: vec![
             Capability::Multiprotocol { afi: 1, safi: 1 },
@@ -53,14 +58,16 @@ fn peer_open() -> Message {
 /// Accepts the speaker's next connection and brings the session up; returns the connection
 /// once the speaker's routes and End-of-RIB have arrived, with how many prefixes came.
 async fn establish(listener: &TcpListener) -> (TcpStream, usize) {
+    establish_with(listener, peer_open()).await
+}
+
+async fn establish_with(listener: &TcpListener, open: Message) -> (TcpStream, usize) {
     let (mut s, _) = timeout(WAIT, listener.accept())
         .await
         .expect("the speaker did not come back")
         .unwrap();
     assert!(matches!(next(&mut s).await, Some(Message::Open(_))));
-    s.write_all(&wire::encode(&peer_open(), true))
-        .await
-        .unwrap();
+    s.write_all(&wire::encode(&open, true)).await.unwrap();
     s.write_all(&wire::encode(&Message::Keepalive, true))
         .await
         .unwrap();
@@ -93,8 +100,8 @@ fn update(attrs: &[u8], nlri: &[u8]) -> Vec<u8> {
     frame(2, &b)
 }
 
-#[tokio::test]
-async fn malformed_messages_get_their_notifications_and_a_clean_reset() {
+/// A listening peer and a speaker session towards it, holding one route.
+async fn speaker_for_a_peer() -> (TcpListener, u16, Metrics, speaker::Session) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let metrics = Metrics::new(&Arc::new(Counters::default()));
@@ -130,6 +137,36 @@ async fn malformed_messages_get_their_notifications_and_a_clean_reset() {
         })
         .unwrap();
 
+    (listener, port, metrics, session)
+}
+
+#[tokio::test]
+async fn a_silent_peer_is_dropped_when_the_hold_timer_expires() {
+    let (listener, _port, _metrics, _session) = speaker_for_a_peer().await;
+    // Hold time 3 s: the speaker sends KEEPALIVEs every second and expects one within 3 s.
+    let (mut s, _) = establish_with(&listener, peer_open_with_hold(3)).await;
+    let silent = std::time::Instant::now();
+    let n = loop {
+        match next(&mut s).await {
+            Some(Message::Notification(n)) => break n,
+            Some(Message::Keepalive) => {}
+            other => panic!("{other:?} instead of a NOTIFICATION"),
+        }
+    };
+    let after = silent.elapsed();
+    assert_eq!((n.code, n.subcode), (4, 0), "Hold Timer Expired: {n}");
+    assert!(
+        after >= Duration::from_millis(2500) && after < Duration::from_secs(4),
+        "dropped after {after:?}"
+    );
+    assert!(timeout(WAIT, read_message(&mut s)).await.unwrap().is_none());
+    // And it tries again.
+    establish(&listener).await;
+}
+
+#[tokio::test]
+async fn malformed_messages_get_their_notifications_and_a_clean_reset() {
+    let (listener, port, metrics, session) = speaker_for_a_peer().await;
     let ka = frame(4, &[]);
     let mut unsynced = ka.clone();
     unsynced[0] = 0;
