@@ -42,21 +42,38 @@ pub struct Bird {
 }
 
 impl Bird {
-    /// Starts BIRD with `config` (a complete bird.conf) and waits for its control socket.
+    /// Starts BIRD in the router with `config` (a complete bird.conf) and waits for its control
+    /// socket.
     pub fn start(lab: &HomeLab, config: &str) -> Bird {
+        Bird::start_in(lab, "router", config)
+    }
+
+    /// Starts BIRD in a host of the lab (its log: `bird.log` in the router, else
+    /// `bird-<host>.log`).
+    pub fn start_in(lab: &HomeLab, host: &str, config: &str) -> Bird {
         need("bird", "bird2");
-        let conf = lab.dir.0.join("bird.conf");
+        let name = if host == "router" {
+            "bird".to_string()
+        } else {
+            format!("bird-{host}")
+        };
+        let conf = lab.dir.0.join(format!("{name}.conf"));
         std::fs::write(&conf, config).expect("write bird.conf");
-        let ctl = lab.dir.0.join("bird.ctl").to_string_lossy().into_owned();
+        let ctl = lab
+            .dir
+            .0
+            .join(format!("{name}.ctl"))
+            .to_string_lossy()
+            .into_owned();
         let child = lab.spawn(
-            "router",
+            host,
             "bird",
             &["-f", "-c", &conf.to_string_lossy(), "-s", &ctl],
-            "bird",
+            &name,
         );
         let bird = Bird {
             ctl,
-            netns: format!("{}-router", lab.lab.0),
+            netns: format!("{}-{host}", lab.lab.0),
             child,
         };
         let start = Instant::now();
@@ -64,7 +81,7 @@ impl Bird {
             assert!(
                 start.elapsed() < Duration::from_secs(10),
                 "BIRD did not start: {}",
-                lab.log("bird")
+                lab.log(&name)
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -273,7 +290,7 @@ pub fn parse_gobgp(v: &serde_json::Value) -> Vec<Path> {
 }
 
 /// Parses `birdc show route all`: a line naming a prefix starts its first path, an indented
-/// `unicast [...]` line another path of the same prefix, and `BGP.*` lines fill the path.
+/// `KIND [protocol ...]` line another path of the same prefix, and `BGP.*` lines fill the path.
 pub fn parse_bird(text: &str) -> Vec<Path> {
     let mut out: Vec<Path> = Vec::new();
     let mut prefix = String::new();
@@ -291,7 +308,12 @@ pub fn parse_bird(text: &str) -> Vec<Path> {
                 from: protocol(trimmed),
                 ..Path::default()
             });
-        } else if trimmed.starts_with("unicast [") {
+        } else if trimmed
+            .split_once(" [")
+            .is_some_and(|(kind, _)| !kind.contains([' ', ':']))
+        {
+            // Another path of the same prefix: `unicast [...]`, or `unreachable [...]` for a
+            // multihop path whose next hop BIRD cannot resolve.
             out.push(Path {
                 prefix: prefix.clone(),
                 from: protocol(trimmed),

@@ -786,3 +786,82 @@ fn company_scenario_through_kubernetes() {
     let _ = adapter.kill();
     let _ = adapter.wait();
 }
+
+/// BIRD in the client, speaking from 10.77.0.100 on its loopback, which the nodes reach only
+/// through the router (forwarding, no redirects): two hops away. Only the peer with
+/// `ebgpMultiHop` comes up; the other's packets leave with TTL 1 and die at the router.
+const BIRD_FAR: &str = r#"
+router id 10.77.0.100;
+log stderr all;
+protocol device { }
+template bgp far {
+  local 10.77.0.100 as 65000; passive on; multihop 2; hold time 9; keepalive time 3;
+  ipv4 { import all; export none; };
+}
+protocol bgp far_n1 from far { neighbor 10.250.0.11 as 65001; }
+protocol bgp far_n2 from far { neighbor 10.250.0.12 as 65001; }
+"#;
+
+#[test]
+fn ebgp_multihop_reaches_a_router_two_hops_away() {
+    let lab = HomeLab::up("bgm", Options::default());
+    lab.must(
+        "client",
+        &["ip", "addr", "add", "10.77.0.100/32", "dev", "lo"],
+    );
+    lab.must(
+        "router",
+        &[
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+            "net.ipv4.conf.all.send_redirects=0",
+            "net.ipv4.conf.eth0.send_redirects=0",
+        ],
+    );
+    lab.must(
+        "router",
+        &[
+            "ip",
+            "route",
+            "add",
+            "10.77.0.100/32",
+            "via",
+            "10.250.0.100",
+        ],
+    );
+    for n in ["n1", "n2"] {
+        lab.must(
+            n,
+            &["ip", "route", "add", "10.77.0.100/32", "via", "10.250.0.1"],
+        );
+    }
+    let bird = Bird::start_in(&lab, "client", BIRD_FAR);
+    let far = "myASN: 65001, peerASN: 65000, peerAddress: 10.77.0.100";
+    let multihop = format!("{far}, ebgpMultiHop: true");
+    let file = per_node_peers(&lab, &[("n1", &multihop), ("n2", far)]);
+    lab.ctl(&["apply", "-f", &file, "--cluster", CLUSTER]);
+    eventually(
+        WAIT,
+        "the multihop session",
+        || bird.established(),
+        |e| e.contains(&"far_n1".to_string()),
+    );
+    let web = allocate(&lab, "far-web", "peers-pool", "ipv4");
+    lab.set_endpoints("far-web", &["n1", "n2"], false);
+    let prefix = format!("{web}/32");
+    eventually(
+        WAIT,
+        "the /32 from n1 over two hops",
+        || bird.paths(),
+        |p| next_hops(p, &prefix, "far_") == ["10.250.0.11"],
+    );
+    // Without ebgpMultiHop the session never comes up.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        bird.established(),
+        ["far_n1"],
+        "{}",
+        bird.birdc(&["show", "protocols", "all", "far_n2"])
+    );
+}
