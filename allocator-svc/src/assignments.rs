@@ -12,8 +12,8 @@ use tokio::sync::watch;
 use crate::bgp::{self, NodeBgp};
 use crate::cluster::{self, Announcement, Input};
 use crate::error::Result;
-use crate::lease::{Lease, Owner};
-use crate::store::{LeaseStore, SqlStore};
+use crate::lease::{EventKind, Lease, Owner};
+use crate::store::{ClusterRows, LeaseStore, SqlStore};
 
 /// What one node announces: address → interfaces (empty: every eligible interface).
 pub type NodeAssignments = BTreeMap<IpAddr, Vec<String>>;
@@ -65,12 +65,18 @@ pub fn spawn(store: Arc<SqlStore>, ignore_exclude_label: bool) -> watch::Receive
     tokio::spawn(async move {
         let mut lease_changes = store.subscribe();
         let mut cluster_changes = store.subscribe_cluster();
-        let mut leases: Option<(u64, Vec<Lease>)> = None;
+        let mut cache = Cache::default();
         let mut leases_stale = true;
         loop {
             let mut advertised = true;
-            match compute(&store, &mut leases, leases_stale, ignore_exclude_label).await {
-                Ok((view, any_ads)) => {
+            let started = std::time::Instant::now();
+            match compute(&store, &mut cache, leases_stale, ignore_exclude_label).await {
+                Ok(None) => leases_stale = false,
+                Ok(Some((view, any_ads))) => {
+                    tracing::debug!(
+                        took_ms = started.elapsed().as_secs_f64() * 1000.0,
+                        "announcements decided"
+                    );
                     leases_stale = false;
                     advertised = any_ads;
                     tx.send_if_modified(|cur| {
@@ -116,13 +122,90 @@ pub fn spawn(store: Arc<SqlStore>, ignore_exclude_label: bool) -> watch::Receive
     rx
 }
 
+/// What the decisions read, kept between recomputes: cluster state is read again only when its
+/// revision moved, and Service leases follow the store's change log.
+#[derive(Default)]
+struct Cache {
+    rows: Option<ClusterRows>,
+    leases: Option<LeaseCache>,
+    /// What the last decision was made from: when nothing moved, there is nothing to decide.
+    decided: Option<Inputs>,
+}
+
+#[derive(PartialEq)]
+struct Inputs {
+    cluster_revision: u64,
+    live: BTreeMap<String, std::collections::BTreeSet<String>>,
+    lease_revision: u64,
+    pools: BTreeMap<String, crate::selector::Labels>,
+}
+
+/// Every Service lease by owner key, as of `revision`.
+struct LeaseCache {
+    revision: u64,
+    leases: BTreeMap<String, Lease>,
+}
+
+/// Events read per round trip when catching up.
+const EVENT_PAGE: u32 = 1000;
+
+impl LeaseCache {
+    async fn load(store: &SqlStore) -> Result<LeaseCache> {
+        let (revision, all) = store.service_leases().await?;
+        Ok(LeaseCache {
+            revision,
+            leases: all.into_iter().map(|l| (l.owner.key(), l)).collect(),
+        })
+    }
+
+    /// Applies the changes since `revision` from the change log, in order (changes commit in
+    /// revision order: they take their revisions from one row). A gap — the history no longer
+    /// reaches back — reads everything again instead.
+    async fn catch_up(&mut self, store: &SqlStore) -> Result<()> {
+        loop {
+            let events = store.events_since(self.revision, None, EVENT_PAGE).await?;
+            for e in &events {
+                if e.revision != self.revision + 1 {
+                    *self = LeaseCache::load(store).await?;
+                    return Ok(());
+                }
+                self.revision = e.revision;
+                if !matches!(e.lease.owner, Owner::Service { .. }) {
+                    continue;
+                }
+                let key = e.lease.owner.key();
+                match e.kind {
+                    EventKind::Released | EventKind::Expired => {
+                        self.leases.remove(&key);
+                    }
+                    EventKind::Allocated | EventKind::Updated | EventKind::Stranded => {
+                        self.leases.insert(key, e.lease.clone());
+                    }
+                }
+            }
+            if events.len() < EVENT_PAGE as usize {
+                return Ok(());
+            }
+        }
+    }
+}
+
 async fn compute(
     store: &SqlStore,
-    leases: &mut Option<(u64, Vec<Lease>)>,
+    cache: &mut Cache,
     leases_stale: bool,
     ignore_exclude_label: bool,
-) -> Result<(View, bool)> {
-    let rows = store.cluster_rows().await?;
+) -> Result<Option<(View, bool)>> {
+    let revision = store.cluster_revision().await?;
+    let rows = match cache.rows.take() {
+        Some(mut r) if r.revision == revision => {
+            // Sessions also expire by the clock, without a new revision.
+            r.live = store.live_announcers().await?;
+            r
+        }
+        _ => store.cluster_rows().await?,
+    };
+    let rows = &*cache.rows.insert(rows);
     if rows.ads.is_empty() && rows.bgp_peers.is_empty() {
         // No layer-2 advertisement or BGP peer anywhere: nothing to announce, and no lease to
         // read.
@@ -130,15 +213,31 @@ async fn compute(
             version: rows.revision,
             clusters: BTreeMap::new(),
         };
-        return Ok((view, false));
+        cache.decided = None;
+        return Ok(Some((view, false)));
     }
-    if leases_stale || leases.is_none() {
-        *leases = Some(store.service_leases().await?);
+    match cache.leases.as_mut() {
+        Some(l) if leases_stale => l.catch_up(store).await?,
+        Some(_) => {}
+        None => cache.leases = Some(LeaseCache::load(store).await?),
     }
-    let (lease_revision, all) = leases.as_ref().map_or((0, &[][..]), |(r, l)| (*r, &l[..]));
+    let (lease_revision, all) = match cache.leases.as_ref() {
+        Some(c) => (c.revision, Some(&c.leases)),
+        None => (0, None),
+    };
     let pools = store.pool_labels().await?;
+    let inputs = Inputs {
+        cluster_revision: rows.revision,
+        live: rows.live.clone(),
+        lease_revision,
+        pools,
+    };
+    if cache.decided.as_ref() == Some(&inputs) {
+        return Ok(None);
+    }
+    let pools = &inputs.pools;
     let mut by_cluster: BTreeMap<&str, Vec<&Lease>> = BTreeMap::new();
-    for l in all {
+    for l in all.into_iter().flat_map(BTreeMap::values) {
         if let Owner::Service { cluster, .. } = &l.owner {
             by_cluster.entry(cluster.as_str()).or_default().push(l);
         }
@@ -165,7 +264,7 @@ async fn compute(
             ads: &ads,
             endpoints: rows.endpoints.get(name).unwrap_or(&empty_endpoints),
             leases: &leases,
-            pools: &pools,
+            pools,
             ignore_exclude_label,
         });
         let by_node = cluster::by_node(&announcements);
@@ -198,7 +297,7 @@ async fn compute(
                 communities: &communities,
                 endpoints: rows.endpoints.get(name).unwrap_or(&empty_endpoints),
                 leases: &leases,
-                pools: &pools,
+                pools,
                 ignore_exclude_label,
             })
         };
@@ -215,5 +314,6 @@ async fn compute(
         version: rows.revision + lease_revision,
         clusters,
     };
-    Ok((view, true))
+    cache.decided = Some(inputs);
+    Ok(Some((view, true)))
 }

@@ -814,6 +814,61 @@ async fn event_history_is_pruned(store: SqlStore) {
     );
 }
 
+/// The announcement view a long-running decider keeps up from the change log (allocations,
+/// releases, a pool edit that strands a lease) is the one a fresh decider reads from scratch.
+async fn announcements_follow_the_change_log(store: SqlStore) {
+    use ferrolb_allocator::assignments;
+    use ferrolb_allocator::cluster::L2Ad;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let store = Arc::new(store);
+    apply(&store, spec("p", &["10.0.0.0/28"])).await;
+    store
+        .apply_l2(&L2Ad {
+            cluster: "c1".into(),
+            name: "all".into(),
+            ..L2Ad::default()
+        })
+        .await
+        .expect("L2Advertisement");
+    let running = assignments::spawn(Arc::clone(&store), false);
+    for n in 0..8 {
+        alloc(&store, svc("d", &format!("s{n}"))).await;
+    }
+    for n in [1, 6] {
+        store
+            .release(&c1(), &svc("d", &format!("s{n}")).owner)
+            .await
+            .expect("release");
+    }
+    // s7 holds 10.0.0.7, which the smaller pool strands.
+    apply(&store, spec("p", &["10.0.0.0/30"])).await;
+    alloc(&store, svc("d", "s8")).await;
+    let settled = |rx: &tokio::sync::watch::Receiver<Arc<assignments::View>>| {
+        let v = rx.borrow();
+        v.clusters
+            .get("c1")
+            .map(|c| c.announcements.len())
+            .unwrap_or(0)
+    };
+    let start = std::time::Instant::now();
+    while settled(&running) != 7 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the view did not follow"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let fresh = assignments::spawn(Arc::clone(&store), false);
+    let start = std::time::Instant::now();
+    while fresh.borrow().version != running.borrow().version {
+        assert!(start.elapsed() < Duration::from_secs(10), "no fresh view");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(**fresh.borrow(), **running.borrow());
+}
+
 both_stores! {
     scenario_first_allocation_is_240 => scenario_pools;
     home_pool_exhausted_after_six => home_pool_runs_out_after_six;
@@ -831,6 +886,7 @@ both_stores! {
     ipv6_48 => ipv6_48_pool_and_exact_stats;
     list_pages => pagination;
     history => event_history_is_pruned;
+    announcement_view => announcements_follow_the_change_log;
 }
 
 /// Two stores on one database (two replicas) take turns at random: each brings its in-memory

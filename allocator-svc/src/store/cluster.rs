@@ -460,21 +460,24 @@ impl SqlStore {
                 },
             );
         }
-        for r in sqlx::query(
-            "SELECT cluster, node FROM announcer_sessions WHERE ready <> 0 AND expires_ms >= $1",
-        )
-        .bind(now_ms())
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(map_sqlx)?
-        {
-            let cluster: String = r.try_get("cluster").map_err(map_sqlx)?;
-            out.live
-                .entry(cluster)
-                .or_default()
-                .insert(r.try_get("node").map_err(map_sqlx)?);
-        }
+        out.live = live_sessions(&mut conn).await?;
         Ok(out)
+    }
+
+    /// The revision of cluster state: it changes with every change `cluster_rows` reads, apart
+    /// from announcer sessions expiring by the clock.
+    pub async fn cluster_revision(&self) -> Result<u64> {
+        let revision: i64 = sqlx::query_scalar("SELECT value FROM cluster_revision WHERE id = 1")
+            .fetch_one(&self.db)
+            .await
+            .map_err(map_sqlx)?;
+        Ok(revision as u64)
+    }
+
+    /// Nodes with a live, ready announcer, by cluster.
+    pub async fn live_announcers(&self) -> Result<BTreeMap<String, BTreeSet<String>>> {
+        let mut conn = self.db.acquire().await.map_err(map_sqlx)?;
+        live_sessions(&mut conn).await
     }
 
     /// Every Service lease (of any cluster), with the store's revision read before them.
@@ -513,4 +516,22 @@ impl SqlStore {
             .map(|p| (p.spec.name.clone(), p.spec.labels))
             .collect())
     }
+}
+
+async fn live_sessions(conn: &mut AnyConnection) -> Result<BTreeMap<String, BTreeSet<String>>> {
+    let mut live: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for r in sqlx::query(
+        "SELECT cluster, node FROM announcer_sessions WHERE ready <> 0 AND expires_ms >= $1",
+    )
+    .bind(now_ms())
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(map_sqlx)?
+    {
+        let cluster: String = r.try_get("cluster").map_err(map_sqlx)?;
+        live.entry(cluster)
+            .or_default()
+            .insert(r.try_get("node").map_err(map_sqlx)?);
+    }
+    Ok(live)
 }
