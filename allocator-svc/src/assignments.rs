@@ -53,8 +53,8 @@ impl View {
     }
 }
 
-/// After a recompute, wait this long for more changes to pile up: bursts of allocations then
-/// cost one recompute, and failover waits at most this much longer.
+/// After a change, wait this long for more changes to pile up: bursts of allocations then cost
+/// one recompute, and failover waits at most this much longer.
 const SETTLE: Duration = Duration::from_millis(5);
 /// Recompute at least this often: sessions of a replica that died expire by the clock.
 const RECHECK: Duration = Duration::from_secs(1);
@@ -95,6 +95,12 @@ pub fn spawn(store: Arc<SqlStore>, ignore_exclude_label: bool) -> watch::Receive
             if tx.is_closed() {
                 return;
             }
+            // Changes that came while deciding mean a burst: let the next one wait as long as
+            // this one took, so that deciding takes at most half a core however long the burst
+            // lasts. A change that finds the loop idle waits only SETTLE.
+            let took = started.elapsed();
+            let busy = (advertised && lease_changes.has_changed().unwrap_or(false))
+                || cluster_changes.has_changed().unwrap_or(false);
             // Without any L2Advertisement, lease changes decide nothing: only a change of
             // cluster state can (an allocator used for IPAM alone pays nothing here).
             loop {
@@ -111,7 +117,7 @@ pub fn spawn(store: Arc<SqlStore>, ignore_exclude_label: bool) -> watch::Receive
                     _ = tokio::time::sleep(RECHECK) => if advertised { break; },
                 }
             }
-            tokio::time::sleep(SETTLE).await;
+            tokio::time::sleep(if busy { took.max(SETTLE) } else { SETTLE }).await;
             if lease_changes.has_changed().unwrap_or(false) {
                 lease_changes.borrow_and_update();
                 leases_stale = true;

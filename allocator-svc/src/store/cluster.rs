@@ -21,7 +21,7 @@ pub struct ClusterRows {
     pub revision: u64,
     pub nodes: Vec<NodeInfo>,
     pub ads: Vec<L2Ad>,
-    /// By cluster, then (namespace, name).
+    /// By cluster, then (namespace, name); not read while no L2Advertisement or BGPPeer exists.
     pub endpoints: BTreeMap<String, BTreeMap<(String, String), Endpoints>>,
     /// Nodes with a live, ready announcer, by cluster.
     pub live: BTreeMap<String, BTreeSet<String>>,
@@ -439,26 +439,30 @@ impl SqlStore {
                 }
             }
         }
-        for r in sqlx::query(
-            "SELECT cluster, namespace, name, nodes, any_serving, local_policy FROM service_endpoints",
-        )
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(map_sqlx)?
-        {
-            let nodes: String = r.try_get("nodes").map_err(map_sqlx)?;
-            let cluster: String = r.try_get("cluster").map_err(map_sqlx)?;
-            out.endpoints.entry(cluster).or_default().insert(
-                (
-                    r.try_get("namespace").map_err(map_sqlx)?,
-                    r.try_get("name").map_err(map_sqlx)?,
-                ),
-                Endpoints {
-                    nodes: serde_json::from_str(&nodes).map_err(|e| bad("endpoint nodes", e))?,
-                    any_serving: r.try_get::<i64, _>("any_serving").map_err(map_sqlx)? != 0,
-                    local: r.try_get::<i64, _>("local_policy").map_err(map_sqlx)? != 0,
-                },
-            );
+        // Endpoints matter only to an advertisement or a BGP peer: an allocator used for IPAM
+        // alone, or before any advertisement exists, does not read one row per Service.
+        if !out.ads.is_empty() || !out.bgp_peers.is_empty() {
+            for r in sqlx::query(
+                "SELECT cluster, namespace, name, nodes, any_serving, local_policy FROM service_endpoints",
+            )
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(map_sqlx)?
+            {
+                let nodes: String = r.try_get("nodes").map_err(map_sqlx)?;
+                let cluster: String = r.try_get("cluster").map_err(map_sqlx)?;
+                out.endpoints.entry(cluster).or_default().insert(
+                    (
+                        r.try_get("namespace").map_err(map_sqlx)?,
+                        r.try_get("name").map_err(map_sqlx)?,
+                    ),
+                    Endpoints {
+                        nodes: serde_json::from_str(&nodes).map_err(|e| bad("endpoint nodes", e))?,
+                        any_serving: r.try_get::<i64, _>("any_serving").map_err(map_sqlx)? != 0,
+                        local: r.try_get::<i64, _>("local_policy").map_err(map_sqlx)? != 0,
+                    },
+                );
+            }
         }
         out.live = live_sessions(&mut conn).await?;
         Ok(out)

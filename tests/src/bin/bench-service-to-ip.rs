@@ -1,8 +1,9 @@
 //! `scripts/bench service-to-ip`: Services created in the fake Kubernetes API server, served by
-//! the real adapter and allocator (PostgreSQL): the time from creating a Service to its ingress
-//! address being written, one Service at a time (1,000), and the time for 10,000 Services created
-//! at once to all have addresses. Baseline of the same run: the allocator's own Allocate call,
-//! one at a time, on the same database.
+//! the real adapter and allocator (PostgreSQL), with an L2Advertisement for the pool so that the
+//! allocator also decides who announces every Service: the time from creating a Service to its
+//! ingress address being written, one Service at a time (1,000), and the time for 10,000
+//! Services created at once to all have addresses. Baseline of the same run: the allocator's own
+//! Allocate call, one at a time, on the same database.
 #![allow(clippy::unwrap_used)]
 
 use std::process::{Command, Stdio};
@@ -46,6 +47,12 @@ async fn main() {
         json!({"apiVersion": "metallb.io/v1beta1", "kind": "IPAddressPool",
                "metadata": {"name": "bench", "namespace": "metallb-system"},
                "spec": {"addresses": ["10.80.0.0/16"]}}),
+    );
+    kube.put(
+        "/apis/metallb.io/v1beta1/l2advertisements",
+        json!({"apiVersion": "metallb.io/v1beta1", "kind": "L2Advertisement",
+               "metadata": {"name": "bench", "namespace": "metallb-system"},
+               "spec": {"ipAddressPools": ["bench"]}}),
     );
     let config = dir.0.join("kubeconfig");
     kube.kubeconfig(&config);
