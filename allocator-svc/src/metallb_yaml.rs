@@ -82,10 +82,10 @@ struct BgpAdvertisementSpec {
     service_selectors: Vec<Selector>,
 }
 
-/// BGPPeer v1beta2 (v1beta1 has the same fields ferrolb's speaker takes). Fields that only
-/// MetalLB's FRR modes honour are read so that the refusal can name them.
+/// BGPPeer v1beta2 (v1beta1 has the same fields ferrolb's speaker takes). Any other field is
+/// collected so that the refusal can say why it is not taken.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 struct BgpPeerSpec {
     #[serde(rename = "myASN")]
     my_asn: u32,
@@ -111,8 +111,9 @@ struct BgpPeerSpec {
     enable_graceful_restart: bool,
     #[serde(rename = "disableMP", default)]
     disable_mp: bool,
+    /// Every other field: refused by name (FRR-only settings, passwordSecret, typos).
     #[serde(flatten)]
-    frr_only: BTreeMap<String, serde_yaml::Value>,
+    other: BTreeMap<String, serde_yaml::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -138,7 +139,6 @@ const FRR_ONLY: &[&str] = &[
     "connectTime",
     "vrf",
     "dualStackAddressFamily",
-    "passwordSecret",
 ];
 
 /// Whole seconds of a Go duration (`90s`, `1m30s`, `2h`).
@@ -168,19 +168,18 @@ fn seconds(field: &str, s: &str) -> Result<u32, String> {
 }
 
 fn bgp_peer(name: String, spec: BgpPeerSpec) -> Result<pb::BgpPeer, String> {
-    if let Some(field) = spec.frr_only.keys().next() {
-        return if FRR_ONLY.contains(&field.as_str()) {
-            Err(format!(
-                "spec.{field} is a MetalLB FRR-mode setting that ferrolb's speaker does not run{}",
-                if field == "passwordSecret" {
-                    " (ferrolbctl takes spec.password; the Kubernetes adapter reads the Secret)"
-                } else {
-                    ""
-                }
-            ))
+    if let Some(field) = spec.other.keys().next() {
+        return Err(if FRR_ONLY.contains(&field.as_str()) {
+            format!(
+                "spec.{field} is a MetalLB FRR-mode setting that ferrolb's speaker does not run"
+            )
+        } else if field == "passwordSecret" {
+            "spec.passwordSecret names a Kubernetes Secret, which ferrolbctl does not read: \
+             give spec.password (the Kubernetes adapter reads the Secret)"
+                .to_string()
         } else {
-            Err(format!("unknown field `{field}`"))
-        };
+            format!("unknown field `{field}`")
+        });
     }
     let _ = spec.disable_mp; // deprecated by MetalLB, no effect
     Ok(pb::BgpPeer {
@@ -498,13 +497,16 @@ spec:
         let frr = "apiVersion: metallb.io/v1beta2\nkind: BGPPeer\nmetadata: {name: p}\nspec: {myASN: 1, peerASN: 2, peerAddress: 10.0.0.1, bfdProfile: fast}\n";
         let err = parse(frr).unwrap_err();
         assert!(
-            err.contains("BGPPeer \"p\"") && err.contains("bfdProfile"),
+            err.contains("BGPPeer \"p\"") && err.contains("spec.bfdProfile is a MetalLB FRR-mode"),
             "{err}"
         );
         let typo = frr.replace("bfdProfile", "holdtime");
         assert!(parse(&typo).unwrap_err().contains("unknown field"));
         let bad = frr.replace("bfdProfile: fast", "holdTime: \"90\"");
         assert!(parse(&bad).unwrap_err().contains("unit"));
+        let secret = frr.replace("bfdProfile: fast", "passwordSecret: {name: pw}");
+        let e = parse(&secret).unwrap_err();
+        assert!(e.contains("give spec.password"), "{e}");
     }
 
     #[test]
