@@ -95,9 +95,10 @@ pub fn spawn(store: Arc<SqlStore>, ignore_exclude_label: bool) -> watch::Receive
             if tx.is_closed() {
                 return;
             }
-            // Changes that came while deciding mean a burst: let the next one wait as long as
-            // this one took, so that deciding takes at most half a core however long the burst
-            // lasts. A change that finds the loop idle waits only SETTLE.
+            // Changes that came while deciding mean a burst: let the next decision wait three
+            // times as long as this one took, so that deciding takes at most a quarter of a core
+            // however long the burst lasts, and leaves the rest to the calls that make the
+            // burst. A change that finds the loop idle waits only SETTLE.
             let took = started.elapsed();
             let busy = (advertised && lease_changes.has_changed().unwrap_or(false))
                 || cluster_changes.has_changed().unwrap_or(false);
@@ -117,7 +118,7 @@ pub fn spawn(store: Arc<SqlStore>, ignore_exclude_label: bool) -> watch::Receive
                     _ = tokio::time::sleep(RECHECK) => if advertised { break; },
                 }
             }
-            tokio::time::sleep(if busy { took.max(SETTLE) } else { SETTLE }).await;
+            tokio::time::sleep(if busy { (took * 3).max(SETTLE) } else { SETTLE }).await;
             if lease_changes.has_changed().unwrap_or(false) {
                 lease_changes.borrow_and_update();
                 leases_stale = true;
@@ -129,7 +130,8 @@ pub fn spawn(store: Arc<SqlStore>, ignore_exclude_label: bool) -> watch::Receive
 }
 
 /// What the decisions read, kept between recomputes: cluster state is read again only when its
-/// revision moved, and Service leases follow the store's change log.
+/// revision moved (Services' endpoints only where they were written since), and Service leases
+/// follow the store's change log.
 #[derive(Default)]
 struct Cache {
     rows: Option<ClusterRows>,
@@ -209,10 +211,10 @@ async fn compute(
             r.live = store.live_announcers().await?;
             r
         }
-        _ => store.cluster_rows().await?,
+        previous => store.cluster_rows_after(previous).await?,
     };
     let rows = &*cache.rows.insert(rows);
-    if rows.ads.is_empty() && rows.bgp_peers.is_empty() {
+    if !rows.advertised() {
         // No layer-2 advertisement or BGP peer anywhere: nothing to announce, and no lease to
         // read.
         let view = View {

@@ -818,7 +818,7 @@ async fn event_history_is_pruned(store: SqlStore) {
 /// releases, a pool edit that strands a lease) is the one a fresh decider reads from scratch.
 async fn announcements_follow_the_change_log(store: SqlStore) {
     use ferrolb_allocator::assignments;
-    use ferrolb_allocator::cluster::L2Ad;
+    use ferrolb_allocator::cluster::{Endpoints, L2Ad};
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -845,6 +845,28 @@ async fn announcements_follow_the_change_log(store: SqlStore) {
     // s7 holds 10.0.0.7, which the smaller pool strands.
     apply(&store, spec("p", &["10.0.0.0/30"])).await;
     alloc(&store, svc("d", "s8")).await;
+    // Endpoints written, rewritten and deleted while the decider runs.
+    let serving = |nodes: &[&str]| Endpoints {
+        nodes: nodes.iter().map(|n| n.to_string()).collect(),
+        any_serving: !nodes.is_empty(),
+        local: false,
+    };
+    for (name, nodes) in [("s0", &["n1"][..]), ("s2", &["n2"]), ("s3", &["n1", "n2"])] {
+        store
+            .set_endpoints("c1", "d", name, &serving(nodes))
+            .await
+            .expect("endpoints");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    store
+        .set_endpoints("c1", "d", "s2", &serving(&[]))
+        .await
+        .expect("endpoints");
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    store
+        .delete_endpoints("c1", "d", "s3")
+        .await
+        .expect("delete endpoints");
     let settled = |rx: &tokio::sync::watch::Receiver<Arc<assignments::View>>| {
         let v = rx.borrow();
         v.clusters

@@ -21,13 +21,23 @@ pub struct ClusterRows {
     pub revision: u64,
     pub nodes: Vec<NodeInfo>,
     pub ads: Vec<L2Ad>,
-    /// By cluster, then (namespace, name); not read while no L2Advertisement or BGPPeer exists.
-    pub endpoints: BTreeMap<String, BTreeMap<(String, String), Endpoints>>,
+    /// Not read while no L2Advertisement or BGPPeer exists.
+    pub endpoints: EndpointsByCluster,
     /// Nodes with a live, ready announcer, by cluster.
     pub live: BTreeMap<String, BTreeSet<String>>,
     pub bgp_peers: Vec<BgpPeer>,
     pub bgp_ads: Vec<BgpAd>,
     pub communities: Vec<CommunitySet>,
+}
+
+/// By cluster, then (namespace, name).
+pub type EndpointsByCluster = BTreeMap<String, BTreeMap<(String, String), Endpoints>>;
+
+impl ClusterRows {
+    /// Whether any L2Advertisement or BGPPeer exists: only then do endpoints matter.
+    pub fn advertised(&self) -> bool {
+        !self.ads.is_empty() || !self.bgp_peers.is_empty()
+    }
 }
 
 /// The kinds of BGP objects, as stored.
@@ -142,23 +152,29 @@ impl SqlStore {
         name: &str,
         e: &Endpoints,
     ) -> Result<()> {
-        cluster_tx!(self, |conn| async {
-            sqlx::query(
-                "INSERT INTO service_endpoints (cluster, namespace, name, nodes, any_serving, local_policy) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (cluster, namespace, name) DO UPDATE \
-                 SET nodes = excluded.nodes, any_serving = excluded.any_serving, \
-                 local_policy = excluded.local_policy",
-            )
-            .bind(cluster)
-            .bind(namespace)
-            .bind(name)
-            .bind(json(&e.nodes))
-            .bind(i64::from(e.any_serving))
-            .bind(i64::from(e.local))
-            .execute(&mut *conn)
-            .await
-            .map(|_| ())
-        })
+        // The row carries the revision this transaction takes (taken first: it also orders the
+        // commits), so that `endpoints_since` finds it.
+        let mut tx = self.db.begin().await.map_err(map_sqlx)?;
+        let rev = bump(&mut tx).await.map_err(map_sqlx)?;
+        sqlx::query(
+            "INSERT INTO service_endpoints (cluster, namespace, name, nodes, any_serving, local_policy, revision) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (cluster, namespace, name) DO UPDATE \
+             SET nodes = excluded.nodes, any_serving = excluded.any_serving, \
+             local_policy = excluded.local_policy, revision = excluded.revision",
+        )
+        .bind(cluster)
+        .bind(namespace)
+        .bind(name)
+        .bind(json(&e.nodes))
+        .bind(i64::from(e.any_serving))
+        .bind(i64::from(e.local))
+        .bind(rev as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+        tx.commit().await.map_err(map_sqlx)?;
+        self.cluster_changed(rev);
+        Ok(())
     }
 
     pub async fn delete_endpoints(&self, cluster: &str, namespace: &str, name: &str) -> Result<()> {
@@ -360,7 +376,42 @@ impl SqlStore {
 
     /// Reads every cluster's nodes, advertisements, endpoints and live announcers.
     pub async fn cluster_rows(&self) -> Result<ClusterRows> {
+        self.cluster_rows_after(None).await
+    }
+
+    /// Like `cluster_rows`, bringing the endpoints of `previous` (read at an earlier revision)
+    /// up to date: only rows written since are read, unless some were deleted.
+    pub async fn cluster_rows_after(&self, previous: Option<ClusterRows>) -> Result<ClusterRows> {
         let mut conn = self.db.acquire().await.map_err(map_sqlx)?;
+        let mut out = self.cluster_config(&mut conn).await?;
+        // Endpoints matter only to an advertisement or a BGP peer: an allocator used for IPAM
+        // alone, or before any advertisement exists, does not read one row per Service.
+        if out.advertised() {
+            out.endpoints = match previous.filter(ClusterRows::advertised) {
+                Some(p) => {
+                    let mut endpoints = p.endpoints;
+                    let (changed, total) = endpoints_since(&mut conn, Some(p.revision)).await?;
+                    for (cluster, rows) in changed {
+                        endpoints.entry(cluster).or_default().extend(rows);
+                    }
+                    let held: usize = endpoints.values().map(BTreeMap::len).sum();
+                    if held as u64 == total {
+                        endpoints
+                    } else {
+                        // Some Service's endpoints were deleted: read them all.
+                        endpoints_since(&mut conn, None).await?.0
+                    }
+                }
+                None => endpoints_since(&mut conn, None).await?.0,
+            };
+        }
+        out.live = live_sessions(&mut conn).await?;
+        Ok(out)
+    }
+
+    /// Everything of cluster state but endpoints and live sessions, with its revision read
+    /// first.
+    async fn cluster_config(&self, conn: &mut AnyConnection) -> Result<ClusterRows> {
         let revision: i64 = sqlx::query_scalar("SELECT value FROM cluster_revision WHERE id = 1")
             .fetch_one(&mut *conn)
             .await
@@ -439,32 +490,6 @@ impl SqlStore {
                 }
             }
         }
-        // Endpoints matter only to an advertisement or a BGP peer: an allocator used for IPAM
-        // alone, or before any advertisement exists, does not read one row per Service.
-        if !out.ads.is_empty() || !out.bgp_peers.is_empty() {
-            for r in sqlx::query(
-                "SELECT cluster, namespace, name, nodes, any_serving, local_policy FROM service_endpoints",
-            )
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(map_sqlx)?
-            {
-                let nodes: String = r.try_get("nodes").map_err(map_sqlx)?;
-                let cluster: String = r.try_get("cluster").map_err(map_sqlx)?;
-                out.endpoints.entry(cluster).or_default().insert(
-                    (
-                        r.try_get("namespace").map_err(map_sqlx)?,
-                        r.try_get("name").map_err(map_sqlx)?,
-                    ),
-                    Endpoints {
-                        nodes: serde_json::from_str(&nodes).map_err(|e| bad("endpoint nodes", e))?,
-                        any_serving: r.try_get::<i64, _>("any_serving").map_err(map_sqlx)? != 0,
-                        local: r.try_get::<i64, _>("local_policy").map_err(map_sqlx)? != 0,
-                    },
-                );
-            }
-        }
-        out.live = live_sessions(&mut conn).await?;
         Ok(out)
     }
 
@@ -538,4 +563,42 @@ async fn live_sessions(conn: &mut AnyConnection) -> Result<BTreeMap<String, BTre
             .insert(r.try_get("node").map_err(map_sqlx)?);
     }
     Ok(live)
+}
+
+/// Endpoints by cluster, then (namespace, name): the rows written after `revision` (None: all of
+/// them, rows from before revisions were recorded included), and how many rows there are in all.
+async fn endpoints_since(
+    conn: &mut AnyConnection,
+    revision: Option<u64>,
+) -> Result<(EndpointsByCluster, u64)> {
+    let bad = |e: serde_json::Error| Error::Internal(format!("stored endpoint nodes: {e}"));
+    let mut out = EndpointsByCluster::new();
+    for r in sqlx::query(
+        "SELECT cluster, namespace, name, nodes, any_serving, local_policy FROM service_endpoints \
+         WHERE revision > $1",
+    )
+    .bind(revision.map_or(-1, |r| r as i64))
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(map_sqlx)?
+    {
+        let nodes: String = r.try_get("nodes").map_err(map_sqlx)?;
+        let cluster: String = r.try_get("cluster").map_err(map_sqlx)?;
+        out.entry(cluster).or_default().insert(
+            (
+                r.try_get("namespace").map_err(map_sqlx)?,
+                r.try_get("name").map_err(map_sqlx)?,
+            ),
+            Endpoints {
+                nodes: serde_json::from_str(&nodes).map_err(bad)?,
+                any_serving: r.try_get::<i64, _>("any_serving").map_err(map_sqlx)? != 0,
+                local: r.try_get::<i64, _>("local_policy").map_err(map_sqlx)? != 0,
+            },
+        );
+    }
+    let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM service_endpoints")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(map_sqlx)?;
+    Ok((out, total as u64))
 }
