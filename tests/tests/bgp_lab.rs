@@ -5,34 +5,9 @@
 use std::time::{Duration, Instant};
 
 use ferrolb_e2e::home::{CLUSTER, HomeLab, NODES, Options, scenarios};
-use ferrolb_e2e::routers::{Bird, GoBgp, Path, eventually};
+use ferrolb_e2e::routers::{BIRD_COMPANY, Bird, GoBgp, Path, eventually};
 
 const WAIT: Duration = Duration::from_secs(5);
-
-/// The router: AS 65000 for the scenario's eBGP sessions over IPv4 and IPv6, one session per
-/// node and family; routes go to the kernel with ECMP.
-const BIRD_COMPANY: &str = r#"
-router id 10.250.0.1;
-log stderr all;
-protocol device { }
-protocol direct { ipv4; }
-protocol kernel { ipv4 { export where source = RTS_BGP; }; merge paths on; }
-protocol kernel { ipv6 { export where source = RTS_BGP; }; merge paths on; }
-template bgp company4 {
-  local 10.250.0.1 as 65000; passive on; hold time 9; keepalive time 3;
-  ipv4 { import all; export none; };
-}
-template bgp company6 {
-  local fd00:250::1 as 65000; passive on; hold time 9; keepalive time 3;
-  ipv6 { import all; export none; };
-}
-protocol bgp c4_n1 from company4 { neighbor 10.250.0.11 as 65001; }
-protocol bgp c4_n2 from company4 { neighbor 10.250.0.12 as 65001; }
-protocol bgp c4_n3 from company4 { neighbor 10.250.0.13 as 65001; }
-protocol bgp c6_n1 from company6 { neighbor fd00:250::11 as 65001; }
-protocol bgp c6_n2 from company6 { neighbor fd00:250::12 as 65001; }
-protocol bgp c6_n3 from company6 { neighbor fd00:250::13 as 65001; }
-"#;
 
 fn company_bird(lab: &HomeLab) -> Bird {
     Bird::start(lab, BIRD_COMPANY)
