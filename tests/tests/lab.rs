@@ -51,8 +51,8 @@ fn lab_comes_up_and_goes_away() {
     assert!(sleeper.wait().is_ok());
 }
 
-/// `scripts/demo`, the README's first command, runs the home-lab scenario to its end and leaves
-/// no namespace behind.
+/// `scripts/demo`, the README's first command, runs both scenarios to their end and leaves no
+/// namespace behind.
 #[test]
 fn the_demo_runs_to_its_end() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -67,6 +67,11 @@ fn the_demo_runs_to_its_end() {
     assert!(text.contains("served by"), "{text}");
     assert!(
         text.contains("demo done: 192.168.1.240 answered from"),
+        "{text}"
+    );
+    // The company scenario: the /32 over the two live nodes, one ECMP route at the router.
+    assert!(
+        text.contains("10.100.50.1/32 is routed over") && text.matches("nexthop via").count() == 2,
         "{text}"
     );
     assert!(
