@@ -557,21 +557,6 @@ async fn apply(
         eprintln!("ignoring {s}: not a kind the allocator takes");
     }
     let mut results = apply_pools(client, parsed.pools, out).await?;
-    for mut ad in parsed.l2_advertisements {
-        ad.cluster = cluster.to_string();
-        let name = ad.name.clone();
-        let r = cluster_client
-            .apply_l2_advertisement(ad)
-            .await
-            .map_err(|s| format!("L2Advertisement {name:?}: {}", status_text(s)))?
-            .into_inner();
-        let verb = if r.created { "created" } else { "configured" };
-        results.push(json!({"l2advertisement": name, "result": verb}));
-        if out == Output::Table {
-            println!("l2advertisement/{name} {verb}");
-        }
-    }
-    // Communities first: advertisements may name their aliases.
     let mut report = |kind: &str, name: String, created: bool| {
         let verb = if created { "created" } else { "configured" };
         results.push(json!({kind: name, "result": verb}));
@@ -579,6 +564,16 @@ async fn apply(
             println!("{kind}/{name} {verb}");
         }
     };
+    for mut ad in parsed.l2_advertisements {
+        ad.cluster = cluster.to_string();
+        let name = ad.name.clone();
+        let r = cluster_client
+            .apply_l2_advertisement(ad)
+            .await
+            .map_err(|s| format!("L2Advertisement {name:?}: {}", status_text(s)))?;
+        report("l2advertisement", name, r.into_inner().created);
+    }
+    // Communities first: advertisements may name their aliases.
     for mut c in parsed.communities {
         c.cluster = cluster.to_string();
         let name = c.name.clone();

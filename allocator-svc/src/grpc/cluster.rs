@@ -52,6 +52,19 @@ impl ClusterState {
 
     /// The cluster's Community objects, which advertisements and other Communities are checked
     /// against.
+    /// Stores a validated BGP object; the answer says whether it is new.
+    async fn store_bgp<T: serde::Serialize>(
+        &self,
+        kind: BgpKind,
+        cluster: &str,
+        name: &str,
+        object: &T,
+    ) -> Result<Response<pb::ApplyBgpResponse>, Status> {
+        let created = self.store.apply_bgp(kind, cluster, name, object).await?;
+        tracing::info!(cluster, name, created, ?kind, "BGP object applied");
+        Ok(Response::new(pb::ApplyBgpResponse { created }))
+    }
+
     async fn communities(&self, cluster: &str) -> Result<Vec<CommunitySet>, Status> {
         let rows = self.store.cluster_rows().await?;
         Ok(rows
@@ -321,17 +334,8 @@ impl ClusterStateService for ClusterState {
         let p = req.into_inner();
         for_cluster(&caller, &p.cluster)?;
         let peer = bgp::peer(p)?;
-        let created = self
-            .store
-            .apply_bgp(BgpKind::Peer, &peer.cluster, &peer.name, &peer)
-            .await?;
-        tracing::info!(
-            cluster = peer.cluster,
-            name = peer.name,
-            created,
-            "BGPPeer applied"
-        );
-        Ok(Response::new(pb::ApplyBgpResponse { created }))
+        self.store_bgp(BgpKind::Peer, &peer.cluster, &peer.name, &peer)
+            .await
     }
 
     async fn apply_bgp_advertisement(
@@ -343,17 +347,8 @@ impl ClusterStateService for ClusterState {
         for_cluster(&caller, &a.cluster)?;
         let sets = self.communities(&a.cluster).await?;
         let ad = bgp::advertisement(a, &crate::bgp::aliases(&sets))?;
-        let created = self
-            .store
-            .apply_bgp(BgpKind::Advertisement, &ad.cluster, &ad.name, &ad)
-            .await?;
-        tracing::info!(
-            cluster = ad.cluster,
-            name = ad.name,
-            created,
-            "BGPAdvertisement applied"
-        );
-        Ok(Response::new(pb::ApplyBgpResponse { created }))
+        self.store_bgp(BgpKind::Advertisement, &ad.cluster, &ad.name, &ad)
+            .await
     }
 
     async fn apply_community(
@@ -365,11 +360,8 @@ impl ClusterStateService for ClusterState {
         for_cluster(&caller, &c.cluster)?;
         let others = self.communities(&c.cluster).await?;
         let set = bgp::community(c, &others)?;
-        let created = self
-            .store
-            .apply_bgp(BgpKind::Community, &set.cluster, &set.name, &set)
-            .await?;
-        Ok(Response::new(pb::ApplyBgpResponse { created }))
+        self.store_bgp(BgpKind::Community, &set.cluster, &set.name, &set)
+            .await
     }
 
     async fn delete_bgp_object(
