@@ -406,5 +406,21 @@ mod tests {
         assert_eq!(a.share_group(), b.share_group());
         b.backend_key = "app=dns".into();
         assert_ne!(a.share_group(), b.share_group(), "backend keys must match");
+        b.backend_key = a.backend_key.clone();
+        b.owner = Owner::Service {
+            cluster: "other".into(),
+            namespace: "default".into(),
+            name: "dns".into(),
+        };
+        assert_ne!(
+            a.share_group(),
+            b.share_group(),
+            "one cluster's key is not another's"
+        );
+        b.owner = Owner::External {
+            client: "c".into(),
+            key: "dns".into(),
+        };
+        assert_ne!(a.share_group(), b.share_group(), "nor an external client's");
     }
 }

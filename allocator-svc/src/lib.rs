@@ -11,6 +11,7 @@ pub mod grpc;
 pub mod lease;
 pub mod metallb_yaml;
 pub mod metrics;
+pub mod pki;
 pub mod pool;
 pub mod selector;
 pub mod server;

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use ferrolb_allocator::server::{self, Config};
+use ferrolb_allocator::server::{self, Config, Limits, Transport};
 use ferrolb_allocator::store::StoreOptions;
+use ferrolb_common::args::TlsArgs;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -34,6 +35,33 @@ struct Args {
     /// Calls in flight at once; more are refused with RESOURCE_EXHAUSTED.
     #[arg(long, env = "FERROLB_MAX_IN_FLIGHT", default_value_t = 256)]
     max_in_flight: usize,
+    /// Calls in flight at once per identity, so that one caller cannot starve the others.
+    #[arg(long, env = "FERROLB_MAX_IN_FLIGHT_PER_IDENTITY", default_value_t = 64)]
+    max_in_flight_per_identity: usize,
+    /// HTTP/2 streams one connection may hold open (watches and calls in flight).
+    #[arg(
+        long,
+        env = "FERROLB_MAX_STREAMS_PER_CONNECTION",
+        default_value_t = 512
+    )]
+    max_streams_per_connection: u32,
+    /// Largest request message, in bytes.
+    #[arg(long, env = "FERROLB_MAX_MESSAGE_BYTES", default_value_t = 4 << 20)]
+    max_message_bytes: usize,
+    /// Seconds after which a connection takes no new calls (its open streams go on) and the
+    /// client connects again with a fresh handshake.
+    #[arg(
+        long,
+        env = "FERROLB_MAX_CONNECTION_AGE_SECONDS",
+        default_value_t = 3600
+    )]
+    max_connection_age_seconds: u64,
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// Extra DNS names or addresses for the server certificate the allocator makes itself
+    /// (without --tls-cert), for clients that check host names.
+    #[arg(long = "tls-san", env = "FERROLB_TLS_SANS", value_delimiter = ',')]
+    tls_sans: Vec<String>,
     /// Longest time a call may take, in milliseconds; a shorter client deadline wins.
     #[arg(long, env = "FERROLB_MAX_DEADLINE_MS", default_value_t = 10_000)]
     max_deadline_ms: u64,
@@ -65,6 +93,7 @@ struct Args {
 
 impl Args {
     fn config(self) -> Result<Config, String> {
+        let transport = self.transport()?;
         let url = match self.database_url {
             Some(url) => url,
             None => {
@@ -96,16 +125,78 @@ impl Args {
         store.max_connections = self.db_max_connections.max(1);
         store.acquire_timeout = Duration::from_millis(self.db_acquire_timeout_ms);
         store.release_grace = Duration::from_secs(self.release_grace_seconds);
+        if self.max_in_flight_per_identity == 0 || self.max_streams_per_connection == 0 {
+            return Err(
+                "--max-in-flight-per-identity and --max-streams-per-connection must be at least 1"
+                    .into(),
+            );
+        }
         Ok(Config {
             listen: self.listen,
             metrics_listen,
             store,
-            max_in_flight: self.max_in_flight,
+            transport,
+            limits: Limits {
+                max_in_flight: self.max_in_flight,
+                max_in_flight_per_identity: self.max_in_flight_per_identity,
+                max_streams_per_connection: self.max_streams_per_connection,
+                max_message_bytes: self.max_message_bytes.max(1024),
+                max_connection_age: Duration::from_secs(self.max_connection_age_seconds.max(1)),
+            },
             max_deadline: Duration::from_millis(self.max_deadline_ms),
             expiry_interval: Duration::from_secs(self.expiry_interval_seconds),
             event_retention: Duration::from_secs(self.event_retention_hours * 3600),
             heartbeat_timeout: Duration::from_millis(self.heartbeat_timeout_ms),
             ignore_exclude_label: self.ignore_exclude_lb,
+        })
+    }
+}
+
+impl Args {
+    /// Mutual TLS with the given files, or with the ones made in the data directory; plaintext
+    /// only when asked for, and only on loopback.
+    fn transport(&self) -> Result<Transport, String> {
+        let domain = self.tls.trust_domain.clone();
+        if self.tls.dev_plaintext {
+            if self.tls.files()?.is_some() {
+                return Err("--dev-plaintext and --tls-cert exclude each other".into());
+            }
+            if !self.listen.ip().is_loopback() {
+                return Err(format!(
+                    "--dev-plaintext serves loopback only; {} is not loopback",
+                    self.listen
+                ));
+            }
+            return Ok(Transport::DevPlaintext);
+        }
+        let files = match self.tls.files()? {
+            Some(files) => files,
+            None => {
+                let mut names = vec!["localhost".to_string()];
+                let mut ips: Vec<std::net::IpAddr> =
+                    vec![[127, 0, 0, 1].into(), std::net::Ipv6Addr::LOCALHOST.into()];
+                if !self.listen.ip().is_unspecified() && !ips.contains(&self.listen.ip()) {
+                    ips.push(self.listen.ip());
+                }
+                for san in &self.tls_sans {
+                    match san.parse() {
+                        Ok(ip) => ips.push(ip),
+                        Err(_) => names.push(san.clone()),
+                    }
+                }
+                std::fs::create_dir_all(&self.data_dir)
+                    .map_err(|e| format!("--data-dir {}: {e}", self.data_dir.display()))?;
+                ferrolb_allocator::pki::ensure(
+                    &self.data_dir.join(ferrolb_allocator::pki::PKI_DIR),
+                    &domain,
+                    &names,
+                    &ips,
+                )?
+            }
+        };
+        Ok(Transport::Mtls {
+            files,
+            trust_domain: domain,
         })
     }
 }

@@ -31,6 +31,11 @@ pub struct PoolLabels {
     pub family: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 pub struct Metrics {
@@ -44,6 +49,10 @@ pub struct Metrics {
     stranded: Family<PoolLabels, Gauge>,
     /// Announcer streams this replica holds.
     pub announcer_streams: Gauge,
+    /// TLS handshakes refused, by reason (no_certificate, expired, unknown_issuer, identity, …).
+    pub tls_refused: Family<ReasonLabels, Counter>,
+    /// Calls refused by the authorization table or an object check, by method.
+    pub denied: Family<MethodLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -70,7 +79,19 @@ impl Metrics {
             in_use: Family::default(),
             stranded: Family::default(),
             announcer_streams: Gauge::default(),
+            tls_refused: Family::default(),
+            denied: Family::default(),
         };
+        registry.register(
+            "tls_handshakes_refused",
+            "TLS handshakes refused, by reason",
+            m.tls_refused.clone(),
+        );
+        registry.register(
+            "calls_denied",
+            "Calls refused because the caller's identity may not make them, by method",
+            m.denied.clone(),
+        );
         registry.register(
             "announcer_streams",
             "Announcer streams held by this replica",

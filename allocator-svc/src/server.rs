@@ -3,16 +3,20 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use ferrolb_common::tls::{Credentials, TlsFiles};
+use ferrolb_common::transport::{self, Security};
 
 use ferrolb_proto::v1::announcer_service_server::AnnouncerServiceServer;
 use ferrolb_proto::v1::cluster_state_service_server::ClusterStateServiceServer;
 use ferrolb_proto::v1::ipam_service_server::IpamServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
 use crate::grpc::Ipam;
+use crate::grpc::auth::AuthLayer;
 use crate::grpc::cluster::{AnnouncerApi, Announcers, ClusterState, Liveness};
 use crate::grpc::guard::GuardLayer;
 use crate::metrics::Metrics;
@@ -24,7 +28,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub metrics_listen: Option<SocketAddr>,
     pub store: StoreOptions,
-    pub max_in_flight: usize,
+    pub transport: Transport,
+    pub limits: Limits,
     pub max_deadline: Duration,
     /// How often expired external leases are looked for.
     pub expiry_interval: Duration,
@@ -35,6 +40,38 @@ pub struct Config {
     /// MetalLB's `--ignore-exclude-lb`.
     pub ignore_exclude_label: bool,
 }
+
+/// How connections are secured.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    /// Mutual TLS: every caller shows a certificate of `trust_domain`'s CA.
+    Mtls {
+        files: TlsFiles,
+        trust_domain: String,
+    },
+    /// Development only: plaintext on loopback, the caller named in metadata.
+    DevPlaintext,
+}
+
+/// What one connection and one caller may take of the server.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Calls in flight at once, in all.
+    pub max_in_flight: usize,
+    /// Calls in flight at once per identity.
+    pub max_in_flight_per_identity: usize,
+    /// HTTP/2 streams one connection may hold open.
+    pub max_streams_per_connection: u32,
+    /// Largest message a caller may send.
+    pub max_message_bytes: usize,
+    /// A connection takes no new calls after this long (its open streams go on); the client
+    /// connects again, with a fresh handshake against the current certificates.
+    pub max_connection_age: Duration,
+}
+
+/// HTTP/2 keepalive: a ping this often finds a dead peer that TCP has not noticed.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long an announcer session outlives the last refresh by the replica holding it: the
 /// sessions of a replica that died without ending them expire after this.
@@ -53,22 +90,70 @@ pub async fn run(
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    tracing::info!(addr = %listener.local_addr().map_err(|e| e.to_string())?, "serving gRPC");
+    let security = match &config.transport {
+        Transport::Mtls {
+            files,
+            trust_domain,
+        } => {
+            let creds = Credentials::load(files.clone()).map_err(|e| e.to_string())?;
+            creds.spawn_reload();
+            tracing::info!(addr = %config.listen, trust_domain, cert = %files.cert.display(), "serving gRPC over mutual TLS");
+            Security::Mtls {
+                config: ferrolb_common::tls::server_config(&creds, trust_domain)
+                    .map_err(|e| e.to_string())?,
+                domain: trust_domain.clone(),
+            }
+        }
+        Transport::DevPlaintext => {
+            tracing::warn!(addr = %config.listen, "DEVELOPMENT PLAINTEXT MODE: no TLS, no authentication; callers name themselves in metadata. Never use this on a network.");
+            Security::DevPlaintext
+        }
+    };
+    let refused = {
+        let metrics = Arc::clone(&metrics);
+        Arc::new(move |reason: &'static str| {
+            metrics
+                .tls_refused
+                .get_or_create(&crate::metrics::ReasonLabels {
+                    reason: reason.into(),
+                })
+                .inc();
+        })
+    };
+    let incoming = transport::incoming(listener, security, refused);
+    let serving = Arc::new(AtomicBool::new(false));
 
     if let Some(addr) = config.metrics_listen {
         let metrics = Arc::clone(&metrics);
+        let serving = Arc::clone(&serving);
         let l = TcpListener::bind(addr)
             .await
             .map_err(|e| format!("cannot listen on {addr} for metrics: {e}"))?;
         tracing::info!(%addr, "serving metrics");
         tokio::spawn(async move {
-            let app = axum::Router::new().route(
-                "/metrics",
-                axum::routing::get(move || {
-                    let m = Arc::clone(&metrics);
-                    async move { m.encode() }
-                }),
-            );
+            // Kubernetes' probes speak plaintext without a certificate: they get the serving
+            // state here and nothing else.
+            let app = axum::Router::new()
+                .route(
+                    "/metrics",
+                    axum::routing::get(move || {
+                        let m = Arc::clone(&metrics);
+                        async move { m.encode() }
+                    }),
+                )
+                .route(
+                    "/healthz",
+                    axum::routing::get(move || {
+                        let up = serving.load(Ordering::Relaxed);
+                        async move {
+                            if up {
+                                (axum::http::StatusCode::OK, "SERVING\n")
+                            } else {
+                                (axum::http::StatusCode::SERVICE_UNAVAILABLE, "NOT_SERVING\n")
+                            }
+                        }
+                    }),
+                );
             if let Err(e) = axum::serve(l, app).await {
                 tracing::error!(error = %e, "metrics server stopped");
             }
@@ -76,7 +161,13 @@ pub async fn run(
     }
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    spawn_background(Arc::clone(&store), Arc::clone(&metrics), health, &config);
+    spawn_background(
+        Arc::clone(&store),
+        Arc::clone(&metrics),
+        health,
+        Arc::clone(&serving),
+        &config,
+    );
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(ferrolb_proto::FILE_DESCRIPTOR_SET)
@@ -108,20 +199,34 @@ pub async fn run(
         },
     );
 
+    let limits = &config.limits;
+    let max = limits.max_message_bytes;
     tonic::transport::Server::builder()
-        .layer(GuardLayer::new(config.max_in_flight, config.max_deadline))
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .max_connection_age(limits.max_connection_age)
+        .layer(AuthLayer::new(Arc::clone(&metrics)))
+        .layer(GuardLayer::new(
+            limits.max_in_flight,
+            limits.max_in_flight_per_identity,
+            config.max_deadline,
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(ClusterStateServiceServer::new(ClusterState::new(
-            Arc::clone(&store),
-            view,
-        )))
-        .add_service(AnnouncerServiceServer::new(AnnouncerApi(Arc::new(
-            announcers,
-        ))))
-        .add_service(IpamServiceServer::new(Ipam::new(store, metrics)))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .add_service(
+            ClusterStateServiceServer::new(ClusterState::new(Arc::clone(&store), view))
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            AnnouncerServiceServer::new(AnnouncerApi(Arc::new(announcers)))
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            IpamServiceServer::new(Ipam::new(store, metrics)).max_decoding_message_size(max),
+        )
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|e| format!("gRPC server failed: {e}"))?;
     tracing::info!("stopped");
@@ -165,6 +270,7 @@ fn spawn_background(
     store: Arc<SqlStore>,
     metrics: Arc<Metrics>,
     health: tonic_health::server::HealthReporter,
+    serving_flag: Arc<AtomicBool>,
     config: &Config,
 ) {
     let expiring = Arc::clone(&store);
@@ -189,6 +295,7 @@ fn spawn_background(
         loop {
             tick.tick().await;
             let up = store.ping().await.is_ok();
+            serving_flag.store(up, Ordering::Relaxed);
             if serving != Some(up) {
                 let status = if up {
                     ServingStatus::Serving

@@ -34,13 +34,20 @@ pub struct Change {
 }
 
 /// The sharing group of an owner's addresses: services share an address only with equal
-/// non-empty sharing keys and equal backend keys; otherwise the owner holds it alone.
+/// non-empty sharing keys and equal backend keys, and only within one tenant (one cluster, or
+/// one external client), so that nobody takes another tenant's address by copying its
+/// sharing key; otherwise the owner holds it alone.
 pub fn share_group(owner_key: &str, sharing_key: &str, backend_key: &str) -> String {
     if sharing_key.is_empty() {
-        format!("owner:{owner_key}")
-    } else {
-        format!("key:{sharing_key}\u{1f}{backend_key}")
+        return format!("owner:{owner_key}");
     }
+    // Owner keys are `service/<cluster>/…` or `external/<client>/…`.
+    let tenant = match owner_key.split('/').take(2).collect::<Vec<_>>().as_slice() {
+        ["service", cluster] => format!("cluster/{cluster}"),
+        ["external", client] => format!("client/{client}"),
+        _ => format!("owner/{owner_key}"),
+    };
+    format!("key:{tenant}\u{1f}{sharing_key}\u{1f}{backend_key}")
 }
 
 fn group_of(lease: &Lease) -> String {
@@ -306,16 +313,17 @@ impl State {
     }
 
     /// The owner's lease, if the caller may act on it (`verb` names the act in the error).
+    /// Another owner's lease is refused whether or not it exists, so that nobody learns what
+    /// others hold by asking.
     fn owned(&self, caller: &Caller, owner: &Owner, verb: &str) -> Result<Lease> {
         let key = owner.key();
-        let lease = self.held(&key)?;
         if !owner.belongs_to(caller) {
             return Err(Error::PermissionDenied(format!(
                 "{} may not {verb} {key}",
                 caller.name()
             )));
         }
-        Ok(lease)
+        self.held(&key)
     }
 
     /// Extends an external lease.

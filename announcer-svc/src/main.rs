@@ -29,10 +29,12 @@ struct Args {
     #[arg(
         long,
         env = "FERROLB_ALLOCATOR",
-        default_value = "http://127.0.0.1:7470",
+        default_value = "https://127.0.0.1:7470",
         value_delimiter = ','
     )]
     allocator: Vec<String>,
+    #[command(flatten)]
+    tls: ferrolb_common::args::TlsArgs,
     /// The cluster this node belongs to.
     #[arg(long, env = "FERROLB_CLUSTER")]
     cluster: String,
@@ -99,6 +101,19 @@ async fn main() {
     }
     if args.gratuitous_interval_ms == 0 || args.scan_interval_ms == 0 {
         fail("--gratuitous-interval-ms and --scan-interval-ms must be at least 1".into());
+    }
+    // The certificate must be this node's: the allocator would refuse any other stream.
+    let (security, me) = args.tls.client(None).unwrap_or_else(|e| fail(e));
+    let want = ferrolb_common::Principal::Node {
+        cluster: args.cluster.clone(),
+        node: node.clone(),
+    };
+    if let Some(me) = me
+        && me != want
+    {
+        fail(format!(
+            "the certificate is {me}'s, not {want}'s: give this node its own certificate"
+        ));
     }
     let exclude = Pattern::list(&args.exclude_interfaces)
         .unwrap_or_else(|e| fail(format!("--exclude-interfaces: {e}")));
@@ -178,6 +193,7 @@ async fn main() {
             allocators: args.allocator,
             cluster: args.cluster,
             node,
+            security,
             connect_timeout: Duration::from_secs(1),
             max_backoff: Duration::from_millis(args.max_backoff_ms.max(100)),
         },

@@ -6,13 +6,13 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferrolb_common::transport::{self, ClientSecurity, error_chain};
 use ferrolb_proto::v1 as pb;
 use ferrolb_proto::v1::allocator_message::Kind as Down;
 use ferrolb_proto::v1::announcer_message::Kind as Up;
 use ferrolb_proto::v1::announcer_service_client::AnnouncerServiceClient;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
 
 use crate::agent::{Status, Update};
 use crate::bgp::{self, rib::Route, speaker::PeerSpec, wire::Prefix};
@@ -24,6 +24,8 @@ pub struct Settings {
     pub allocators: Vec<String>,
     pub cluster: String,
     pub node: String,
+    /// Mutual TLS that accepts only the allocator's identity.
+    pub security: ClientSecurity,
     pub connect_timeout: Duration,
     pub max_backoff: Duration,
 }
@@ -229,13 +231,11 @@ async fn session(
     status: &mut watch::Receiver<Status>,
     metrics: &Metrics,
 ) -> Result<&'static str, String> {
-    let channel = Endpoint::from_shared(target.to_string())
-        .map_err(|e| format!("{target:?}: {e}"))?
-        .connect_timeout(settings.connect_timeout)
-        .tcp_nodelay(true)
-        .connect()
+    let endpoint =
+        transport::endpoint(target, &settings.security)?.connect_timeout(settings.connect_timeout);
+    let channel = transport::connect(endpoint, &settings.security)
         .await
-        .map_err(|e| format!("connect: {e}"))?;
+        .map_err(|e| format!("connect: {}", error_chain(&e)))?;
     let mut client = AnnouncerServiceClient::new(channel);
     let (tx, rx) = mpsc::channel(16);
     let now = status.borrow_and_update().clone();
@@ -253,10 +253,12 @@ async fn session(
         .await
         .map_err(|_| "stream closed".to_string())?;
     let mut req = tonic::Request::new(ReceiverStream::new(rx));
-    let caller = format!("cluster/{}", settings.cluster)
-        .parse()
-        .map_err(|_| format!("cluster {:?} is not a valid header value", settings.cluster))?;
-    req.metadata_mut().insert("x-ferrolb-caller", caller);
+    if let ClientSecurity::DevPlaintext = settings.security {
+        let caller = format!("cluster/{}/node/{}", settings.cluster, settings.node)
+            .parse()
+            .map_err(|_| format!("node {:?} is not a valid header value", settings.node))?;
+        req.metadata_mut().insert("x-ferrolb-caller", caller);
+    }
     let mut inbound = tokio::time::timeout(settings.connect_timeout * 2, client.announce(req))
         .await
         .map_err(|_| "no answer to the hello".to_string())?

@@ -30,6 +30,7 @@ use crate::bgp;
 use crate::crd::{self, IPAddressPool, L2Advertisement};
 use crate::service::{self, ALLOCATED_FROM_POOL, Decision, Event};
 use crate::validate;
+use ferrolb_common::transport::{self, ClientSecurity};
 
 /// What the adapter needs to know at start.
 #[derive(Debug, Clone)]
@@ -39,17 +40,20 @@ pub struct Settings {
     pub namespace: String,
     pub lb_class: Option<String>,
     pub allocator: String,
+    pub security: ClientSecurity,
     /// How often every Service and the lease list are looked at again regardless.
     pub resync: Duration,
 }
 
+/// Names the caller in the development plaintext mode; with TLS the certificate does.
 #[derive(Clone)]
-struct CallerHeader(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+struct CallerHeader(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
 
 impl Interceptor for CallerHeader {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        req.metadata_mut()
-            .insert("x-ferrolb-caller", self.0.clone());
+        if let Some(h) = &self.0 {
+            req.metadata_mut().insert("x-ferrolb-caller", h.clone());
+        }
         Ok(req)
     }
 }
@@ -89,15 +93,20 @@ pub async fn run(
     settings: Settings,
     metrics: Arc<crate::metrics::Metrics>,
 ) -> Result<(), String> {
-    let caller = CallerHeader(
-        format!("cluster/{}", settings.cluster)
-            .parse()
-            .map_err(|_| format!("cluster {:?} is not a valid header value", settings.cluster))?,
-    );
-    let channel = Channel::from_shared(settings.allocator.clone())
-        .map_err(|e| format!("--allocator {:?}: {e}", settings.allocator))?
-        .connect_timeout(Duration::from_secs(2))
-        .connect_lazy();
+    let caller = CallerHeader(match settings.security {
+        ClientSecurity::DevPlaintext => Some(
+            format!("cluster/{}", settings.cluster)
+                .parse()
+                .map_err(|_| {
+                    format!("cluster {:?} is not a valid header value", settings.cluster)
+                })?,
+        ),
+        ClientSecurity::Mtls(_) => None,
+    });
+    let endpoint = transport::endpoint(&settings.allocator, &settings.security)
+        .map_err(|e| format!("--allocator {e}"))?
+        .connect_timeout(Duration::from_secs(2));
+    let channel = transport::connect_lazy(endpoint, &settings.security);
     let ipam = IpamServiceClient::with_interceptor(channel.clone(), caller.clone());
     let cluster = ClusterStateServiceClient::with_interceptor(channel, caller);
 

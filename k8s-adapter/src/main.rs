@@ -19,9 +19,11 @@ struct Args {
     #[arg(
         long,
         env = "FERROLB_ALLOCATOR",
-        default_value = "http://127.0.0.1:7470"
+        default_value = "https://127.0.0.1:7470"
     )]
     allocator: String,
+    #[command(flatten)]
+    tls: ferrolb_common::args::TlsArgs,
     /// This cluster's name at the allocator (pools say which clusters may draw from them).
     #[arg(long, env = "FERROLB_CLUSTER")]
     cluster: String,
@@ -57,6 +59,20 @@ async fn main() {
         .init();
     if args.cluster.is_empty() || args.cluster.contains('/') {
         eprintln!("ferrolb-k8s-adapter: --cluster must be a name without '/'");
+        std::process::exit(2);
+    }
+    // The certificate must be this cluster's adapter's: the allocator acts on nothing else.
+    let (security, me) = args.tls.client(None).unwrap_or_else(|e| {
+        eprintln!("ferrolb-k8s-adapter: {e}");
+        std::process::exit(2)
+    });
+    let want = ferrolb_common::Principal::Adapter {
+        cluster: args.cluster.clone(),
+    };
+    if let Some(me) = me
+        && me != want
+    {
+        eprintln!("ferrolb-k8s-adapter: the certificate is {me}'s, not {want}'s");
         std::process::exit(2);
     }
     let metrics = Arc::new(Metrics::new());
@@ -113,6 +129,7 @@ async fn main() {
         namespace: args.namespace,
         lb_class: args.lb_class,
         allocator: args.allocator,
+        security,
         resync: Duration::from_secs(args.resync_seconds.max(1)),
     };
     tracing::info!(

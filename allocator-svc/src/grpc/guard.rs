@@ -1,29 +1,39 @@
-//! Overload protection for the gRPC server: a bounded number of calls in flight (the rest are
-//! refused at once with RESOURCE_EXHAUSTED instead of queueing) and a deadline on every call
-//! (the client's `grpc-timeout`, capped by the server's maximum), which ends in DEADLINE_EXCEEDED.
+//! Overload protection for the gRPC server: a bounded number of calls in flight, in all and per
+//! identity, so that one caller's flood never starves another's calls (the rest are refused at
+//! once with RESOURCE_EXHAUSTED instead of queueing), and a deadline on every call (the
+//! client's `grpc-timeout`, capped by the server's maximum), which ends in DEADLINE_EXCEEDED.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use ferrolb_common::Principal;
 use tokio::sync::Semaphore;
 use tonic::Status;
 use tonic::codegen::http;
 use tower::{Layer, Service};
 
+use super::auth::PerIdentity;
+
 #[derive(Clone)]
 pub struct GuardLayer {
     permits: Arc<Semaphore>,
     max_in_flight: usize,
+    per_identity: Arc<PerIdentity>,
     max_deadline: Duration,
 }
 
 impl GuardLayer {
-    pub fn new(max_in_flight: usize, max_deadline: Duration) -> GuardLayer {
+    pub fn new(
+        max_in_flight: usize,
+        max_in_flight_per_identity: usize,
+        max_deadline: Duration,
+    ) -> GuardLayer {
         GuardLayer {
             permits: Arc::new(Semaphore::new(max_in_flight)),
             max_in_flight,
+            per_identity: Arc::new(PerIdentity::new(max_in_flight_per_identity)),
             max_deadline,
         }
     }
@@ -66,12 +76,28 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let deadline = grpc_timeout(req.headers())
             .map_or(self.layer.max_deadline, |d| d.min(self.layer.max_deadline));
+        // The authorization layer in front has put the caller here.
+        let own = req
+            .extensions()
+            .get::<Principal>()
+            .map(|who| (who.to_string(), self.layer.per_identity.try_acquire(who)));
         let permit = Arc::clone(&self.layer.permits).try_acquire_owned();
         let max = self.layer.max_in_flight;
+        let max_own = self.layer.per_identity.limit();
         // The clone takes the ready state's place; the ready service handles this call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
+            let _own = match own {
+                Some((who, None)) => {
+                    return Ok(Status::resource_exhausted(format!(
+                        "{who} has {max_own} calls in flight, its limit; retry with backoff"
+                    ))
+                    .into_http());
+                }
+                Some((_, permit)) => permit,
+                None => None,
+            };
             let Ok(_permit) = permit else {
                 return Ok(Status::resource_exhausted(format!(
                     "allocator overloaded: {max} calls in flight; retry with backoff"

@@ -65,6 +65,7 @@ async fn main() {
             "--metrics-listen",
             "off",
         ])
+        .args(ferrolb_e2e::test_pki().args("cluster/bench"))
         .env("KUBECONFIG", &config)
         .env("FERROLB_LOG", "warn")
         .stdout(Stdio::null())

@@ -1,9 +1,15 @@
 //! `ferrolbctl`: the operator's command line. Tables for people, `-o json` for scripts.
 
+mod certs;
+
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ferrolb_allocator::metallb_yaml;
+use ferrolb_common::Principal;
+use ferrolb_common::args::TlsArgs;
+use ferrolb_common::tls::TlsFiles;
+use ferrolb_common::transport;
 use ferrolb_proto::v1 as pb;
 use ferrolb_proto::v1::cluster_state_service_client::ClusterStateServiceClient;
 use ferrolb_proto::v1::ipam_service_client::IpamServiceClient;
@@ -23,18 +29,25 @@ struct Cli {
     #[arg(
         long,
         env = "FERROLB_SERVER",
-        default_value = "http://127.0.0.1:7470",
+        default_value = "https://127.0.0.1:7470",
         global = true
     )]
     server: String,
-    /// Who to call as: admin, cluster/<name> or client/<name>.
+    /// Where the credential is found when --tls-cert is not given: `admin.pem`,
+    /// `admin-key.pem` and `ca.pem`, as the allocator writes them in its data directory.
     #[arg(
-        long = "as",
-        env = "FERROLB_CALLER",
-        default_value = "admin",
+        long,
+        env = "FERROLB_PKI_DIR",
+        default_value = "ferrolb-pki",
         global = true
     )]
-    caller: String,
+    pki_dir: PathBuf,
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// Development plaintext mode only: who to call as (admin, cluster/<name> or
+    /// client/<name>). With TLS the certificate says who calls.
+    #[arg(long = "as", env = "FERROLB_CALLER", global = true)]
+    caller: Option<String>,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Output::Table, global = true)]
     output: Output,
@@ -50,6 +63,9 @@ enum Output {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Certificates for ferrolb's identities (works without an allocator).
+    #[command(subcommand)]
+    Certs(certs::CertsCmd),
     /// Apply a MetalLB YAML file: its IPAddressPools, L2Advertisements, BGPPeers,
     /// BGPAdvertisements and Communities.
     Apply {
@@ -277,12 +293,13 @@ enum Policy {
 }
 
 #[derive(Clone)]
-struct CallerHeader(MetadataValue<tonic::metadata::Ascii>);
+struct CallerHeader(Option<MetadataValue<tonic::metadata::Ascii>>);
 
 impl Interceptor for CallerHeader {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        req.metadata_mut()
-            .insert("x-ferrolb-caller", self.0.clone());
+        if let Some(h) = &self.0 {
+            req.metadata_mut().insert("x-ferrolb-caller", h.clone());
+        }
         Ok(req)
     }
 }
@@ -294,7 +311,11 @@ type ClusterClient = ClusterStateServiceClient<Intercepted>;
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    if let Err(e) = run(cli).await {
+    let result = match cli.command {
+        Command::Certs(cmd) => certs::run(cmd, &cli.tls.trust_domain),
+        _ => run(cli).await,
+    };
+    if let Err(e) = result {
         eprintln!("ferrolbctl: {e}");
         std::process::exit(1);
     }
@@ -304,25 +325,59 @@ fn status_text(s: tonic::Status) -> String {
     format!("{:?}: {}", s.code(), s.message())
 }
 
+/// Who calls and how: the certificate (or, in the development plaintext mode, `--as`).
+fn security(
+    cli: &Cli,
+) -> Result<(transport::ClientSecurity, CallerHeader, Option<String>), String> {
+    if cli.tls.dev_plaintext {
+        let caller = cli.caller.clone().unwrap_or_else(|| "admin".into());
+        let header = caller
+            .parse()
+            .map_err(|_| format!("--as {caller:?} is not a valid header value"))?;
+        let cluster = caller.strip_prefix("cluster/").map(str::to_string);
+        let (security, _) = cli.tls.client(None)?;
+        return Ok((security, CallerHeader(Some(header)), cluster));
+    }
+    if cli.caller.is_some() {
+        return Err(
+            "--as is for the development plaintext mode; with TLS the certificate says who calls"
+                .into(),
+        );
+    }
+    let fallback = TlsFiles {
+        cert: cli.pki_dir.join("admin.pem"),
+        key: cli.pki_dir.join("admin-key.pem"),
+        ca: cli.pki_dir.join("ca.pem"),
+    };
+    let (security, me) = cli.tls.client(Some(fallback)).map_err(|e| {
+        format!("{e} (ferrolbctl reads admin.pem, admin-key.pem and ca.pem from --pki-dir, default ./ferrolb-pki, which the allocator writes in its data directory)")
+    })?;
+    let cluster = match me {
+        Some(Principal::Adapter { cluster }) => Some(cluster),
+        _ => None,
+    };
+    Ok((security, CallerHeader(None), cluster))
+}
+
 async fn run(cli: Cli) -> Result<(), String> {
-    let header = cli
-        .caller
-        .parse()
-        .map_err(|_| format!("--as {:?} is not a valid header value", cli.caller))?;
-    let channel = Channel::from_shared(cli.server.clone())
-        .map_err(|e| format!("--server {:?}: {e}", cli.server))?
-        .connect()
-        .await
-        .map_err(|e| format!("cannot reach the allocator at {}: {e}", cli.server))?;
-    let caller = CallerHeader(header);
+    let (security, caller, own_cluster) = security(&cli)?;
+    let endpoint =
+        transport::endpoint(&cli.server, &security).map_err(|e| format!("--server {e}"))?;
+    let channel = transport::connect(endpoint, &security).await.map_err(|e| {
+        format!(
+            "cannot reach the allocator at {}: {}",
+            cli.server,
+            transport::error_chain(&e)
+        )
+    })?;
     let mut cluster_client: ClusterClient =
         ClusterStateServiceClient::with_interceptor(channel.clone(), caller.clone());
     let mut client: Client = IpamServiceClient::with_interceptor(channel, caller);
     let out = cli.output;
     match cli.command {
         Command::Apply { file, cluster } => {
-            let cluster = match (cluster.as_str(), cli.caller.strip_prefix("cluster/")) {
-                ("", Some(c)) => c.to_string(),
+            let cluster = match (cluster.as_str(), own_cluster) {
+                ("", Some(c)) => c,
                 _ => cluster,
             };
             apply(&mut client, &mut cluster_client, &file, &cluster, out).await
@@ -441,6 +496,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
+        Command::Certs(_) => Err("certs needs no allocator".into()),
     }
 }
 

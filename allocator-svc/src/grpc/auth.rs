@@ -1,0 +1,295 @@
+//! Who may call what: the verified identity of the connection (the certificate's SPIFFE ID)
+//! against one table, before any handler runs. The handlers add the object checks (a cluster's
+//! own state, a client's own leases, a node's own stream).
+//!
+//! | identity | may call |
+//! |---|---|
+//! | `admin/<name>` | every IpamService and ClusterStateService method, on every cluster |
+//! | `cluster/<c>/adapter` | IpamService (c's leases; pools open to c) and ClusterStateService (c only) |
+//! | `cluster/<c>/node/<n>` | AnnouncerService.Announce, as node n of cluster c only |
+//! | `client/<x>` | IpamService (x's leases; pools open to x) |
+//! | `allocator` | nothing: it is the server's identity |
+//!
+//! Every identity may ask for health and reflection. Metadata never names the caller: a
+//! request whose `x-ferrolb-caller` disagrees with its certificate is refused.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use ferrolb_common::Principal;
+use ferrolb_common::transport::Peer;
+use tonic::Status;
+use tonic::codegen::http;
+use tower::{Layer, Service};
+
+use crate::metrics::{MethodLabels, Metrics};
+
+/// The metadata key that named the caller before identities were verified; only the
+/// development plaintext mode still reads it.
+pub const CALLER_HEADER: &str = "x-ferrolb-caller";
+
+/// The table: may `who` call `path` (`/package.Service/Method`)?
+pub fn allowed(who: &Principal, path: &str) -> bool {
+    let service = path
+        .trim_start_matches('/')
+        .split_once('/')
+        .map_or("", |(s, _)| s);
+    match service {
+        "grpc.health.v1.Health"
+        | "grpc.reflection.v1.ServerReflection"
+        | "grpc.reflection.v1alpha.ServerReflection" => true,
+        "ferrolb.v1.IpamService" => matches!(
+            who,
+            Principal::Admin(_) | Principal::Adapter { .. } | Principal::Client(_)
+        ),
+        "ferrolb.v1.ClusterStateService" => {
+            matches!(who, Principal::Admin(_) | Principal::Adapter { .. })
+        }
+        "ferrolb.v1.AnnouncerService" => matches!(who, Principal::Node { .. }),
+        _ => false,
+    }
+}
+
+/// The development plaintext mode's caller, from metadata: `admin`, `cluster/<c>`,
+/// `cluster/<c>/node/<n>` or `client/<x>`.
+pub fn dev_principal(raw: &str) -> Option<Principal> {
+    match raw {
+        "admin" => Some(Principal::Admin("dev".into())),
+        _ => match raw.split('/').collect::<Vec<_>>().as_slice() {
+            ["cluster", c] => Principal::from_path(&format!("cluster/{c}/adapter")).ok(),
+            _ => Principal::from_path(raw).ok(),
+        },
+    }
+}
+
+/// Puts the caller's [`Principal`] into every request, or refuses the call.
+#[derive(Clone)]
+pub struct AuthLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl AuthLayer {
+    pub fn new(metrics: Arc<Metrics>) -> AuthLayer {
+        AuthLayer { metrics }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+
+    fn layer(&self, inner: S) -> Auth<S> {
+        Auth {
+            inner,
+            metrics: Arc::clone(&self.metrics),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Auth<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+/// Who calls, or why the call is refused.
+fn identify<B>(req: &http::Request<B>) -> Result<Principal, Status> {
+    let header = match req.headers().get(CALLER_HEADER) {
+        None => None,
+        Some(v) => Some(v.to_str().map_err(|_| {
+            Status::unauthenticated(format!("metadata {CALLER_HEADER} is not text"))
+        })?),
+    };
+    let peer = req.extensions().get::<Peer>();
+    match peer.and_then(|p| p.principal.clone()) {
+        Some(p) => match header {
+            Some(h) if h != p.caller_name() && h != p.to_string() => {
+                Err(Status::permission_denied(format!(
+                    "metadata {CALLER_HEADER}={h:?} disagrees with the certificate's identity {p}: the caller is who the certificate says"
+                )))
+            }
+            _ => Ok(p),
+        },
+        // Only the development plaintext listener has connections without an identity.
+        None => {
+            let h = header.ok_or_else(|| {
+                Status::unauthenticated(format!(
+                    "development plaintext mode: name the caller in metadata {CALLER_HEADER} (admin, cluster/<c>, cluster/<c>/node/<n> or client/<x>)"
+                ))
+            })?;
+            dev_principal(h).ok_or_else(|| {
+                Status::unauthenticated(format!(
+                    "metadata {CALLER_HEADER}={h:?} is not admin, cluster/<c>, cluster/<c>/node/<n> or client/<x>"
+                ))
+            })
+        }
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B, RB> Service<http::Request<B>> for Auth<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<RB>> + Clone + Send + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+    RB: Default + Send + 'static,
+{
+    type Response = http::Response<RB>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let verdict = identify(&req).and_then(|who| {
+            if allowed(&who, req.uri().path()) {
+                Ok(who)
+            } else {
+                Err(Status::permission_denied(format!(
+                    "{who} may not call {}",
+                    req.uri().path()
+                )))
+            }
+        });
+        match verdict {
+            Ok(who) => {
+                req.extensions_mut().insert(who);
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                Box::pin(async move { inner.call(req).await })
+            }
+            Err(status) => {
+                let method = req
+                    .uri()
+                    .path()
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                tracing::warn!(
+                    path = req.uri().path(),
+                    reason = status.message(),
+                    "call refused"
+                );
+                self.metrics
+                    .denied
+                    .get_or_create(&MethodLabels { method })
+                    .inc();
+                Box::pin(async move { Ok(status.into_http()) })
+            }
+        }
+    }
+}
+
+/// Semaphores per identity, created on first use.
+#[derive(Default)]
+pub struct PerIdentity {
+    limit: usize,
+    map: Mutex<HashMap<Principal, Arc<tokio::sync::Semaphore>>>,
+}
+
+impl PerIdentity {
+    pub fn new(limit: usize) -> PerIdentity {
+        PerIdentity {
+            limit,
+            map: Mutex::default(),
+        }
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// A permit of `who`'s, if one is free.
+    pub fn try_acquire(&self, who: &Principal) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let sem = {
+            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(
+                map.entry(who.clone())
+                    .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.limit))),
+            )
+        };
+        sem.try_acquire_owned().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(path: &str) -> Principal {
+        Principal::from_path(path).expect(path)
+    }
+
+    #[test]
+    fn the_table() {
+        let ipam = "/ferrolb.v1.IpamService/Allocate";
+        let state = "/ferrolb.v1.ClusterStateService/ApplyNode";
+        let announce = "/ferrolb.v1.AnnouncerService/Announce";
+        let health = "/grpc.health.v1.Health/Check";
+        let cases = [
+            ("admin/ops", [true, true, false, true]),
+            ("cluster/a/adapter", [true, true, false, true]),
+            ("cluster/a/node/n1", [false, false, true, true]),
+            ("client/netbox", [true, false, false, true]),
+            ("allocator", [false, false, false, true]),
+        ];
+        for (who, want) in cases {
+            let got = [ipam, state, announce, health].map(|path| allowed(&p(who), path));
+            assert_eq!(got, want, "{who}");
+        }
+        assert!(!allowed(&p("admin/ops"), "/ferrolb.v1.Unknown/X"));
+        assert!(!allowed(&p("admin/ops"), "garbage"));
+    }
+
+    #[test]
+    fn dev_callers() {
+        assert_eq!(dev_principal("admin"), Some(Principal::Admin("dev".into())));
+        assert_eq!(
+            dev_principal("cluster/home"),
+            Some(p("cluster/home/adapter"))
+        );
+        assert_eq!(
+            dev_principal("cluster/home/node/n1"),
+            Some(p("cluster/home/node/n1"))
+        );
+        assert_eq!(dev_principal("client/x"), Some(p("client/x")));
+        assert_eq!(dev_principal("root"), None);
+    }
+
+    #[test]
+    fn a_header_that_disagrees_is_refused() {
+        let req = |header: Option<&str>| {
+            let mut r = http::Request::new(());
+            if let Some(h) = header {
+                r.headers_mut()
+                    .insert(CALLER_HEADER, h.parse().expect("ascii"));
+            }
+            r.extensions_mut().insert(Peer {
+                remote: "127.0.0.1:1".parse().expect("addr"),
+                principal: Some(p("cluster/a/adapter")),
+            });
+            r
+        };
+        assert_eq!(identify(&req(None)).ok(), Some(p("cluster/a/adapter")));
+        assert_eq!(
+            identify(&req(Some("cluster/a"))).ok(),
+            Some(p("cluster/a/adapter"))
+        );
+        let e = identify(&req(Some("admin"))).expect_err("refused");
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        let mut plain = http::Request::new(());
+        assert_eq!(
+            identify(&plain).expect_err("no caller").code(),
+            tonic::Code::Unauthenticated
+        );
+        plain
+            .headers_mut()
+            .insert(CALLER_HEADER, "admin".parse().expect("ascii"));
+        assert_eq!(identify(&plain).ok(), Some(Principal::Admin("dev".into())));
+    }
+}

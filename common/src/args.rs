@@ -1,0 +1,76 @@
+//! The TLS flags every ferrolb binary takes, checked once.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::identity::{self, Principal};
+use crate::tls::{self, Credentials, TlsFiles};
+use crate::transport::ClientSecurity;
+
+/// The trust domain ferrolb's identities live in unless told otherwise.
+pub const DEFAULT_TRUST_DOMAIN: &str = "ferrolb.local";
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct TlsArgs {
+    /// This party's certificate (PEM; the leaf first, then any intermediates). Reloaded when it
+    /// changes.
+    #[arg(long = "tls-cert", env = "FERROLB_TLS_CERT")]
+    pub cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long = "tls-key", env = "FERROLB_TLS_KEY")]
+    pub key: Option<PathBuf>,
+    /// The CA bundle peers are checked against (PEM; several CAs are all trusted).
+    #[arg(long = "tls-ca", env = "FERROLB_TLS_CA")]
+    pub ca: Option<PathBuf>,
+    /// The SPIFFE trust domain of ferrolb's identities.
+    #[arg(long = "trust-domain", env = "FERROLB_TRUST_DOMAIN", default_value = DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+    /// Development only: no TLS and no authentication, the caller named in the
+    /// `x-ferrolb-caller` metadata. Refused on anything but loopback.
+    #[arg(long = "dev-plaintext", env = "FERROLB_DEV_PLAINTEXT")]
+    pub dev_plaintext: bool,
+}
+
+impl TlsArgs {
+    /// The three files, when all are given; an error when only some are.
+    pub fn files(&self) -> Result<Option<TlsFiles>, String> {
+        identity::check_domain(&self.trust_domain).map_err(|e| format!("--trust-domain: {e}"))?;
+        match (&self.cert, &self.key, &self.ca) {
+            (Some(cert), Some(key), Some(ca)) => Ok(Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ca.clone(),
+            })),
+            (None, None, None) => Ok(None),
+            _ => Err("--tls-cert, --tls-key and --tls-ca go together".into()),
+        }
+    }
+
+    /// A client's security: mutual TLS with `files` (or the flags' files), accepting only the
+    /// allocator's identity. Returns our own identity too.
+    pub fn client(
+        &self,
+        fallback: Option<TlsFiles>,
+    ) -> Result<(ClientSecurity, Option<Principal>), String> {
+        if self.dev_plaintext {
+            tracing::warn!("development plaintext mode: nothing is encrypted or authenticated");
+            return Ok((ClientSecurity::DevPlaintext, None));
+        }
+        let files = self.files()?.or(fallback).ok_or(
+            "no TLS credentials: give --tls-cert, --tls-key and --tls-ca (ferrolbctl certs issues them)",
+        )?;
+        let creds = Credentials::load(files).map_err(|e| e.to_string())?;
+        let me = creds
+            .own_identity(&self.trust_domain)
+            .map_err(|e| e.to_string())?;
+        creds.spawn_reload();
+        let config = tls::client_config(&creds, &self.trust_domain, Principal::Allocator)
+            .map_err(|e| e.to_string())?;
+        Ok((ClientSecurity::Mtls(config), Some(me)))
+    }
+}
+
+/// Reads credentials once, for tools that do not outlive a rotation.
+pub fn load(files: TlsFiles) -> Result<Arc<Credentials>, String> {
+    Credentials::load(files).map_err(|e| e.to_string())
+}

@@ -1,0 +1,11 @@
+//! What every ferrolb binary shares: who a caller is, certificates, mutual TLS for gRPC.
+
+pub mod args;
+pub mod identity;
+pub mod pki;
+pub mod secret;
+pub mod tls;
+pub mod transport;
+
+pub use identity::Principal;
+pub use secret::Secret;
