@@ -113,6 +113,8 @@ pub struct Options {
     pub answerer: &'static str,
     pub allocator_args: Vec<String>,
     pub announcer_args: Vec<String>,
+    /// A command the announcer runs under (e.g. `setpriv` with a container's credentials).
+    pub announcer_wrapper: Vec<String>,
     /// A fixed lab name (the demo's, so that its script can always take it down); by default
     /// the prefix and the process id.
     pub lab_name: Option<String>,
@@ -124,6 +126,7 @@ impl Default for Options {
             answerer: "kernel",
             allocator_args: vec![],
             announcer_args: vec![],
+            announcer_wrapper: vec![],
             lab_name: None,
         }
     }
@@ -293,12 +296,17 @@ impl HomeLab {
             extra.extend(test_pki().args(&format!("cluster/{CLUSTER}/node/{node}")));
         }
         args.extend(extra.iter().map(String::as_str));
-        let child = self.spawn(
-            node,
-            &bin("ferrolb-announcer").to_string_lossy(),
-            &args,
-            node,
-        );
+        let announcer = bin("ferrolb-announcer").to_string_lossy().into_owned();
+        let wrapper = self.options.announcer_wrapper.clone();
+        let child = match wrapper.split_first() {
+            None => self.spawn(node, &announcer, &args, node),
+            Some((program, rest)) => {
+                let mut all: Vec<&str> = rest.iter().map(String::as_str).collect();
+                all.push(&announcer);
+                all.extend(args);
+                self.spawn(node, program, &all, node)
+            }
+        };
         self.announcers.insert(node.to_string(), child);
     }
 

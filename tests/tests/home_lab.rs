@@ -450,3 +450,125 @@ fn a_service_created_through_kubernetes_answers_on_the_lan() {
     let _ = adapter.kill();
     let _ = adapter.wait();
 }
+
+/// The credentials deploy/base/announcer.yaml gives the announcer's container, as a container
+/// runtime applies them: the user, no supplementary groups, the bounding set cut to the added
+/// capabilities, no inheritable or ambient capabilities, no_new_privs. Returns the `setpriv`
+/// command that runs a program under them.
+fn daemonset_credentials() -> Vec<String> {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base/announcer.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let ds: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let sc = &ds["spec"]["template"]["spec"]["containers"][0]["securityContext"];
+    let uid = sc["runAsUser"]
+        .as_u64()
+        .expect("the announcer's securityContext names its user");
+    let drop = sc["capabilities"]["drop"].as_sequence().unwrap();
+    assert_eq!(drop, &vec![serde_yaml::Value::from("ALL")]);
+    let add: Vec<String> = sc["capabilities"]["add"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|c| format!("+{}", c.as_str().unwrap().to_lowercase()))
+        .collect();
+    let mut cmd = vec![
+        "setpriv".to_string(),
+        format!("--reuid={uid}"),
+        format!("--regid={uid}"),
+        "--clear-groups".into(),
+        "--inh-caps=-all".into(),
+        "--ambient-caps=-all".into(),
+        format!("--bounding-set=-all,{}", add.join(",")),
+    ];
+    if sc["allowPrivilegeEscalation"].as_bool() == Some(false) {
+        cmd.push("--no-new-privs".into());
+    }
+    cmd.push("--".into());
+    cmd
+}
+
+/// The capabilities a process holds in effect, from /proc, once it runs the announcer (it
+/// starts as `ip netns exec`, then `setpriv`, each replacing itself).
+fn effective_caps(pid: u32) -> u64 {
+    let start = std::time::Instant::now();
+    while std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap()
+        .trim()
+        != "ferrolb-announc"
+    {
+        assert!(
+            start.elapsed() < 5 * SECOND,
+            "process {pid} never became the announcer"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .unwrap()
+        .trim();
+    u64::from_str_radix(hex, 16).unwrap()
+}
+
+/// The announcer under exactly the DaemonSet's credentials still makes the address reachable;
+/// the same capabilities given to a non-root user (what the manifest used to say) leave nothing
+/// in effect.
+#[test]
+fn the_announcer_works_with_the_daemonsets_credentials() {
+    const NET_ADMIN_AND_RAW: u64 = (1 << 12) | (1 << 13);
+    let creds = daemonset_credentials();
+    // A non-root user with the same added capabilities: none of them in effect.
+    let nonroot: Vec<String> = creds
+        .iter()
+        .map(|a| match a.as_str() {
+            a if a.starts_with("--reuid=") => "--reuid=65532".into(),
+            a if a.starts_with("--regid=") => "--regid=65532".into(),
+            a => a.into(),
+        })
+        .collect();
+    let out = Command::new(&nonroot[0])
+        .args(&nonroot[1..])
+        .args(["grep", "CapEff", "/proc/self/status"])
+        .output()
+        .expect("setpriv (util-linux) must be installed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("0000000000000000"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let lab = HomeLab::up(
+        "hc",
+        Options {
+            announcer_wrapper: creds,
+            ..Options::default()
+        },
+    );
+    for n in NODES {
+        assert_eq!(
+            effective_caps(lab.announcer_pid(n)),
+            NET_ADMIN_AND_RAW,
+            "{n}'s announcer"
+        );
+    }
+    lab.serve_home_nginx(&NODES, false);
+    let owner = lab.wait_owner(VIP, 5 * SECOND, Result::is_ok).unwrap();
+    assert_eq!(
+        lab.curl_until(VIP, 5 * SECOND, |_| true),
+        owner,
+        "{}",
+        lab.logs()
+    );
+    let macs = arping_macs(&lab, VIP, "2");
+    assert!(
+        macs.iter().all(|m| m == mac(&owner)) && !macs.is_empty(),
+        "{macs:?}"
+    );
+}
