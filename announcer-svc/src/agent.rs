@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use crate::bgp;
 use crate::bind::Binder;
+use crate::defense;
 use crate::l2::{self, Command, Counters, Link};
 use crate::links::{self, Pattern};
 use crate::packet::{Mac, ndp};
@@ -35,6 +36,8 @@ pub enum Answerer {
 pub struct Settings {
     pub answerer: Answerer,
     pub exclude: Vec<Pattern>,
+    /// What this node refuses to announce whatever the allocator says.
+    pub policy: defense::Policy,
     /// Gratuitous announcements: every `interval` for `period` after gaining an address.
     pub gratuitous_interval: Duration,
     pub gratuitous_period: Duration,
@@ -199,7 +202,42 @@ impl Agent {
         tracing::info!("stopped; every binding removed, every BGP session ended");
     }
 
-    fn apply(&mut self, u: Update) {
+    /// The node's own addresses: those on its eligible interfaces that ferrolb did not bind.
+    fn own_addresses(&self) -> BTreeSet<IpAddr> {
+        let ours: BTreeSet<IpAddr> = self.bound.iter().map(|(_, ip)| *ip).collect();
+        self.eligible()
+            .flat_map(Link::addresses)
+            .filter(|ip| !ours.contains(ip))
+            .collect()
+    }
+
+    /// Drops what the node's policy refuses from an update, counting and naming each.
+    fn defend(&self, u: &mut Update) {
+        let own = self.own_addresses();
+        let policy = &self.settings.policy;
+        let refused = |what: &str, ip: IpAddr, shown: &dyn std::fmt::Display| match policy
+            .check(ip, &own)
+        {
+            Ok(()) => false,
+            Err(r) => {
+                tracing::warn!(%shown, reason = r.label(), what, "allocator assigned what this node never announces; refused");
+                self.counters
+                    .refused
+                    .get_or_create(&crate::l2::RefusalLabels {
+                        reason: r.label().into(),
+                    })
+                    .inc();
+                true
+            }
+        };
+        u.set.retain(|(ip, _)| !refused("address", *ip, ip));
+        u.bgp
+            .routes_set
+            .retain(|(p, _)| !refused("prefix", p.addr, p));
+    }
+
+    fn apply(&mut self, mut u: Update) {
+        self.defend(&mut u);
         // A session opens with a snapshot, or with word that we are in step: either way what
         // we hold is now the allocator's truth.
         self.synced = true;

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use pnet_datalink::{Channel, Config, DataLinkReceiver, DataLinkSender, NetworkInterface};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
 use crate::packet::arp::{self, Arp};
 use crate::packet::ndp::{Message, Ndp};
@@ -37,6 +38,13 @@ pub struct Counters {
     pub gratuitous: Counter,
     /// ARP or NDP frames that did not decode.
     pub malformed: Counter,
+    /// Assignments refused by the node's own policy, by reason.
+    pub refused: Family<RefusalLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct RefusalLabels {
+    pub reason: String,
 }
 
 /// The interface a responder serves.
@@ -62,6 +70,11 @@ impl Link {
                 format!("{name:?} has no MAC address"),
             )
         })
+    }
+
+    /// The addresses configured on the interface.
+    pub fn addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.raw.ips.iter().map(|n| n.ip())
     }
 
     /// An Ethernet-like interface (one with a MAC address).

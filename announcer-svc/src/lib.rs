@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod bgp;
 pub mod bind;
+pub mod defense;
 pub mod l2;
 pub mod links;
 pub mod metrics;

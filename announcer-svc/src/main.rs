@@ -35,6 +35,10 @@ struct Args {
     allocator: Vec<String>,
     #[command(flatten)]
     tls: ferrolb_common::args::TlsArgs,
+    /// Only addresses inside these prefixes are announced (comma separated; empty: any address
+    /// that is not loopback, multicast, link-local, unspecified or the node's own).
+    #[arg(long, env = "FERROLB_ALLOWED_CIDRS", default_value = "")]
+    allowed_cidrs: String,
     /// The cluster this node belongs to.
     #[arg(long, env = "FERROLB_CLUSTER")]
     cluster: String,
@@ -115,6 +119,8 @@ async fn main() {
             "the certificate is {me}'s, not {want}'s: give this node its own certificate"
         ));
     }
+    let policy = ferrolb_announcer::defense::Policy::parse(&args.allowed_cidrs)
+        .unwrap_or_else(|e| fail(format!("--allowed-cidrs: {e}")));
     let exclude = Pattern::list(&args.exclude_interfaces)
         .unwrap_or_else(|e| fail(format!("--exclude-interfaces: {e}")));
     let metrics_listen: Option<SocketAddr> =
@@ -133,6 +139,7 @@ async fn main() {
             AnswererArg::Userspace => Answerer::Userspace,
         },
         exclude,
+        policy,
         gratuitous_interval: Duration::from_millis(args.gratuitous_interval_ms),
         gratuitous_period: Duration::from_millis(args.gratuitous_period_ms),
         scan_interval: Duration::from_millis(args.scan_interval_ms),

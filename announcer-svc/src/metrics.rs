@@ -169,6 +169,11 @@ impl Metrics {
             "ARP and NDP frames dropped because they do not decode",
             l2.malformed.clone(),
         );
+        registry.register(
+            "assignments_refused",
+            "Addresses and prefixes from the allocator this node refused to announce, by reason",
+            l2.refused.clone(),
+        );
         Metrics { registry, ..m }
     }
 

@@ -572,3 +572,71 @@ fn the_announcer_works_with_the_daemonsets_credentials() {
         "{macs:?}"
     );
 }
+
+/// A genuine allocator assigns n1 a loopback, a multicast address and n1's own address (an
+/// admin's pool can hold anything): n1 refuses each, counts it by reason, and still announces
+/// the ordinary address beside them.
+#[test]
+fn the_announcer_refuses_what_no_service_may_have() {
+    let lab = HomeLab::up("hd", Options::default());
+    let file = lab.dir.0.join("odd.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: odd}\n\
+         spec:\n  addresses: [127.0.0.100/32, 224.0.0.100/32, 10.250.0.11/32, 192.168.1.250/32]\n---\n\
+         apiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {name: odd}\n\
+         spec:\n  ipAddressPools: [odd]\n",
+    )
+    .unwrap();
+    lab.ctl(&["apply", "-f", &file.to_string_lossy(), "--cluster", CLUSTER]);
+    let cases = [
+        ("lo", "127.0.0.100", "loopback"),
+        ("mc", "224.0.0.100", "multicast"),
+        ("own", "10.250.0.11", "node_address"),
+    ];
+    for (name, ip) in cases
+        .iter()
+        .map(|(n, ip, _)| (*n, *ip))
+        .chain([("ok", "192.168.1.250")])
+    {
+        lab.ctl(&[
+            "allocate",
+            "--cluster",
+            CLUSTER,
+            "--namespace",
+            "default",
+            "--name",
+            name,
+            "--pool",
+            "odd",
+            "--ip",
+            ip,
+        ]);
+        // Endpoints on n1 only, traffic policy Local: n1 is the one to announce each.
+        lab.set_endpoints(name, &["n1"], true);
+    }
+    let start = std::time::Instant::now();
+    for (_, _, reason) in cases {
+        let metric = format!("ferrolb_announcer_assignments_refused_total{{reason=\"{reason}\"}}");
+        while lab.announcer_metric("n1", &metric) == 0 {
+            assert!(
+                start.elapsed() < 10 * SECOND,
+                "n1 did not refuse ({reason})\n{}",
+                lab.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    assert_eq!(lab.curl_until("192.168.1.250", 5 * SECOND, |_| true), "n1");
+    // Only the ordinary address was bound (as /32; the node's own address is /24).
+    let bound = lab.must("n1", &["ip", "-o", "addr", "show"]);
+    assert!(bound.contains("192.168.1.250/32"), "{bound}");
+    for (_, ip, _) in cases {
+        assert!(!bound.contains(&format!("{ip}/32")), "{ip} bound: {bound}");
+    }
+    let log = lab.log("n1");
+    assert!(
+        log.contains("refused") && log.contains("224.0.0.100"),
+        "the refusal names the address:\n{log}"
+    );
+}

@@ -1,0 +1,142 @@
+//! The announcer defends itself: even an authenticated allocator cannot make it answer for an
+//! address no service may have. Loopback, multicast, broadcast, link-local and unspecified
+//! addresses, the node's own addresses, and (with `--allowed-cidrs`) anything outside the
+//! operator's ranges are refused, counted and logged with the address.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use crate::bgp::wire::Prefix;
+
+/// Why an assignment is refused; the text is the metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    Unspecified,
+    Loopback,
+    Multicast,
+    Broadcast,
+    LinkLocal,
+    NodeAddress,
+    NotAllowed,
+}
+
+impl Refusal {
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::Unspecified => "unspecified",
+            Refusal::Loopback => "loopback",
+            Refusal::Multicast => "multicast",
+            Refusal::Broadcast => "broadcast",
+            Refusal::LinkLocal => "link_local",
+            Refusal::NodeAddress => "node_address",
+            Refusal::NotAllowed => "outside_allowed_cidrs",
+        }
+    }
+}
+
+/// What the announcer accepts.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    /// Empty: every address that is not refused for what it is.
+    pub allowed: Vec<Prefix>,
+}
+
+fn contains(p: &Prefix, ip: IpAddr) -> bool {
+    Prefix::new(ip, p.len).is_some_and(|q| q.addr == p.addr)
+}
+
+/// Addresses nothing may announce, whatever the allocator says.
+fn special(ip: IpAddr) -> Option<Refusal> {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    match ip {
+        _ if ip.is_unspecified() => Some(Refusal::Unspecified),
+        _ if ip.is_loopback() => Some(Refusal::Loopback),
+        _ if ip.is_multicast() => Some(Refusal::Multicast),
+        IpAddr::V4(v4) if v4.is_broadcast() => Some(Refusal::Broadcast),
+        IpAddr::V4(v4) if v4.is_link_local() => Some(Refusal::LinkLocal),
+        IpAddr::V6(v6) if v6.is_unicast_link_local() => Some(Refusal::LinkLocal),
+        _ => None,
+    }
+}
+
+impl Policy {
+    /// Parses `--allowed-cidrs` (comma separated; empty allows all).
+    pub fn parse(cidrs: &str) -> Result<Policy, String> {
+        let allowed = cidrs
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                let p: Prefix = s.parse()?;
+                if p.to_string() != s && !s.contains(':') {
+                    return Err(format!("{s:?} has host bits set (did you mean {p}?)"));
+                }
+                Ok(p)
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Policy { allowed })
+    }
+
+    /// May this node announce `ip`? `own` are the node's own addresses (those it did not bind
+    /// for a service).
+    pub fn check(&self, ip: IpAddr, own: &BTreeSet<IpAddr>) -> Result<(), Refusal> {
+        if let Some(r) = special(ip) {
+            return Err(r);
+        }
+        if own.contains(&ip) {
+            return Err(Refusal::NodeAddress);
+        }
+        if !self.allowed.is_empty() && !self.allowed.iter().any(|p| contains(p, ip)) {
+            return Err(Refusal::NotAllowed);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("address")
+    }
+
+    #[test]
+    fn refusals() {
+        let p = Policy::default();
+        let own: BTreeSet<IpAddr> = [ip("10.250.0.11")].into();
+        for (addr, want) in [
+            ("0.0.0.0", Refusal::Unspecified),
+            ("::", Refusal::Unspecified),
+            ("127.0.0.5", Refusal::Loopback),
+            ("::1", Refusal::Loopback),
+            ("::ffff:127.0.0.1", Refusal::Loopback),
+            ("224.0.0.1", Refusal::Multicast),
+            ("ff02::1", Refusal::Multicast),
+            ("255.255.255.255", Refusal::Broadcast),
+            ("169.254.1.1", Refusal::LinkLocal),
+            ("fe80::1", Refusal::LinkLocal),
+            ("10.250.0.11", Refusal::NodeAddress),
+        ] {
+            assert_eq!(p.check(ip(addr), &own), Err(want), "{addr}");
+        }
+        assert_eq!(p.check(ip("192.168.1.240"), &own), Ok(()));
+        assert_eq!(p.check(ip("fd00::240"), &own), Ok(()));
+    }
+
+    #[test]
+    fn allowed_cidrs() {
+        let p = Policy::parse("192.168.1.240/28, fd00:250::/64").expect("parses");
+        let none = BTreeSet::new();
+        assert_eq!(p.check(ip("192.168.1.241"), &none), Ok(()));
+        assert_eq!(p.check(ip("fd00:250::240"), &none), Ok(()));
+        assert_eq!(p.check(ip("192.168.1.1"), &none), Err(Refusal::NotAllowed));
+        assert_eq!(p.check(ip("fd00:251::1"), &none), Err(Refusal::NotAllowed));
+        assert!(Policy::parse("192.168.1.1/24").is_err());
+        assert!(Policy::parse("banana").is_err());
+        assert!(Policy::parse("").expect("empty").allowed.is_empty());
+    }
+}
