@@ -38,6 +38,16 @@ struct Args {
     /// Calls in flight at once per identity, so that one caller cannot starve the others.
     #[arg(long, env = "FERROLB_MAX_IN_FLIGHT_PER_IDENTITY", default_value_t = 64)]
     max_in_flight_per_identity: usize,
+    /// Leases one external client may hold at once; more are RESOURCE_EXHAUSTED.
+    #[arg(long, env = "FERROLB_MAX_LEASES_PER_CLIENT", default_value_t = 4096)]
+    max_leases_per_client: usize,
+    /// The longest time to live of an external lease, in seconds; a lease asked for without one
+    /// gets this.
+    #[arg(long, env = "FERROLB_MAX_LEASE_TTL_SECONDS", default_value_t = 30 * 24 * 3600)]
+    max_lease_ttl_seconds: u32,
+    /// WatchLeases streams one identity may hold open at once.
+    #[arg(long, env = "FERROLB_MAX_WATCHES_PER_IDENTITY", default_value_t = 16)]
+    max_watches_per_identity: usize,
     /// HTTP/2 streams one connection may hold open (watches and calls in flight).
     #[arg(
         long,
@@ -125,6 +135,10 @@ impl Args {
         store.max_connections = self.db_max_connections.max(1);
         store.acquire_timeout = Duration::from_millis(self.db_acquire_timeout_ms);
         store.release_grace = Duration::from_secs(self.release_grace_seconds);
+        store.client_limits = ferrolb_allocator::state::ClientLimits {
+            max_leases: self.max_leases_per_client,
+            max_ttl_seconds: self.max_lease_ttl_seconds.max(1),
+        };
         if self.max_in_flight_per_identity == 0 || self.max_streams_per_connection == 0 {
             return Err(
                 "--max-in-flight-per-identity and --max-streams-per-connection must be at least 1"
@@ -139,6 +153,7 @@ impl Args {
             limits: Limits {
                 max_in_flight: self.max_in_flight,
                 max_in_flight_per_identity: self.max_in_flight_per_identity,
+                max_watches_per_identity: self.max_watches_per_identity.max(1),
                 max_streams_per_connection: self.max_streams_per_connection,
                 max_message_bytes: self.max_message_bytes.max(1024),
                 max_connection_age: Duration::from_secs(self.max_connection_age_seconds.max(1)),

@@ -60,6 +60,8 @@ pub struct Limits {
     pub max_in_flight: usize,
     /// Calls in flight at once per identity.
     pub max_in_flight_per_identity: usize,
+    /// WatchLeases streams open at once per identity.
+    pub max_watches_per_identity: usize,
     /// HTTP/2 streams one connection may hold open.
     pub max_streams_per_connection: u32,
     /// Largest message a caller may send.
@@ -224,7 +226,8 @@ pub async fn run(
                 .max_decoding_message_size(max),
         )
         .add_service(
-            IpamServiceServer::new(Ipam::new(store, metrics)).max_decoding_message_size(max),
+            IpamServiceServer::new(Ipam::new(store, metrics, limits.max_watches_per_identity))
+                .max_decoding_message_size(max),
         )
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

@@ -54,6 +54,24 @@ fn group_of(lease: &Lease) -> String {
     share_group(&lease.owner.key(), &lease.sharing_key, &lease.backend_key)
 }
 
+/// What one external client may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// Leases one client may hold at once.
+    pub max_leases: usize,
+    /// The longest time to live of an external lease; a lease asked for without one gets it.
+    pub max_ttl_seconds: u32,
+}
+
+impl Default for ClientLimits {
+    fn default() -> ClientLimits {
+        ClientLimits {
+            max_leases: 4096,
+            max_ttl_seconds: 30 * 24 * 3600,
+        }
+    }
+}
+
 /// Every lease and address in use, at one revision of the store.
 #[derive(Debug, Clone, Default)]
 pub struct State {
@@ -71,6 +89,9 @@ pub struct State {
     /// (owner key, family) → (address, released at ms).
     recent: HashMap<(String, Family), (u128, i64)>,
     grace_ms: i64,
+    limits: ClientLimits,
+    /// Leases held per external client.
+    per_client: HashMap<String, usize>,
 }
 
 impl State {
@@ -80,6 +101,10 @@ impl State {
             grace_ms,
             ..State::default()
         }
+    }
+
+    pub fn with_limits(self, limits: ClientLimits) -> State {
+        State { limits, ..self }
     }
 
     pub fn revision(&self) -> u64 {
@@ -137,6 +162,9 @@ impl State {
     pub fn put(&mut self, lease: Lease) {
         let key = lease.owner.key();
         self.take(&key);
+        if let Owner::External { client, .. } = &lease.owner {
+            *self.per_client.entry(client.clone()).or_default() += 1;
+        }
         let group = group_of(&lease);
         for a in &lease.addrs {
             let k = addr::key(a.ip);
@@ -161,6 +189,14 @@ impl State {
     /// Removes an owner's lease and frees the addresses nobody else holds.
     fn take(&mut self, owner_key: &str) -> Option<Lease> {
         let lease = self.leases.remove(owner_key)?;
+        if let Owner::External { client, .. } = &lease.owner
+            && let Some(n) = self.per_client.get_mut(client)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.per_client.remove(client);
+            }
+        }
         for a in &lease.addrs {
             let k = addr::key(a.ip);
             let Some(u) = self.addrs.get_mut(&k) else {
@@ -253,7 +289,31 @@ impl State {
         now_ms: i64,
     ) -> Result<(Lease, bool, Option<Change>)> {
         let key = req.owner.key();
+        let capped;
+        let req = match (&req.owner, req.ttl_seconds) {
+            (Owner::External { .. }, None) => {
+                capped = AllocRequest {
+                    ttl_seconds: Some(self.limits.max_ttl_seconds),
+                    ..req.clone()
+                };
+                &capped
+            }
+            (Owner::External { .. }, Some(t)) => {
+                self.check_ttl(t)?;
+                req
+            }
+            _ => req,
+        };
         let Some(existing) = self.leases.get(&key).cloned() else {
+            if let Owner::External { client, .. } = &req.owner {
+                let held = self.per_client.get(client).copied().unwrap_or(0);
+                if held >= self.limits.max_leases {
+                    return Err(Error::Exhausted(format!(
+                        "client/{client} holds {held} leases, its quota (--max-leases-per-client {}); release some first",
+                        self.limits.max_leases
+                    )));
+                }
+            }
             let picks = self.choose(caller, req, now_ms)?;
             let lease = build(req, &picks, now_ms, now_ms);
             let c = self.change(EventKind::Allocated, lease, None, Some(req.clone()));
@@ -335,11 +395,25 @@ impl State {
         now_ms: i64,
     ) -> Result<Change> {
         let old = self.owned(caller, owner, "renew")?;
+        self.check_ttl(ttl_seconds)?;
         let lease = Lease {
             expires_ms: Some(now_ms + i64::from(ttl_seconds) * 1000),
             ..old.clone()
         };
         Ok(self.change(EventKind::Updated, lease, Some(old), None))
+    }
+
+    fn check_ttl(&self, ttl_seconds: u32) -> Result<()> {
+        let max = self.limits.max_ttl_seconds;
+        if ttl_seconds > max {
+            return Err(Error::invalid(
+                "ttl_seconds",
+                format!(
+                    "{ttl_seconds} is more than the maximum of {max} (--max-lease-ttl-seconds)"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Moves a stranded lease into its pools' current addresses, serving `req` (the request
@@ -809,5 +883,52 @@ mod tests {
             "10.0.0.1",
             "the grace period came along with the event"
         );
+    }
+
+    #[test]
+    fn client_quota_and_ttl_cap() {
+        let mut s = state(&[("p", &["10.0.0.0/28"])]).with_limits(ClientLimits {
+            max_leases: 2,
+            max_ttl_seconds: 60,
+        });
+        let ext = |key: &str, ttl: Option<u32>| AllocRequest {
+            owner: Owner::External {
+                client: "x".into(),
+                key: key.into(),
+            },
+            ttl_seconds: ttl,
+            ..req("unused")
+        };
+        let x = Caller::Client("x".into());
+        // No TTL asked for: the maximum.
+        let (lease, _, _) = s.allocate(&x, &ext("a", None), 1000).expect("first");
+        assert_eq!(lease.expires_ms, Some(1000 + 60_000));
+        let e = s
+            .allocate(&x, &ext("b", Some(61)), 0)
+            .expect_err("over the cap");
+        assert!(e.to_string().contains("more than the maximum of 60"), "{e}");
+        s.allocate(&x, &ext("b", Some(30)), 0).expect("second");
+        // Asking again for a lease it holds is no new lease.
+        s.allocate(&x, &ext("b", Some(30)), 0).expect("idempotent");
+        let e = s
+            .allocate(&x, &ext("c", None), 0)
+            .expect_err("over the quota");
+        assert!(matches!(e, Error::Exhausted(_)), "{e}");
+        assert!(e.to_string().contains("quota"), "{e}");
+        // Another client has a quota of its own; a release frees one.
+        let y = Caller::Client("y".into());
+        let other = AllocRequest {
+            owner: Owner::External {
+                client: "y".into(),
+                key: "a".into(),
+            },
+            ..ext("a", None)
+        };
+        s.allocate(&y, &other, 0).expect("y's own quota");
+        s.release(&x, &ext("a", None).owner, EventKind::Released, 0)
+            .expect("release");
+        s.allocate(&x, &ext("c", None), 0).expect("room again");
+        assert!(s.renew(&x, &ext("c", None).owner, 61, 0).is_err());
+        assert!(s.renew(&x, &ext("c", None).owner, 60, 0).is_ok());
     }
 }

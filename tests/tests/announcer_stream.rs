@@ -376,3 +376,45 @@ async fn a_node_is_only_itself() {
     let (_tx, mut inbound) = open(&a.url(), n1, hello("n1", 0, &[])).await.unwrap();
     assert!(inbound.message().await.unwrap().is_some());
 }
+
+/// A node that connects again while its old stream still looks alive: the newer stream takes
+/// over, the older one is ended (ABORTED), and its end does not take the node's session away.
+#[tokio::test]
+async fn a_newer_stream_of_a_node_ends_the_older() {
+    let a = Allocator::start(None, &[]);
+    configure(&a.url()).await;
+    let mut old = Fake::connect(&a.url(), "n1", 0, &[]).await;
+    old.until(Duration::from_secs(3), Fake::holds).await;
+    let mut new = Fake::connect(&a.url(), "n1", old.version, &[VIP]).await;
+    let ended = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match old.inbound.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(s) => return Some(s.code()),
+            }
+        }
+    })
+    .await
+    .expect("the older stream was not ended");
+    assert_eq!(ended, Some(Code::Aborted));
+    drop(old);
+    // The session is the newer stream's: it keeps the address, and the cluster says so.
+    new.drain(Duration::from_millis(1500)).await;
+    assert!(new.holds(), "{:?}", new.held);
+    let mut cs = ClusterStateServiceClient::new(channel(&a.url(), "cluster/home").await);
+    let list = cs
+        .list_announcements(pb::ListAnnouncementsRequest {
+            cluster: "home".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let owner: Vec<_> = list
+        .announcements
+        .iter()
+        .filter(|x| x.ip == VIP)
+        .map(|x| x.node.clone())
+        .collect();
+    assert_eq!(owner, vec!["n1".to_string()], "{list:?}");
+}

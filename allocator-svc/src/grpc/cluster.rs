@@ -1,6 +1,6 @@
 //! `ferrolb.v1.ClusterStateService` and `ferrolb.v1.AnnouncerService`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -474,7 +474,12 @@ pub struct Announcers {
     metrics: Arc<Metrics>,
     replica: Arc<str>,
     liveness: Liveness,
+    /// The stream this replica serves for each node: a newer one ends it.
+    streams: std::sync::Mutex<BTreeMap<(String, String), Serving>>,
 }
+
+/// A node's stream on this replica: its session id, and what ends it.
+type Serving = (i64, tokio::sync::oneshot::Sender<()>);
 
 impl Announcers {
     pub fn new(
@@ -490,6 +495,27 @@ impl Announcers {
             metrics,
             replica,
             liveness,
+            streams: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Registers a node's new stream; the previous one, if this replica serves it, is told to
+    /// end. Returns what ends this one.
+    fn take_over(&self, s: &Session) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, old)) = streams.insert((s.cluster.clone(), s.node.clone()), (s.id, tx)) {
+            let _ = old.send(());
+        }
+        rx
+    }
+
+    /// Forgets a stream that ended, unless a newer one of its node has taken its place.
+    fn release(&self, s: &Session) {
+        let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (s.cluster.clone(), s.node.clone());
+        if streams.get(&key).is_some_and(|(id, _)| *id == s.id) {
+            streams.remove(&key);
         }
     }
 }
@@ -572,7 +598,15 @@ impl Announcers {
             "announcer connected"
         );
         self.metrics.announcer_streams.inc();
-        let why = self.run(&s, &hello, &mut inbound, &out).await;
+        let replaced = self.take_over(&s);
+        let why = tokio::select! {
+            why = self.run(&s, &hello, &mut inbound, &out) => why,
+            _ = replaced => {
+                let _ = out.send(Err(Status::aborted("a newer stream of this node took over"))).await;
+                "replaced by a newer stream of the node"
+            }
+        };
+        self.release(&s);
         self.metrics.announcer_streams.dec();
         tracing::info!(
             cluster = s.cluster,

@@ -33,11 +33,17 @@ const WATCH_POLL: Duration = Duration::from_secs(1);
 pub struct Ipam<S> {
     store: Arc<S>,
     metrics: Arc<Metrics>,
+    /// Open WatchLeases streams per identity.
+    watchers: Arc<auth::PerIdentity>,
 }
 
 impl<S: LeaseStore> Ipam<S> {
-    pub fn new(store: Arc<S>, metrics: Arc<Metrics>) -> Ipam<S> {
-        Ipam { store, metrics }
+    pub fn new(store: Arc<S>, metrics: Arc<Metrics>, max_watches_per_identity: usize) -> Ipam<S> {
+        Ipam {
+            store,
+            metrics,
+            watchers: Arc::new(auth::PerIdentity::new(max_watches_per_identity)),
+        }
     }
 
     /// Times a call and counts its outcome.
@@ -281,6 +287,13 @@ impl<S: LeaseStore> IpamService for Ipam<S> {
         req: Request<pb::WatchLeasesRequest>,
     ) -> Result<Response<Self::WatchLeasesStream>, Status> {
         let caller = caller(&req)?;
+        let who = convert::principal(&req)?;
+        let Some(permit) = self.watchers.try_acquire(who) else {
+            return Err(Status::resource_exhausted(format!(
+                "{who} has {} watches open, its limit; close one first",
+                self.watchers.limit()
+            )));
+        };
         let r = req.into_inner();
         let start = self.store.history_start().await.map_err(Status::from)?;
         if r.from_revision + 1 < start {
@@ -292,6 +305,7 @@ impl<S: LeaseStore> IpamService for Ipam<S> {
         let (tx, rx) = mpsc::channel(64);
         let store = Arc::clone(&self.store);
         tokio::spawn(async move {
+            let _permit = permit;
             let pool = non_empty(r.pool);
             let mut cursor = r.from_revision;
             let mut changes = store.subscribe();

@@ -291,7 +291,7 @@ async fn load(core: &Core, conn: &mut AnyConnection, revision: u64) -> Result<St
     ))
     .fetch_all(&mut *conn)
     .await?;
-    let mut state = State::new(revision, core.grace_ms);
+    let mut state = State::new(revision, core.grace_ms).with_limits(core.client_limits);
     let mut current: Vec<LeaseRow> = Vec::new();
     for row in &rows {
         let r = LeaseRow::from_row(row)?;

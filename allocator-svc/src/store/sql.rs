@@ -16,6 +16,7 @@ use crate::addr::Family;
 use crate::error::{Error, Result};
 use crate::lease::{AllocRequest, EventKind, Lease, LeaseEvent, LeaseFilter, Owner, PoolStats};
 use crate::pool::{self, Caller, Pool, PoolSpec};
+use crate::state::ClientLimits;
 
 /// Which database a [`SqlStore`] runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +35,8 @@ pub struct StoreOptions {
     pub acquire_timeout: Duration,
     /// How long a released address is offered back to its last owner first.
     pub release_grace: Duration,
+    /// What one external client may hold.
+    pub client_limits: ClientLimits,
 }
 
 impl StoreOptions {
@@ -43,6 +46,7 @@ impl StoreOptions {
             max_connections: 16,
             acquire_timeout: Duration::from_secs(2),
             release_grace: Duration::from_secs(3600),
+            client_limits: ClientLimits::default(),
         }
     }
 }
@@ -114,6 +118,7 @@ pub struct Core {
     pub(super) db: AnyPool,
     pub(super) dialect: Dialect,
     pub(super) grace_ms: i64,
+    pub(super) client_limits: ClientLimits,
     changes: watch::Sender<u64>,
     /// Cluster state and announcer sessions: moves on every change, from any replica.
     pub(super) cluster_changes: watch::Sender<u64>,
@@ -210,6 +215,7 @@ impl SqlStore {
             db,
             dialect,
             grace_ms: opts.release_grace.as_millis() as i64,
+            client_limits: opts.client_limits,
             changes,
             cluster_changes,
         });
