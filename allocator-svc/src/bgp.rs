@@ -3,6 +3,7 @@
 //! prefix, what each of its peers receives. Every eligible node advertises (there is no election
 //! in BGP mode), so the decision does not depend on which announcers are connected.
 
+use ferrolb_common::Secret;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -38,7 +39,9 @@ pub struct BgpPeer {
     pub keepalive: Option<u16>,
     pub router_id: Option<Ipv4Addr>,
     pub node_selectors: Vec<LabelSelector>,
-    pub password: String,
+    /// Never stored as it is: the store seals it (`crate::secrets`).
+    #[serde(skip)]
+    pub password: Secret,
     pub ebgp_multihop: bool,
     pub graceful_restart: bool,
 }
@@ -80,7 +83,7 @@ impl BgpPeer {
                 "invalid ebgp-multihop parameter set for an ibgp peer",
             ));
         }
-        if self.password.len() > MAX_PASSWORD {
+        if self.password.expose().len() > MAX_PASSWORD {
             return Err(Error::invalid(
                 "password",
                 format!("at most {MAX_PASSWORD} bytes (the kernel's TCP MD5 key limit)"),
@@ -487,7 +490,7 @@ mod tests {
             keepalive: None,
             router_id: None,
             node_selectors: vec![],
-            password: String::new(),
+            password: Secret::default(),
             ebgp_multihop: false,
             graceful_restart: false,
         }
@@ -739,7 +742,7 @@ mod tests {
                 ..ok.clone()
             },
             BgpPeer {
-                password: "x".repeat(81),
+                password: Secret::new("x".repeat(81)),
                 ..ok.clone()
             },
             BgpPeer {

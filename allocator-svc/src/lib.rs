@@ -13,6 +13,7 @@ pub mod metallb_yaml;
 pub mod metrics;
 pub mod pki;
 pub mod pool;
+pub mod secrets;
 pub mod selector;
 pub mod server;
 pub mod state;

@@ -68,6 +68,10 @@ struct Args {
     max_connection_age_seconds: u64,
     #[command(flatten)]
     tls: TlsArgs,
+    /// The key BGP passwords are sealed with at rest (32 bytes; every replica of one database
+    /// needs the same file). Default: `<data-dir>/ferrolb-pki/secrets.key`, made on first start.
+    #[arg(long, env = "FERROLB_SECRETS_KEY_FILE")]
+    secrets_key_file: Option<PathBuf>,
     /// Extra DNS names or addresses for the server certificate the allocator makes itself
     /// (without --tls-cert), for clients that check host names.
     #[arg(long = "tls-san", env = "FERROLB_TLS_SANS", value_delimiter = ',')]
@@ -104,6 +108,7 @@ struct Args {
 impl Args {
     fn config(self) -> Result<Config, String> {
         let transport = self.transport()?;
+        let sealer = std::sync::Arc::new(self.sealer()?);
         let url = match self.database_url {
             Some(url) => url,
             None => {
@@ -135,6 +140,7 @@ impl Args {
         store.max_connections = self.db_max_connections.max(1);
         store.acquire_timeout = Duration::from_millis(self.db_acquire_timeout_ms);
         store.release_grace = Duration::from_secs(self.release_grace_seconds);
+        store.sealer = sealer;
         store.client_limits = ferrolb_allocator::state::ClientLimits {
             max_leases: self.max_leases_per_client,
             max_ttl_seconds: self.max_lease_ttl_seconds.max(1),
@@ -168,6 +174,18 @@ impl Args {
 }
 
 impl Args {
+    fn sealer(&self) -> Result<ferrolb_allocator::secrets::Sealer, String> {
+        use ferrolb_allocator::secrets::Sealer;
+        match &self.secrets_key_file {
+            Some(path) => Sealer::from_file(path, false),
+            None => {
+                let dir = self.data_dir.join(ferrolb_allocator::pki::PKI_DIR);
+                std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                Sealer::from_file(&dir.join("secrets.key"), true)
+            }
+        }
+    }
+
     /// Mutual TLS with the given files, or with the ones made in the data directory; plaintext
     /// only when asked for, and only on loopback.
     fn transport(&self) -> Result<Transport, String> {

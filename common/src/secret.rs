@@ -4,7 +4,7 @@ use std::fmt;
 
 /// A secret string (a private key in PEM, a password). It prints as `<redacted>`; the value is
 /// read only through [`Secret::expose`], which makes every use easy to find.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
 
 impl Secret {

@@ -203,7 +203,7 @@ impl HomeLab {
         ];
         let mut extra = self.options.allocator_args.clone();
         if !extra.iter().any(|a| a == "--tls-cert") {
-            extra.extend(test_pki().args("allocator"));
+            extra.extend(test_pki().allocator_args());
         }
         args.extend(extra.iter().map(String::as_str));
         let child = self.spawn(

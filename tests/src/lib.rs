@@ -70,6 +70,9 @@ impl Allocator {
         if !plaintext && !extra.contains(&"--tls-cert") {
             cmd.args(test_pki().args("allocator"));
         }
+        if !extra.contains(&"--secrets-key-file") {
+            cmd.arg("--secrets-key-file").arg(test_pki().secrets_key());
+        }
         cmd.arg("--listen")
             .arg(addr.to_string())
             .arg("--metrics-listen")

@@ -64,6 +64,13 @@ impl Pki {
         let ca = pki::new_authority(ca_domain, Validity::for_next(Duration::from_secs(86400)))
             .expect("a test CA");
         pki::write(&dir.0, "ca", &ca).expect("write the test CA");
+        // The secrets key every allocator replica of the test shares.
+        let mut key = [0u8; 32];
+        rand::RngCore::fill_bytes(
+            &mut <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng(),
+            &mut key,
+        );
+        std::fs::write(dir.0.join("secrets.key"), key).expect("write the test secrets key");
         Pki {
             dir: dir.0.clone(),
             _owned: Some(dir),
@@ -90,6 +97,19 @@ impl Pki {
             issued: Mutex::default(),
             clients: Mutex::default(),
         }
+    }
+
+    /// The secrets key BGP passwords are sealed with, shared by the test's allocators.
+    pub fn secrets_key(&self) -> PathBuf {
+        self.dir.join("secrets.key")
+    }
+
+    /// The flags of an allocator replica of the test: its certificate and the shared key.
+    pub fn allocator_args(&self) -> Vec<String> {
+        let mut args = self.args("allocator");
+        args.push("--secrets-key-file".into());
+        args.push(self.secrets_key().display().to_string());
+        args
     }
 
     pub fn ca_path(&self) -> PathBuf {

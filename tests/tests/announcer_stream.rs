@@ -418,3 +418,96 @@ async fn a_newer_stream_of_a_node_ends_the_older() {
         .collect();
     assert_eq!(owner, vec!["n1".to_string()], "{list:?}");
 }
+
+/// BGP passwords are sealed in the database, and a node receives only the passwords of the
+/// peers that select it.
+#[tokio::test]
+async fn a_node_gets_only_its_peers_passwords_and_none_are_stored_in_the_clear() {
+    let db = PgDb::new();
+    let a = Allocator::start(Some(&db.url), &[]);
+    let mut cs = ClusterStateServiceClient::new(channel(&a.url(), "cluster/home").await);
+    let rack = |r: &str| pb::LabelSelector {
+        match_labels: [("rack".to_string(), r.to_string())].into(),
+        ..Default::default()
+    };
+    for (node, r) in [("n1", "a"), ("n2", "b")] {
+        cs.apply_node(pb::Node {
+            cluster: "home".into(),
+            name: node.into(),
+            labels: [("rack".to_string(), r.to_string())].into(),
+            network_unavailable: false,
+        })
+        .await
+        .unwrap();
+    }
+    for (name, r, pw) in [("p1", "a", "pw-for-rack-a"), ("p2", "b", "pw-for-rack-b")] {
+        cs.apply_bgp_peer(pb::BgpPeer {
+            cluster: "home".into(),
+            name: name.into(),
+            my_asn: 64512,
+            peer_asn: 64512,
+            peer_address: "10.250.0.1".into(),
+            node_selectors: vec![rack(r)],
+            password: pw.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let bgp_hello = |node: &str| {
+        let mut m = hello(node, 0, &[]);
+        if let Some(Up::Hello(h)) = &mut m.kind {
+            h.capabilities.push("bgp".into());
+        }
+        m
+    };
+    let (_tx, mut inbound) = open(&a.url(), "cluster/home/node/n1", bgp_hello("n1"))
+        .await
+        .unwrap();
+    let mut sessions = Vec::new();
+    let end = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while let Ok(Ok(Some(m))) = tokio::time::timeout_at(end, inbound.message()).await {
+        if let Some(Down::Assignments(x)) = m.kind {
+            sessions.extend(x.sessions_set);
+        }
+    }
+    let seen: Vec<(String, String)> = sessions
+        .iter()
+        .map(|s| (s.name.clone(), s.password.clone()))
+        .collect();
+    assert!(
+        seen.contains(&("p1".into(), "pw-for-rack-a".into())),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().all(|(n, p)| n == "p1" && p != "pw-for-rack-b"),
+        "{seen:?}"
+    );
+    // At rest: sealed, not as given.
+    let out = std::process::Command::new("psql")
+        .args([&db.url, "-tAc", "SELECT spec FROM bgp_objects"])
+        .output()
+        .unwrap();
+    let stored = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stored.contains("password_sealed\":\"v1:"),
+        "{stored}"
+    );
+    assert!(!stored.contains("pw-for-rack"), "{stored}");
+    // A second replica with the same key reads them; the passwords survive a restart.
+    drop(a);
+    let b = Allocator::start(Some(&db.url), &[]);
+    let (_tx2, mut inbound2) = open(&b.url(), "cluster/home/node/n2", bgp_hello("n2"))
+        .await
+        .unwrap();
+    let first = inbound2.message().await.unwrap().unwrap();
+    let Some(Down::Assignments(x)) = first.kind else {
+        panic!("{first:?}")
+    };
+    let seen: Vec<(String, String)> = x
+        .sessions_set
+        .iter()
+        .map(|s| (s.name.clone(), s.password.clone()))
+        .collect();
+    assert_eq!(seen, vec![("p2".to_string(), "pw-for-rack-b".to_string())]);
+}

@@ -61,7 +61,7 @@ pub fn peer(p: pb::BgpPeer) -> Result<BgpPeer, Error> {
             .transpose()?,
         router_id,
         node_selectors: convert::selectors("node_selectors", p.node_selectors)?,
-        password: p.password,
+        password: ferrolb_common::Secret::new(p.password),
         ebgp_multihop: p.ebgp_multihop,
         graceful_restart: p.enable_graceful_restart,
         cluster: p.cluster,
@@ -187,7 +187,8 @@ fn session(p: &BgpPeer) -> pb::BgpSession {
         router_id: p.router_id.map(|r| r.to_string()).unwrap_or_default(),
         hold_time: u32::from(p.hold_time),
         keepalive_time: p.keepalive.map(u32::from),
-        password: p.password.clone(),
+        // Only the nodes the peer selects get its session, and so its password.
+        password: p.password.expose().to_string(),
         ebgp_multihop: p.ebgp_multihop,
         graceful_restart: p.graceful_restart,
     }

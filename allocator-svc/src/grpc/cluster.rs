@@ -335,7 +335,8 @@ impl ClusterStateService for ClusterState {
         let p = req.into_inner();
         for_cluster(&caller, &p.cluster)?;
         let peer = bgp::peer(p)?;
-        self.store_bgp(BgpKind::Peer, &peer.cluster, &peer.name, &peer)
+        let stored = self.store.seal_peer(&peer)?;
+        self.store_bgp(BgpKind::Peer, &peer.cluster, &peer.name, &stored)
             .await
     }
 

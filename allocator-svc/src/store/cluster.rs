@@ -97,7 +97,35 @@ fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
+/// A BGPPeer as stored: its password sealed under the secrets key, bound to the peer.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct StoredPeer {
+    #[serde(flatten)]
+    peer: BgpPeer,
+    #[serde(default)]
+    password_sealed: String,
+    /// A password stored in the clear by an earlier version; sealed when the peer is applied
+    /// again.
+    #[serde(default, rename = "password", skip_serializing)]
+    legacy_password: Option<String>,
+}
+
+fn peer_context(cluster: &str, name: &str) -> String {
+    format!("BGPPeer {cluster}/{name}")
+}
+
 impl SqlStore {
+    /// A peer ready to store: its password sealed.
+    pub fn seal_peer(&self, peer: &BgpPeer) -> Result<StoredPeer> {
+        Ok(StoredPeer {
+            password_sealed: self
+                .sealer()
+                .seal(&peer.password, &peer_context(&peer.cluster, &peer.name))?,
+            peer: peer.clone(),
+            legacy_password: None,
+        })
+    }
+
     /// A receiver that changes whenever cluster state or announcer sessions may have changed.
     pub fn subscribe_cluster(&self) -> watch::Receiver<u64> {
         self.cluster_changes.subscribe()
@@ -466,8 +494,28 @@ impl SqlStore {
             let name: String = r.try_get("name").map_err(map_sqlx)?;
             match kind.as_str() {
                 "peer" => {
-                    let mut p: BgpPeer =
+                    let s: StoredPeer =
                         serde_json::from_str(&spec).map_err(|e| bad("BGPPeer", e))?;
+                    let mut p = s.peer;
+                    let context = peer_context(&cluster, &name);
+                    p.password = match (
+                        s.legacy_password,
+                        self.sealer().open(&s.password_sealed, &context),
+                    ) {
+                        (Some(clear), _) if s.password_sealed.is_empty() => {
+                            tracing::warn!(
+                                peer = context,
+                                "password stored in the clear by an earlier version: apply the peer again to seal it"
+                            );
+                            ferrolb_common::Secret::new(clear)
+                        }
+                        (_, Ok(pw)) => pw,
+                        (_, Err(e)) => {
+                            // One unreadable peer does not stop the others.
+                            tracing::error!(peer = context, error = %e, "BGP peer left out");
+                            continue;
+                        }
+                    };
                     (p.cluster, p.name) = (cluster, name);
                     out.bgp_peers.push(p);
                 }

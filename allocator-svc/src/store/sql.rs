@@ -16,7 +16,9 @@ use crate::addr::Family;
 use crate::error::{Error, Result};
 use crate::lease::{AllocRequest, EventKind, Lease, LeaseEvent, LeaseFilter, Owner, PoolStats};
 use crate::pool::{self, Caller, Pool, PoolSpec};
+use crate::secrets::Sealer;
 use crate::state::ClientLimits;
+use ferrolb_common::Secret;
 
 /// Which database a [`SqlStore`] runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,8 +30,8 @@ pub enum Dialect {
 /// How a store connects and behaves.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
-    /// `postgres://…` or `sqlite://…`.
-    pub url: String,
+    /// `postgres://…` or `sqlite://…`; a password in it never reaches a log or an error.
+    pub url: Secret,
     pub max_connections: u32,
     /// How long a call waits for a database connection before it fails with UNAVAILABLE.
     pub acquire_timeout: Duration,
@@ -37,16 +39,19 @@ pub struct StoreOptions {
     pub release_grace: Duration,
     /// What one external client may hold.
     pub client_limits: ClientLimits,
+    /// Seals BGP passwords at rest; replicas of one database share its key.
+    pub sealer: Arc<Sealer>,
 }
 
 impl StoreOptions {
     pub fn new(url: impl Into<String>) -> StoreOptions {
         StoreOptions {
-            url: url.into(),
+            url: Secret::new(url),
             max_connections: 16,
             acquire_timeout: Duration::from_secs(2),
             release_grace: Duration::from_secs(3600),
             client_limits: ClientLimits::default(),
+            sealer: Arc::new(Sealer::ephemeral()),
         }
     }
 }
@@ -107,6 +112,20 @@ pub(super) fn map_sqlx(e: sqlx::Error) -> Error {
 /// How often a transaction that lost a race runs again before the call fails.
 const MAX_ATTEMPTS: usize = 12;
 
+/// A database URL fit to show: its password replaced.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
 pub(super) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -119,6 +138,7 @@ pub struct Core {
     pub(super) dialect: Dialect,
     pub(super) grace_ms: i64,
     pub(super) client_limits: ClientLimits,
+    sealer: Arc<Sealer>,
     changes: watch::Sender<u64>,
     /// Cluster state and announcer sessions: moves on every change, from any replica.
     pub(super) cluster_changes: watch::Sender<u64>,
@@ -174,14 +194,15 @@ impl SqlStore {
     /// Connects, creates or upgrades the schema, and starts following other replicas' changes.
     pub async fn connect(opts: StoreOptions) -> Result<SqlStore> {
         sqlx::any::install_default_drivers();
-        let dialect = if opts.url.starts_with("postgres") {
+        let url = opts.url.expose();
+        let dialect = if url.starts_with("postgres") {
             Dialect::Postgres
-        } else if opts.url.starts_with("sqlite:") {
+        } else if url.starts_with("sqlite:") {
             Dialect::Sqlite
         } else {
             return Err(Error::invalid(
                 "database-url",
-                format!("{:?} is neither postgres:// nor sqlite:", opts.url),
+                format!("{:?} is neither postgres:// nor sqlite:", redacted(url)),
             ));
         };
         let max = match dialect {
@@ -192,7 +213,7 @@ impl SqlStore {
         let db = AnyPoolOptions::new()
             .max_connections(max)
             .acquire_timeout(opts.acquire_timeout)
-            .connect(&opts.url)
+            .connect(url)
             .await
             .map_err(map_sqlx)?;
         let migrated = match dialect {
@@ -216,6 +237,7 @@ impl SqlStore {
             dialect,
             grace_ms: opts.release_grace.as_millis() as i64,
             client_limits: opts.client_limits,
+            sealer: Arc::clone(&opts.sealer),
             changes,
             cluster_changes,
         });
@@ -230,12 +252,12 @@ impl SqlStore {
     }
 
     /// Other replicas announce each commit with NOTIFY; this wakes local watchers.
-    fn follow_notifications(&self, url: String) {
+    fn follow_notifications(&self, url: Secret) {
         let changes = self.changes.clone();
         let cluster_changes = self.cluster_changes.clone();
         tokio::spawn(async move {
             loop {
-                match sqlx::postgres::PgListener::connect(&url).await {
+                match sqlx::postgres::PgListener::connect(url.expose()).await {
                     Ok(mut listener) => {
                         if let Err(e) = listener.listen_all([NOTIFY_CHANNEL, CLUSTER_CHANNEL]).await
                         {
@@ -276,6 +298,10 @@ impl SqlStore {
 }
 
 impl Core {
+    pub(super) fn sealer(&self) -> &Sealer {
+        &self.sealer
+    }
+
     /// Wakes watchers: the store has reached `revision`.
     pub(super) fn announce(&self, revision: u64) {
         advance(&self.changes, revision);
@@ -826,5 +852,19 @@ pub(super) fn fail(e: TxError) -> Error {
     match e {
         TxError::Fail(e) => e,
         TxError::Retry(why) => Error::Unavailable(why),
+    }
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    #[test]
+    fn passwords_are_not_shown() {
+        assert_eq!(
+            super::redacted("postgres://ferrolb:hunter2@db:5432/ferrolb"),
+            "postgres://ferrolb:***@db:5432/ferrolb"
+        );
+        assert_eq!(super::redacted("postgres://db/x"), "postgres://db/x");
+        let opts = super::StoreOptions::new("postgres://u:hunter2@db/x");
+        assert!(!format!("{opts:?}").contains("hunter2"));
     }
 }
