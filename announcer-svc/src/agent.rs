@@ -202,11 +202,15 @@ impl Agent {
         tracing::info!("stopped; every binding removed, every BGP session ended");
     }
 
-    /// The node's own addresses: those on its eligible interfaces that ferrolb did not bind.
+    /// The node's own addresses: those on its interfaces (but the excluded ones, where
+    /// kube-proxy puts service addresses) that ferrolb did not bind. Read afresh: the periodic
+    /// scan may still show an address an earlier run bound and this one has just taken off.
     fn own_addresses(&self) -> BTreeSet<IpAddr> {
         let ours: BTreeSet<IpAddr> = self.bound.iter().map(|(_, ip)| *ip).collect();
-        self.eligible()
-            .flat_map(Link::addresses)
+        pnet_datalink::interfaces()
+            .into_iter()
+            .filter(|i| !self.settings.exclude.iter().any(|p| p.matches(&i.name)))
+            .flat_map(|i| i.ips.into_iter().map(|n| n.ip()))
             .filter(|ip| !ours.contains(ip))
             .collect()
     }

@@ -72,11 +72,6 @@ impl Link {
         })
     }
 
-    /// The addresses configured on the interface.
-    pub fn addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
-        self.raw.ips.iter().map(|n| n.ip())
-    }
-
     /// An Ethernet-like interface (one with a MAC address).
     pub fn new(raw: NetworkInterface) -> Option<Link> {
         let mac = raw.mac.map(|m| Mac(m.octets()))?;

@@ -208,10 +208,14 @@ impl PerIdentity {
     pub fn try_acquire(&self, who: &Principal) -> Option<tokio::sync::OwnedSemaphorePermit> {
         let sem = {
             let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-            Arc::clone(
-                map.entry(who.clone())
-                    .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.limit))),
-            )
+            match map.get(who) {
+                Some(sem) => Arc::clone(sem),
+                None => {
+                    let sem = Arc::new(tokio::sync::Semaphore::new(self.limit));
+                    map.insert(who.clone(), Arc::clone(&sem));
+                    sem
+                }
+            }
         };
         sem.try_acquire_owned().ok()
     }

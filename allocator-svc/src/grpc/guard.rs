@@ -77,10 +77,11 @@ where
         let deadline = grpc_timeout(req.headers())
             .map_or(self.layer.max_deadline, |d| d.min(self.layer.max_deadline));
         // The authorization layer in front has put the caller here.
-        let own = req
-            .extensions()
-            .get::<Principal>()
-            .map(|who| (who.to_string(), self.layer.per_identity.try_acquire(who)));
+        let own = req.extensions().get::<Principal>().map(|who| {
+            let permit = self.layer.per_identity.try_acquire(who);
+            // The name is needed only to say who is over the limit.
+            (permit.is_none().then(|| who.to_string()), permit)
+        });
         let permit = Arc::clone(&self.layer.permits).try_acquire_owned();
         let max = self.layer.max_in_flight;
         let max_own = self.layer.per_identity.limit();
@@ -89,13 +90,13 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
             let _own = match own {
-                Some((who, None)) => {
+                Some((Some(who), _)) => {
                     return Ok(Status::resource_exhausted(format!(
                         "{who} has {max_own} calls in flight, its limit; retry with backoff"
                     ))
                     .into_http());
                 }
-                Some((_, permit)) => permit,
+                Some((None, permit)) => permit,
                 None => None,
             };
             let Ok(_permit) = permit else {
