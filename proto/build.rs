@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/ferrolb/v1/ipam.proto",
         "proto/ferrolb/v1/cluster.proto",
+        "proto/ferrolb/v1/identity.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

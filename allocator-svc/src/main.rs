@@ -68,6 +68,21 @@ struct Args {
     max_connection_age_seconds: u64,
     #[command(flatten)]
     tls: TlsArgs,
+    /// Serve the ServiceAccount token exchange (IdentityService) on this address: TLS without
+    /// client certificates, nothing else served. Needs --token-issuers.
+    #[arg(long, env = "FERROLB_BOOTSTRAP_LISTEN")]
+    bootstrap_listen: Option<SocketAddr>,
+    /// The clusters whose tokens are traded for certificates: a YAML file of their issuers,
+    /// signing keys (JWKS) and ServiceAccounts (docs/security.md).
+    #[arg(long, env = "FERROLB_TOKEN_ISSUERS")]
+    token_issuers: Option<PathBuf>,
+    /// The CA that signs certificates issued for tokens (`ca.pem`, `ca-key.pem`). Default: the
+    /// CA the allocator made in its data directory.
+    #[arg(long, env = "FERROLB_ISSUING_CA_DIR")]
+    issuing_ca_dir: Option<PathBuf>,
+    /// Lifetime of a certificate issued for a token, in seconds; clients renew at two thirds.
+    #[arg(long, env = "FERROLB_ISSUED_CERT_SECONDS", default_value_t = 3600)]
+    issued_cert_seconds: u64,
     /// The key BGP passwords are sealed with at rest (32 bytes; every replica of one database
     /// needs the same file). Default: `<data-dir>/ferrolb-pki/secrets.key`, made on first start.
     #[arg(long, env = "FERROLB_SECRETS_KEY_FILE")]
@@ -108,6 +123,7 @@ struct Args {
 impl Args {
     fn config(self) -> Result<Config, String> {
         let transport = self.transport()?;
+        let bootstrap = self.bootstrap()?;
         let sealer = std::sync::Arc::new(self.sealer()?);
         let url = match self.database_url {
             Some(url) => url,
@@ -156,6 +172,7 @@ impl Args {
             metrics_listen,
             store,
             transport,
+            bootstrap,
             limits: Limits {
                 max_in_flight: self.max_in_flight,
                 max_in_flight_per_identity: self.max_in_flight_per_identity,
@@ -174,6 +191,47 @@ impl Args {
 }
 
 impl Args {
+    fn bootstrap(&self) -> Result<Option<ferrolb_allocator::server::Bootstrap>, String> {
+        let Some(listen) = self.bootstrap_listen else {
+            return Ok(None);
+        };
+        if self.tls.dev_plaintext {
+            return Err("--bootstrap-listen needs TLS; it cannot run with --dev-plaintext".into());
+        }
+        let path = self
+            .token_issuers
+            .as_ref()
+            .ok_or("--bootstrap-listen needs --token-issuers")?;
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let file: ferrolb_allocator::tokens::IssuersFile = serde_yaml::from_str(&text)
+            .map_err(|e| format!("--token-issuers {}: {e}", path.display()))?;
+        let issuers = ferrolb_allocator::tokens::Issuers::new(file)
+            .map_err(|e| format!("--token-issuers {}: {e}", path.display()))?;
+        let dir = self
+            .issuing_ca_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(ferrolb_allocator::pki::PKI_DIR));
+        let read = |name: &str| {
+            let p = dir.join(name);
+            std::fs::read_to_string(&p).map_err(|e| {
+                format!(
+                    "{} (the CA that signs certificates for tokens, --issuing-ca-dir): {e}",
+                    p.display()
+                )
+            })
+        };
+        let ca = ferrolb_common::pki::Issued {
+            cert: read("ca.pem")?,
+            key: ferrolb_common::Secret::new(read("ca-key.pem")?),
+        };
+        Ok(Some(ferrolb_allocator::server::Bootstrap {
+            listen,
+            issuers,
+            ca,
+            lifetime: Duration::from_secs(self.issued_cert_seconds.clamp(300, 30 * 24 * 3600)),
+        }))
+    }
+
     fn sealer(&self) -> Result<ferrolb_allocator::secrets::Sealer, String> {
         use ferrolb_allocator::secrets::Sealer;
         match &self.secrets_key_file {

@@ -53,6 +53,8 @@ pub struct Metrics {
     pub tls_refused: Family<ReasonLabels, Counter>,
     /// Calls refused by the authorization table or an object check, by method.
     pub denied: Family<MethodLabels, Counter>,
+    /// ServiceAccount tokens refused at the bootstrap port, by reason.
+    pub tokens_refused: Family<ReasonLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -81,7 +83,13 @@ impl Metrics {
             announcer_streams: Gauge::default(),
             tls_refused: Family::default(),
             denied: Family::default(),
+            tokens_refused: Family::default(),
         };
+        registry.register(
+            "tokens_refused",
+            "ServiceAccount tokens refused at the bootstrap port, by reason",
+            m.tokens_refused.clone(),
+        );
         registry.register(
             "tls_handshakes_refused",
             "TLS handshakes refused, by reason",

@@ -29,6 +29,7 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     pub store: StoreOptions,
     pub transport: Transport,
+    pub bootstrap: Option<Bootstrap>,
     pub limits: Limits,
     pub max_deadline: Duration,
     /// How often expired external leases are looked for.
@@ -51,6 +52,16 @@ pub enum Transport {
     },
     /// Development only: plaintext on loopback, the caller named in metadata.
     DevPlaintext,
+}
+
+/// The bootstrap port: ServiceAccount tokens traded for certificates.
+#[derive(Debug, Clone)]
+pub struct Bootstrap {
+    pub listen: SocketAddr,
+    pub issuers: crate::tokens::Issuers,
+    /// The CA the certificates are signed with (its key included).
+    pub ca: ferrolb_common::pki::Issued,
+    pub lifetime: Duration,
 }
 
 /// What one connection and one caller may take of the server.
@@ -99,6 +110,9 @@ pub async fn run(
         } => {
             let creds = Credentials::load(files.clone()).map_err(|e| e.to_string())?;
             creds.spawn_reload();
+            if let Some(b) = &config.bootstrap {
+                serve_bootstrap(b.clone(), &creds, trust_domain, Arc::clone(&metrics)).await?;
+            }
             tracing::info!(addr = %config.listen, trust_domain, cert = %files.cert.display(), "serving gRPC over mutual TLS");
             Security::Mtls {
                 config: ferrolb_common::tls::server_config(&creds, trust_domain)
@@ -235,6 +249,61 @@ pub async fn run(
     tracing::info!("stopped");
     Ok(())
 }
+
+/// Serves IdentityService alone on the bootstrap port, TLS without client certificates.
+async fn serve_bootstrap(
+    b: Bootstrap,
+    creds: &Arc<Credentials>,
+    domain: &str,
+    metrics: Arc<Metrics>,
+) -> Result<(), String> {
+    let listener = TcpListener::bind(b.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {} for bootstrap: {e}", b.listen))?;
+    let config = ferrolb_common::tls::bootstrap_server_config(creds).map_err(|e| e.to_string())?;
+    let refused = {
+        let metrics = Arc::clone(&metrics);
+        Arc::new(move |reason: &'static str| {
+            metrics
+                .tls_refused
+                .get_or_create(&crate::metrics::ReasonLabels {
+                    reason: reason.into(),
+                })
+                .inc();
+        })
+    };
+    let incoming = transport::incoming(listener, Security::ServerOnly(config), refused);
+    let api = crate::grpc::identity::IdentityApi {
+        issuers: b.issuers,
+        ca: b.ca,
+        domain: domain.to_string(),
+        lifetime: b.lifetime,
+        metrics,
+    };
+    tracing::info!(addr = %b.listen, "serving ServiceAccount token exchange");
+    tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .layer(GuardLayer::new(
+                BOOTSTRAP_IN_FLIGHT,
+                BOOTSTRAP_IN_FLIGHT,
+                BOOTSTRAP_DEADLINE,
+            ))
+            .add_service(
+                ferrolb_proto::v1::identity_service_server::IdentityServiceServer::new(api)
+                    .max_decoding_message_size(64 * 1024),
+            )
+            .serve_with_incoming(incoming)
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "bootstrap server stopped");
+        }
+    });
+    Ok(())
+}
+
+/// Token exchanges at once, and the time one may take: a node asks once an hour or so.
+const BOOTSTRAP_IN_FLIGHT: usize = 64;
+const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Keeps the sessions this replica holds from expiring, and expires those of dead replicas.
 fn spawn_session_refresh(store: Arc<SqlStore>, replica: Arc<str>) {

@@ -35,6 +35,8 @@ struct Args {
     allocator: Vec<String>,
     #[command(flatten)]
     tls: ferrolb_common::args::TlsArgs,
+    #[command(flatten)]
+    token: ferrolb_common::bootstrap::TokenArgs,
     /// Only addresses inside these prefixes are announced (comma separated; empty: any address
     /// that is not loopback, multicast, link-local, unspecified or the node's own).
     #[arg(long, env = "FERROLB_ALLOWED_CIDRS", default_value = "")]
@@ -107,11 +109,15 @@ async fn main() {
         fail("--gratuitous-interval-ms and --scan-interval-ms must be at least 1".into());
     }
     // The certificate must be this node's: the allocator would refuse any other stream.
-    let (security, me) = args.tls.client(None).unwrap_or_else(|e| fail(e));
     let want = ferrolb_common::Principal::Node {
         cluster: args.cluster.clone(),
         node: node.clone(),
     };
+    let (security, me) = args
+        .tls
+        .client_with_token(&args.token, want.clone())
+        .await
+        .unwrap_or_else(|e| fail(e));
     if let Some(me) = me
         && me != want
     {

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::bootstrap::{Exchange, TokenArgs};
 use crate::identity::{self, Principal};
 use crate::tls::{self, Credentials, TlsFiles};
 use crate::transport::ClientSecurity;
@@ -46,6 +47,50 @@ impl TlsArgs {
         }
     }
 
+    /// A part that may get its certificate for a ServiceAccount token (`token`) as `who`:
+    /// the exchange made and its renewal started, or the flags' files.
+    pub async fn client_with_token(
+        &self,
+        token: &TokenArgs,
+        who: Principal,
+    ) -> Result<(ClientSecurity, Option<Principal>), String> {
+        let Some(token_file) = &token.token_file else {
+            return self.client(None);
+        };
+        if self.cert.is_some() || self.key.is_some() {
+            return Err(
+                "--token-file replaces --tls-cert and --tls-key; give one or the other".into(),
+            );
+        }
+        let exchange = Exchange {
+            bootstrap: token
+                .bootstrap
+                .clone()
+                .ok_or("--token-file needs --bootstrap, the allocator's bootstrap endpoint")?,
+            token_file: token_file.clone(),
+            ca: self.ca.clone().ok_or(
+                "--token-file needs --tls-ca, the CA the allocator's certificate chains to",
+            )?,
+            dir: token.dir.clone(),
+            domain: self.trust_domain.clone(),
+            who,
+        };
+        // The first exchange is tried until it works: the allocator may start after us.
+        let mut wait = std::time::Duration::from_millis(200);
+        let (files, expires) = loop {
+            match exchange.run().await {
+                Ok(got) => break got,
+                Err(e) => {
+                    tracing::warn!(error = e, retry_in = ?wait, "no certificate yet");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(std::time::Duration::from_secs(10));
+                }
+            }
+        };
+        exchange.spawn_renewal(expires);
+        self.secure(files)
+    }
+
     /// A client's security: mutual TLS with `files` (or the flags' files), accepting only the
     /// allocator's identity. Returns our own identity too.
     pub fn client(
@@ -57,8 +102,13 @@ impl TlsArgs {
             return Ok((ClientSecurity::DevPlaintext, None));
         }
         let files = self.files()?.or(fallback).ok_or(
-            "no TLS credentials: give --tls-cert, --tls-key and --tls-ca (ferrolbctl certs issues them)",
+            "no TLS credentials: give --tls-cert, --tls-key and --tls-ca (ferrolbctl certs issues them), or --token-file in Kubernetes",
         )?;
+        self.secure(files)
+    }
+
+    /// Mutual TLS with `files`, accepting only the allocator; our own identity beside it.
+    fn secure(&self, files: TlsFiles) -> Result<(ClientSecurity, Option<Principal>), String> {
         let creds = Credentials::load(files).map_err(|e| e.to_string())?;
         let me = creds
             .own_identity(&self.trust_domain)

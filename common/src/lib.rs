@@ -1,6 +1,7 @@
 //! What every ferrolb binary shares: who a caller is, certificates, mutual TLS for gRPC.
 
 pub mod args;
+pub mod bootstrap;
 pub mod identity;
 pub mod pki;
 pub mod secret;

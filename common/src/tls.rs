@@ -274,11 +274,36 @@ impl ClientCertVerifier for IdentityVerifier {
     }
 }
 
+/// Where a client's trust anchors come from.
+#[derive(Debug)]
+enum Roots {
+    /// The CA bundle of our own credentials, followed on disk.
+    Followed(Arc<Credentials>),
+    /// A bundle read once (a client that has no certificate yet).
+    Fixed(Arc<RootCertStore>, Arc<CryptoProvider>),
+}
+
+impl Roots {
+    fn current(&self) -> Arc<RootCertStore> {
+        match self {
+            Roots::Followed(c) => Arc::clone(&c.material().roots),
+            Roots::Fixed(r, _) => Arc::clone(r),
+        }
+    }
+
+    fn provider(&self) -> &Arc<CryptoProvider> {
+        match self {
+            Roots::Followed(c) => &c.provider,
+            Roots::Fixed(_, p) => p,
+        }
+    }
+}
+
 /// A client's view of the server: a chain to the current bundle and exactly the expected
 /// identity. Host names are not what ferrolb trusts; the SPIFFE ID is.
 #[derive(Debug)]
 struct ExpectedServer {
-    creds: Arc<Credentials>,
+    roots: Roots,
     domain: String,
     expect: Principal,
 }
@@ -292,14 +317,14 @@ impl ServerCertVerifier for ExpectedServer {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let m = self.creds.material();
+        let roots = self.roots.current();
         let parsed = ParsedCertificate::try_from(end_entity)?;
         verify_server_cert_signed_by_trust_anchor(
             &parsed,
-            &m.roots,
+            &roots,
             intermediates,
             now,
-            algorithms(&self.creds.provider).all,
+            algorithms(self.roots.provider()).all,
         )?;
         let who = principal_of(end_entity, &self.domain).map_err(identity_refusal)?;
         if who != self.expect {
@@ -318,7 +343,7 @@ impl ServerCertVerifier for ExpectedServer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algs = algorithms(&self.creds.provider);
+        let algs = algorithms(self.roots.provider());
         rustls::crypto::verify_tls12_signature(message, cert, dss, &algs)
     }
 
@@ -328,12 +353,12 @@ impl ServerCertVerifier for ExpectedServer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algs = algorithms(&self.creds.provider);
+        let algs = algorithms(self.roots.provider());
         rustls::crypto::verify_tls13_signature(message, cert, dss, &algs)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        algorithms(&self.creds.provider).supported_schemes()
+        algorithms(self.roots.provider()).supported_schemes()
     }
 }
 
@@ -389,11 +414,51 @@ pub fn client_config(
         .map_err(|e| TlsError::Config(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(ExpectedServer {
-            creds: Arc::clone(creds),
+            roots: Roots::Followed(Arc::clone(creds)),
             domain: domain.to_string(),
             expect,
         }))
         .with_client_cert_resolver(Arc::new(CurrentCert(Arc::clone(creds))));
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// TLS for the allocator's bootstrap port: TLS 1.3, HTTP/2, no client certificate (its
+/// callers come to get their first one).
+pub fn bootstrap_server_config(creds: &Arc<Credentials>) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(Arc::clone(&creds.provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(CurrentCert(Arc::clone(creds))));
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A client with no certificate of its own yet: it checks the server against the CA bundle in
+/// `ca` and accepts only `expect`.
+pub fn anonymous_client_config(
+    ca: &Path,
+    domain: &str,
+    expect: Principal,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = provider();
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).map_err(|e| file_err(ca, e))? {
+        roots
+            .add(c.map_err(|e| file_err(ca, e))?)
+            .map_err(|e| file_err(ca, e))?;
+    }
+    let mut config = ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ExpectedServer {
+            roots: Roots::Fixed(Arc::new(roots), provider),
+            domain: domain.to_string(),
+            expect,
+        }))
+        .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
 }

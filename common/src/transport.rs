@@ -97,6 +97,8 @@ pub enum Security {
         config: Arc<rustls::ServerConfig>,
         domain: String,
     },
+    /// TLS with no client certificate: the bootstrap port, where callers come for their first.
+    ServerOnly(Arc<rustls::ServerConfig>),
     /// No TLS and no identity (development only, loopback only).
     DevPlaintext,
 }
@@ -146,19 +148,15 @@ pub fn incoming(
                         },
                     },
                     Security::Mtls { config, domain } => {
-                        match handshake(tcp, remote, config, &domain).await {
+                        match handshake(tcp, remote, config, Some(&domain)).await {
                             Ok(c) => c,
-                            // A TCP probe (a load balancer's, Kubernetes') says nothing at all.
-                            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                                tracing::debug!(%remote, "connection closed before a TLS hello");
-                                return;
-                            }
-                            Err(e) => {
-                                let reason = refusal_reason(&e);
-                                tracing::warn!(%remote, reason, error = %e, "TLS handshake refused");
-                                on_refused(reason);
-                                return;
-                            }
+                            Err(e) => return refuse(remote, &e, &on_refused),
+                        }
+                    }
+                    Security::ServerOnly(config) => {
+                        match handshake(tcp, remote, config, None).await {
+                            Ok(c) => c,
+                            Err(e) => return refuse(remote, &e, &on_refused),
                         }
                     }
                 };
@@ -169,29 +167,43 @@ pub fn incoming(
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
+/// Logs and counts a refused handshake.
+fn refuse(remote: SocketAddr, e: &io::Error, on_refused: &OnRefused) {
+    // A TCP probe (a load balancer's, Kubernetes') says nothing at all.
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        tracing::debug!(%remote, "connection closed before a TLS hello");
+        return;
+    }
+    let reason = refusal_reason(e);
+    tracing::warn!(%remote, reason, error = %e, "TLS handshake refused");
+    on_refused(reason);
+}
+
+/// The TLS handshake; with `domain`, the client's identity in it is required.
 async fn handshake(
     tcp: TcpStream,
     remote: SocketAddr,
     config: Arc<rustls::ServerConfig>,
-    domain: &str,
+    domain: Option<&str>,
 ) -> io::Result<Conn> {
     let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(tcp))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "handshake timed out"))??;
-    // The verifier has already refused any certificate without an identity of the domain.
-    let principal = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .and_then(|leaf| tls::principal_of(leaf, domain).ok())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::PermissionDenied, "no identity"))?;
+    let principal = match domain {
+        // The verifier has already refused any certificate without an identity of the domain.
+        Some(domain) => Some(
+            tls.get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|leaf| tls::principal_of(leaf, domain).ok())
+                .ok_or_else(|| io::Error::new(io::ErrorKind::PermissionDenied, "no identity"))?,
+        ),
+        None => None,
+    };
     Ok(Conn {
         io: Io::Tls(Box::new(tls)),
-        peer: Peer {
-            remote,
-            principal: Some(principal),
-        },
+        peer: Peer { remote, principal },
     })
 }
 

@@ -24,6 +24,8 @@ struct Args {
     allocator: String,
     #[command(flatten)]
     tls: ferrolb_common::args::TlsArgs,
+    #[command(flatten)]
+    token: ferrolb_common::bootstrap::TokenArgs,
     /// This cluster's name at the allocator (pools say which clusters may draw from them).
     #[arg(long, env = "FERROLB_CLUSTER")]
     cluster: String,
@@ -62,13 +64,17 @@ async fn main() {
         std::process::exit(2);
     }
     // The certificate must be this cluster's adapter's: the allocator acts on nothing else.
-    let (security, me) = args.tls.client(None).unwrap_or_else(|e| {
-        eprintln!("ferrolb-k8s-adapter: {e}");
-        std::process::exit(2)
-    });
     let want = ferrolb_common::Principal::Adapter {
         cluster: args.cluster.clone(),
     };
+    let (security, me) = args
+        .tls
+        .client_with_token(&args.token, want.clone())
+        .await
+        .unwrap_or_else(|e| {
+            eprintln!("ferrolb-k8s-adapter: {e}");
+            std::process::exit(2)
+        });
     if let Some(me) = me
         && me != want
     {

@@ -5,6 +5,7 @@ pub mod bgp;
 pub mod cluster;
 pub mod convert;
 pub mod guard;
+pub mod identity;
 
 use std::pin::Pin;
 use std::sync::Arc;
