@@ -85,7 +85,10 @@ pub fn password(
             ..reject(
                 &name,
                 field,
-                format!("Secret {secret_name:?} does not exist"),
+                // The adapter reads basic-auth Secrets only: one of another type is not seen.
+                format!(
+                    "Secret {secret_name:?} does not exist (or is not of type kubernetes.io/basic-auth)"
+                ),
             )
         });
     };

@@ -507,9 +507,17 @@ where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
+    reflect_with(api, watcher::Config::default(), changed)
+}
+
+fn reflect_with<K>(api: Api<K>, config: watcher::Config, changed: Arc<Notify>) -> Store<K>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
     let (store, writer) = reflector::store();
     tokio::spawn(
-        reflector::reflector(writer, watcher(api, watcher::Config::default()))
+        reflector::reflector(writer, watcher(api, config))
             .touched_objects()
             .for_each(move |_| {
                 changed.notify_one();
@@ -714,9 +722,11 @@ async fn sync_config(
         Api::<crd::BFDProfile>::namespaced(ctx.client.clone(), &ns),
         Arc::clone(&changed),
     );
-    // BGPPeers' passwordSecrets.
-    let secrets = reflect(
+    // BGPPeers' passwordSecrets: only basic-auth Secrets, the one kind a BGPPeer may name,
+    // are read; the namespace's other Secrets never reach the adapter.
+    let secrets = reflect_with(
         Api::<Secret>::namespaced(ctx.client.clone(), &ns),
+        watcher::Config::default().fields("type=kubernetes.io/basic-auth"),
         Arc::clone(&changed),
     );
     let complete = ready(&pools).await

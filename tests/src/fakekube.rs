@@ -143,6 +143,20 @@ fn selected(obj: &Value, selector: Option<&String>) -> bool {
     })
 }
 
+/// `fieldSelector=type=x,metadata.name=y` (equality terms on dotted paths only).
+fn fields_selected(obj: &Value, selector: Option<&String>) -> bool {
+    let Some(sel) = selector.filter(|s| !s.is_empty()) else {
+        return true;
+    };
+    sel.split(',').all(|term| {
+        let Some((path, want)) = term.split_once('=') else {
+            return false;
+        };
+        let got = path.split('.').fold(obj, |v, k| &v[k]);
+        got.as_str() == Some(want.trim_start_matches('='))
+    })
+}
+
 impl FakeKube {
     /// Starts the server on a free port of 127.0.0.1.
     pub async fn start() -> FakeKube {
@@ -474,6 +488,7 @@ impl FakeKube {
             .filter(|(k, _)| k.collection == t.collection)
             .filter(|(k, _)| t.namespace.as_ref().is_none_or(|n| &k.namespace == n))
             .filter(|(_, v)| selected(v, q.get("labelSelector")))
+            .filter(|(_, v)| fields_selected(v, q.get("fieldSelector")))
             .map(|(_, v)| v.clone())
             .collect();
         let list = json!({
@@ -494,6 +509,7 @@ impl FakeKube {
             .and_then(|r| r.parse().ok())
             .unwrap_or(290u64);
         let selector = q.get("labelSelector").cloned();
+        let fields = q.get("fieldSelector").cloned();
         let mut rx = self.changes.subscribe();
         let (replay, gone) = {
             let s = self.state.lock().expect("state");
@@ -508,6 +524,7 @@ impl FakeKube {
                 c.collection == t_collection
                     && t_namespace.as_ref().is_none_or(|n| &c.namespace == n)
                     && selected(&c.object, selector.as_ref())
+                    && fields_selected(&c.object, fields.as_ref())
             }
         };
         let line = |c: &Change| format!("{}\n", json!({"type": c.kind, "object": c.object}));
