@@ -53,7 +53,10 @@ impl PoolSpec {
     }
 }
 
-/// Who is calling, from the request metadata.
+/// In a pool's clusters or clients: every one of them.
+pub const EVERYONE: &str = "*";
+
+/// Who is calling, as the verified identity says.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Caller {
     Admin,
@@ -138,10 +141,10 @@ impl Pool {
                 &sa.service_selectors,
             )?;
         }
-        for c in &spec.clusters {
+        for c in spec.clusters.iter().filter(|c| *c != EVERYONE) {
             validate_name("pool.clusters", c)?;
         }
-        for c in &spec.clients {
+        for c in spec.clients.iter().filter(|c| *c != EVERYONE) {
             validate_name("pool.clients", c)?;
         }
         check_unique("pool.clusters", &spec.clusters)?;
@@ -209,13 +212,14 @@ impl Pool {
         total
     }
 
-    /// Whether a caller may draw from this pool.
+    /// Whether a caller may draw from this pool: the clusters and clients it names (`*`: all
+    /// of them); a pool that names none is an operator's alone.
     pub fn open_to(&self, caller: &Caller) -> bool {
-        let open_to_all = self.spec.clusters.is_empty() && self.spec.clients.is_empty();
+        let names = |list: &[String], who: &str| list.iter().any(|x| x == who || x == EVERYONE);
         match caller {
             Caller::Admin => true,
-            Caller::Cluster(c) => open_to_all || self.spec.clusters.contains(c),
-            Caller::Client(c) => open_to_all || self.spec.clients.contains(c),
+            Caller::Cluster(c) => names(&self.spec.clusters, c),
+            Caller::Client(c) => names(&self.spec.clients, c),
         }
     }
 
@@ -483,8 +487,14 @@ mod tests {
     #[test]
     fn pools_open_only_to_named_callers() {
         let mut s = spec("p", &["10.0.0.0/24"]);
-        let open = Pool::new(s.clone()).expect("valid");
-        assert!(open.open_to(&Caller::Cluster("x".into())));
+        let closed = Pool::new(s.clone()).expect("valid");
+        assert!(!closed.open_to(&Caller::Cluster("x".into())));
+        assert!(!closed.open_to(&Caller::Client("x".into())));
+        assert!(closed.open_to(&Caller::Admin));
+        s.clusters = vec![EVERYONE.into()];
+        let every_cluster = Pool::new(s.clone()).expect("valid");
+        assert!(every_cluster.open_to(&Caller::Cluster("x".into())));
+        assert!(!every_cluster.open_to(&Caller::Client("x".into())));
         s.clusters = vec!["east".into()];
         let p = Pool::new(s).expect("valid");
         assert!(p.open_to(&Caller::Cluster("east".into())));

@@ -887,10 +887,13 @@ mod tests {
 
     #[test]
     fn client_quota_and_ttl_cap() {
-        let mut s = state(&[("p", &["10.0.0.0/28"])]).with_limits(ClientLimits {
+        let mut s = State::new(0, 3_600_000).with_limits(ClientLimits {
             max_leases: 2,
             max_ttl_seconds: 60,
         });
+        let mut open = PoolSpec::new("p", &["10.0.0.0/28"]);
+        open.clients = vec![crate::pool::EVERYONE.into()];
+        s.set_pools(vec![Pool::new(open).expect("valid pool")], 1);
         let ext = |key: &str, ttl: Option<u32>| AllocRequest {
             owner: Owner::External {
                 client: "x".into(),

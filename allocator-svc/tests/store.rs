@@ -14,8 +14,12 @@ use ferrolb_allocator::pool::{Caller, PoolSpec, ServiceAllocation};
 use ferrolb_allocator::selector::{LabelSelector, Labels};
 use ferrolb_allocator::store::{LeaseStore, SqlStore};
 
+/// A pool every cluster and client may draw from.
 fn spec(name: &str, addresses: &[&str]) -> PoolSpec {
-    PoolSpec::new(name, addresses)
+    let mut s = PoolSpec::new(name, addresses);
+    s.clusters = vec![ferrolb_allocator::pool::EVERYONE.into()];
+    s.clients = vec![ferrolb_allocator::pool::EVERYONE.into()];
+    s
 }
 
 fn svc(ns: &str, name: &str) -> AllocRequest {

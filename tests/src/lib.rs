@@ -225,10 +225,13 @@ pub async fn client(url: &str, caller: &str) -> Client {
     IpamServiceClient::with_interceptor(channel(url, caller).await, Caller::for_url(url, caller))
 }
 
+/// A pool every cluster and client may draw from (`*`).
 pub fn pool(name: &str, addresses: &[&str]) -> pb::Pool {
     pb::Pool {
         name: name.into(),
         addresses: addresses.iter().map(|s| s.to_string()).collect(),
+        clusters: vec!["*".into()],
+        clients: vec!["*".into()],
         ..Default::default()
     }
 }

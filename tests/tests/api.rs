@@ -551,7 +551,7 @@ async fn grpcurl_works() {
         "admin",
         &[
             "-d",
-            r#"{"pool": {"name": "home-pool", "addresses": ["192.168.1.240-192.168.1.245"]}}"#,
+            r#"{"pool": {"name": "home-pool", "addresses": ["192.168.1.240-192.168.1.245"], "clusters": ["home"]}}"#,
             &addr,
             "ferrolb.v1.IpamService/ApplyPool",
         ],

@@ -562,3 +562,54 @@ async fn gets_in(a: &Allocator, files: &TlsFiles) -> bool {
         Err(_) => false,
     }
 }
+
+/// A pool an operator declares without naming clusters or clients is the operator's alone; it
+/// opens to those it names, or to all with `*`.
+#[tokio::test]
+async fn an_operators_pool_is_its_own_unless_opened() {
+    let a = Allocator::start(None, &[]);
+    let mut admin = client(&a.url(), "admin").await;
+    let closed = pb::Pool {
+        name: "ops".into(),
+        addresses: vec!["10.9.1.0/30".into()],
+        ..Default::default()
+    };
+    apply(&mut admin, closed.clone()).await;
+    let mut c = client(&a.url(), "cluster/c").await;
+    let want = || pb::AllocateRequest {
+        owner: Some(service("c", "default", "web")),
+        ..Default::default()
+    };
+    let e = c.allocate(want()).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("open to it"), "{e:?}");
+    let listed = c
+        .list_pools(pb::ListPoolsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.pools.is_empty(), "{listed:?}");
+    admin
+        .allocate(pb::AllocateRequest {
+            owner: Some(service("ops", "default", "probe")),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    apply(
+        &mut admin,
+        pb::Pool {
+            clusters: vec!["c".into()],
+            ..closed
+        },
+    )
+    .await;
+    let lease = c
+        .allocate(want())
+        .await
+        .unwrap()
+        .into_inner()
+        .lease
+        .unwrap();
+    assert_eq!(lease.pool, "ops");
+}

@@ -612,7 +612,15 @@ async fn apply(
     for s in &parsed.skipped {
         eprintln!("ignoring {s}: not a kind the allocator takes");
     }
-    let mut results = apply_pools(client, parsed.pools, out).await?;
+    // A cluster's MetalLB YAML: its pools are that cluster's to draw from (unless their
+    // ferrolb.io/clusters annotation says who).
+    let mut pools = parsed.pools;
+    if !cluster.is_empty() {
+        for p in pools.iter_mut().filter(|p| p.clusters.is_empty()) {
+            p.clusters = vec![cluster.to_string()];
+        }
+    }
+    let mut results = apply_pools(client, pools, out).await?;
     let mut report = |kind: &str, name: String, created: bool| {
         let verb = if created { "created" } else { "configured" };
         results.push(json!({kind: name, "result": verb}));
