@@ -613,3 +613,83 @@ async fn an_operators_pool_is_its_own_unless_opened() {
         .unwrap();
     assert_eq!(lease.pool, "ops");
 }
+
+/// An operator gives cluster a an allowance: a declares pools inside it only; a cluster without
+/// one declares as before; only operators set allowances.
+#[tokio::test]
+async fn a_cluster_with_an_allowance_declares_pools_only_inside_it() {
+    let a = Allocator::start(None, &[]);
+    let mut admin = client(&a.url(), "admin").await;
+    admin
+        .set_allowance(pb::Allowance {
+            cluster: "a".into(),
+            ranges: vec!["10.20.0.0/24".into(), "fd00:20::/64".into()],
+        })
+        .await
+        .unwrap();
+    let own = |name: &str, addrs: &[&str]| pb::Pool {
+        name: name.into(),
+        addresses: addrs.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    let mut ca = client(&a.url(), "cluster/a").await;
+    let apply = |pool: pb::Pool| pb::ApplyPoolRequest {
+        pool: Some(pool),
+        create_only: false,
+    };
+    ca.apply_pool(apply(own(
+        "inside",
+        &["10.20.0.0/26", "fd00:20::10-fd00:20::20"],
+    )))
+    .await
+    .unwrap();
+    let e = ca
+        .apply_pool(apply(own("outside", &["10.20.0.200-10.20.1.10"])))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(
+        e.message().contains("outside cluster \"a\"'s allowance"),
+        "{e:?}"
+    );
+    // Its view of its allowance; another cluster cannot read it, nor set its own.
+    let got = ca
+        .get_allowance(pb::GetAllowanceRequest {
+            cluster: "a".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.ranges.len(), 2);
+    let mut cb = client(&a.url(), "cluster/b").await;
+    let e = cb
+        .get_allowance(pb::GetAllowanceRequest {
+            cluster: "a".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let e = cb
+        .set_allowance(pb::Allowance {
+            cluster: "b".into(),
+            ranges: vec!["0.0.0.0/0".into()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    // Without an allowance, a cluster's CRDs work as they always did.
+    cb.apply_pool(apply(own("b-pool", &["10.30.0.0/24"])))
+        .await
+        .unwrap();
+    // Removing the allowance frees a.
+    admin
+        .set_allowance(pb::Allowance {
+            cluster: "a".into(),
+            ranges: vec![],
+        })
+        .await
+        .unwrap();
+    ca.apply_pool(apply(own("outside", &["10.20.0.200-10.20.1.10"])))
+        .await
+        .unwrap();
+}

@@ -347,6 +347,48 @@ impl<S: LeaseStore> IpamService for Ipam<S> {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    async fn set_allowance(
+        &self,
+        req: Request<pb::Allowance>,
+    ) -> Result<Response<pb::Allowance>, Status> {
+        let caller = caller(&req)?;
+        self.observe("SetAllowance", async {
+            let r = req.into_inner();
+            let ranges = self
+                .store
+                .set_allowance(&caller, &r.cluster, r.ranges)
+                .await?;
+            Ok(pb::Allowance {
+                cluster: r.cluster,
+                ranges,
+            })
+        })
+        .await
+    }
+
+    async fn get_allowance(
+        &self,
+        req: Request<pb::GetAllowanceRequest>,
+    ) -> Result<Response<pb::Allowance>, Status> {
+        let caller = caller(&req)?;
+        self.observe("GetAllowance", async {
+            let cluster = req.into_inner().cluster;
+            if !matches!(&caller, Caller::Admin) && caller != Caller::Cluster(cluster.clone()) {
+                return Err(Error::PermissionDenied(format!(
+                    "{} may not read cluster {cluster:?}'s allowance",
+                    caller.name()
+                )));
+            }
+            let ranges = self
+                .store
+                .get_allowance(&cluster)
+                .await?
+                .unwrap_or_default();
+            Ok(pb::Allowance { cluster, ranges })
+        })
+        .await
+    }
+
     async fn get_stats(
         &self,
         req: Request<pb::GetStatsRequest>,

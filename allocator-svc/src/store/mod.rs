@@ -56,6 +56,18 @@ pub trait LeaseStore: Send + Sync + 'static {
         create_only: bool,
     ) -> impl Future<Output = Result<Applied>> + Send;
     fn get_pool(&self, name: &str) -> impl Future<Output = Result<Pool>> + Send;
+    /// Sets (or with no ranges, removes) a cluster's allowance; operators only.
+    fn set_allowance(
+        &self,
+        caller: &Caller,
+        cluster: &str,
+        ranges: Vec<String>,
+    ) -> impl Future<Output = Result<Vec<String>>> + Send;
+    /// A cluster's allowance; `None`: it may declare any pool.
+    fn get_allowance(
+        &self,
+        cluster: &str,
+    ) -> impl Future<Output = Result<Option<Vec<String>>>> + Send;
     fn list_pools(&self) -> impl Future<Output = Result<Vec<Pool>>> + Send;
     /// Deletes a pool; returns how many leases it leaves stranded.
     fn delete_pool(&self, caller: &Caller, name: &str) -> impl Future<Output = Result<u64>> + Send;

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::batch;
 use super::rows::{LeaseRow, corrupt, lease_of, load_pools, owner_rows};
 use super::{Applied, LeasePage, LeaseStore};
-use crate::addr::Family;
+use crate::addr::{self, Family};
 use crate::error::{Error, Result};
 use crate::lease::{AllocRequest, EventKind, Lease, LeaseEvent, LeaseFilter, Owner, PoolStats};
 use crate::pool::{self, Caller, Pool, PoolSpec};
@@ -474,7 +474,95 @@ impl SqlStore {
     }
 }
 
+/// The allowance of `cluster`, parsed, if it has one.
+async fn allowance_of(
+    conn: &mut AnyConnection,
+    cluster: &str,
+) -> Result<Option<Vec<addr::Range>>, TxError> {
+    let row: Option<String> =
+        sqlx::query_scalar("SELECT ranges FROM allowances WHERE cluster = $1")
+            .bind(cluster)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some(text) = row else { return Ok(None) };
+    let entries: Vec<String> = serde_json::from_str(&text)
+        .map_err(|e| Error::Internal(format!("stored allowance: {e}")))?;
+    let ranges = entries
+        .iter()
+        .map(|e| addr::Range::parse_entry(e))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::Internal(format!("stored allowance: {e}")))?;
+    Ok(Some(ranges))
+}
+
+/// A cluster with an allowance declares pools only inside it.
+fn check_allowance(pool: &Pool, cluster: &str, allowed: &[addr::Range]) -> Result<()> {
+    for r in &pool.ranges {
+        let inside = allowed
+            .iter()
+            .any(|a| a.family == r.family && a.start <= r.start && r.end <= a.end);
+        if !inside {
+            return Err(Error::PermissionDenied(format!(
+                "pool {:?}: {} is outside cluster {cluster:?}'s allowance; an operator sets it (SetAllowance)",
+                pool.name(),
+                r
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl LeaseStore for SqlStore {
+    async fn set_allowance(
+        &self,
+        caller: &Caller,
+        cluster: &str,
+        ranges: Vec<String>,
+    ) -> Result<Vec<String>> {
+        if *caller != Caller::Admin {
+            return Err(Error::PermissionDenied(format!(
+                "{} may not set allowances; operators do",
+                caller.name()
+            )));
+        }
+        pool::validate_name("cluster", cluster)?;
+        for r in &ranges {
+            addr::Range::parse_entry(r).map_err(|e| Error::invalid("ranges", e.to_string()))?;
+        }
+        let json = serde_json::to_string(&ranges).map_err(|e| Error::Internal(e.to_string()))?;
+        in_tx!(self, |conn| async {
+            if ranges.is_empty() {
+                sqlx::query("DELETE FROM allowances WHERE cluster = $1")
+                    .bind(cluster)
+                    .execute(&mut *conn)
+                    .await?;
+            } else {
+                sqlx::query(
+                    "INSERT INTO allowances (cluster, ranges) VALUES ($1, $2) \
+                     ON CONFLICT (cluster) DO UPDATE SET ranges = excluded.ranges",
+                )
+                .bind(cluster)
+                .bind(json.clone())
+                .execute(&mut *conn)
+                .await?;
+            }
+            Ok(())
+        })?;
+        tracing::info!(cluster, ranges = ?ranges, "allowance set");
+        Ok(ranges)
+    }
+
+    async fn get_allowance(&self, cluster: &str) -> Result<Option<Vec<String>>> {
+        let row: Option<String> =
+            sqlx::query_scalar("SELECT ranges FROM allowances WHERE cluster = $1")
+                .bind(cluster)
+                .fetch_optional(&self.db)
+                .await
+                .map_err(map_sqlx)?;
+        row.map(|t| serde_json::from_str(&t).map_err(|e| Error::Internal(e.to_string())))
+            .transpose()
+    }
+
     async fn apply_pool(
         &self,
         caller: &Caller,
@@ -515,6 +603,11 @@ impl LeaseStore for SqlStore {
                 }
             }
             let pool = Pool::new(spec.clone())?;
+            if let Caller::Cluster(c) = caller
+                && let Some(allowed) = allowance_of(conn, c).await?
+            {
+                check_allowance(&pool, c, &allowed)?;
+            }
             pool::check_overlaps(&pool, &existing)?;
             let now = now_ms();
             let json = serde_json::to_string(&pool.spec).map_err(|e| Error::Internal(e.to_string()))?;

@@ -111,6 +111,9 @@ enum Command {
         #[arg(long)]
         ttl: u32,
     },
+    /// A cluster's allowance: the ranges inside which it may declare pools of its own.
+    #[command(subcommand)]
+    Allowances(AllowancesCmd),
     /// Capacity and use per pool and family.
     Stats {
         #[arg(long, default_value = "")]
@@ -290,6 +293,21 @@ enum Policy {
     PreferDual,
     #[value(name = "require-dual-stack")]
     RequireDual,
+}
+
+#[derive(Subcommand)]
+enum AllowancesCmd {
+    /// Sets the ranges (CIDRs or start-end); none removes the allowance.
+    Set {
+        #[arg(long)]
+        cluster: String,
+        #[arg(long = "range")]
+        ranges: Vec<String>,
+    },
+    Get {
+        #[arg(long)]
+        cluster: String,
+    },
 }
 
 #[derive(Clone)]
@@ -494,6 +512,35 @@ async fn run(cli: Cli) -> Result<(), String> {
                     )
                 });
             }
+            Ok(())
+        }
+        Command::Allowances(cmd) => {
+            let a = match cmd {
+                AllowancesCmd::Set { cluster, ranges } => client
+                    .set_allowance(pb::Allowance { cluster, ranges })
+                    .await
+                    .map_err(status_text)?
+                    .into_inner(),
+                AllowancesCmd::Get { cluster } => client
+                    .get_allowance(pb::GetAllowanceRequest { cluster })
+                    .await
+                    .map_err(status_text)?
+                    .into_inner(),
+            };
+            emit(
+                out,
+                json!({"cluster": a.cluster, "ranges": a.ranges}),
+                || {
+                    if a.ranges.is_empty() {
+                        format!(
+                            "cluster {}: no allowance (it may declare any pool)",
+                            a.cluster
+                        )
+                    } else {
+                        format!("cluster {}: {}", a.cluster, a.ranges.join(", "))
+                    }
+                },
+            );
             Ok(())
         }
         Command::Certs(_) => Err("certs needs no allocator".into()),
