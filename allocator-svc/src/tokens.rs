@@ -1,12 +1,13 @@
-//! Projected ServiceAccount tokens traded for identities, checked offline against the issuer
-//! keys an admin registered for each cluster (`--token-issuers`, the JWKS the cluster's API
-//! server publishes at `/openid/v1/jwks`).
+//! Projected ServiceAccount tokens traded for identities. Per cluster (`--token-issuers`), a
+//! token is checked either offline against the issuer keys an admin registered (the JWKS the
+//! cluster's API server publishes at `/openid/v1/jwks`), or by asking that API server
+//! (TokenReview, when the allocator can reach it).
 //!
-//! A token proves an identity when its signature is one of the cluster's keys (ES256 or RS256),
-//! its issuer is the cluster's, its audience holds `ferrolb`, it is valid now and for at most
-//! [`MAX_TOKEN_LIFETIME`], and its subject is the adapter's or the announcer's ServiceAccount.
-//! An announcer's node comes from the token's `kubernetes.io.node.name` claim, which the API
-//! server signs for the pod it is bound to: a pod on n1 never obtains n2's identity.
+//! Offline, a token proves an identity when its signature is one of the cluster's keys (ES256 or
+//! RS256), its issuer is the cluster's, its audience holds `ferrolb`, and it is valid now and for
+//! at most [`MAX_TOKEN_LIFETIME`]. Either way its subject must be the adapter's or the
+//! announcers' ServiceAccount. An announcer's node comes from the token's node claim, which the
+//! API server signs for the node the pod is bound to: a pod on n1 never obtains n2's identity.
 
 use std::collections::BTreeMap;
 
@@ -31,20 +32,35 @@ pub struct IssuersFile {
     pub clusters: Vec<ClusterIssuer>,
 }
 
-/// One cluster's API server as a token issuer.
+/// One cluster's API server as a token issuer: `issuer` and `jwks`, or `tokenReview`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ClusterIssuer {
     /// The cluster's name at the allocator.
     pub name: String,
     /// The `iss` its tokens carry (`kubectl get --raw /.well-known/openid-configuration`).
-    pub issuer: String,
+    #[serde(default)]
+    pub issuer: Option<String>,
     /// Its signing keys (`kubectl get --raw /openid/v1/jwks`).
-    pub jwks: Jwks,
+    #[serde(default)]
+    pub jwks: Option<Jwks>,
+    /// Ask the cluster's API server instead (TokenReview).
+    #[serde(default)]
+    pub token_review: Option<TokenReviewConfig>,
     /// `namespace/name` of the adapter's ServiceAccount.
     pub adapter_service_account: String,
     /// `namespace/name` of the announcers' ServiceAccount.
     pub announcer_service_account: String,
+}
+
+/// How to reach the API server for TokenReview.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenReviewConfig {
+    /// A kubeconfig for it; none: the cluster the allocator runs in (or `KUBECONFIG`). Its
+    /// identity needs `create` on `tokenreviews.authentication.k8s.io`.
+    #[serde(default)]
+    pub kubeconfig: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -99,6 +115,10 @@ pub enum TokenError {
     NoNode,
     #[error("the token is for node {claim:?}, not {asked:?}")]
     NodeMismatch { claim: String, asked: String },
+    #[error("the API server did not authenticate the token: {0}")]
+    NotAuthenticated(String),
+    #[error("cannot ask the API server about the token: {0}")]
+    ReviewFailed(String),
 }
 
 impl TokenError {
@@ -117,6 +137,8 @@ impl TokenError {
             TokenError::ServiceAccount(_) => "service_account",
             TokenError::NoNode => "no_node",
             TokenError::NodeMismatch { .. } => "node_mismatch",
+            TokenError::NotAuthenticated(_) => "not_authenticated",
+            TokenError::ReviewFailed(_) => "review_failed",
         }
     }
 }
@@ -214,9 +236,142 @@ fn verify_with(key: &Jwk, alg: &str, message: &[u8], sig: &[u8]) -> bool {
     }
 }
 
+/// Who a token says it is, once its issuer vouched for it.
+struct Subject {
+    /// `namespace/name` of its ServiceAccount.
+    account: String,
+    node: Option<String>,
+}
+
+/// The offline check: signature, issuer, audience, time; then the subject.
+fn offline(
+    jwks: &Jwks,
+    issuer: &str,
+    cluster: &str,
+    token: &str,
+    now: u64,
+) -> Result<Subject, TokenError> {
+    let mut parts = token.trim().split('.');
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(TokenError::Malformed);
+    };
+    let header: Header = base64url_decode(h)
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or(TokenError::Malformed)?;
+    if header.alg != "ES256" && header.alg != "RS256" {
+        return Err(TokenError::Algorithm(header.alg));
+    }
+    let sig = base64url_decode(s).ok_or(TokenError::Malformed)?;
+    let message = format!("{h}.{p}");
+    let signed = jwks
+        .keys
+        .iter()
+        .filter(|k| header.kid.is_none() || k.kid.is_none() || k.kid == header.kid)
+        .any(|k| verify_with(k, &header.alg, message.as_bytes(), &sig));
+    if !signed {
+        return Err(TokenError::Signature(cluster.to_string()));
+    }
+    let claims: Claims = base64url_decode(p)
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or(TokenError::Malformed)?;
+    if claims.iss != issuer {
+        return Err(TokenError::Issuer {
+            got: claims.iss,
+            want: issuer.to_string(),
+        });
+    }
+    let audience_ok = match &claims.aud {
+        Audience::One(a) => a == AUDIENCE,
+        Audience::Many(v) => v.iter().any(|a| a == AUDIENCE),
+    };
+    if !audience_ok {
+        return Err(TokenError::Audience);
+    }
+    if claims.exp + SKEW <= now {
+        return Err(TokenError::Expired);
+    }
+    let start = claims.nbf.or(claims.iat).unwrap_or(now);
+    if start > now + SKEW {
+        return Err(TokenError::NotYetValid);
+    }
+    let lifetime = claims.exp.saturating_sub(start);
+    if lifetime > MAX_TOKEN_LIFETIME {
+        return Err(TokenError::TooLong(lifetime));
+    }
+    let (ns, name) = (&claims.kube.namespace, &claims.kube.serviceaccount.name);
+    if claims.sub != format!("system:serviceaccount:{ns}:{name}") {
+        return Err(TokenError::ServiceAccount(claims.sub));
+    }
+    Ok(Subject {
+        account: format!("{ns}/{name}"),
+        node: claims.kube.node.map(|n| n.name).filter(|n| !n.is_empty()),
+    })
+}
+
+/// The node name TokenReview reports for a pod-bound token.
+const NODE_EXTRA: &str = "authentication.kubernetes.io/node-name";
+
+/// Asks the API server.
+async fn review(client: &kube::Client, token: &str) -> Result<Subject, TokenError> {
+    use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+    let api: kube::Api<TokenReview> = kube::Api::all(client.clone());
+    let asked = TokenReview {
+        spec: TokenReviewSpec {
+            token: Some(token.trim().to_string()),
+            audiences: Some(vec![AUDIENCE.to_string()]),
+        },
+        ..TokenReview::default()
+    };
+    let answer = api
+        .create(&kube::api::PostParams::default(), &asked)
+        .await
+        .map_err(|e| TokenError::ReviewFailed(e.to_string()))?;
+    let status = answer.status.unwrap_or_default();
+    if status.authenticated != Some(true) {
+        return Err(TokenError::NotAuthenticated(
+            status.error.unwrap_or_else(|| "no reason given".into()),
+        ));
+    }
+    if !status
+        .audiences
+        .unwrap_or_default()
+        .iter()
+        .any(|a| a == AUDIENCE)
+    {
+        return Err(TokenError::Audience);
+    }
+    let user = status.user.unwrap_or_default();
+    let username = user.username.unwrap_or_default();
+    let account = username
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|rest| rest.split_once(':'))
+        .map(|(ns, name)| format!("{ns}/{name}"))
+        .ok_or_else(|| TokenError::ServiceAccount(username.clone()))?;
+    let node = user
+        .extra
+        .and_then(|mut e| e.remove(NODE_EXTRA))
+        .and_then(|v| v.into_iter().next())
+        .filter(|n| !n.is_empty());
+    Ok(Subject { account, node })
+}
+
+/// A registered cluster, with its API client once one was needed.
+struct Entry {
+    config: ClusterIssuer,
+    client: tokio::sync::OnceCell<kube::Client>,
+}
+
 /// The registered issuers, by cluster.
-#[derive(Debug, Clone, Default)]
-pub struct Issuers(BTreeMap<String, ClusterIssuer>);
+#[derive(Clone, Default)]
+pub struct Issuers(std::sync::Arc<BTreeMap<String, Entry>>);
+
+impl std::fmt::Debug for Issuers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
+}
 
 impl Issuers {
     pub fn new(file: IssuersFile) -> Result<Issuers, String> {
@@ -230,14 +385,25 @@ impl Issuers {
                     ));
                 }
             }
-            if c.jwks.keys.is_empty() {
-                return Err(format!("cluster {:?}: no keys", c.name));
+            match (&c.issuer, &c.jwks, &c.token_review) {
+                (Some(_), Some(j), None) if !j.keys.is_empty() => {}
+                (None, None, Some(_)) => {}
+                _ => {
+                    return Err(format!(
+                        "cluster {:?}: give issuer and jwks (with keys), or tokenReview",
+                        c.name
+                    ));
+                }
             }
-            if map.insert(c.name.clone(), c).is_some() {
+            let entry = Entry {
+                config: c,
+                client: tokio::sync::OnceCell::new(),
+            };
+            if map.insert(entry.config.name.clone(), entry).is_some() {
                 return Err("a cluster is named twice".into());
             }
         }
-        Ok(Issuers(map))
+        Ok(Issuers(std::sync::Arc::new(map)))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -246,102 +412,77 @@ impl Issuers {
 
     /// The identity `token` proves for `cluster` at `now` (seconds since the epoch); `node` is
     /// what the caller says it is (empty: whatever the token says).
-    pub fn verify(
+    pub async fn verify(
         &self,
         token: &str,
         cluster: &str,
         node: &str,
         now: u64,
     ) -> Result<Principal, TokenError> {
-        let c = self
+        let e = self
             .0
             .get(cluster)
             .ok_or_else(|| TokenError::UnknownCluster(cluster.to_string()))?;
-        let mut parts = token.trim().split('.');
-        let (Some(h), Some(p), Some(s), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(TokenError::Malformed);
+        let c = &e.config;
+        let subject = match (&c.issuer, &c.jwks, &c.token_review) {
+            (Some(issuer), Some(jwks), _) => offline(jwks, issuer, cluster, token, now)?,
+            (_, _, Some(tr)) => {
+                let client = e
+                    .client
+                    .get_or_try_init(|| async {
+                        let config = match &tr.kubeconfig {
+                            Some(path) => {
+                                let kc = kube::config::Kubeconfig::read_from(path)
+                                    .map_err(|e| TokenError::ReviewFailed(e.to_string()))?;
+                                kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                                    .await
+                                    .map_err(|e| TokenError::ReviewFailed(e.to_string()))?
+                            }
+                            None => kube::Config::infer()
+                                .await
+                                .map_err(|e| TokenError::ReviewFailed(e.to_string()))?,
+                        };
+                        kube::Client::try_from(config)
+                            .map_err(|e| TokenError::ReviewFailed(e.to_string()))
+                    })
+                    .await?;
+                review(client, token).await?
+            }
+            _ => return Err(TokenError::UnknownCluster(cluster.to_string())),
         };
-        let header: Header = base64url_decode(h)
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or(TokenError::Malformed)?;
-        if header.alg != "ES256" && header.alg != "RS256" {
-            return Err(TokenError::Algorithm(header.alg));
-        }
-        let sig = base64url_decode(s).ok_or(TokenError::Malformed)?;
-        let message = format!("{h}.{p}");
-        let signed = c
-            .jwks
-            .keys
-            .iter()
-            .filter(|k| header.kid.is_none() || k.kid.is_none() || k.kid == header.kid)
-            .any(|k| verify_with(k, &header.alg, message.as_bytes(), &sig));
-        if !signed {
-            return Err(TokenError::Signature(cluster.to_string()));
-        }
-        let claims: Claims = base64url_decode(p)
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or(TokenError::Malformed)?;
-        if claims.iss != c.issuer {
-            return Err(TokenError::Issuer {
-                got: claims.iss,
-                want: c.issuer.clone(),
-            });
-        }
-        let audience_ok = match &claims.aud {
-            Audience::One(a) => a == AUDIENCE,
-            Audience::Many(v) => v.iter().any(|a| a == AUDIENCE),
-        };
-        if !audience_ok {
-            return Err(TokenError::Audience);
-        }
-        if claims.exp + SKEW <= now {
-            return Err(TokenError::Expired);
-        }
-        let start = claims.nbf.or(claims.iat).unwrap_or(now);
-        if start > now + SKEW {
-            return Err(TokenError::NotYetValid);
-        }
-        let lifetime = claims.exp.saturating_sub(start);
-        if lifetime > MAX_TOKEN_LIFETIME {
-            return Err(TokenError::TooLong(lifetime));
-        }
-        let account = format!(
-            "{}/{}",
-            claims.kube.namespace, claims.kube.serviceaccount.name
-        );
-        let subject_ok = claims.sub
-            == format!(
-                "system:serviceaccount:{}:{}",
-                claims.kube.namespace, claims.kube.serviceaccount.name
-            );
-        if !subject_ok {
-            return Err(TokenError::ServiceAccount(claims.sub));
-        }
-        if account == c.adapter_service_account {
-            return Ok(Principal::Adapter {
-                cluster: cluster.to_string(),
-            });
-        }
-        if account != c.announcer_service_account {
-            return Err(TokenError::ServiceAccount(claims.sub));
-        }
-        let claim = claims
-            .kube
-            .node
-            .map(|n| n.name)
-            .filter(|n| !n.is_empty())
-            .ok_or(TokenError::NoNode)?;
-        if !node.is_empty() && node != claim {
-            return Err(TokenError::NodeMismatch {
-                claim,
-                asked: node.to_string(),
-            });
-        }
-        Principal::from_path(&format!("cluster/{cluster}/node/{claim}"))
-            .map_err(|_| TokenError::ServiceAccount(claims.sub))
+        identity(cluster, c, subject, node)
     }
+}
+
+/// The identity a vouched-for subject has in `cluster`.
+fn identity(
+    cluster: &str,
+    c: &ClusterIssuer,
+    subject: Subject,
+    node: &str,
+) -> Result<Principal, TokenError> {
+    let sa = || {
+        TokenError::ServiceAccount(format!(
+            "system:serviceaccount:{}",
+            subject.account.replace('/', ":")
+        ))
+    };
+    if subject.account == c.adapter_service_account {
+        return Ok(Principal::Adapter {
+            cluster: cluster.to_string(),
+        });
+    }
+    if subject.account != c.announcer_service_account {
+        return Err(sa());
+    }
+    let claim = subject.node.clone().ok_or(TokenError::NoNode)?;
+    if !node.is_empty() && node != claim {
+        return Err(TokenError::NodeMismatch {
+            claim,
+            asked: node.to_string(),
+        });
+    }
+    Principal::from_path(&format!("cluster/{cluster}/node/{claim}")).map_err(|_| sa())
 }
 
 #[cfg(test)]

@@ -43,6 +43,8 @@ struct State {
     /// Events older than this are forgotten: watches from before it get 410 Gone.
     compacted: u64,
     uid: u64,
+    /// Tokens TokenReview authenticates: token → (username, node, audiences).
+    tokens: BTreeMap<String, (String, Option<String>, Vec<String>)>,
 }
 
 /// The API server's shared state; cloned handles see the same objects.
@@ -199,6 +201,56 @@ impl FakeKube {
         std::fs::write(path, text).expect("write the kubeconfig");
     }
 
+    /// A token that TokenReview authenticates as `username` (a pod on `node`) for `audiences`.
+    pub fn allow_token(&self, token: &str, username: &str, node: Option<&str>, audiences: &[&str]) {
+        let mut s = self.state.lock().expect("state");
+        s.tokens.insert(
+            token.to_string(),
+            (
+                username.to_string(),
+                node.map(str::to_string),
+                audiences.iter().map(|a| a.to_string()).collect(),
+            ),
+        );
+    }
+
+    /// TokenReview, as the API server answers it: authenticated for the audiences asked for.
+    fn token_review(&self, body: &Value) -> Response {
+        let token = body["spec"]["token"].as_str().unwrap_or_default();
+        let asked: Vec<String> = body["spec"]["audiences"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let s = self.state.lock().expect("state");
+        let status = match s.tokens.get(token) {
+            None => json!({"authenticated": false, "error": "invalid bearer token"}),
+            Some((_, _, auds)) if !asked.iter().any(|a| auds.contains(a)) => json!({
+                "authenticated": false,
+                "error": "token audiences are invalid for the target audiences",
+            }),
+            Some((user, node, auds)) => {
+                let mut extra = json!({});
+                if let Some(n) = node {
+                    extra["authentication.kubernetes.io/node-name"] = json!([n]);
+                }
+                json!({
+                    "authenticated": true,
+                    "user": {"username": user, "extra": extra},
+                    "audiences": auds.iter().filter(|a| asked.contains(a)).collect::<Vec<_>>(),
+                })
+            }
+        };
+        ok(
+            StatusCode::CREATED,
+            &json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                    "metadata": {}, "spec": body["spec"], "status": status}),
+        )
+    }
+
     /// Forgets all history up to now: watches that resume from before get 410 Gone.
     pub fn compact(&self) {
         let mut s = self.state.lock().expect("state");
@@ -327,6 +379,9 @@ impl FakeKube {
                 }
             }
         };
+        if method == Method::POST && t.collection == "/apis/authentication.k8s.io/v1/tokenreviews" {
+            return self.token_review(&body);
+        }
         match (method, &t.name) {
             (Method::GET, None) if q.get("watch").is_some_and(|w| w == "true" || w == "1") => {
                 self.watch(t, q)

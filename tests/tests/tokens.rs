@@ -303,3 +303,81 @@ async fn tokens_are_traded_for_exactly_their_identity() {
         );
     }
 }
+
+/// A cluster whose tokens the allocator checks by TokenReview, answered by the lab's
+/// Kubernetes API server.
+#[tokio::test]
+async fn tokens_checked_by_token_review() {
+    let kube = ferrolb_e2e::fakekube::FakeKube::start().await;
+    let sa = |name: &str| format!("system:serviceaccount:metallb-system:{name}");
+    kube.allow_token("tok-n1", &sa(ANNOUNCER), Some("n1"), &["ferrolb"]);
+    kube.allow_token("tok-adapter", &sa(ADAPTER), None, &["ferrolb"]);
+    kube.allow_token(
+        "tok-api",
+        &sa(ANNOUNCER),
+        Some("n1"),
+        &["https://kubernetes.default.svc"],
+    );
+    kube.allow_token("tok-default", &sa("default"), Some("n1"), &["ferrolb"]);
+    let dir = TempDir::new("ferrolb-review");
+    let kubeconfig = dir.0.join("kubeconfig");
+    kube.kubeconfig(&kubeconfig);
+    let issuers = dir.0.join("issuers.yaml");
+    std::fs::write(
+        &issuers,
+        json!({"clusters": [{
+            "name": "home", "tokenReview": {"kubeconfig": kubeconfig},
+            "adapterServiceAccount": format!("metallb-system/{ADAPTER}"),
+            "announcerServiceAccount": format!("metallb-system/{ANNOUNCER}"),
+        }]})
+        .to_string(),
+    )
+    .unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let pki_dir = test_pki().dir.display().to_string();
+    let issuers = issuers.display().to_string();
+    let allocator = Allocator::start(
+        None,
+        &[
+            "--bootstrap-listen",
+            &listen,
+            "--token-issuers",
+            &issuers,
+            "--issuing-ca-dir",
+            &pki_dir,
+            "--issued-cert-seconds",
+            "600",
+        ],
+    );
+    ferrolb_e2e::wait_listening(listen.parse().unwrap(), Duration::from_secs(10));
+    let b = Bootstrap {
+        allocator,
+        url: format!("https://{listen}"),
+        dir,
+    };
+    let (got, _) = b.exchange("tok-n1", node("n1")).await.unwrap();
+    assert_eq!(got, node("n1"));
+    let adapter = Principal::Adapter {
+        cluster: "home".into(),
+    };
+    assert_eq!(
+        b.exchange("tok-adapter", adapter.clone()).await.unwrap().0,
+        adapter
+    );
+    for (token, who, reason) in [
+        ("tok-n1", node("n2"), "for node \"n1\", not \"n2\""),
+        ("tok-unknown", node("n1"), "did not authenticate"),
+        ("tok-api", node("n1"), "did not authenticate"),
+        (
+            "tok-default",
+            node("n1"),
+            "neither the adapter's nor the announcers'",
+        ),
+    ] {
+        let e = b.exchange(token, who).await.unwrap_err();
+        assert!(
+            e.contains("Unauthenticated") && e.contains(reason),
+            "{token}: {e}"
+        );
+    }
+}

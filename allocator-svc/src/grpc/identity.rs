@@ -38,6 +38,7 @@ impl IdentityService for IdentityApi {
         let who = self
             .issuers
             .verify(&r.token, &r.cluster, &r.node, now_secs())
+            .await
             .map_err(|e| {
                 tracing::warn!(cluster = r.cluster, node = r.node, reason = %e, "token refused");
                 self.metrics
