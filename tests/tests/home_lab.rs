@@ -640,3 +640,109 @@ fn the_announcer_refuses_what_no_service_may_have() {
         "the refusal names the address:\n{log}"
     );
 }
+
+/// The allocator's certificate, key and CA bundle are swapped while the lab serves: the
+/// announcers' streams stay open (no reconnect), the client reaches the address throughout, and
+/// new handshakes see the new files (a client of a second CA gets in once the bundle holds it).
+#[test]
+fn certificates_rotate_while_the_lab_serves() {
+    use ferrolb_common::pki::{self, LeafSpec, Validity};
+    use ferrolb_common::tls::TlsFiles;
+    use ferrolb_e2e::pki::{DOMAIN, Pki, args_for};
+
+    let old = ferrolb_e2e::test_pki();
+    let dir = ferrolb_e2e::TempDir::new("ferrolb-lab-rotate");
+    let server = TlsFiles {
+        cert: dir.0.join("allocator.pem"),
+        key: dir.0.join("allocator-key.pem"),
+        ca: dir.0.join("bundle.pem"),
+    };
+    let first = old.files("allocator");
+    let copy = |from: &std::path::Path, to: &std::path::Path, mode| {
+        pki::write_file(to, &std::fs::read_to_string(from).unwrap(), mode).unwrap();
+    };
+    copy(&first.cert, &server.cert, 0o644);
+    copy(&first.key, &server.key, 0o600);
+    copy(&old.ca_path(), &server.ca, 0o644);
+    let mut allocator_args = args_for(&server);
+    allocator_args.extend([
+        "--secrets-key-file".into(),
+        old.secrets_key().display().to_string(),
+    ]);
+    let lab = HomeLab::up(
+        "hr",
+        Options {
+            allocator_args,
+            ..Options::default()
+        },
+    );
+    lab.serve_home_nginx(&NODES, false);
+    let owner = lab.wait_owner(VIP, 5 * SECOND, Result::is_ok).unwrap();
+    assert_eq!(lab.curl_until(VIP, 5 * SECOND, |_| true), owner);
+    let reconnects = |lab: &HomeLab| -> Vec<u64> {
+        NODES
+            .iter()
+            .map(|n| lab.announcer_metric(n, "ferrolb_announcer_stream_reconnects_total"))
+            .collect()
+    };
+    let before = reconnects(&lab);
+
+    // A new key and certificate for the allocator, and a bundle with a second CA beside the first.
+    let new_ca = Pki::named("ferrolb-lab-second-ca", DOMAIN);
+    let next = pki::issue(
+        &old.ca,
+        &LeafSpec {
+            principal: &ferrolb_common::Principal::Allocator,
+            domain: DOMAIN,
+            dns_names: &[],
+            ips: &[],
+            validity: Validity::for_next(Duration::from_secs(3600)),
+        },
+    )
+    .unwrap();
+    pki::write(&dir.0, "allocator", &next).unwrap();
+    let bundle = std::fs::read_to_string(old.ca_path()).unwrap()
+        + &std::fs::read_to_string(new_ca.ca_path()).unwrap();
+    pki::write_file(&server.ca, &bundle, 0o644).unwrap();
+
+    // Through the swap and the reload, the client keeps reaching the address.
+    let start = std::time::Instant::now();
+    while start.elapsed() < 3 * SECOND {
+        assert_eq!(
+            lab.curl(VIP).as_deref(),
+            Some(owner.as_str()),
+            "lost {VIP} during the rotation"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        reconnects(&lab),
+        before,
+        "an announcer's stream was cut\n{}",
+        lab.logs()
+    );
+    // New handshakes: the old admin still gets in, and so does one of the second CA.
+    lab.ctl(&["pools", "list"]);
+    let second_admin = TlsFiles {
+        ca: old.ca_path(),
+        ..new_ca.files("admin")
+    };
+    let ctl = ferrolb_e2e::bin("ferrolbctl")
+        .to_string_lossy()
+        .into_owned();
+    let args = args_for(&second_admin);
+    let mut cmd = vec![ctl.as_str(), "--server", ferrolb_e2e::home::SERVER];
+    cmd.extend(args.iter().map(String::as_str));
+    cmd.extend(["pools", "list"]);
+    let out = lab.lab.run("router", &cmd);
+    assert!(
+        out.status.success(),
+        "a client of the second CA: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        lab.log("allocator").contains("reloaded"),
+        "{}",
+        lab.log("allocator")
+    );
+}
