@@ -125,17 +125,7 @@ pub async fn run(
             Security::DevPlaintext
         }
     };
-    let refused = {
-        let metrics = Arc::clone(&metrics);
-        Arc::new(move |reason: &'static str| {
-            metrics
-                .tls_refused
-                .get_or_create(&crate::metrics::ReasonLabels {
-                    reason: reason.into(),
-                })
-                .inc();
-        })
-    };
+    let refused = refusal_counter(&metrics);
     let incoming = transport::incoming(listener, security, refused);
     let serving = Arc::new(AtomicBool::new(false));
 
@@ -261,17 +251,7 @@ async fn serve_bootstrap(
         .await
         .map_err(|e| format!("cannot listen on {} for bootstrap: {e}", b.listen))?;
     let config = ferrolb_common::tls::bootstrap_server_config(creds).map_err(|e| e.to_string())?;
-    let refused = {
-        let metrics = Arc::clone(&metrics);
-        Arc::new(move |reason: &'static str| {
-            metrics
-                .tls_refused
-                .get_or_create(&crate::metrics::ReasonLabels {
-                    reason: reason.into(),
-                })
-                .inc();
-        })
-    };
+    let refused = refusal_counter(&metrics);
     let incoming = transport::incoming(listener, Security::ServerOnly(config), refused);
     let api = crate::grpc::identity::IdentityApi {
         issuers: b.issuers,
@@ -299,6 +279,19 @@ async fn serve_bootstrap(
         }
     });
     Ok(())
+}
+
+/// Counts refused handshakes by reason.
+fn refusal_counter(metrics: &Arc<Metrics>) -> transport::OnRefused {
+    let metrics = Arc::clone(metrics);
+    Arc::new(move |reason: &'static str| {
+        metrics
+            .tls_refused
+            .get_or_create(&crate::metrics::ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc();
+    })
 }
 
 /// Token exchanges at once, and the time one may take: a node asks once an hour or so.

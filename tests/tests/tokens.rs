@@ -91,16 +91,20 @@ struct Bootstrap {
     dir: TempDir,
 }
 
-fn start(signer: &Signer) -> Bootstrap {
-    let dir = TempDir::new("ferrolb-tokens");
+/// An allocator whose bootstrap port takes the tokens of cluster `home` as `issuer` says
+/// (`issuer` and `jwks`, or `tokenReview`).
+fn start_with(dir: TempDir, issuer: Value) -> Bootstrap {
     let issuers = dir.0.join("issuers.yaml");
-    let file = json!({"clusters": [{
-        "name": "home", "issuer": ISSUER, "jwks": {"keys": [signer.jwk()]},
+    let mut cluster = json!({
+        "name": "home",
         "adapterServiceAccount": format!("metallb-system/{ADAPTER}"),
         "announcerServiceAccount": format!("metallb-system/{ANNOUNCER}"),
-    }]});
+    });
+    for (k, v) in issuer.as_object().unwrap() {
+        cluster[k] = v.clone();
+    }
     // JSON is YAML.
-    std::fs::write(&issuers, file.to_string()).unwrap();
+    std::fs::write(&issuers, json!({"clusters": [cluster]}).to_string()).unwrap();
     let listen = format!("127.0.0.1:{}", free_port());
     let pki_dir = test_pki().dir.display().to_string();
     let issuers = issuers.display().to_string();
@@ -123,6 +127,13 @@ fn start(signer: &Signer) -> Bootstrap {
         url: format!("https://{listen}"),
         dir,
     }
+}
+
+fn start(signer: &Signer) -> Bootstrap {
+    start_with(
+        TempDir::new("ferrolb-tokens"),
+        json!({"issuer": ISSUER, "jwks": {"keys": [signer.jwk()]}}),
+    )
 }
 
 impl Bootstrap {
@@ -322,39 +333,7 @@ async fn tokens_checked_by_token_review() {
     let dir = TempDir::new("ferrolb-review");
     let kubeconfig = dir.0.join("kubeconfig");
     kube.kubeconfig(&kubeconfig);
-    let issuers = dir.0.join("issuers.yaml");
-    std::fs::write(
-        &issuers,
-        json!({"clusters": [{
-            "name": "home", "tokenReview": {"kubeconfig": kubeconfig},
-            "adapterServiceAccount": format!("metallb-system/{ADAPTER}"),
-            "announcerServiceAccount": format!("metallb-system/{ANNOUNCER}"),
-        }]})
-        .to_string(),
-    )
-    .unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let pki_dir = test_pki().dir.display().to_string();
-    let issuers = issuers.display().to_string();
-    let allocator = Allocator::start(
-        None,
-        &[
-            "--bootstrap-listen",
-            &listen,
-            "--token-issuers",
-            &issuers,
-            "--issuing-ca-dir",
-            &pki_dir,
-            "--issued-cert-seconds",
-            "600",
-        ],
-    );
-    ferrolb_e2e::wait_listening(listen.parse().unwrap(), Duration::from_secs(10));
-    let b = Bootstrap {
-        allocator,
-        url: format!("https://{listen}"),
-        dir,
-    };
+    let b = start_with(dir, json!({"tokenReview": {"kubeconfig": kubeconfig}}));
     let (got, _) = b.exchange("tok-n1", node("n1")).await.unwrap();
     assert_eq!(got, node("n1"));
     let adapter = Principal::Adapter {
