@@ -152,6 +152,35 @@ async fn status_codes_name_the_field() {
     assert!(msg.contains("disagrees with the certificate"), "{msg}");
 }
 
+/// Kubernetes' probes carry no certificate: they get the serving state, over plaintext HTTP on
+/// the metrics port, and nothing else; the gRPC port gives them no connection at all.
+#[tokio::test]
+async fn probes_get_the_serving_state_without_a_certificate() {
+    let a = Allocator::start(None, &[]);
+    let url = format!("http://{}/healthz", a.metrics.unwrap());
+    let mut body = String::new();
+    for _ in 0..50 {
+        let out = Command::new("curl").args(["-s", &url]).output().unwrap();
+        body = String::from_utf8_lossy(&out.stdout).to_string();
+        if body == "SERVING\n" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(body, "SERVING\n");
+    // The gRPC health service needs an identity like everything else on the gRPC port.
+    let plain = tonic::transport::Channel::from_shared(format!("http://{}", a.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let e = tonic_health::pb::health_client::HealthClient::new(plain)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap_err();
+    assert_ne!(e.code(), Code::Ok, "{e:?}");
+}
+
 #[tokio::test]
 async fn health_and_reflection_v1_and_v1alpha() {
     let a = Allocator::start(None, &[]);
