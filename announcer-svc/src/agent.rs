@@ -219,9 +219,9 @@ impl Agent {
     fn defend(&self, u: &mut Update) {
         let own = self.own_addresses();
         let policy = &self.settings.policy;
-        let refused = |what: &str, ip: IpAddr, shown: &dyn std::fmt::Display| match policy
-            .check(ip, &own)
-        {
+        let refused = |what: &str,
+                       verdict: Result<(), defense::Refusal>,
+                       shown: &dyn std::fmt::Display| match verdict {
             Ok(()) => false,
             Err(r) => {
                 tracing::warn!(%shown, reason = r.label(), what, "allocator assigned what this node never announces; refused");
@@ -234,10 +234,11 @@ impl Agent {
                 true
             }
         };
-        u.set.retain(|(ip, _)| !refused("address", *ip, ip));
+        u.set
+            .retain(|(ip, _)| !refused("address", policy.check(*ip, &own), ip));
         u.bgp
             .routes_set
-            .retain(|(p, _)| !refused("prefix", p.addr, p));
+            .retain(|(p, _)| !refused("prefix", policy.check_prefix(p, &own), p));
     }
 
     fn apply(&mut self, mut u: Update) {

@@ -80,6 +80,18 @@ impl Policy {
         Ok(Policy { allowed })
     }
 
+    /// May this node advertise `prefix` over BGP? As for an address, and with
+    /// `--allowed-cidrs` the whole prefix must lie inside one of them (an aggregate may not
+    /// reach past the operator's ranges).
+    pub fn check_prefix(&self, prefix: &Prefix, own: &BTreeSet<IpAddr>) -> Result<(), Refusal> {
+        self.check(prefix.addr, own)?;
+        let inside = |p: &Prefix| p.len <= prefix.len && contains(p, prefix.addr);
+        if !self.allowed.is_empty() && !self.allowed.iter().any(inside) {
+            return Err(Refusal::NotAllowed);
+        }
+        Ok(())
+    }
+
     /// May this node announce `ip`? `own` are the node's own addresses (those it did not bind
     /// for a service).
     pub fn check(&self, ip: IpAddr, own: &BTreeSet<IpAddr>) -> Result<(), Refusal> {
@@ -135,6 +147,17 @@ mod tests {
         assert_eq!(p.check(ip("fd00:250::240"), &none), Ok(()));
         assert_eq!(p.check(ip("192.168.1.1"), &none), Err(Refusal::NotAllowed));
         assert_eq!(p.check(ip("fd00:251::1"), &none), Err(Refusal::NotAllowed));
+        let prefix = |s: &str| s.parse::<Prefix>().expect("prefix");
+        assert_eq!(p.check_prefix(&prefix("192.168.1.240/29"), &none), Ok(()));
+        assert_eq!(
+            p.check_prefix(&prefix("192.168.1.0/24"), &none),
+            Err(Refusal::NotAllowed),
+            "an aggregate wider than the allowed range"
+        );
+        assert_eq!(
+            Policy::default().check_prefix(&prefix("0.0.0.0/0"), &none),
+            Err(Refusal::Unspecified)
+        );
         assert!(Policy::parse("192.168.1.1/24").is_err());
         assert!(Policy::parse("banana").is_err());
         assert!(Policy::parse("").expect("empty").allowed.is_empty());
