@@ -85,10 +85,7 @@ pub fn password(
             ..reject(
                 &name,
                 field,
-                // The adapter reads basic-auth Secrets only: one of another type is not seen.
-                format!(
-                    "Secret {secret_name:?} does not exist (or is not of type kubernetes.io/basic-auth)"
-                ),
+                format!("Secret {secret_name:?} does not exist"),
             )
         });
     };

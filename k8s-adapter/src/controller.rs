@@ -507,17 +507,9 @@ where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
-    reflect_with(api, watcher::Config::default(), changed)
-}
-
-fn reflect_with<K>(api: Api<K>, config: watcher::Config, changed: Arc<Notify>) -> Store<K>
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-{
     let (store, writer) = reflector::store();
     tokio::spawn(
-        reflector::reflector(writer, watcher(api, config))
+        reflector::reflector(writer, watcher(api, watcher::Config::default()))
             .touched_objects()
             .for_each(move |_| {
                 changed.notify_one();
@@ -722,20 +714,15 @@ async fn sync_config(
         Api::<crd::BFDProfile>::namespaced(ctx.client.clone(), &ns),
         Arc::clone(&changed),
     );
-    // BGPPeers' passwordSecrets: only basic-auth Secrets, the one kind a BGPPeer may name,
-    // are read; the namespace's other Secrets never reach the adapter.
-    let secrets = reflect_with(
-        Api::<Secret>::namespaced(ctx.client.clone(), &ns),
-        watcher::Config::default().fields("type=kubernetes.io/basic-auth"),
-        Arc::clone(&changed),
-    );
+    // BGPPeers' passwordSecrets are read by name, one by one: the namespace's other Secrets
+    // never reach the adapter, and its RBAC grants `get` on Secrets, not `list`.
+    let secrets_api = Api::<Secret>::namespaced(ctx.client.clone(), &ns);
     let complete = ready(&pools).await
         && ready(&l2).await
         && ready(&bgp).await
         && ready(&peers).await
         && ready(&communities).await
-        && ready(&bfd).await
-        && ready(&secrets).await;
+        && ready(&bfd).await;
     if !complete {
         return;
     }
@@ -754,11 +741,15 @@ async fn sync_config(
                 .map(|n| n.labels().clone())
                 .collect(),
         };
-        let secret = |name: &str| {
-            secrets
-                .get(&ObjectRef::new(name).within(&ns))
-                .map(|s| (*s).clone())
+        let secrets = match named_secrets(&secrets_api, &cfg.peers).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the BGPPeers' Secrets; trying again");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
         };
+        let secret = |name: &str| secrets.get(name).cloned();
         if let Err(e) = push_config(&ctx, &cfg, secret).await {
             tracing::warn!(error = %e, "cannot push the configuration; trying again");
             tokio::time::sleep(Duration::from_secs(2)).await;
@@ -766,17 +757,51 @@ async fn sync_config(
         }
         configured.send_replace(true);
         let _ = reprocess.try_send(());
-        // Until the next change, keep the pools' usage counts current.
+        // Until the next change, keep the pools' usage counts current, and look at the named
+        // Secrets again (one created late, or a password rotated, is a change).
         loop {
             pool_status(&ctx, &pools).await;
             tokio::select! {
                 _ = changed.notified() => break,
                 _ = tokio::time::sleep(POOL_STATUS_INTERVAL) => {}
             }
+            match named_secrets(&secrets_api, &cfg.peers).await {
+                Ok(now) if versions(&now) != versions(&secrets) => break,
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "cannot read the BGPPeers' Secrets"),
+            }
         }
         // Let a burst of changes (a whole file applied) settle into one push.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The Secrets the peers name (those that exist), by name.
+async fn named_secrets(
+    api: &Api<Secret>,
+    peers: &[crd::v1beta2::BGPPeer],
+) -> Result<BTreeMap<String, Secret>, kube::Error> {
+    let names: BTreeSet<&str> = peers
+        .iter()
+        .filter(|p| p.spec.common.password.is_none())
+        .filter_map(|p| p.spec.password_secret.as_ref()?.name.as_deref())
+        .filter(|n| !n.is_empty())
+        .collect();
+    let mut out = BTreeMap::new();
+    for name in names {
+        if let Some(s) = api.get_opt(name).await? {
+            out.insert(name.to_string(), s);
+        }
+    }
+    Ok(out)
+}
+
+/// What tells one reading of the Secrets from another.
+fn versions(secrets: &BTreeMap<String, Secret>) -> Vec<(&str, Option<&str>)> {
+    secrets
+        .iter()
+        .map(|(n, s)| (n.as_str(), s.metadata.resource_version.as_deref()))
+        .collect()
 }
 
 /// How often the IPAddressPools' usage counts are refreshed.
