@@ -25,6 +25,10 @@ pub struct View {
     /// same version on every replica.
     pub version: u64,
     pub clusters: BTreeMap<String, ClusterView>,
+    /// The session each live announcer holds, read at cluster revision `sessions_revision` or
+    /// later: a stream whose node's session is another's was replaced.
+    pub sessions: crate::store::Sessions,
+    pub sessions_revision: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -208,7 +212,7 @@ async fn compute(
     let rows = match cache.rows.take() {
         Some(mut r) if r.revision == revision => {
             // Sessions also expire by the clock, without a new revision.
-            r.live = store.live_announcers().await?;
+            (r.live, r.sessions) = store.live_announcers().await?;
             r
         }
         previous => store.cluster_rows_after(previous).await?,
@@ -220,6 +224,8 @@ async fn compute(
         let view = View {
             version: rows.revision,
             clusters: BTreeMap::new(),
+            sessions: rows.sessions.clone(),
+            sessions_revision: rows.revision,
         };
         cache.decided = None;
         return Ok(Some((view, false)));
@@ -321,6 +327,8 @@ async fn compute(
     let view = View {
         version: rows.revision + lease_revision,
         clusters,
+        sessions: rows.sessions.clone(),
+        sessions_revision: rows.revision,
     };
     cache.decided = Some(inputs);
     Ok(Some((view, true)))

@@ -511,3 +511,31 @@ async fn a_node_gets_only_its_peers_passwords_and_none_are_stored_in_the_clear()
         .collect();
     assert_eq!(seen, vec![("p2".to_string(), "pw-for-rack-b".to_string())]);
 }
+
+/// The same across replicas: the node's older stream on replica A ends once its newer one on
+/// replica B holds the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_stream_on_another_replica_ends_the_older() {
+    let db = PgDb::new();
+    let a = Allocator::start(Some(&db.url), &[]);
+    let b = Allocator::start(Some(&db.url), &[]);
+    configure(&a.url()).await;
+    let mut old = Fake::connect(&a.url(), "n1", 0, &[]).await;
+    old.until(Duration::from_secs(3), Fake::holds).await;
+    let mut new = Fake::connect(&b.url(), "n1", old.version, &[VIP]).await;
+    let ended = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match old.inbound.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(s) => return Some(s.code()),
+            }
+        }
+    })
+    .await
+    .expect("the older stream on the other replica was not ended");
+    assert_eq!(ended, Some(Code::Aborted));
+    drop(old);
+    new.drain(Duration::from_millis(1500)).await;
+    assert!(new.holds(), "{:?}", new.held);
+}

@@ -561,6 +561,9 @@ struct Session {
     cluster: String,
     node: String,
     id: i64,
+    /// The cluster revision read after the session was stored: views read at it or later
+    /// know of the session (or of a newer one).
+    opened_at: u64,
 }
 
 impl Announcers {
@@ -571,21 +574,24 @@ impl Announcers {
         mut inbound: Streaming<pb::AnnouncerMessage>,
         out: Outbound,
     ) {
-        let s = Session {
+        let mut s = Session {
             cluster: hello.cluster.clone(),
             node: hello.node.clone(),
             // Tells this stream's session from a newer one of the same node.
             id: (crate::cluster::random_u64() >> 1) as i64,
+            opened_at: u64::MAX,
         };
         let ttl = self.liveness.session_ttl.as_millis() as i64;
-        if let Err(e) = self
+        let opened = self
             .store
             .open_session(&s.cluster, &s.node, s.id, &self.replica, ttl)
-            .await
-        {
+            .await;
+        if let Err(e) = opened {
             let _ = out.send(Err(Status::from(e))).await;
             return;
         }
+        // Without the revision no view is trusted to say the session was replaced.
+        s.opened_at = self.store.cluster_revision().await.unwrap_or(u64::MAX);
         let interfaces: Vec<&str> = hello
             .interfaces
             .iter()
@@ -696,6 +702,14 @@ impl Announcers {
                         return "shutting down";
                     }
                     let v = view.borrow_and_update().clone();
+                    // A newer stream of the node, on another replica, holds the session now.
+                    let key = (s.cluster.clone(), s.node.clone());
+                    if v.sessions_revision >= s.opened_at
+                        && v.sessions.get(&key).is_some_and(|id| *id != s.id)
+                    {
+                        let _ = out.send(Err(Status::aborted("a newer stream of this node took over"))).await;
+                        return "replaced by a newer stream of the node";
+                    }
                     let want = node_view(&v);
                     if want != sent {
                         if out.send(down(changes(v.version, &sent, &want))).await.is_err() {

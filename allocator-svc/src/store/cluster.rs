@@ -25,10 +25,15 @@ pub struct ClusterRows {
     pub endpoints: EndpointsByCluster,
     /// Nodes with a live, ready announcer, by cluster.
     pub live: BTreeMap<String, BTreeSet<String>>,
+    /// The session each of those holds, by (cluster, node).
+    pub sessions: Sessions,
     pub bgp_peers: Vec<BgpPeer>,
     pub bgp_ads: Vec<BgpAd>,
     pub communities: Vec<CommunitySet>,
 }
+
+/// The session id of each live announcer, by (cluster, node).
+pub type Sessions = BTreeMap<(String, String), i64>;
 
 /// By cluster, then (namespace, name).
 pub type EndpointsByCluster = BTreeMap<String, BTreeMap<(String, String), Endpoints>>;
@@ -433,7 +438,7 @@ impl SqlStore {
                 None => endpoints_since(&mut conn, None).await?.0,
             };
         }
-        out.live = live_sessions(&mut conn).await?;
+        (out.live, out.sessions) = live_sessions(&mut conn).await?;
         Ok(out)
     }
 
@@ -551,8 +556,8 @@ impl SqlStore {
         Ok(revision as u64)
     }
 
-    /// Nodes with a live, ready announcer, by cluster.
-    pub async fn live_announcers(&self) -> Result<BTreeMap<String, BTreeSet<String>>> {
+    /// Nodes with a live, ready announcer, by cluster, and their sessions.
+    pub async fn live_announcers(&self) -> Result<(BTreeMap<String, BTreeSet<String>>, Sessions)> {
         let mut conn = self.db.acquire().await.map_err(map_sqlx)?;
         live_sessions(&mut conn).await
     }
@@ -595,10 +600,13 @@ impl SqlStore {
     }
 }
 
-async fn live_sessions(conn: &mut AnyConnection) -> Result<BTreeMap<String, BTreeSet<String>>> {
+async fn live_sessions(
+    conn: &mut AnyConnection,
+) -> Result<(BTreeMap<String, BTreeSet<String>>, Sessions)> {
     let mut live: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut sessions = Sessions::new();
     for r in sqlx::query(
-        "SELECT cluster, node FROM announcer_sessions WHERE ready <> 0 AND expires_ms >= $1",
+        "SELECT cluster, node, session FROM announcer_sessions WHERE ready <> 0 AND expires_ms >= $1",
     )
     .bind(now_ms())
     .fetch_all(&mut *conn)
@@ -606,11 +614,14 @@ async fn live_sessions(conn: &mut AnyConnection) -> Result<BTreeMap<String, BTre
     .map_err(map_sqlx)?
     {
         let cluster: String = r.try_get("cluster").map_err(map_sqlx)?;
-        live.entry(cluster)
-            .or_default()
-            .insert(r.try_get("node").map_err(map_sqlx)?);
+        let node: String = r.try_get("node").map_err(map_sqlx)?;
+        sessions.insert(
+            (cluster.clone(), node.clone()),
+            r.try_get("session").map_err(map_sqlx)?,
+        );
+        live.entry(cluster).or_default().insert(node);
     }
-    Ok(live)
+    Ok((live, sessions))
 }
 
 /// Endpoints by cluster, then (namespace, name): the rows written after `revision` (None: all of

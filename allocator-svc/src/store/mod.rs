@@ -20,7 +20,7 @@ mod sql;
 
 use std::future::Future;
 
-pub use cluster::{BgpKind, ClusterRows};
+pub use cluster::{BgpKind, ClusterRows, Sessions};
 pub use sql::{Dialect, SqlStore, StoreOptions};
 
 use crate::error::Result;
