@@ -192,27 +192,11 @@ impl HomeLab {
     }
 
     pub fn start_allocator(&mut self) {
-        let data = self.dir.0.to_string_lossy().to_string();
-        let mut args = vec![
-            "--listen",
-            "10.250.0.1:7470",
-            "--metrics-listen",
-            "10.250.0.1:7471",
-            "--data-dir",
-            &data,
-        ];
         let mut extra = self.options.allocator_args.clone();
         if !extra.iter().any(|a| a == "--tls-cert") {
             extra.extend(test_pki().allocator_args());
         }
-        args.extend(extra.iter().map(String::as_str));
-        let child = self.spawn(
-            "router",
-            &bin("ferrolb-allocator").to_string_lossy(),
-            &args,
-            "allocator",
-        );
-        self.allocator = Some(child);
+        self.spawn_allocator(&extra);
         let start = Instant::now();
         while !self.ctl_output(&["pools", "list"]).status.success() {
             assert!(
@@ -222,6 +206,41 @@ impl HomeLab {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Starts a server at the allocator's address with exactly these flags (its TLS among
+    /// them), waiting only until it listens: the lab's clients may refuse to talk to it.
+    pub fn start_allocator_as(&mut self, extra: &[String]) {
+        self.spawn_allocator(extra);
+        let start = Instant::now();
+        while !self.log("allocator").contains("serving gRPC") {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the server did not start: {}",
+                self.log("allocator")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn spawn_allocator(&mut self, extra: &[String]) {
+        let data = self.dir.0.to_string_lossy().to_string();
+        let mut args = vec![
+            "--listen",
+            "10.250.0.1:7470",
+            "--metrics-listen",
+            "10.250.0.1:7471",
+            "--data-dir",
+            &data,
+        ];
+        args.extend(extra.iter().map(String::as_str));
+        let child = self.spawn(
+            "router",
+            &bin("ferrolb-allocator").to_string_lossy(),
+            &args,
+            "allocator",
+        );
+        self.allocator = Some(child);
     }
 
     /// The fake Kubernetes API server on 10.250.0.1:6443 in the router, and a kubeconfig for it.

@@ -341,8 +341,16 @@ async fn a_node_is_only_itself() {
             .unwrap_err();
         assert_eq!(e.code(), Code::PermissionDenied, "{caller}: {e:?}");
     }
-    // And a node touches no cluster state and no lease.
+    // And a node touches no cluster state, no pool and no lease.
     let mut ipam = client(&a.url(), n1).await;
+    let e = ipam
+        .apply_pool(pb::ApplyPoolRequest {
+            pool: Some(pool("mine", &["10.77.0.0/24"])),
+            create_only: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     let e = ipam
         .release(pb::ReleaseRequest {
             owner: Some(service("home", "default", "home-nginx")),

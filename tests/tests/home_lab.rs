@@ -746,3 +746,63 @@ fn certificates_rotate_while_the_lab_serves() {
         lab.log("allocator")
     );
 }
+
+/// Something else answers at the allocator's address with a valid certificate of the same CA,
+/// but not the allocator's identity (the allocator of another trust domain): every announcer
+/// refuses it, says why, and keeps announcing what it had.
+#[test]
+fn announcers_refuse_a_server_that_is_not_the_allocator() {
+    use ferrolb_common::pki::{self, LeafSpec, Validity};
+    use ferrolb_common::tls::TlsFiles;
+    use ferrolb_e2e::pki::args_for;
+
+    let mut lab = HomeLab::up("hi", Options::default());
+    lab.serve_home_nginx(&NODES, false);
+    let owner = lab.wait_owner(VIP, 5 * SECOND, Result::is_ok).unwrap();
+    assert_eq!(lab.curl_until(VIP, 5 * SECOND, |_| true), owner);
+    lab.kill_allocator();
+
+    let ca = ferrolb_e2e::test_pki();
+    let impostor = pki::issue(
+        &ca.ca,
+        &LeafSpec {
+            principal: &ferrolb_common::Principal::Allocator,
+            domain: "other.example",
+            dns_names: &[],
+            ips: &[],
+            validity: Validity::for_next(Duration::from_secs(3600)),
+        },
+    )
+    .unwrap();
+    let dir = ferrolb_e2e::TempDir::new("ferrolb-impostor");
+    pki::write(&dir.0, "impostor", &impostor).unwrap();
+    let (cert, key) = pki::paths(&dir.0, "impostor");
+    let mut args = args_for(&TlsFiles {
+        cert,
+        key,
+        ca: ca.ca_path(),
+    });
+    args.extend([
+        "--secrets-key-file".into(),
+        ca.secrets_key().display().to_string(),
+    ]);
+    lab.start_allocator_as(&args);
+
+    let start = std::time::Instant::now();
+    for n in NODES {
+        while !lab.log(n).contains("spiffe://other.example/allocator") {
+            assert!(
+                start.elapsed() < 10 * SECOND,
+                "{n} did not refuse the impostor\n{}",
+                lab.log(n)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(
+            lab.announcer_metric(n, "ferrolb_announcer_stream_connected"),
+            0
+        );
+    }
+    // Fail static: what the real allocator assigned is still announced.
+    assert_eq!(lab.curl_until(VIP, 5 * SECOND, |_| true), owner);
+}
