@@ -385,6 +385,17 @@ async fn a_node_is_only_itself() {
     assert!(inbound.message().await.unwrap().is_some());
 }
 
+/// How a stream ends: cleanly (None) or with a status code.
+async fn end_of(inbound: &mut tonic::Streaming<pb::AllocatorMessage>) -> Option<Code> {
+    loop {
+        match inbound.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => return None,
+            Err(s) => return Some(s.code()),
+        }
+    }
+}
+
 /// A node that connects again while its old stream still looks alive: the newer stream takes
 /// over, the older one is ended (ABORTED), and its end does not take the node's session away.
 #[tokio::test]
@@ -394,17 +405,9 @@ async fn a_newer_stream_of_a_node_ends_the_older() {
     let mut old = Fake::connect(&a.url(), "n1", 0, &[]).await;
     old.until(Duration::from_secs(3), Fake::holds).await;
     let mut new = Fake::connect(&a.url(), "n1", old.version, &[VIP]).await;
-    let ended = tokio::time::timeout(Duration::from_secs(2), async {
-        loop {
-            match old.inbound.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => return None,
-                Err(s) => return Some(s.code()),
-            }
-        }
-    })
-    .await
-    .expect("the older stream was not ended");
+    let ended = tokio::time::timeout(Duration::from_secs(2), end_of(&mut old.inbound))
+        .await
+        .expect("the older stream was not ended");
     assert_eq!(ended, Some(Code::Aborted));
     drop(old);
     // The session is the newer stream's: it keeps the address, and the cluster says so.
@@ -531,17 +534,9 @@ async fn a_newer_stream_on_another_replica_ends_the_older() {
     let mut old = Fake::connect(&a.url(), "n1", 0, &[]).await;
     old.until(Duration::from_secs(3), Fake::holds).await;
     let mut new = Fake::connect(&b.url(), "n1", old.version, &[VIP]).await;
-    let ended = tokio::time::timeout(Duration::from_secs(3), async {
-        loop {
-            match old.inbound.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => return None,
-                Err(s) => return Some(s.code()),
-            }
-        }
-    })
-    .await
-    .expect("the older stream on the other replica was not ended");
+    let ended = tokio::time::timeout(Duration::from_secs(3), end_of(&mut old.inbound))
+        .await
+        .expect("the older stream on the other replica was not ended");
     assert_eq!(ended, Some(Code::Aborted));
     drop(old);
     new.drain(Duration::from_millis(1500)).await;
