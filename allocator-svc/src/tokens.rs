@@ -406,10 +406,6 @@ impl Issuers {
         Ok(Issuers(std::sync::Arc::new(map)))
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// The identity `token` proves for `cluster` at `now` (seconds since the epoch); `node` is
     /// what the caller says it is (empty: whatever the token says).
     pub async fn verify(

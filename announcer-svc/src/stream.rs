@@ -179,7 +179,7 @@ fn bgp_changes(
             hold_time: u16::try_from(s.hold_time)
                 .map_err(|_| "hold time out of range".to_string())?,
             keepalive: s.keepalive_time.and_then(|k| u16::try_from(k).ok()),
-            password: (!s.password.is_empty()).then_some(s.password),
+            password: (!s.password.is_empty()).then(|| ferrolb_common::Secret::new(s.password)),
             ebgp_multihop: s.ebgp_multihop,
             graceful_restart: s.graceful_restart,
             name: s.name,

@@ -1,7 +1,6 @@
 //! The TLS flags every ferrolb binary takes, checked once.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use crate::bootstrap::{Exchange, TokenArgs};
 use crate::identity::{self, Principal};
@@ -118,9 +117,4 @@ impl TlsArgs {
             .map_err(|e| e.to_string())?;
         Ok((ClientSecurity::Mtls(config), Some(me)))
     }
-}
-
-/// Reads credentials once, for tools that do not outlive a rotation.
-pub fn load(files: TlsFiles) -> Result<Arc<Credentials>, String> {
-    Credentials::load(files).map_err(|e| e.to_string())
 }

@@ -102,8 +102,9 @@ fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
-/// A BGPPeer as stored: its password sealed under the secrets key, bound to the peer.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+/// A BGPPeer as stored: its password sealed under the secrets key, bound to the peer. No
+/// `Debug`: a row of an earlier version holds the password in the clear.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct StoredPeer {
     #[serde(flatten)]
     peer: BgpPeer,

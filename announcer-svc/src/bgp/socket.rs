@@ -17,7 +17,7 @@ pub async fn connect(spec: &PeerSpec) -> io::Result<TcpStream> {
         IpAddr::V6(_) => TcpSocket::new_v6()?,
     };
     if let Some(password) = &spec.password {
-        set_md5(&socket, spec.address, password.as_bytes())?;
+        set_md5(&socket, spec.address, password.expose().as_bytes())?;
     }
     if let Some(source) = spec.source {
         socket.bind(SocketAddr::new(source, 0)).map_err(|e| {

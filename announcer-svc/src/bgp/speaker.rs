@@ -31,7 +31,8 @@ pub struct PeerSpec {
     /// Seconds.
     pub hold_time: u16,
     pub keepalive: Option<u16>,
-    pub password: Option<String>,
+    /// TCP MD5 key; prints as `<redacted>`.
+    pub password: Option<ferrolb_common::Secret>,
     pub ebgp_multihop: bool,
     pub graceful_restart: bool,
 }
