@@ -9,7 +9,6 @@ pub mod election;
 pub mod error;
 pub mod grpc;
 pub mod lease;
-pub mod metallb_yaml;
 pub mod metrics;
 pub mod pki;
 pub mod pool;

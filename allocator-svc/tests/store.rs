@@ -660,8 +660,17 @@ async fn callers_and_owners(store: SqlStore) {
     let err = store.release(&west, &req("east").owner).await.unwrap_err();
     assert!(matches!(err, Error::PermissionDenied(_)), "{err:?}");
     // A cluster's own pool is open to it alone, and others cannot touch it.
-    store
+    // Only an operator opens a pool wider than the cluster that declares it.
+    let err = store
         .apply_pool(&west, spec("west-pool", &["10.0.1.0/30"]), false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::PermissionDenied(m) if m.contains("an operator does")),
+        "{err:?}"
+    );
+    store
+        .apply_pool(&west, PoolSpec::new("west-pool", &["10.0.1.0/30"]), false)
         .await
         .expect("west declares a pool");
     let err = store

@@ -329,3 +329,41 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     }
     out
 }
+
+/// The metadata key that names the caller in the development plaintext mode.
+pub const CALLER_HEADER: &str = "x-ferrolb-caller";
+
+/// A client interceptor that names the caller in the development plaintext mode (with TLS the
+/// certificate says who calls, and nothing is added).
+#[derive(Clone, Default)]
+pub struct CallerHeader(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl CallerHeader {
+    /// `caller` (`admin/x`, `cluster/c/adapter`, ...) when `security` is the plaintext mode.
+    pub fn new(security: &ClientSecurity, caller: &str) -> Result<Self, String> {
+        match security {
+            ClientSecurity::DevPlaintext => Self::always(caller),
+            ClientSecurity::Mtls(_) => Ok(CallerHeader(None)),
+        }
+    }
+
+    /// `caller` whatever the transport (for tests of the header's own checks).
+    pub fn always(caller: &str) -> Result<Self, String> {
+        caller
+            .parse()
+            .map(|h| CallerHeader(Some(h)))
+            .map_err(|_| format!("{caller:?} is not a valid header value"))
+    }
+}
+
+impl tonic::service::Interceptor for CallerHeader {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(h) = &self.0 {
+            req.metadata_mut().insert(CALLER_HEADER, h.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A gRPC client's service: a channel with the caller's header.
+pub type Intercepted = tonic::service::interceptor::InterceptedService<Channel, CallerHeader>;

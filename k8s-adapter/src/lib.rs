@@ -1,10 +1,13 @@
 //! ferrolb's Kubernetes adapter: MetalLB's custom resources and Service annotations, fed to the
 //! allocator.
 
-pub mod bgp;
+pub mod config;
 pub mod controller;
-pub mod crd;
 pub mod leader;
 pub mod metrics;
+pub mod nodes;
 pub mod service;
-pub mod validate;
+pub mod status;
+
+/// MetalLB's custom resources, from the MetalLB model.
+pub use ferrolb_metallb::crd;

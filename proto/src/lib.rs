@@ -3,7 +3,7 @@
 /// Package `ferrolb.v1`.
 pub mod v1 {
     #![allow(clippy::all, missing_docs)]
-    tonic::include_proto!("ferrolb.v1");
+    include!(concat!(env!("OUT_DIR"), "/ferrolb.v1.rs"));
 }
 
 /// The encoded descriptor set of every ferrolb .proto file, for server reflection.

@@ -23,6 +23,9 @@ fn collection(kind: &str) -> &'static str {
         "L2Advertisement" => "/apis/metallb.io/v1beta1/l2advertisements",
         "BGPAdvertisement" => "/apis/metallb.io/v1beta1/bgpadvertisements",
         "BGPPeer" => "/apis/metallb.io/v1beta2/bgppeers",
+        "Community" => "/apis/metallb.io/v1beta1/communities",
+        "BFDProfile" => "/apis/metallb.io/v1beta1/bfdprofiles",
+        "Secret" => "/api/v1/secrets",
         other => panic!("no collection for {other}"),
     }
 }
@@ -501,4 +504,155 @@ async fn two_replicas_elect_one_leader() {
     .unwrap();
     kube.put(SERVICES, service("second", &[(80, "TCP")]));
     until_ingress(&kube, "second", &["192.168.1.241"]).await;
+}
+
+/// Objects MetalLB's rules judge, one file each: every rule family, good and bad, so that both
+/// doors are compared on acceptance as well as on refusal.
+const CORPUS: &[&str] = &[
+    // Durations with fractions and FRR-only fields left empty are fine.
+    r#"{"kind":"BGPPeer","metadata":{"name":"p"},"spec":{"myASN":64512,"peerASN":64513,"peerAddress":"10.9.0.1","holdTime":"1.5m","vrf":""}}"#,
+    r#"{"kind":"BGPPeer","metadata":{"name":"p"},"spec":{"myASN":64512,"peerASN":64513,"peerAddress":"10.9.0.1","holdTime":"2s","keepaliveTime":"5s"}}"#,
+    r#"{"kind":"BGPPeer","metadata":{"name":"p"},"spec":{"myASN":64512,"peerASN":64513,"peerAddress":"10.9.0.1","bfdProfile":"fast","vrf":"red"}}"#,
+    r#"{"kind":"BGPPeer","metadata":{"name":"p"},"spec":{"myASN":64512,"peerASN":64512,"peerAddress":"10.9.0","ebgpMultiHop":true,"passwordSecret":{"name":"later"}}}"#,
+    r#"{"kind":"IPAddressPool","metadata":{"name":"bad"},"spec":{"addresses":["10.9.0.0/33","10.9.1.9-10.9.1.1"],"adresses":[]}}"#,
+    r#"{"kind":"IPAddressPool","metadata":{"name":"p","annotations":{"ferrolb.io/clusters":"elsewhere"}},"spec":{"addresses":["10.9.0.0/24"],"serviceAllocation":{"namespaces":["a","a"]}}}"#,
+    r#"{"kind":"IPAddressPool","metadata":{"name":"p","annotations":{"ferrolb.io/clusters":"elsewhere"}},"spec":{"addresses":["10.9.0.0/24"]}}"#,
+    r#"{"kind":"IPAddressPool","metadata":{"name":"p"},"spec":{"addresses":["10.9.0.0/24"]}}
+{"kind":"BGPAdvertisement","metadata":{"name":"wide"},"spec":{"aggregationLength":16,"communities":["gold","99999999:1"]}}
+{"kind":"BGPAdvertisement","metadata":{"name":"a"},"spec":{"localPref":100}}
+{"kind":"BGPAdvertisement","metadata":{"name":"b"},"spec":{"localPref":200}}"#,
+    r#"{"kind":"Community","metadata":{"name":"c"},"spec":{"communities":[{"name":"gold","value":"large:1:2"},{"name":"silver","value":"65000:1"}]}}"#,
+    r#"{"kind":"L2Advertisement","metadata":{"name":"l2"},"spec":{"ipAddressPools":["x","x"],"nodeSelectors":[{"matchExpressions":[{"key":"k","operator":"Near"}]}]}}"#,
+    r#"{"kind":"L2Advertisement","metadata":{"name":"l2"},"spec":{"serviceSelectors":[{"matchLabels":{"app":"web"}}]}}"#,
+    r#"{"kind":"BFDProfile","metadata":{"name":"b"},"spec":{"detectMultiplier":1,"receiveInterval":300}}"#,
+];
+
+/// The objects of a file as JSON documents, each with MetalLB's group and namespace.
+fn documents(text: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|d| serde_json::to_value(serde_yaml::Value::deserialize(d).unwrap()).unwrap())
+        .filter(|v| !v.is_null())
+        .map(|mut v| {
+            if v["apiVersion"].is_null() {
+                let version = if v["kind"] == "BGPPeer" {
+                    "v1beta2"
+                } else {
+                    "v1beta1"
+                };
+                v["apiVersion"] = json!(format!("metallb.io/{version}"));
+            }
+            if v["metadata"]["namespace"].is_null() {
+                v["metadata"]["namespace"] = json!("metallb-system");
+            }
+            v
+        })
+        .collect()
+}
+
+/// `ferrolbctl apply` of `file` as the cluster's adapter, against its own allocator: the
+/// verdicts it prints, and whether it failed.
+fn ferrolbctl_verdicts(file: &std::path::Path, cluster: &str) -> (Vec<String>, bool) {
+    let alloc = Allocator::start(None, &[]);
+    let out = Command::new(bin("ferrolbctl"))
+        .args(["--server", &alloc.url()])
+        .args(ferrolb_e2e::test_pki().args(&format!("cluster/{cluster}")))
+        .args(["apply", "--cluster", cluster, "-f"])
+        .arg(file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut verdicts: Vec<String> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("error: ").map(String::from))
+        .collect();
+    verdicts.sort();
+    (verdicts, !out.status.success())
+}
+
+/// The same objects through the lab's API server and the adapter: the messages of the `Valid`
+/// conditions that are not True, once every object has one.
+fn adapter_verdicts(docs: &[Value], cluster: &str) -> Vec<String> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let kube = rt.block_on(FakeKube::start());
+    let alloc = Allocator::start(None, &[]);
+    let dir = TempDir::new("ferrolb-doors");
+    let _adapter = Adapter::for_cluster(&kube, &alloc, &dir, cluster);
+    for d in docs {
+        kube.put(collection(d["kind"].as_str().unwrap()), d.clone());
+    }
+    let judged: Vec<&Value> = docs.iter().filter(|d| d["kind"] != "Secret").collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let conditions: Vec<Option<Value>> = judged
+            .iter()
+            .map(|d| {
+                let kind = d["kind"].as_str().unwrap();
+                let name = d["metadata"]["name"].as_str().unwrap();
+                kube.get(collection(kind), "metallb-system", name)?["status"]["conditions"]
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["type"] == "Valid")
+                    .cloned()
+            })
+            .collect();
+        if conditions.iter().all(Option::is_some) {
+            let mut verdicts: Vec<String> = conditions
+                .into_iter()
+                .flatten()
+                .filter(|c| c["status"] != "True")
+                .map(|c| c["message"].as_str().unwrap().to_string())
+                .collect();
+            verdicts.sort();
+            return verdicts;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the adapter did not judge every object: {conditions:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One YAML gets one verdict: every scenario file and every file of the corpus goes through
+/// `ferrolbctl apply` and through the Kubernetes adapter (each with an allocator of its own, as
+/// the same cluster), and both doors refuse the same objects with the same messages, MetalLB's
+/// rules and the allocator's refusals alike.
+#[test]
+fn one_yaml_one_verdict_through_both_doors() {
+    let dir = TempDir::new("ferrolb-corpus");
+    let mut files: Vec<(String, String)> = [
+        "home-ip-pool.yaml",
+        "ip-pool.yaml",
+        "l2-config.yaml",
+        "company-bgp-pool.yaml",
+    ]
+    .iter()
+    .map(|f| {
+        (
+            f.to_string(),
+            std::fs::read_to_string(scenarios().join(f)).unwrap(),
+        )
+    })
+    .collect();
+    files.extend(CORPUS.iter().enumerate().map(|(i, text)| {
+        let yaml = text.lines().collect::<Vec<_>>().join("\n---\n");
+        (format!("corpus-{i}.yaml"), yaml)
+    }));
+    let mut refused = 0;
+    for (name, text) in &files {
+        let docs = documents(text);
+        let path = dir.0.join(name);
+        let yaml: Vec<String> = docs
+            .iter()
+            .map(|d| serde_yaml::to_string(d).unwrap())
+            .collect();
+        std::fs::write(&path, yaml.join("---\n")).unwrap();
+        let (ctl, failed) = ferrolbctl_verdicts(&path, "doors");
+        let adapter = adapter_verdicts(&docs, "doors");
+        assert_eq!(ctl, adapter, "{name}: ferrolbctl and the adapter disagree");
+        assert_eq!(failed, !ctl.is_empty(), "{name}: ferrolbctl's exit status");
+        eprintln!("{name}: {ctl:?}");
+        refused += ctl.len();
+    }
+    assert!(refused >= 10, "the corpus refuses too little: {refused}");
 }

@@ -590,7 +590,28 @@ impl LeaseStore for SqlStore {
                 }
                 (Caller::Cluster(c), prev) => {
                     // A cluster's own pool is open to it, and stays open as wide as an
-                    // operator made it.
+                    // operator made it; only an operator opens it wider.
+                    let clusters = prev.map(|p| p.spec.clusters.as_slice()).unwrap_or_default();
+                    let clients = prev.map(|p| p.spec.clients.as_slice()).unwrap_or_default();
+                    let wider = spec
+                        .clusters
+                        .iter()
+                        .filter(|x| *x != c && !clusters.contains(x))
+                        .map(|x| format!("cluster/{x}"))
+                        .chain(
+                            spec.clients
+                                .iter()
+                                .filter(|x| !clients.contains(x))
+                                .map(|x| format!("client/{x}")),
+                        )
+                        .next();
+                    if let Some(other) = wider {
+                        return Err(Error::PermissionDenied(format!(
+                            "cluster/{c} may not open pool {:?} to {other}: an operator does (ferrolbctl apply as admin)",
+                            spec.name
+                        ))
+                        .into());
+                    }
                     spec.declared_by = caller.name();
                     spec.clusters = prev.map(|p| p.spec.clusters.clone()).unwrap_or_default();
                     spec.clients = prev.map(|p| p.spec.clients.clone()).unwrap_or_default();

@@ -5,18 +5,16 @@ mod certs;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use ferrolb_allocator::metallb_yaml;
 use ferrolb_common::Principal;
 use ferrolb_common::args::TlsArgs;
 use ferrolb_common::tls::TlsFiles;
-use ferrolb_common::transport;
+use ferrolb_common::transport::{self, CallerHeader, Intercepted};
+use ferrolb_metallb::convert::{self, Message};
+use ferrolb_metallb::{Rejection, kind, validate, yaml};
 use ferrolb_proto::v1 as pb;
 use ferrolb_proto::v1::cluster_state_service_client::ClusterStateServiceClient;
 use ferrolb_proto::v1::ipam_service_client::IpamServiceClient;
 use serde_json::{Value, json};
-use tonic::metadata::MetadataValue;
-use tonic::service::Interceptor;
-use tonic::transport::Channel;
 
 #[derive(Parser)]
 #[command(
@@ -74,6 +72,10 @@ enum Command {
         /// The cluster the advertisements and peers belong to (default: the cluster of --as).
         #[arg(long, default_value = "")]
         cluster: String,
+        /// MetalLB's namespace: where objects without one are, and the only one whose objects
+        /// are taken (as the adapter's --namespace).
+        #[arg(long, default_value = "metallb-system")]
+        namespace: String,
     },
     /// A cluster's nodes, as its adapter reports them.
     #[command(subcommand)]
@@ -310,19 +312,6 @@ enum AllowancesCmd {
     },
 }
 
-#[derive(Clone)]
-struct CallerHeader(Option<MetadataValue<tonic::metadata::Ascii>>);
-
-impl Interceptor for CallerHeader {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(h) = &self.0 {
-            req.metadata_mut().insert("x-ferrolb-caller", h.clone());
-        }
-        Ok(req)
-    }
-}
-
-type Intercepted = tonic::service::interceptor::InterceptedService<Channel, CallerHeader>;
 type Client = IpamServiceClient<Intercepted>;
 type ClusterClient = ClusterStateServiceClient<Intercepted>;
 
@@ -349,12 +338,10 @@ fn security(
 ) -> Result<(transport::ClientSecurity, CallerHeader, Option<String>), String> {
     if cli.tls.dev_plaintext {
         let caller = cli.caller.clone().unwrap_or_else(|| "admin".into());
-        let header = caller
-            .parse()
-            .map_err(|_| format!("--as {caller:?} is not a valid header value"))?;
+        let header = CallerHeader::always(&caller).map_err(|e| format!("--as {e}"))?;
         let cluster = caller.strip_prefix("cluster/").map(str::to_string);
         let (security, _) = cli.tls.client(None)?;
-        return Ok((security, CallerHeader(Some(header)), cluster));
+        return Ok((security, header, cluster));
     }
     if cli.caller.is_some() {
         return Err(
@@ -374,7 +361,7 @@ fn security(
         Some(Principal::Adapter { cluster }) => Some(cluster),
         _ => None,
     };
-    Ok((security, CallerHeader(None), cluster))
+    Ok((security, CallerHeader::default(), cluster))
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
@@ -393,12 +380,21 @@ async fn run(cli: Cli) -> Result<(), String> {
     let mut client: Client = IpamServiceClient::with_interceptor(channel, caller);
     let out = cli.output;
     match cli.command {
-        Command::Apply { file, cluster } => {
+        Command::Apply {
+            file,
+            cluster,
+            namespace,
+        } => {
             let cluster = match (cluster.as_str(), own_cluster) {
                 ("", Some(c)) => c,
                 _ => cluster,
             };
-            apply(&mut client, &mut cluster_client, &file, &cluster, out).await
+            let target = Target {
+                cluster: &cluster,
+                namespace: &namespace,
+                pools_only: false,
+            };
+            apply(&mut client, &mut cluster_client, &file, target, out).await
         }
         Command::Nodes(cmd) => nodes(&mut cluster_client, cmd, out).await,
         Command::Endpoints(cmd) => endpoints(&mut cluster_client, cmd).await,
@@ -409,7 +405,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::BgpAnnouncements { cluster } => {
             bgp_announcements(&mut cluster_client, cluster, out).await
         }
-        Command::Pools(cmd) => pools(&mut client, cmd, out).await,
+        Command::Pools(cmd) => pools(&mut client, &mut cluster_client, cmd, out).await,
         Command::Leases(cmd) => leases(&mut client, cmd, out).await,
         Command::Allocate(a) => allocate(&mut client, a, out).await,
         Command::Release(o) => {
@@ -547,7 +543,12 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
-async fn pools(client: &mut Client, cmd: PoolsCmd, out: Output) -> Result<(), String> {
+async fn pools(
+    client: &mut Client,
+    cluster_client: &mut ClusterClient,
+    cmd: PoolsCmd,
+    out: Output,
+) -> Result<(), String> {
     match cmd {
         PoolsCmd::List => {
             let r = client
@@ -566,20 +567,12 @@ async fn pools(client: &mut Client, cmd: PoolsCmd, out: Output) -> Result<(), St
             print_pools(out, &[p]);
         }
         PoolsCmd::Apply { file } => {
-            let parsed = read_yaml(&file)?;
-            for s in &parsed.skipped {
-                eprintln!("ignoring {s}: pools apply reads IPAddressPools only");
-            }
-            for ad in &parsed.l2_advertisements {
-                eprintln!(
-                    "ignoring L2Advertisement/{}: use ferrolbctl apply --cluster",
-                    ad.name
-                );
-            }
-            let results = apply_pools(client, parsed.pools, out).await?;
-            if out == Output::Json {
-                println!("{}", Value::Array(results));
-            }
+            let target = Target {
+                cluster: "",
+                namespace: "metallb-system",
+                pools_only: true,
+            };
+            apply(client, cluster_client, &file, target, out).await?;
         }
         PoolsCmd::Delete { name } => {
             let r = client
@@ -602,55 +595,42 @@ async fn pools(client: &mut Client, cmd: PoolsCmd, out: Output) -> Result<(), St
     Ok(())
 }
 
-fn read_yaml(file: &std::path::Path) -> Result<metallb_yaml::Parsed, String> {
-    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
-    metallb_yaml::parse(&text).map_err(|e| format!("{}: {e}", file.display()))
+/// Where `ferrolbctl apply` puts a file's objects.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    cluster: &'a str,
+    namespace: &'a str,
+    /// `pools apply`: the file's other kinds are ignored.
+    pools_only: bool,
 }
 
-/// Applies pools, printing a line each for people; returns the results for `-o json`.
-async fn apply_pools(
-    client: &mut Client,
-    pools: Vec<pb::Pool>,
-    out: Output,
-) -> Result<Vec<Value>, String> {
-    let mut results = Vec::new();
-    for pool in pools {
-        let name = pool.name.clone();
-        let r = client
-            .apply_pool(pb::ApplyPoolRequest {
-                pool: Some(pool),
-                create_only: false,
-            })
-            .await
-            .map_err(|s| format!("pool {name:?}: {}", status_text(s)))?
-            .into_inner();
-        let verb = if r.created { "created" } else { "configured" };
-        results.push(json!({"pool": name, "result": verb, "stranded_leases": r.stranded_leases}));
-        if out == Output::Table {
-            let note = if r.stranded_leases > 0 {
-                format!(" ({} leases stranded)", r.stranded_leases)
-            } else {
-                String::new()
-            };
-            println!("ipaddresspool/{name} {verb}{note}");
-        }
-    }
-    Ok(results)
-}
-
+/// Applies a MetalLB YAML file as the Kubernetes adapter applies the same objects: MetalLB's
+/// rules (the `ferrolb-metallb` model) judge each object, the good ones go to the allocator in
+/// the adapter's order, each rejected object is printed with its verdict — the text the adapter
+/// writes in its `Valid` condition — and the command fails if any was rejected.
 async fn apply(
     client: &mut Client,
     cluster_client: &mut ClusterClient,
     file: &std::path::Path,
-    cluster: &str,
+    to: Target<'_>,
     out: Output,
 ) -> Result<(), String> {
-    let parsed = read_yaml(file)?;
-    let cluster_objects = parsed.l2_advertisements.len()
-        + parsed.bgp_peers.len()
-        + parsed.bgp_advertisements.len()
-        + parsed.communities.len();
-    if cluster_objects > 0 && cluster.is_empty() {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let mut parsed =
+        yaml::read(&text, to.namespace).map_err(|e| format!("{}: {e}", file.display()))?;
+    let cfg = &mut parsed.config;
+    if to.pools_only {
+        let others = cfg.l2.drain(..).map(|o| (kind::L2, o.name));
+        let others = others
+            .chain(cfg.peers.drain(..).map(|o| (kind::PEER, o.name)))
+            .chain(cfg.bgp.drain(..).map(|o| (kind::BGP_ADVERTISEMENT, o.name)))
+            .chain(cfg.communities.drain(..).map(|o| (kind::COMMUNITY, o.name)));
+        for (kind, name) in others {
+            eprintln!("ignoring {kind}/{name}: use ferrolbctl apply --cluster");
+        }
+    }
+    let cluster_objects = cfg.l2.len() + cfg.peers.len() + cfg.bgp.len() + cfg.communities.len();
+    if cluster_objects > 0 && to.cluster.is_empty() {
         return Err(format!(
             "{}: advertisements, peers and communities belong to a cluster: say which with --cluster",
             file.display()
@@ -659,63 +639,98 @@ async fn apply(
     for s in &parsed.skipped {
         eprintln!("ignoring {s}: not a kind the allocator takes");
     }
-    // A cluster's MetalLB YAML: its pools are that cluster's to draw from (unless their
-    // ferrolb.io/clusters annotation says who).
-    let mut pools = parsed.pools;
-    if !cluster.is_empty() {
-        for p in pools.iter_mut().filter(|p| p.clusters.is_empty()) {
-            p.clusters = vec![cluster.to_string()];
-        }
+    // The cluster's nodes, for the advertisements' node sets (as the adapter has them).
+    if !to.cluster.is_empty() && !cfg.bgp.is_empty() {
+        let nodes = cluster_client
+            .list_nodes(pb::ListNodesRequest {
+                cluster: to.cluster.to_string(),
+            })
+            .await
+            .map_err(status_text)?
+            .into_inner()
+            .nodes;
+        cfg.nodes = nodes
+            .into_iter()
+            .filter_map(|n| n.node)
+            .map(|n| n.labels.into_iter().collect())
+            .collect();
     }
-    let mut results = apply_pools(client, pools, out).await?;
-    let mut report = |kind: &str, name: String, created: bool| {
-        let verb = if created { "created" } else { "configured" };
-        results.push(json!({kind: name, "result": verb}));
-        if out == Output::Table {
-            println!("{kind}/{name} {verb}");
+    let cfg = &parsed.config;
+    let mut rejected = parsed.unreadable;
+    rejected.extend(validate::check(cfg, to.namespace));
+    let mut results = Vec::new();
+    let mut done = |kind: &'static str,
+                    name: &str,
+                    r: Result<(bool, u64), tonic::Status>,
+                    rejected: &mut Vec<Rejection>| {
+        match r {
+            Ok((created, stranded)) => {
+                let verb = if created { "created" } else { "configured" };
+                results.push(json!({"kind": kind, "name": name, "result": verb, "stranded_leases": stranded}));
+                if out == Output::Table {
+                    let note = if stranded > 0 {
+                        format!(" ({stranded} leases stranded)")
+                    } else {
+                        String::new()
+                    };
+                    println!("{}/{name} {verb}{note}", kind.to_lowercase());
+                }
+                Ok(())
+            }
+            Err(s) if s.code() == tonic::Code::Unavailable => Err(status_text(s)),
+            Err(s) => {
+                rejected.push(Rejection::by_allocator(kind, name, s.message()));
+                Ok(())
+            }
         }
     };
-    for mut ad in parsed.l2_advertisements {
-        ad.cluster = cluster.to_string();
-        let name = ad.name.clone();
-        let r = cluster_client
-            .apply_l2_advertisement(ad)
-            .await
-            .map_err(|s| format!("L2Advertisement {name:?}: {}", status_text(s)))?;
-        report("l2advertisement", name, r.into_inner().created);
-    }
-    // Communities first: advertisements may name their aliases.
-    for mut c in parsed.communities {
-        c.cluster = cluster.to_string();
-        let name = c.name.clone();
-        let r = cluster_client
-            .apply_community(c)
-            .await
-            .map_err(|s| format!("Community {name:?}: {}", status_text(s)))?;
-        report("community", name, r.into_inner().created);
-    }
-    for mut p in parsed.bgp_peers {
-        p.cluster = cluster.to_string();
-        let name = p.name.clone();
-        let r = cluster_client
-            .apply_bgp_peer(p)
-            .await
-            .map_err(|s| format!("BGPPeer {name:?}: {}", status_text(s)))?;
-        report("bgppeer", name, r.into_inner().created);
-    }
-    for mut a in parsed.bgp_advertisements {
-        a.cluster = cluster.to_string();
-        let name = a.name.clone();
-        let r = cluster_client
-            .apply_bgp_advertisement(a)
-            .await
-            .map_err(|s| format!("BGPAdvertisement {name:?}: {}", status_text(s)))?;
-        report("bgpadvertisement", name, r.into_inner().created);
+    // A cluster's MetalLB YAML: its pools are that cluster's to draw from (unless their
+    // ferrolb.io/clusters annotation says who).
+    let clusters: Vec<String> = [to.cluster.to_string()]
+        .into_iter()
+        .filter(|c| !c.is_empty())
+        .collect();
+    for (kind, name, m) in
+        convert::messages(cfg, to.namespace, to.cluster, &clusters, &mut rejected)
+    {
+        let r = match m {
+            Message::Pool(p) => client
+                .apply_pool(pb::ApplyPoolRequest {
+                    pool: Some(p),
+                    create_only: false,
+                })
+                .await
+                .map(|r| (r.get_ref().created, r.get_ref().stranded_leases)),
+            Message::L2Advertisement(a) => cluster_client
+                .apply_l2_advertisement(a)
+                .await
+                .map(|r| (r.get_ref().created, 0)),
+            Message::Community(c) => cluster_client
+                .apply_community(c)
+                .await
+                .map(|r| (r.get_ref().created, 0)),
+            Message::BgpPeer(p) => cluster_client
+                .apply_bgp_peer(p)
+                .await
+                .map(|r| (r.get_ref().created, 0)),
+            Message::BgpAdvertisement(a) => cluster_client
+                .apply_bgp_advertisement(a)
+                .await
+                .map(|r| (r.get_ref().created, 0)),
+        };
+        done(kind, &name, r, &mut rejected)?;
     }
     if out == Output::Json {
         println!("{}", Value::Array(results));
     }
-    Ok(())
+    let verdicts = ferrolb_metallb::verdicts(&rejected);
+    for v in &verdicts {
+        eprintln!("error: {v}");
+    }
+    match verdicts.len() {
+        0 => Ok(()),
+        n => Err(format!("{}: {n} objects rejected", file.display())),
+    }
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {

@@ -1,0 +1,190 @@
+//! Where each Service is announced, as MetalLB shows it: one ServiceL2Status per announced
+//! Service and one ServiceBGPStatus per Service and advertising node, kept from the allocator's
+//! announcement state.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferrolb_metallb::crd;
+use ferrolb_proto::v1 as pb;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tokio::sync::Notify;
+
+use crate::controller::{Ctx, ready, reflect};
+
+/// How often the announcements are read back into ServiceL2Status and ServiceBGPStatus objects.
+const ANNOUNCEMENT_STATUS_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The objects ferrolb writes to show where each Service is announced.
+trait AnnouncementStatus:
+    Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+    + Clone
+    + serde::de::DeserializeOwned
+    + serde::Serialize
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+    type Status: PartialEq + serde::Serialize;
+    fn current(&self) -> Option<&Self::Status>;
+}
+
+impl AnnouncementStatus for crd::ServiceL2Status {
+    type Status = crd::ServiceL2StatusStatus;
+    fn current(&self) -> Option<&Self::Status> {
+        self.status.as_ref()
+    }
+}
+
+impl AnnouncementStatus for crd::ServiceBGPStatus {
+    type Status = crd::ServiceBGPStatusStatus;
+    fn current(&self) -> Option<&Self::Status> {
+        self.status.as_ref()
+    }
+}
+
+/// Keeps, from the allocator's announcement state and as MetalLB does, one ServiceL2Status per
+/// announced Service (its node and interfaces) and one ServiceBGPStatus per Service and
+/// advertising node (the BGPPeers it advertises to), each with MetalLB's labels, so that
+/// `kubectl get servicel2statuses -A` and `kubectl get servicebgpstatuses -A` work as with
+/// MetalLB.
+pub(crate) async fn sync(ctx: Arc<Ctx>) {
+    let ns = &ctx.settings.namespace;
+    let l2_api: Api<crd::ServiceL2Status> = Api::namespaced(ctx.client.clone(), ns);
+    let bgp_api: Api<crd::ServiceBGPStatus> = Api::namespaced(ctx.client.clone(), ns);
+    let l2 = reflect(l2_api.clone(), Arc::new(Notify::new()));
+    let bgp = reflect(bgp_api.clone(), Arc::new(Notify::new()));
+    if !(ready(&l2).await && ready(&bgp).await) {
+        return;
+    }
+    let request = || pb::ListAnnouncementsRequest {
+        cluster: ctx.settings.cluster.clone(),
+    };
+    loop {
+        tokio::time::sleep(ANNOUNCEMENT_STATUS_INTERVAL).await;
+        if let Ok(list) = ctx.cluster.clone().list_announcements(request()).await {
+            let want = l2_statuses(&list.into_inner().announcements);
+            write_statuses(&ctx, &l2_api, &l2, want).await;
+        }
+        if let Ok(list) = ctx.cluster.clone().list_bgp_announcements(request()).await {
+            let want = bgp_statuses(&list.into_inner().announcements);
+            write_statuses(&ctx, &bgp_api, &bgp, want).await;
+        }
+    }
+}
+
+/// The labels MetalLB puts on its status objects.
+fn status_labels(node: &str, namespace: &str, name: &str) -> serde_json::Value {
+    json!({
+        "metallb.io/node": node,
+        "metallb.io/service-name": name,
+        "metallb.io/service-namespace": namespace,
+    })
+}
+
+type Wanted<S> = BTreeMap<String, (serde_json::Value, S)>;
+
+fn l2_statuses(list: &[pb::Announcement]) -> Wanted<crd::ServiceL2StatusStatus> {
+    let mut want = BTreeMap::new();
+    for a in list.iter().filter(|a| !a.node.is_empty()) {
+        for svc in &a.services {
+            let (ns, name) = svc.split_once('/').unwrap_or(("", svc));
+            let status = crd::ServiceL2StatusStatus {
+                node: a.node.clone(),
+                service_name: name.to_string(),
+                service_namespace: ns.to_string(),
+                interfaces: a
+                    .interfaces
+                    .iter()
+                    .map(|i| crd::InterfaceInfo { name: i.clone() })
+                    .collect(),
+            };
+            let labels = status_labels(&a.node, ns, name);
+            want.insert(status_name("l2", &[ns, name]), (labels, status));
+        }
+    }
+    want
+}
+
+/// One per Service and node; a dual-stack Service's two addresses merge their peers.
+fn bgp_statuses(list: &[pb::BgpAnnouncement]) -> Wanted<crd::ServiceBGPStatusStatus> {
+    let mut want: Wanted<crd::ServiceBGPStatusStatus> = BTreeMap::new();
+    for a in list {
+        for n in &a.nodes {
+            for svc in &a.services {
+                let (ns, name) = svc.split_once('/').unwrap_or(("", svc));
+                let (_, status) = want
+                    .entry(status_name("bgp", &[ns, name, &n.node]))
+                    .or_insert_with(|| {
+                        let status = crd::ServiceBGPStatusStatus {
+                            node: n.node.clone(),
+                            service_name: name.to_string(),
+                            service_namespace: ns.to_string(),
+                            peers: vec![],
+                        };
+                        (status_labels(&n.node, ns, name), status)
+                    });
+                status.peers.extend(n.peers.iter().cloned());
+                status.peers.sort();
+                status.peers.dedup();
+            }
+        }
+    }
+    want
+}
+
+/// Makes the namespace's objects of kind K exactly `want`: creates, relabels and updates the
+/// status of what differs, deletes the rest.
+async fn write_statuses<K: AnnouncementStatus>(
+    ctx: &Ctx,
+    api: &Api<K>,
+    existing: &Store<K>,
+    want: Wanted<K::Status>,
+) {
+    let kind = K::kind(&());
+    let pp = PatchParams::default();
+    for (name, (labels, status)) in &want {
+        let current = existing.get(&ObjectRef::new(name).within(&ctx.settings.namespace));
+        if current.as_ref().and_then(|c| c.current()) == Some(status) {
+            continue;
+        }
+        if current.is_none() {
+            let obj = json!({
+                "apiVersion": K::api_version(&()), "kind": kind,
+                "metadata": {"name": name, "namespace": ctx.settings.namespace, "labels": labels},
+                "spec": {},
+            });
+            let Ok(obj) = serde_json::from_value::<K>(obj) else {
+                continue;
+            };
+            if let Err(e) = api.create(&Default::default(), &obj).await {
+                tracing::debug!(error = %e, name, %kind, "cannot create a status object");
+                continue;
+            }
+        } else {
+            let meta = json!({"metadata": {"labels": labels}});
+            let _ = api.patch(name, &pp, &Patch::Merge(&meta)).await;
+        }
+        let patch = json!({"status": status});
+        if let Err(e) = api.patch_status(name, &pp, &Patch::Merge(&patch)).await {
+            tracing::debug!(error = %e, name, %kind, "cannot write a status object");
+        }
+    }
+    for obj in existing.state() {
+        let name = obj.name_any();
+        if !want.contains_key(&name) {
+            let _ = api.delete(&name, &Default::default()).await;
+        }
+    }
+}
+
+/// A status object's name: the prefix and the parts joined by `-`, cut to fit.
+fn status_name(prefix: &str, parts: &[&str]) -> String {
+    let full = format!("{prefix}-{}", parts.join("-"));
+    full.chars().take(253).collect()
+}

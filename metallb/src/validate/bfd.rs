@@ -1,0 +1,66 @@
+//! BFDProfile: MetalLB's `bfdProfileFromCR` (each value within its range) and unique names.
+//! ferrolb's speaker runs no BFD yet, so a peer naming a profile is refused (see `peer`); the
+//! profiles themselves are checked as MetalLB checks them.
+
+use super::{known, placed, unique_names};
+use crate::object::{Config, Rejection, kind::BFD_PROFILE as KIND};
+
+pub(super) fn check(cfg: &Config, namespace: &str, out: &mut Vec<Rejection>) {
+    for b in &cfg.bfd_profiles {
+        placed(KIND, b, namespace, out);
+        known(KIND, &b.name, "spec", &b.spec.other, out);
+        let s = &b.spec;
+        for (field, value, min, max) in [
+            ("spec.detectMultiplier", s.detect_multiplier, 2, 255),
+            ("spec.receiveInterval", s.receive_interval, 10, 60000),
+            ("spec.transmitInterval", s.transmit_interval, 10, 60000),
+            ("spec.minimumTtl", s.minimum_ttl, 1, 254),
+            ("spec.echoInterval", s.echo_interval, 10, 60000),
+        ] {
+            if let Some(v) = value.filter(|v| !(min..=max).contains(v)) {
+                out.push(Rejection::new(
+                    KIND,
+                    &b.name,
+                    field,
+                    format!("invalid value {v}, must be in {min}-{max} range"),
+                ));
+            }
+        }
+    }
+    unique_names(KIND, &cfg.bfd_profiles, "bfd profile", out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::*;
+    use crate::crd::BFDProfileSpec;
+    use crate::object::{Config, Object};
+
+    #[test]
+    fn values_within_metallbs_ranges() {
+        let cfg = Config {
+            bfd_profiles: vec![Object::new(
+                "b",
+                NS,
+                BFDProfileSpec {
+                    detect_multiplier: Some(1),
+                    receive_interval: Some(60001),
+                    minimum_ttl: Some(254),
+                    ..Default::default()
+                },
+            )],
+            ..Config::default()
+        };
+        assert_eq!(
+            rejected(&cfg),
+            [
+                "BFDProfile/b spec.detectMultiplier",
+                "BFDProfile/b spec.receiveInterval"
+            ]
+        );
+        assert_eq!(
+            super::super::check(&cfg, NS)[0].message,
+            "invalid value 1, must be in 2-255 range"
+        );
+    }
+}
