@@ -295,12 +295,7 @@ impl Args {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    ferrolb_common::process::init_logging(&args.log);
     let config = match args.config() {
         Ok(c) => c,
         Err(e) => {
@@ -309,19 +304,7 @@ async fn main() {
         }
     };
     let shutdown = async {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on Ctrl-C only");
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
+        ferrolb_common::process::shutdown_signal().await;
         tracing::info!("shutting down");
     };
     if let Err(e) = server::run(config, shutdown).await {

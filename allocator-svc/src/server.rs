@@ -132,38 +132,23 @@ pub async fn run(
     if let Some(addr) = config.metrics_listen {
         let metrics = Arc::clone(&metrics);
         let serving = Arc::clone(&serving);
-        let l = TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("cannot listen on {addr} for metrics: {e}"))?;
+        // Kubernetes' probes speak plaintext without a certificate: they get the serving state
+        // here and nothing else.
+        let app = ferrolb_common::process::metrics_router(move || metrics.encode()).route(
+            "/healthz",
+            axum::routing::get(move || {
+                let up = serving.load(Ordering::Relaxed);
+                async move {
+                    if up {
+                        (axum::http::StatusCode::OK, "SERVING\n")
+                    } else {
+                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "NOT_SERVING\n")
+                    }
+                }
+            }),
+        );
+        ferrolb_common::process::serve_http(addr, app).await?;
         tracing::info!(%addr, "serving metrics");
-        tokio::spawn(async move {
-            // Kubernetes' probes speak plaintext without a certificate: they get the serving
-            // state here and nothing else.
-            let app = axum::Router::new()
-                .route(
-                    "/metrics",
-                    axum::routing::get(move || {
-                        let m = Arc::clone(&metrics);
-                        async move { m.encode() }
-                    }),
-                )
-                .route(
-                    "/healthz",
-                    axum::routing::get(move || {
-                        let up = serving.load(Ordering::Relaxed);
-                        async move {
-                            if up {
-                                (axum::http::StatusCode::OK, "SERVING\n")
-                            } else {
-                                (axum::http::StatusCode::SERVICE_UNAVAILABLE, "NOT_SERVING\n")
-                            }
-                        }
-                    }),
-                );
-            if let Err(e) = axum::serve(l, app).await {
-                tracing::error!(error = %e, "metrics server stopped");
-            }
-        });
     }
 
     let (health, health_service) = tonic_health::server::health_reporter();

@@ -192,7 +192,7 @@ impl Agent {
                         self.reconcile().await;
                     }
                 }
-                _ = sleep_until(next_gratuitous) => self.send_gratuitous(),
+                _ = crate::sleep_until(next_gratuitous) => self.send_gratuitous(),
             }
         }
         self.assigned.clear();
@@ -479,12 +479,5 @@ impl Agent {
             *s = status;
             changed
         });
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }

@@ -10,3 +10,11 @@ pub mod links;
 pub mod metrics;
 pub mod packet;
 pub mod stream;
+
+/// Sleeps until `at`, or forever when there is nothing to wait for (a timer not armed).
+pub(crate) async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

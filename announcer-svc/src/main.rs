@@ -88,12 +88,7 @@ fn fail(msg: String) -> ! {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    ferrolb_common::process::init_logging(&args.log);
     let node = args.node.clone().unwrap_or_else(|| {
         std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
@@ -167,22 +162,11 @@ async fn main() {
         .unwrap_or_else(|e| fail(e));
 
     if let Some(addr) = metrics_listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .unwrap_or_else(|e| fail(format!("cannot listen on {addr} for metrics: {e}")));
         let m = Arc::clone(&metrics);
-        tokio::spawn(async move {
-            let app = axum::Router::new().route(
-                "/metrics",
-                axum::routing::get(move || {
-                    let m = Arc::clone(&m);
-                    async move { m.encode() }
-                }),
-            );
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "metrics server stopped");
-            }
-        });
+        let app = ferrolb_common::process::metrics_router(move || m.encode());
+        ferrolb_common::process::serve_http(addr, app)
+            .await
+            .unwrap_or_else(|e| fail(e));
     }
     {
         let mut status = status.clone();
@@ -215,12 +199,7 @@ async fn main() {
         Arc::clone(&metrics),
     ));
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .unwrap_or_else(|e| fail(format!("cannot watch SIGTERM: {e}")));
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    ferrolb_common::process::shutdown_signal().await;
     tracing::info!("stopping: taking every address off");
     streaming.abort();
     let _ = streaming.await;

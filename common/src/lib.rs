@@ -4,6 +4,7 @@ pub mod args;
 pub mod bootstrap;
 pub mod identity;
 pub mod pki;
+pub mod process;
 pub mod secret;
 pub mod tls;
 pub mod transport;

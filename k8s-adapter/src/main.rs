@@ -53,12 +53,7 @@ struct Args {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    ferrolb_common::process::init_logging(&args.log);
     if args.cluster.is_empty() || args.cluster.contains('/') {
         eprintln!("ferrolb-k8s-adapter: --cluster must be a name without '/'");
         std::process::exit(2);
@@ -90,25 +85,12 @@ async fn main() {
             );
             std::process::exit(2)
         });
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .unwrap_or_else(|e| {
-                eprintln!("ferrolb-k8s-adapter: cannot listen on {addr} for metrics: {e}");
-                std::process::exit(2)
-            });
         let m = Arc::clone(&metrics);
-        tokio::spawn(async move {
-            let app = axum::Router::new().route(
-                "/metrics",
-                axum::routing::get(move || {
-                    let m = Arc::clone(&m);
-                    async move { m.encode() }
-                }),
-            );
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "metrics server stopped");
-            }
-        });
+        let app = ferrolb_common::process::metrics_router(move || m.encode());
+        if let Err(e) = ferrolb_common::process::serve_http(addr, app).await {
+            eprintln!("ferrolb-k8s-adapter: {e}");
+            std::process::exit(2);
+        }
     }
     let client = match kube::Client::try_default().await {
         Ok(c) => c,

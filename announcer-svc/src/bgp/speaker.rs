@@ -200,7 +200,7 @@ impl Shell {
                         self.read_messages().await;
                     }
                 }
-                _ = sleep_until(next.map(|(_, at)| at)) => {
+                _ = crate::sleep_until(next.map(|(_, at)| at)) => {
                     if let Some((t, _)) = next {
                         self.timers.remove(&t);
                         let e = match t {
@@ -419,12 +419,5 @@ impl Shell {
             tokio::time::timeout(WRITE_TIMEOUT, w.write_all(&bytes)).await,
             Ok(Ok(()))
         )
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
