@@ -8,8 +8,8 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use super::wire::{
-    self, AFI_IPV4, AFI_IPV6, AS_TRANS, Capability, GracefulRestart, Message, Notification, Open,
-    SAFI_UNICAST, Update, WireError, code,
+    self, AFI_IPV4, AFI_IPV6, AS_TRANS, Capability, DecodeError, GracefulRestart, Message,
+    Notification, Open, SAFI_UNICAST, Update, code,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,9 +78,9 @@ pub enum Event {
     /// 19
     BgpOpen(Open),
     /// 21
-    BgpHeaderErr(WireError),
+    BgpHeaderErr(DecodeError),
     /// 22
-    BgpOpenMsgErr(WireError),
+    BgpOpenMsgErr(DecodeError),
     /// 25 (and 24, which needs no different handling without DelayOpen)
     NotifMsg(Notification),
     /// 26
@@ -88,7 +88,7 @@ pub enum Event {
     /// 27
     UpdateMsg(Update),
     /// 28
-    UpdateMsgErr(WireError),
+    UpdateMsgErr(DecodeError),
     /// A ROUTE-REFRESH (RFC 2918) for a family.
     RouteRefreshMsg { afi: u16, safi: u8 },
 }
@@ -102,9 +102,9 @@ impl Event {
             Ok(Message::Update(u)) => Event::UpdateMsg(u),
             Ok(Message::Notification(n)) => Event::NotifMsg(n),
             Ok(Message::RouteRefresh { afi, safi }) => Event::RouteRefreshMsg { afi, safi },
-            Err(e) => match frame.get(18) {
-                Some(1) => Event::BgpOpenMsgErr(e),
-                Some(2) => Event::UpdateMsgErr(e),
+            Err(e) => match e.message_type() {
+                1 => Event::BgpOpenMsgErr(e),
+                2 => Event::UpdateMsgErr(e),
                 _ => Event::BgpHeaderErr(e),
             },
         }
@@ -650,12 +650,7 @@ mod tests {
         assert_eq!(sent(&out), [notification(code::FSM, 3)]);
         let mut f = Fsm::new(config());
         established(&mut f);
-        let e = WireError {
-            code: 3,
-            subcode: 1,
-            data: vec![],
-        };
-        let out = f.process(Event::UpdateMsgErr(e));
+        let out = f.process(Event::UpdateMsgErr(DecodeError::MalformedAttributeList));
         assert_eq!(sent(&out), [notification(3, 1)]);
     }
 
