@@ -1,7 +1,7 @@
 //! The writer: every lease change goes through one worker per replica, which decides in memory
 //! (see [`crate::state`]) and persists a whole batch of calls in one database transaction.
 //!
-//! A batch takes the store's write lock first (see `sql::lock_writes`), so writers on all
+//! A batch takes the store's write lock first (see `db::write_lock`), so writers on all
 //! replicas take turns; it brings its in-memory state up to the store's revision by replaying the
 //! events other writers recorded (or reloads it, after a gap), decides every call, writes what
 //! changed and commits once. Calls are answered only after the commit: many calls share one WAL
@@ -14,9 +14,9 @@ use std::sync::Arc;
 use sqlx::{AnyConnection, Row};
 use tokio::sync::{mpsc, oneshot};
 
+use super::db::{Core, TxError, corrupt, now_ms, write_lock};
 use super::persist;
 use super::rows::{LeaseRow, lease_of, load_pools};
-use super::sql::{Core, TxError, now_ms, write_lock};
 use crate::addr;
 use crate::error::{Error, Result};
 use crate::lease::{AllocRequest, EventKind, Lease, Owner};
@@ -112,7 +112,7 @@ async fn run(core: &Arc<Core>, cached: &mut Option<State>, jobs: Vec<Job>) {
 fn fail_all(jobs: Vec<Job>, e: TxError) {
     let e = match e {
         TxError::Fail(e) => e,
-        TxError::Retry(why) => Error::Unavailable(why),
+        TxError::Retry(race) => Error::Unavailable(format!("the batch lost a race: {race}")),
     };
     tracing::warn!(error = %e, calls = jobs.len(), "batch failed; state is reloaded");
     let answers = jobs.iter().map(|j| failed(j, e.clone())).collect();
@@ -276,10 +276,6 @@ async fn sync(
         }
     }
     load(core, conn, revision).await
-}
-
-fn corrupt(what: &str) -> TxError {
-    TxError::Fail(Error::Internal(format!("stored {what} cannot be read")))
 }
 
 /// Builds the state from the leases and recent releases in the database.

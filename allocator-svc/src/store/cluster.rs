@@ -7,8 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use sqlx::{AnyConnection, Row};
 use tokio::sync::watch;
 
+use super::SqlStore;
+use super::db::{fail, map_sqlx, now_ms};
 use super::rows::{LeaseRow, lease_of};
-use super::sql::{SqlStore, fail, map_sqlx, now_ms};
 use crate::bgp::{BgpAd, BgpPeer, CommunitySet};
 use crate::cluster::{Endpoints, L2Ad, NodeInfo};
 use crate::error::{Error, Result};

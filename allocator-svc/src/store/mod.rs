@@ -12,6 +12,8 @@ macro_rules! lease_columns {
     };
 }
 
+#[macro_use]
+mod db;
 mod batch;
 mod cluster;
 mod persist;
@@ -21,7 +23,8 @@ mod sql;
 use std::future::Future;
 
 pub use cluster::{BgpKind, ClusterRows, Sessions};
-pub use sql::{Dialect, SqlStore, StoreOptions};
+pub use db::{Dialect, StoreOptions};
+pub use sql::SqlStore;
 
 use crate::error::Result;
 use crate::lease::{AllocRequest, Lease, LeaseEvent, LeaseFilter, Owner, PoolStats};

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use sqlx::AnyConnection;
 
-use super::sql::TxError;
+use super::db::TxError;
 use crate::addr;
 use crate::error::Error;
 use crate::lease::{AllocRequest, EventKind, Lease, Owner};

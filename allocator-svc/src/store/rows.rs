@@ -3,9 +3,8 @@
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
-use super::sql::TxError;
+use super::db::TxError;
 use crate::addr::{self, Family};
-use crate::error::Error;
 use crate::lease::{Lease, LeaseAddr, Owner};
 use crate::pool::{Pool, PoolSpec};
 
@@ -42,9 +41,7 @@ pub(super) struct LeaseRow {
     pub revision: i64,
 }
 
-pub(super) fn corrupt(what: &str) -> TxError {
-    TxError::Fail(Error::Internal(format!("stored {what} cannot be read")))
-}
+pub(super) use super::db::corrupt;
 
 impl LeaseRow {
     pub(super) fn from_row(row: &AnyRow) -> Result<LeaseRow, TxError> {

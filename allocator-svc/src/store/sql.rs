@@ -1,148 +1,23 @@
-//! [`SqlStore`]: connections, transactions with retry, and every operation but allocation.
+//! [`SqlStore`]: every lease-store operation (allocation goes through the batch worker), on the
+//! plumbing of `db`.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use sqlx::AnyConnection;
-use sqlx::any::AnyPoolOptions;
-use sqlx::{AnyPool, Row};
 use std::sync::Arc;
+use std::time::Duration;
 
+use sqlx::{AnyConnection, Row};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::batch;
+use super::db::{
+    Core, Dialect, MAX_ATTEMPTS, StoreOptions, TxError, fail, map_sqlx, next_revisions, now_ms,
+    pools_changed, record_event, stamp, write_lock,
+};
 use super::rows::{LeaseRow, corrupt, lease_of, load_pools, owner_rows};
 use super::{Applied, LeasePage, LeaseStore};
 use crate::addr::{self, Family};
 use crate::error::{Error, Result};
 use crate::lease::{AllocRequest, EventKind, Lease, LeaseEvent, LeaseFilter, Owner, PoolStats};
 use crate::pool::{self, Caller, Pool, PoolSpec};
-use crate::secrets::Sealer;
-use crate::state::ClientLimits;
-use ferrolb_common::Secret;
-
-/// Which database a [`SqlStore`] runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dialect {
-    Postgres,
-    Sqlite,
-}
-
-/// How a store connects and behaves.
-#[derive(Debug, Clone)]
-pub struct StoreOptions {
-    /// `postgres://…` or `sqlite://…`; a password in it never reaches a log or an error.
-    pub url: Secret,
-    pub max_connections: u32,
-    /// How long a call waits for a database connection before it fails with UNAVAILABLE.
-    pub acquire_timeout: Duration,
-    /// How long a released address is offered back to its last owner first.
-    pub release_grace: Duration,
-    /// What one external client may hold.
-    pub client_limits: ClientLimits,
-    /// Seals BGP passwords at rest; replicas of one database share its key.
-    pub sealer: Arc<Sealer>,
-}
-
-impl StoreOptions {
-    pub fn new(url: impl Into<String>) -> StoreOptions {
-        StoreOptions {
-            url: Secret::new(url),
-            max_connections: 16,
-            acquire_timeout: Duration::from_secs(2),
-            release_grace: Duration::from_secs(3600),
-            client_limits: ClientLimits::default(),
-            sealer: Arc::new(Sealer::ephemeral()),
-        }
-    }
-}
-
-/// A transaction that hit a race it should simply run again, or a real error.
-pub(crate) enum TxError {
-    Retry(String),
-    Fail(Error),
-}
-
-impl From<Error> for TxError {
-    fn from(e: Error) -> TxError {
-        TxError::Fail(e)
-    }
-}
-
-impl From<sqlx::Error> for TxError {
-    fn from(e: sqlx::Error) -> TxError {
-        if let sqlx::Error::Database(db) = &e {
-            let code = db.code().unwrap_or_default();
-            // Serialization failure, deadlock, and constraint races between replicas (another
-            // transaction took the address or port first, or freed a shared address under us).
-            if matches!(&*code, "40001" | "40P01" | "23505" | "23503")
-                || db.is_unique_violation()
-                || db.is_foreign_key_violation()
-                || db.message().contains("database is locked")
-            {
-                return TxError::Retry(db.message().to_string());
-            }
-        }
-        TxError::Fail(map_sqlx(e))
-    }
-}
-
-/// Maps a database error to what the caller can act on: UNAVAILABLE when the database cannot be
-/// reached (the call may be retried), INTERNAL otherwise.
-pub(super) fn map_sqlx(e: sqlx::Error) -> Error {
-    match &e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Protocol(_) => Error::Unavailable(e.to_string()),
-        sqlx::Error::Database(db) => {
-            let code = db.code().unwrap_or_default();
-            // 08: connection exceptions; 57P0x: the server is shutting down or starting.
-            if code.starts_with("08") || code.starts_with("57P") {
-                Error::Unavailable(db.message().to_string())
-            } else {
-                Error::Internal(db.message().to_string())
-            }
-        }
-        _ => Error::Internal(e.to_string()),
-    }
-}
-
-/// How often a transaction that lost a race runs again before the call fails.
-const MAX_ATTEMPTS: usize = 12;
-
-/// A database URL fit to show: its password replaced.
-pub fn redacted(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    match rest.split_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-            None => url.to_string(),
-        },
-        None => url.to_string(),
-    }
-}
-
-pub(super) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// What the store's calls and its batch worker share.
-pub struct Core {
-    pub(super) db: AnyPool,
-    pub(super) dialect: Dialect,
-    pub(super) grace_ms: i64,
-    pub(super) client_limits: ClientLimits,
-    sealer: Arc<Sealer>,
-    changes: watch::Sender<u64>,
-    /// Cluster state and announcer sessions: moves on every change, from any replica.
-    pub(super) cluster_changes: watch::Sender<u64>,
-}
 
 /// The SQL lease store.
 pub struct SqlStore {
@@ -158,244 +33,19 @@ impl std::ops::Deref for SqlStore {
     }
 }
 
-/// Runs `$body` (an async block using `$conn`) in a transaction, again on races, and commits.
-macro_rules! in_tx {
-    ($store:expr, |$conn:ident| $body:expr) => {{
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let mut tx = $store.db.begin().await.map_err(map_sqlx)?;
-            let outcome: std::result::Result<_, TxError> = async {
-                let $conn: &mut AnyConnection = &mut tx;
-                write_lock($conn, $store.dialect).await?;
-                $body.await
-            }
-            .await;
-            let outcome = match outcome {
-                Ok(v) => tx.commit().await.map(|_| v).map_err(TxError::from),
-                Err(e) => Err(e),
-            };
-            match outcome {
-                Ok(v) => break Ok(v),
-                Err(TxError::Fail(e)) => break Err(e),
-                Err(TxError::Retry(why)) if attempt < MAX_ATTEMPTS => {
-                    tracing::debug!(attempt, %why, "transaction lost a race, running it again");
-                    tokio::time::sleep(Duration::from_millis(attempt as u64 * 2)).await;
-                }
-                Err(TxError::Retry(why)) => {
-                    break Err(Error::Unavailable(format!("too much contention: {why}")))
-                }
-            }
-        }
-    }};
-}
-
 impl SqlStore {
     /// Connects, creates or upgrades the schema, and starts following other replicas' changes.
     pub async fn connect(opts: StoreOptions) -> Result<SqlStore> {
-        sqlx::any::install_default_drivers();
-        let url = opts.url.expose();
-        let dialect = if url.starts_with("postgres") {
-            Dialect::Postgres
-        } else if url.starts_with("sqlite:") {
-            Dialect::Sqlite
-        } else {
-            return Err(Error::invalid(
-                "database-url",
-                format!("{:?} is neither postgres:// nor sqlite:", redacted(url)),
-            ));
-        };
-        let max = match dialect {
-            Dialect::Postgres => opts.max_connections,
-            // One writer at a time is SQLite's model; one connection avoids busy errors.
-            Dialect::Sqlite => 1,
-        };
-        let db = AnyPoolOptions::new()
-            .max_connections(max)
-            .acquire_timeout(opts.acquire_timeout)
-            .connect(url)
-            .await
-            .map_err(map_sqlx)?;
-        let migrated = match dialect {
-            Dialect::Postgres => sqlx::migrate!("./migrations/postgres").run(&db).await,
-            Dialect::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&db).await,
-        };
-        migrated.map_err(|e| Error::Unavailable(format!("migrating the schema: {e}")))?;
-        let rev: i64 = sqlx::query_scalar("SELECT value FROM revision WHERE id = 1")
-            .fetch_one(&db)
-            .await
-            .map_err(map_sqlx)?;
-        let (changes, _) = watch::channel(rev as u64);
-        let cluster_rev: i64 =
-            sqlx::query_scalar("SELECT value FROM cluster_revision WHERE id = 1")
-                .fetch_one(&db)
-                .await
-                .map_err(map_sqlx)?;
-        let (cluster_changes, _) = watch::channel(cluster_rev as u64);
-        let core = Arc::new(Core {
-            db,
-            dialect,
-            grace_ms: opts.release_grace.as_millis() as i64,
-            client_limits: opts.client_limits,
-            sealer: Arc::clone(&opts.sealer),
-            changes,
-            cluster_changes,
-        });
+        let core = Core::connect(&opts).await?;
         let store = SqlStore {
             batches: batch::spawn(Arc::clone(&core)),
             core,
         };
-        if dialect == Dialect::Postgres {
+        if store.dialect == Dialect::Postgres {
             store.follow_notifications(opts.url.clone());
         }
         Ok(store)
     }
-
-    /// Other replicas announce each commit with NOTIFY; this wakes local watchers.
-    fn follow_notifications(&self, url: Secret) {
-        let changes = self.changes.clone();
-        let cluster_changes = self.cluster_changes.clone();
-        tokio::spawn(async move {
-            loop {
-                match sqlx::postgres::PgListener::connect(url.expose()).await {
-                    Ok(mut listener) => {
-                        if let Err(e) = listener.listen_all([NOTIFY_CHANNEL, CLUSTER_CHANNEL]).await
-                        {
-                            tracing::warn!(error = %e, "LISTEN failed");
-                        } else {
-                            loop {
-                                match listener.recv().await {
-                                    Ok(n) => {
-                                        let to = if n.channel() == CLUSTER_CHANNEL {
-                                            &cluster_changes
-                                        } else {
-                                            &changes
-                                        };
-                                        if let Ok(rev) = n.payload().parse::<u64>() {
-                                            advance(to, rev);
-                                        }
-                                    }
-                                    Err(e) => {
-                                        tracing::warn!(error = %e, "lost the notification connection");
-                                        break;
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    Err(e) => tracing::debug!(error = %e, "notification connection failed"),
-                }
-                if changes.is_closed() {
-                    return;
-                }
-                // The connection broke: wake watchers so they re-read, then reconnect.
-                changes.send_modify(|_| {});
-                cluster_changes.send_modify(|_| {});
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        });
-    }
-}
-
-impl Core {
-    pub(super) fn sealer(&self) -> &Sealer {
-        &self.sealer
-    }
-
-    /// Wakes watchers: the store has reached `revision`.
-    pub(super) fn announce(&self, revision: u64) {
-        advance(&self.changes, revision);
-    }
-
-    /// Wakes followers of the cluster state: it has reached `revision`.
-    pub(super) fn cluster_changed(&self, revision: u64) {
-        advance(&self.cluster_changes, revision);
-    }
-}
-
-/// Moves the announced revision forward, never back; watchers wake only on a change.
-fn advance(changes: &watch::Sender<u64>, revision: u64) {
-    changes.send_if_modified(|cur| {
-        let newer = revision > *cur;
-        *cur = (*cur).max(revision);
-        newer
-    });
-}
-
-/// The NOTIFY channel on which every commit announces its revision.
-pub(super) const NOTIFY_CHANNEL: &str = "ferrolb_revision"; // as in the migration's trigger
-/// The NOTIFY channel of cluster state and announcer session changes.
-const CLUSTER_CHANNEL: &str = "ferrolb_cluster";
-
-/// Makes this transaction the only writer until it commits: it locks the revision row first,
-/// before any pool or lease row, so writers on every replica queue in one order and never
-/// deadlock. Batching (see `batch`) keeps the single writer busy with many calls per commit.
-/// SQLite has one connection and needs no lock.
-///
-/// Returns the store's revision and the pool configuration's version.
-pub(super) async fn write_lock(
-    conn: &mut AnyConnection,
-    dialect: Dialect,
-) -> Result<(u64, u64), TxError> {
-    let sql = match dialect {
-        Dialect::Postgres => "SELECT value, pools_version FROM revision WHERE id = 1 FOR UPDATE",
-        Dialect::Sqlite => "SELECT value, pools_version FROM revision WHERE id = 1",
-    };
-    let (value, pools): (i64, i64) = sqlx::query_as(sql).fetch_one(&mut *conn).await?;
-    Ok((value as u64, pools as u64))
-}
-
-/// Tells every writer to re-read the pools.
-async fn pools_changed(conn: &mut AnyConnection) -> Result<(), TxError> {
-    sqlx::query("UPDATE revision SET pools_version = pools_version + 1 WHERE id = 1")
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
-/// Takes `n` revisions; writers hold the row's lock until commit, so revisions commit in order.
-pub(super) async fn next_revisions(conn: &mut AnyConnection, n: i64) -> Result<u64, TxError> {
-    let last: i64 =
-        sqlx::query_scalar("UPDATE revision SET value = value + $1 WHERE id = 1 RETURNING value")
-            .bind(n)
-            .fetch_one(&mut *conn)
-            .await?;
-    Ok((last - n + 1) as u64)
-}
-
-/// Records an event at `revision`.
-pub(super) async fn record_event(
-    conn: &mut AnyConnection,
-    revision: u64,
-    kind: EventKind,
-    lease: &Lease,
-) -> Result<(), TxError> {
-    let json = serde_json::to_string(lease).map_err(|e| Error::Internal(e.to_string()))?;
-    sqlx::query(
-        "INSERT INTO lease_events (revision, kind, pool, lease, at_ms) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(revision as i64)
-    .bind(kind.code())
-    .bind(lease.pool().to_string())
-    .bind(json)
-    .bind(now_ms())
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-/// Sets the revision of an owner's rows.
-pub(super) async fn stamp(
-    conn: &mut AnyConnection,
-    owner_key: &str,
-    revision: u64,
-) -> Result<(), TxError> {
-    sqlx::query("UPDATE leases SET revision = $1 WHERE owner_key = $2")
-        .bind(revision as i64)
-        .bind(owner_key)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
 }
 
 impl SqlStore {
@@ -959,26 +609,5 @@ impl LeaseStore for SqlStore {
             .await
             .map_err(map_sqlx)?;
         Ok(())
-    }
-}
-
-pub(super) fn fail(e: TxError) -> Error {
-    match e {
-        TxError::Fail(e) => e,
-        TxError::Retry(why) => Error::Unavailable(why),
-    }
-}
-
-#[cfg(test)]
-mod redaction_tests {
-    #[test]
-    fn passwords_are_not_shown() {
-        assert_eq!(
-            super::redacted("postgres://ferrolb:hunter2@db:5432/ferrolb"),
-            "postgres://ferrolb:***@db:5432/ferrolb"
-        );
-        assert_eq!(super::redacted("postgres://db/x"), "postgres://db/x");
-        let opts = super::StoreOptions::new("postgres://u:hunter2@db/x");
-        assert!(!format!("{opts:?}").contains("hunter2"));
     }
 }
