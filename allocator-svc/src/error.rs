@@ -21,6 +21,12 @@ pub enum Error {
     /// A watch asked for history that is no longer kept.
     #[error("{0}")]
     OutOfRange(String),
+    /// A newer call took over (a node's newer announcer stream).
+    #[error("{0}")]
+    Aborted(String),
+    /// The caller did not do its part in time (a stream without its hello).
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// The database cannot be reached; the call may be retried.
     #[error("database unavailable: {0}")]
     Unavailable(String),
@@ -46,6 +52,8 @@ impl Error {
             Error::Conflict(_) => "FAILED_PRECONDITION",
             Error::PermissionDenied(_) => "PERMISSION_DENIED",
             Error::OutOfRange(_) => "OUT_OF_RANGE",
+            Error::Aborted(_) => "ABORTED",
+            Error::DeadlineExceeded(_) => "DEADLINE_EXCEEDED",
             Error::Unavailable(_) => "UNAVAILABLE",
             Error::Internal(_) => "INTERNAL",
         }

@@ -28,12 +28,12 @@ use crate::store::{BgpKind, SqlStore};
 use ferrolb_common::Principal;
 
 /// May `caller` act for `cluster`?
-fn for_cluster(caller: &Caller, cluster: &str) -> Result<(), Status> {
-    validate_name("cluster", cluster).map_err(Status::from)?;
+fn for_cluster(caller: &Caller, cluster: &str) -> Result<(), Error> {
+    validate_name("cluster", cluster)?;
     match caller {
         Caller::Admin => Ok(()),
         Caller::Cluster(c) if c == cluster => Ok(()),
-        other => Err(Status::permission_denied(format!(
+        other => Err(Error::PermissionDenied(format!(
             "{} may not act for cluster {cluster:?}",
             other.name()
         ))),
@@ -378,9 +378,7 @@ impl ClusterStateService for ClusterState {
             Ok(pb::BgpKind::Advertisement) => BgpKind::Advertisement,
             Ok(pb::BgpKind::Community) => BgpKind::Community,
             _ => {
-                return Err(Status::invalid_argument(
-                    "kind: peer, advertisement or community",
-                ));
+                return Err(Error::invalid("kind", "peer, advertisement or community").into());
             }
         };
         self.store.delete_bgp(kind, &r.cluster, &r.name).await?;
@@ -609,7 +607,7 @@ impl Announcers {
         let why = tokio::select! {
             why = self.run(&s, &hello, &mut inbound, &out) => why,
             _ = replaced => {
-                let _ = out.send(Err(Status::aborted("a newer stream of this node took over"))).await;
+                let _ = out.send(Err(Error::Aborted("a newer stream of this node took over".into()).into())).await;
                 "replaced by a newer stream of the node"
             }
         };
@@ -691,7 +689,7 @@ impl Announcers {
                         }
                     }
                     Ok(Some(_)) => {
-                        let _ = out.send(Err(Status::invalid_argument("only status messages may follow the hello"))).await;
+                        let _ = out.send(Err(Error::invalid("message", "only status messages may follow the hello").into())).await;
                         return "protocol error";
                     }
                     Ok(None) => return "stream closed",
@@ -707,7 +705,7 @@ impl Announcers {
                     if v.sessions_revision >= s.opened_at
                         && v.sessions.get(&key).is_some_and(|id| *id != s.id)
                     {
-                        let _ = out.send(Err(Status::aborted("a newer stream of this node took over"))).await;
+                        let _ = out.send(Err(Error::Aborted("a newer stream of this node took over".into()).into())).await;
                         return "replaced by a newer stream of the node";
                     }
                     let want = node_view(&v);
@@ -747,35 +745,37 @@ impl AnnouncerService for AnnouncerApi {
         let (cluster, node) = match convert::principal(&req)? {
             Principal::Node { cluster, node } => (cluster.clone(), node.clone()),
             other => {
-                return Err(Status::permission_denied(format!(
+                return Err(Error::PermissionDenied(format!(
                     "{other} is not a node: only a node's own identity opens its stream"
-                )));
+                ))
+                .into());
             }
         };
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
-            .map_err(|_| Status::deadline_exceeded("no hello within 10 s"))??;
+            .map_err(|_| Status::from(Error::DeadlineExceeded("no hello within 10 s".into())))??;
         let Some(pb::AnnouncerMessage {
             kind: Some(Up::Hello(hello)),
         }) = first
         else {
-            return Err(Status::invalid_argument(
-                "the first message must be a hello",
-            ));
+            return Err(Error::invalid("message", "the first message must be a hello").into());
         };
         validate_name("hello.cluster", &hello.cluster)?;
         validate_name("hello.node", &hello.node)?;
         if (hello.cluster.as_str(), hello.node.as_str()) != (cluster.as_str(), node.as_str()) {
-            return Err(Status::permission_denied(format!(
+            return Err(Error::PermissionDenied(format!(
                 "cluster/{cluster}/node/{node} may not announce as node {:?} of cluster {:?}",
                 hello.node, hello.cluster
-            )));
+            ))
+            .into());
         }
         if !hello.capabilities.iter().any(|c| c == "l2" || c == "bgp") {
-            return Err(Status::invalid_argument(
-                "hello.capabilities: this allocator serves layer-2 (\"l2\") and BGP (\"bgp\") announcers",
-            ));
+            return Err(Error::invalid(
+                "hello.capabilities",
+                "this allocator serves layer-2 (\"l2\") and BGP (\"bgp\") announcers",
+            )
+            .into());
         }
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(Arc::clone(&self.0).serve(hello, inbound, tx));

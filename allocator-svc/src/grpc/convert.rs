@@ -26,6 +26,8 @@ impl From<Error> for Status {
             Error::Conflict(_) => Status::failed_precondition(msg),
             Error::PermissionDenied(_) => Status::permission_denied(msg),
             Error::OutOfRange(_) => Status::out_of_range(msg),
+            Error::Aborted(_) => Status::aborted(msg),
+            Error::DeadlineExceeded(_) => Status::deadline_exceeded(msg),
             Error::Unavailable(_) => Status::unavailable(msg),
             Error::Internal(_) => Status::internal(msg),
         }
