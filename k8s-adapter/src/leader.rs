@@ -1,6 +1,7 @@
 //! Leader election on a Kubernetes Lease (`coordination.k8s.io/v1`), so that two adapter
 //! replicas never write the same statuses: one holds the lease and renews it; the other waits
-//! until it expires. A leader that cannot renew in time stops, so that it never acts on an
+//! until it expires. A leader that cannot renew in time, or sees another replica holding the
+//! lease, is told so through [`Leadership::lost`]; its caller stops, so that it never acts on an
 //! expired lease.
 
 use std::time::Duration;
@@ -89,9 +90,28 @@ async fn try_hold(api: &Api<Lease>, me: &str, duration: Duration) -> Result<bool
     }
 }
 
-/// Waits until `me` holds the lease, then keeps renewing it in the background; the process
-/// exits if the lease is lost, since another replica may act from then on.
-pub async fn lead(client: Client, namespace: &str, me: &str, duration: Duration) {
+/// Why a leader is no longer one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LeadershipLost {
+    #[error("another replica took the leader lease")]
+    TakenOver,
+    #[error("the leader lease expired before it could be renewed")]
+    Expired,
+}
+
+/// The leader lease, held and renewed in the background.
+pub struct Leadership(tokio::sync::oneshot::Receiver<LeadershipLost>);
+
+impl Leadership {
+    /// Completes when the lease is lost, with the reason. A leadership whose renewing task is
+    /// gone counts as expired.
+    pub async fn lost(self) -> LeadershipLost {
+        self.0.await.unwrap_or(LeadershipLost::Expired)
+    }
+}
+
+/// Waits until `me` holds the lease, then keeps renewing it in the background.
+pub async fn lead(client: Client, namespace: &str, me: &str, duration: Duration) -> Leadership {
     let api: Api<Lease> = Api::namespaced(client, namespace);
     let retry = (duration / 3).max(Duration::from_millis(200));
     loop {
@@ -104,24 +124,23 @@ pub async fn lead(client: Client, namespace: &str, me: &str, duration: Duration)
     }
     tracing::info!(identity = me, "leading");
     let me = me.to_string();
+    let (tell, told) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let mut held = tokio::time::Instant::now();
-        loop {
+        let lost = loop {
             tokio::time::sleep(retry).await;
             match try_hold(&api, &me, duration).await {
                 Ok(true) => held = tokio::time::Instant::now(),
-                Ok(false) => {
-                    tracing::error!("another replica took the leader lease: stopping");
-                    std::process::exit(1);
-                }
+                Ok(false) => break LeadershipLost::TakenOver,
                 Err(e) => tracing::warn!(error = %e, "cannot renew the leader lease"),
             }
             if held.elapsed() >= duration {
-                tracing::error!("the leader lease expired before it could be renewed: stopping");
-                std::process::exit(1);
+                break LeadershipLost::Expired;
             }
-        }
+        };
+        let _ = tell.send(lost);
     });
+    Leadership(told)
 }
 
 #[cfg(test)]

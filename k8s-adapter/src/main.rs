@@ -99,19 +99,22 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    if args.lease_seconds > 0 {
+    let leadership = if args.lease_seconds > 0 {
         let me = std::env::var("POD_NAME").unwrap_or_else(|_| {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
             format!("{}-{}", host.trim(), std::process::id())
         });
-        ferrolb_k8s_adapter::leader::lead(
+        let held = ferrolb_k8s_adapter::leader::lead(
             client.clone(),
             &args.namespace,
             &me,
             Duration::from_secs(args.lease_seconds),
         )
         .await;
-    }
+        Some(held)
+    } else {
+        None
+    };
     let settings = Settings {
         cluster: args.cluster,
         namespace: args.namespace,
@@ -125,8 +128,24 @@ async fn main() {
         namespace = settings.namespace,
         "adapter started"
     );
-    if let Err(e) = controller::run(client, settings, metrics).await {
-        eprintln!("ferrolb-k8s-adapter: {e}");
-        std::process::exit(1);
+    // A leader that loses its lease stops at once: another replica may act from then on.
+    let lost = async {
+        match leadership {
+            Some(l) => l.lost().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        r = controller::run(client, settings, metrics) => {
+            if let Err(e) = r {
+                eprintln!("ferrolb-k8s-adapter: {e}");
+                std::process::exit(1);
+            }
+        }
+        why = lost => {
+            tracing::error!(reason = %why, "leadership lost: stopping");
+            eprintln!("ferrolb-k8s-adapter: leadership lost: {why}");
+            std::process::exit(1);
+        }
     }
 }

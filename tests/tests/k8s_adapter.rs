@@ -484,7 +484,7 @@ async fn two_replicas_elect_one_leader() {
     })
     .await
     .unwrap();
-    let _b = Adapter::named(&kube, &alloc, &dir, "home", "replica-b", "2");
+    let mut b = Adapter::named(&kube, &alloc, &dir, "home", "replica-b", "2");
     kube.put(SERVICES, service("home-nginx", &[(80, "TCP")]));
     until_ingress(&kube, "home-nginx", &["192.168.1.240"]).await;
     assert_eq!(
@@ -504,6 +504,41 @@ async fn two_replicas_elect_one_leader() {
     .unwrap();
     kube.put(SERVICES, service("second", &[(80, "TCP")]));
     until_ingress(&kube, "second", &["192.168.1.241"]).await;
+
+    // Another holder appears on the lease: the leader hears it has lost and stops, non-zero.
+    let leases = "/apis/coordination.k8s.io/v1/leases";
+    let mut lease = kube
+        .get(leases, "metallb-system", "ferrolb-k8s-adapter")
+        .unwrap();
+    lease["spec"]["holderIdentity"] = json!("replica-c");
+    lease["spec"]["leaseDurationSeconds"] = json!(3600);
+    lease["spec"]["renewTime"] = json!(micro_time_now());
+    kube.put(leases, lease);
+    let status = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = b.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the replica that lost its lease kept running"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .unwrap();
+    assert!(!status.success(), "{status}");
+}
+
+/// Now as a Kubernetes MicroTime.
+fn micro_time_now() -> String {
+    let out = Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%S.%6NZ"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 /// Objects MetalLB's rules judge, one file each: every rule family, good and bad, so that both
