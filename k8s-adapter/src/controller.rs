@@ -4,7 +4,7 @@
 //! changes); the endpoints of each Service are reported for the layer-2 decision; and leases of
 //! Services that are gone are released — only from complete lists.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,9 +21,10 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Mutex, Notify, RwLock, mpsc};
 use tonic::{Code, Status};
 
+use crate::index::{self, ServiceKey, SliceIndex};
 use crate::service::{self, ALLOCATED_FROM_POOL, Decision, Event};
 use ferrolb_common::transport::{self, CallerHeader, ClientSecurity, Intercepted};
 
@@ -47,10 +48,11 @@ pub(crate) struct Ctx {
     pub(crate) ipam: IpamServiceClient<Intercepted>,
     pub(crate) cluster: ClusterStateServiceClient<Intercepted>,
     pub(crate) namespaces: Store<Namespace>,
-    pub(crate) slices: Store<EndpointSlice>,
+    /// Every Service's EndpointSlices, by Service.
+    pub(crate) slices: RwLock<SliceIndex>,
     pub(crate) nodes: Store<Node>,
     /// The endpoints last reported per Service (namespace, name).
-    pub(crate) reported: std::sync::Mutex<BTreeMap<(String, String), pb::ServiceEndpoints>>,
+    pub(crate) reported: Mutex<BTreeMap<ServiceKey, pb::ServiceEndpoints>>,
     pub(crate) recorder: Recorder,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
@@ -87,10 +89,6 @@ pub async fn run(
     );
     let node_changes = Arc::new(Notify::new());
     let nodes = reflect(Api::<Node>::all(client.clone()), Arc::clone(&node_changes));
-    let slices = reflect(
-        Api::<EndpointSlice>::all(client.clone()),
-        Arc::new(Notify::new()),
-    );
 
     let recorder = Recorder::new(
         client.clone(),
@@ -105,9 +103,9 @@ pub async fn run(
         ipam,
         cluster,
         namespaces,
-        slices,
+        slices: RwLock::default(),
         nodes,
-        reported: std::sync::Mutex::default(),
+        reported: Mutex::default(),
         recorder,
         metrics,
     });
@@ -155,15 +153,7 @@ pub async fn run(
     );
     tokio::spawn(collect_garbage(Arc::clone(&ctx), service_store, deleted));
     controller
-        .watches(
-            Api::<EndpointSlice>::all(client),
-            watcher::Config::default(),
-            |slice| {
-                let ns = slice.namespace()?;
-                let svc = slice.labels().get("kubernetes.io/service-name")?.clone();
-                Some(ObjectRef::new(&svc).within(&ns))
-            },
-        )
+        .reconcile_on(index_slices(client, Arc::clone(&ctx)))
         .reconcile_all_on(tokio_stream::wrappers::ReceiverStream::new(reprocess_rx))
         .run(reconcile, error_policy, ctx)
         .for_each(|r| async move {
@@ -254,31 +244,35 @@ fn owner(ctx: &Ctx, svc: &Service) -> pb::Owner {
     }
 }
 
-/// Nodes with a serving endpoint of the Service, and whether any endpoint serves
-/// (`ready` unset or true, or `serving` true: terminating but serving counts).
-fn endpoints(ctx: &Ctx, svc: &Service) -> (BTreeSet<String>, bool) {
-    let ns = svc.namespace().unwrap_or_default();
-    let name = svc.name_any();
-    let mut nodes = BTreeSet::new();
-    let mut any = false;
-    for slice in ctx.slices.state() {
-        if slice.namespace().as_deref() != Some(ns.as_str())
-            || slice.labels().get("kubernetes.io/service-name") != Some(&name)
-        {
-            continue;
-        }
-        for ep in &slice.endpoints {
-            let c = ep.conditions.as_ref();
-            let serving = c.is_none_or(|c| c.ready.unwrap_or(true) || c.serving == Some(true));
-            if serving {
-                any = true;
-                if let Some(n) = &ep.node_name {
-                    nodes.insert(n.clone());
+/// Keeps the slice index from the EndpointSlice watch and asks for the Services whose endpoints
+/// changed to be reconciled (after the index has the change, so that the reconcile sees it).
+fn index_slices(
+    client: Client,
+    ctx: Arc<Ctx>,
+) -> impl futures::Stream<Item = ObjectRef<Service>> + Send + 'static {
+    let (tx, rx) = mpsc::channel(1024);
+    tokio::spawn(async move {
+        let mut events = std::pin::pin!(watcher(
+            Api::<EndpointSlice>::all(client),
+            watcher::Config::default()
+        ));
+        while let Some(ev) = events.next().await {
+            let ev = match ev {
+                Ok(ev) => ev,
+                Err(e) => {
+                    tracing::debug!(error = %e, "EndpointSlice watch");
+                    continue;
+                }
+            };
+            let touched = ctx.slices.write().await.handle(ev);
+            for (ns, name) in touched {
+                if tx.send(ObjectRef::new(&name).within(&ns)).await.is_err() {
+                    return;
                 }
             }
         }
-    }
-    (nodes, any)
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
@@ -300,36 +294,18 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 record(&ctx, &svc, e).await;
             }
             allocate(&ctx, &svc, *req).await?;
-            let (nodes, any) = endpoints(&ctx, &svc);
-            let local = svc
-                .spec
-                .as_ref()
-                .and_then(|s| s.external_traffic_policy.as_deref())
-                == Some("Local");
-            let report = pb::ServiceEndpoints {
-                cluster: ctx.settings.cluster.clone(),
-                namespace: ns,
-                name: svc.name_any(),
-                serving_nodes: nodes.into_iter().collect(),
-                any_serving: any,
-                traffic_policy_local: local,
-            };
+            let e = ctx.slices.read().await.endpoints(&ns, &svc.name_any());
+            let report = index::report(&ctx.settings.cluster, &svc, e);
             // What this process last reported is not reported again (a Service is reconciled
             // again after every status write).
             let key = (report.namespace.clone(), report.name.clone());
-            let known = ctx
-                .reported
-                .lock()
-                .is_ok_and(|m| m.get(&key) == Some(&report));
-            if !known {
+            if ctx.reported.lock().await.get(&key) != Some(&report) {
                 ctx.cluster
                     .clone()
                     .set_endpoints(report.clone())
                     .await
                     .map_err(grpc)?;
-                if let Ok(mut m) = ctx.reported.lock() {
-                    m.insert(key, report);
-                }
+                ctx.reported.lock().await.insert(key, report);
             }
             Ok(resync)
         }
@@ -420,9 +396,10 @@ async fn try_allocate(
 
 /// Releases an owner's lease and forgets its endpoints; says whether there was a lease.
 async fn release_owner(ctx: &Ctx, o: pb::Owner) -> Result<bool, Error> {
-    if let Ok(mut m) = ctx.reported.lock() {
-        m.remove(&(o.namespace.clone(), o.name.clone()));
-    }
+    ctx.reported
+        .lock()
+        .await
+        .remove(&(o.namespace.clone(), o.name.clone()));
     let released = match ctx
         .ipam
         .clone()

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod controller;
+pub mod index;
 pub mod leader;
 pub mod metrics;
 pub mod nodes;
