@@ -12,7 +12,7 @@ use ferrolb_metallb::crd::{self, IPAddressPool, L2Advertisement};
 use ferrolb_metallb::{Object, Rejection, kind, validate};
 use ferrolb_proto::v1 as pb;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch};
 use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
@@ -20,7 +20,7 @@ use serde_json::json;
 use tokio::sync::{Notify, mpsc};
 use tonic::{Code, Status};
 
-use crate::controller::{Ctx, Error, grpc, ready, reflect};
+use crate::controller::{Ctx, Error, apply_as, apply_config, grpc, manager, ready, reflect};
 
 /// The stores of every configuration kind.
 struct Watched {
@@ -226,12 +226,10 @@ async fn pool_status(ctx: &Ctx, pools: &Store<IPAddressPool>) {
             "assignedIPv4": want.assigned_ipv4, "assignedIPv6": want.assigned_ipv6,
             "availableIPv4": want.available_ipv4, "availableIPv6": want.available_ipv6,
         }});
+        let name = pool.name_any();
+        let patch = apply_config::<IPAddressPool>(&name, &ctx.settings.namespace, patch);
         if let Err(e) = api
-            .patch_status(
-                &pool.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
+            .patch_status(&name, &apply_as(manager::POOL_USAGE), &Patch::Apply(&patch))
             .await
         {
             tracing::debug!(error = %e, pool = pool.name_any(), "cannot write the pool's counts");
@@ -456,8 +454,9 @@ where
     };
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
     let patch = json!({"status": {"conditions": [condition]}});
+    let patch = apply_config::<K>(&name, &ctx.settings.namespace, patch);
     if let Err(e) = api
-        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .patch_status(&name, &apply_as(manager::CONDITIONS), &Patch::Apply(&patch))
         .await
     {
         tracing::debug!(error = %e, object = name, "cannot write the status");

@@ -41,6 +41,38 @@ pub struct Settings {
     pub resync: Duration,
 }
 
+/// The field managers ferrolb writes under, one per writer, so that each owns its fields beside
+/// other controllers and GitOps tools (and a writer's apply never drops another's fields).
+pub(crate) mod manager {
+    /// A Service's status and ferrolb's annotation on it.
+    pub const SERVICE: &str = "ferrolb";
+    /// Configuration objects' `Valid` condition.
+    pub const CONDITIONS: &str = "ferrolb-conditions";
+    /// IPAddressPools' address counts.
+    pub const POOL_USAGE: &str = "ferrolb-pool-usage";
+    /// ServiceL2Status and ServiceBGPStatus objects.
+    pub const ANNOUNCEMENTS: &str = "ferrolb-announcements";
+}
+
+/// Server-side apply as `manager`, taking over fields another manager set (MetalLB's, after a
+/// migration).
+pub(crate) fn apply_as(manager: &str) -> PatchParams {
+    PatchParams::apply(manager).force()
+}
+
+/// The apply configuration of a `K` named `name`: its type, its name and namespace, and `fields`.
+pub(crate) fn apply_config<K: Resource<DynamicType = ()>>(
+    name: &str,
+    namespace: &str,
+    mut fields: serde_json::Value,
+) -> serde_json::Value {
+    fields["apiVersion"] = json!(K::api_version(&()));
+    fields["kind"] = json!(K::kind(&()));
+    fields["metadata"]["name"] = json!(name);
+    fields["metadata"]["namespace"] = json!(namespace);
+    fields
+}
+
 /// What the reconcilers share.
 pub(crate) struct Ctx {
     pub(crate) client: Client,
@@ -359,17 +391,18 @@ async fn allocate(ctx: &Ctx, svc: &Service, req: pb::AllocateRequest) -> Result<
     let lease = answer.lease.unwrap_or_default();
     let api: Api<Service> =
         Api::namespaced(ctx.client.clone(), &svc.namespace().unwrap_or_default());
-    let pp = PatchParams::default();
+    let (name, ns) = (svc.name_any(), svc.namespace().unwrap_or_default());
+    let pp = apply_as(manager::SERVICE);
     if current != lease.ips {
         let status = json!({"status": {"loadBalancer": service::ingress(&lease.ips)}});
-        api.patch_status(&svc.name_any(), &pp, &Patch::Merge(&status))
-            .await?;
+        let status = apply_config::<Service>(&name, &ns, status);
+        api.patch_status(&name, &pp, &Patch::Apply(&status)).await?;
     }
     let annotated = svc.annotations().get(ALLOCATED_FROM_POOL);
     if annotated != Some(&lease.pool) {
         let meta = json!({"metadata": {"annotations": {ALLOCATED_FROM_POOL: lease.pool}}});
-        api.patch(&svc.name_any(), &pp, &Patch::Merge(&meta))
-            .await?;
+        let meta = apply_config::<Service>(&name, &ns, meta);
+        api.patch(&name, &pp, &Patch::Apply(&meta)).await?;
     }
     if answer.created || current != lease.ips {
         let e = Event {
@@ -434,7 +467,11 @@ async fn release(ctx: &Ctx, svc: &Service) -> Result<(), Error> {
     }
     let api: Api<Service> =
         Api::namespaced(ctx.client.clone(), &svc.namespace().unwrap_or_default());
-    let pp = PatchParams::default();
+    // Removing fields: a merge patch of nulls, as ferrolb's manager.
+    let pp = PatchParams {
+        field_manager: Some(manager::SERVICE.into()),
+        ..PatchParams::default()
+    };
     if !service::current_ips(svc).is_empty() {
         let status = json!({"status": {"loadBalancer": {"ingress": null}}});
         api.patch_status(&svc.name_any(), &pp, &Patch::Merge(&status))

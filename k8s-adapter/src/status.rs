@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use ferrolb_metallb::crd;
 use ferrolb_proto::v1 as pb;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::Notify;
 
-use crate::controller::{Ctx, ready, reflect};
+use crate::controller::{Ctx, apply_as, apply_config, manager, ready, reflect};
 
 /// How often the announcements are read back into ServiceL2Status and ServiceBGPStatus objects.
 const ANNOUNCEMENT_STATUS_INTERVAL: Duration = Duration::from_secs(2);
@@ -147,31 +147,25 @@ async fn write_statuses<K: AnnouncementStatus>(
     want: Wanted<K::Status>,
 ) {
     let kind = K::kind(&());
-    let pp = PatchParams::default();
+    let ns = &ctx.settings.namespace;
+    let pp = apply_as(manager::ANNOUNCEMENTS);
     for (name, (labels, status)) in &want {
-        let current = existing.get(&ObjectRef::new(name).within(&ctx.settings.namespace));
+        let current = existing.get(&ObjectRef::new(name).within(ns));
         if current.as_ref().and_then(|c| c.current()) == Some(status) {
             continue;
         }
-        if current.is_none() {
-            let obj = json!({
-                "apiVersion": K::api_version(&()), "kind": kind,
-                "metadata": {"name": name, "namespace": ctx.settings.namespace, "labels": labels},
-                "spec": {},
-            });
-            let Ok(obj) = serde_json::from_value::<K>(obj) else {
-                continue;
-            };
-            if let Err(e) = api.create(&Default::default(), &obj).await {
-                tracing::debug!(error = %e, name, %kind, "cannot create a status object");
-                continue;
-            }
-        } else {
-            let meta = json!({"metadata": {"labels": labels}});
-            let _ = api.patch(name, &pp, &Patch::Merge(&meta)).await;
+        // The object with its labels (created by the apply when missing), then its status.
+        let obj = apply_config::<K>(
+            name,
+            ns,
+            json!({"metadata": {"labels": labels}, "spec": {}}),
+        );
+        if let Err(e) = api.patch(name, &pp, &Patch::Apply(&obj)).await {
+            tracing::debug!(error = %e, name, %kind, "cannot write a status object");
+            continue;
         }
-        let patch = json!({"status": status});
-        if let Err(e) = api.patch_status(name, &pp, &Patch::Merge(&patch)).await {
+        let patch = apply_config::<K>(name, ns, json!({"status": status}));
+        if let Err(e) = api.patch_status(name, &pp, &Patch::Apply(&patch)).await {
             tracing::debug!(error = %e, name, %kind, "cannot write a status object");
         }
     }

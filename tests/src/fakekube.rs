@@ -45,6 +45,17 @@ struct State {
     uid: u64,
     /// Tokens TokenReview authenticates: token → (username, node, audiences).
     tokens: BTreeMap<String, (String, Option<String>, Vec<String>)>,
+    /// Every PATCH: (path, patch type, field manager).
+    patches: Vec<Patched>,
+}
+
+/// One PATCH the server took: the request path, the patch type (`apply`, `merge`, ...) and the
+/// field manager it named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Patched {
+    pub path: String,
+    pub kind: String,
+    pub manager: String,
 }
 
 /// The API server's shared state; cloned handles see the same objects.
@@ -293,6 +304,11 @@ impl FakeKube {
             .cloned()
     }
 
+    /// Every PATCH so far.
+    pub fn patches(&self) -> Vec<Patched> {
+        self.state.lock().expect("state").patches.clone()
+    }
+
     /// Every object of a collection.
     pub fn list(&self, collection: &str) -> Vec<Value> {
         let s = self.state.lock().expect("state");
@@ -501,6 +517,18 @@ impl FakeKube {
                 let mut s = self.state.lock().expect("state");
                 let k = key(&t, name);
                 let apply = content.contains("apply-patch");
+                let kind = if apply {
+                    "apply"
+                } else if content.contains("strategic") {
+                    "strategic"
+                } else {
+                    "merge"
+                };
+                s.patches.push(Patched {
+                    path: uri.path().to_string(),
+                    kind: kind.into(),
+                    manager: q.get("fieldManager").cloned().unwrap_or_default(),
+                });
                 let old = match s.objects.get(&k).cloned() {
                     Some(o) => o,
                     None if apply => {

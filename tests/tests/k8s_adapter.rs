@@ -221,6 +221,40 @@ async fn scenario_yaml_gives_home_nginx_its_address() {
     })
     .await
     .unwrap();
+    // Every write is a server-side apply under one of ferrolb's field managers: the Service's
+    // status and annotation as "ferrolb", the pool's counts and conditions as their own.
+    let patches = kube.patches();
+    let by = |path: &str| -> Vec<(String, String)> {
+        patches
+            .iter()
+            .filter(|p| p.path.ends_with(path))
+            .map(|p| (p.kind.clone(), p.manager.clone()))
+            .collect()
+    };
+    let apply = |m: &str| ("apply".to_string(), m.to_string());
+    assert!(
+        by("/services/home-nginx/status").contains(&apply("ferrolb")),
+        "{patches:?}"
+    );
+    assert!(
+        by("/services/home-nginx").contains(&apply("ferrolb")),
+        "{patches:?}"
+    );
+    let pool_status = by("/ipaddresspools/home-pool/status");
+    assert!(
+        pool_status.contains(&apply("ferrolb-pool-usage")),
+        "{patches:?}"
+    );
+    assert!(
+        pool_status.contains(&apply("ferrolb-conditions")),
+        "{patches:?}"
+    );
+    assert!(
+        patches
+            .iter()
+            .all(|p| p.kind == "apply" && p.manager.starts_with("ferrolb")),
+        "{patches:?}"
+    );
 
     // The allocator knows the Service's endpoints and the cluster's advertisement.
     let mut ipam = alloc.client("cluster/home").await;
