@@ -1,4 +1,6 @@
-//! The allocation rules, MetalLB's included, on both stores (SQLite and PostgreSQL).
+//! The store on both databases (SQLite and PostgreSQL): persistence of leases, sharing and dual
+//! stack rows, stranding, callers and owners, expiry, pages, events, replicas. The allocation
+//! rules themselves are table tests on the pure state (`src/state/rules_tests.rs`).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -10,8 +12,7 @@ use ferrolb_allocator::error::Error;
 use ferrolb_allocator::lease::{
     AllocRequest, EventKind, FamilyPolicy, Lease, LeaseFilter, Owner, Port, Protocol,
 };
-use ferrolb_allocator::pool::{Caller, PoolSpec, ServiceAllocation};
-use ferrolb_allocator::selector::{LabelSelector, Labels};
+use ferrolb_allocator::pool::{Caller, PoolSpec};
 use ferrolb_allocator::store::{LeaseStore, SqlStore};
 
 /// A pool every cluster and client may draw from.
@@ -35,13 +36,6 @@ fn tcp(port: u16) -> Port {
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("test address")
-}
-
-fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 const ADMIN: Caller = Caller::Admin;
@@ -328,227 +322,6 @@ async fn prefer_dual_stack_gains_its_missing_family(store: SqlStore) {
     let (lease, created) = store.allocate(&c1(), pref).await.expect("again");
     assert!(!created);
     assert_eq!(lease.ips(), [ip("10.1.0.0"), ip("2001:db8:2::1")]);
-}
-
-async fn priorities_and_selectors(store: SqlStore) {
-    let sa = |priority, namespaces: &[&str], svc_sel: Option<LabelSelector>| ServiceAllocation {
-        priority,
-        namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
-        namespace_selectors: vec![],
-        service_selectors: svc_sel.into_iter().collect(),
-    };
-    let with = |s: PoolSpec, a: ServiceAllocation| PoolSpec {
-        service_allocation: Some(a),
-        ..s
-    };
-    apply(&store, spec("a-generic", &["10.0.0.0/30"])).await;
-    apply(
-        &store,
-        with(spec("web-low", &["10.1.0.0/30"]), sa(20, &["web"], None)),
-    )
-    .await;
-    apply(
-        &store,
-        with(spec("web-high", &["10.2.0.0/30"]), sa(10, &["web"], None)),
-    )
-    .await;
-    apply(
-        &store,
-        with(spec("web-unset", &["10.3.0.0/30"]), sa(0, &["web"], None)),
-    )
-    .await;
-    let gold = LabelSelector {
-        match_labels: labels(&[("tier", "gold")]),
-        match_expressions: vec![],
-    };
-    apply(
-        &store,
-        with(spec("gold", &["10.4.0.0/30"]), sa(5, &[], Some(gold))),
-    )
-    .await;
-    let team_b = ServiceAllocation {
-        priority: 1,
-        namespace_selectors: vec![LabelSelector {
-            match_labels: labels(&[("team", "b")]),
-            match_expressions: vec![],
-        }],
-        ..Default::default()
-    };
-    apply(&store, with(spec("team-b", &["10.5.0.0/30"]), team_b)).await;
-    assert_eq!(
-        first_ip(&store, svc("web", "x")).await,
-        "10.2.0.0",
-        "priority 10 first"
-    );
-    assert_eq!(
-        first_ip(&store, svc("other", "x")).await,
-        "10.0.0.0",
-        "pinned pools are not generic"
-    );
-    let goldsvc = AllocRequest {
-        service_labels: labels(&[("tier", "gold")]),
-        ..svc("web", "g")
-    };
-    assert_eq!(
-        first_ip(&store, goldsvc).await,
-        "10.4.0.0",
-        "service selector, priority 5"
-    );
-    let teamb = AllocRequest {
-        namespace_labels: labels(&[("team", "b")]),
-        ..svc("ns-b", "t")
-    };
-    assert_eq!(
-        first_ip(&store, teamb).await,
-        "10.5.0.0",
-        "namespace selector"
-    );
-    // A named pool must still be compatible.
-    let err = store
-        .allocate(
-            &c1(),
-            AllocRequest {
-                pool: Some("web-high".into()),
-                ..svc("other", "y")
-            },
-        )
-        .await
-        .unwrap_err();
-    assert!(matches!(err, Error::Conflict(_)), "{err:?}");
-}
-
-async fn avoid_buggy_ips_and_exclusions(store: SqlStore) {
-    apply(
-        &store,
-        PoolSpec {
-            avoid_buggy_ips: true,
-            excluded: vec!["10.0.1.1".into()],
-            ..spec("p", &["10.0.0.254-10.0.1.3"])
-        },
-    )
-    .await;
-    let got = [
-        first_ip(&store, svc("d", "a")).await,
-        first_ip(&store, svc("d", "b")).await,
-    ];
-    assert_eq!(
-        got,
-        ["10.0.0.254", "10.0.1.2"],
-        ".255, .0 and the excluded .1 are skipped"
-    );
-    let err = store
-        .allocate(
-            &c1(),
-            AllocRequest {
-                requested_ips: vec![ip("10.0.1.0")],
-                ..svc("d", "c")
-            },
-        )
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, Error::InvalidArgument { field, .. } if field == "requested_ips"),
-        "{err:?}"
-    );
-    // Without the flag, .0 and .255 are handed out, as MetalLB does.
-    apply(&store, spec("plain", &["10.9.0.255-10.9.1.0"])).await;
-    let plain = |n: &str| AllocRequest {
-        pool: Some("plain".into()),
-        ..svc("d", n)
-    };
-    assert_eq!(first_ip(&store, plain("x")).await, "10.9.0.255");
-    assert_eq!(first_ip(&store, plain("y")).await, "10.9.1.0");
-}
-
-async fn explicit_ips_and_named_pools(store: SqlStore) {
-    apply(&store, spec("auto", &["10.0.0.0/29"])).await;
-    apply(
-        &store,
-        PoolSpec {
-            auto_assign: false,
-            ..spec("manual", &["10.0.1.0/29", "2001:db8::/125"])
-        },
-    )
-    .await;
-    assert_eq!(
-        first_ip(&store, svc("d", "a")).await,
-        "10.0.0.0",
-        "manual is never automatic"
-    );
-    let named = AllocRequest {
-        pool: Some("manual".into()),
-        ..svc("d", "n")
-    };
-    assert_eq!(
-        first_ip(&store, named).await,
-        "10.0.1.0",
-        "but usable by name"
-    );
-    let explicit = AllocRequest {
-        requested_ips: vec![ip("10.0.1.5"), ip("2001:db8::5")],
-        policy: FamilyPolicy::RequireDualStack,
-        ..svc("d", "e")
-    };
-    assert_eq!(ips(&store, explicit).await, ["10.0.1.5", "2001:db8::5"]);
-    let cases: Vec<(AllocRequest, &str)> = vec![
-        (
-            AllocRequest {
-                requested_ips: vec![ip("192.0.2.1")],
-                ..svc("d", "x")
-            },
-            "InvalidArgument",
-        ),
-        (
-            AllocRequest {
-                requested_ips: vec![ip("10.0.1.6")],
-                pool: Some("auto".into()),
-                ..svc("d", "x")
-            },
-            "InvalidArgument",
-        ),
-        (
-            AllocRequest {
-                requested_ips: vec![ip("10.0.1.5")],
-                ..svc("d", "x")
-            },
-            "Conflict",
-        ),
-        (
-            AllocRequest {
-                pool: Some("nope".into()),
-                ..svc("d", "x")
-            },
-            "NotFound",
-        ),
-        (
-            AllocRequest {
-                requested_ips: vec![ip("10.0.0.1"), ip("10.0.0.2")],
-                policy: FamilyPolicy::PreferDualStack,
-                ..svc("d", "x")
-            },
-            "InvalidArgument",
-        ),
-    ];
-    for (req, want) in cases {
-        let err = store.allocate(&c1(), req.clone()).await.unwrap_err();
-        let got = format!("{err:?}");
-        assert!(got.starts_with(want), "{req:?}: want {want}, got {got}");
-    }
-    // Asking for another address moves the lease there.
-    let l = alloc(
-        &store,
-        AllocRequest {
-            requested_ips: vec![ip("10.0.0.6")],
-            ..svc("d", "a")
-        },
-    )
-    .await;
-    assert_eq!(l.ips(), [ip("10.0.0.6")]);
-    assert_eq!(
-        first_ip(&store, svc("d", "b")).await,
-        "10.0.0.0",
-        "the old address is free again"
-    );
 }
 
 async fn pool_edits_strand_never_move(store: SqlStore) {
@@ -912,9 +685,6 @@ both_stores! {
     sharing_key_changes_in_place => sole_user_changes_its_sharing_key;
     dual_stack_policies => dual_stack;
     prefer_dual_stack_later => prefer_dual_stack_gains_its_missing_family;
-    priority_and_selectors => priorities_and_selectors;
-    buggy_ips_and_exclusions => avoid_buggy_ips_and_exclusions;
-    explicit_and_named => explicit_ips_and_named_pools;
     stranded_leases => pool_edits_strand_never_move;
     identity => callers_and_owners;
     ttl => external_leases_expire_and_renew;

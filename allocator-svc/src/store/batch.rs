@@ -160,12 +160,10 @@ async fn batch(
     for job in jobs {
         let answer = match job {
             Job::Allocate { caller, req, .. } => {
-                Answer::Allocated(state.allocate(caller, req, now).map(
-                    |(lease, created, change)| {
-                        changes.extend(change);
-                        (lease, created)
-                    },
-                ))
+                Answer::Allocated(state.allocate(caller, req, now).map(|a| {
+                    changes.extend(a.change);
+                    (a.lease, a.new)
+                }))
             }
             Job::Release { caller, owner, .. } => Answer::Lease(
                 state
