@@ -21,6 +21,7 @@ use crate::defense;
 use crate::l2::{self, Command, Counters, Link};
 use crate::links::{self, Pattern};
 use crate::packet::{Mac, ndp};
+use crate::plan;
 
 /// Who answers ARP and neighbor solicitations for announced addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -297,7 +298,7 @@ impl Agent {
     }
 
     /// Brings responders, bindings and gratuitous announcements in line with the assignments
-    /// and the interfaces.
+    /// and the interfaces: the plan (`plan.rs`) decides, this carries it out.
     async fn reconcile(&mut self) {
         // One responder per eligible interface.
         let eligible: BTreeMap<u32, Link> = self.eligible().map(|l| (l.index, l.clone())).collect();
@@ -315,43 +316,31 @@ impl Agent {
             }
         }
 
-        // Where each assigned address goes.
-        let mut desired: BTreeMap<IpAddr, BTreeSet<u32>> = BTreeMap::new();
-        for (ip, ifs) in &self.assigned {
-            let on: BTreeSet<u32> = eligible
-                .values()
-                .filter(|l| ifs.is_empty() || ifs.contains(&l.name))
-                .map(|l| l.index)
-                .collect();
-            if on.is_empty() {
-                tracing::warn!(%ip, interfaces = ?ifs, "no eligible interface to announce on");
-                continue;
-            }
-            desired.insert(*ip, on);
+        let interfaces: BTreeMap<u32, String> =
+            eligible.iter().map(|(i, l)| (*i, l.name.clone())).collect();
+        let plan = plan::plan(plan::Inputs {
+            assigned: &self.assigned,
+            interfaces: &interfaces,
+            bound: &self.bound,
+            serving: &self.serving,
+            kernel_binds: self.binder.is_some(),
+            synced: self.synced,
+            reannounce: std::mem::take(&mut self.reannounce),
+        });
+        for (ip, ifs) in &plan.homeless {
+            tracing::warn!(%ip, interfaces = ?ifs, "no eligible interface to announce on");
         }
-
-        // Silence first: drop lost addresses everywhere before anything is gained.
-        let mut answer_self: BTreeMap<u32, BTreeSet<IpAddr>> = BTreeMap::new();
+        let mut answer = plan.answer;
         if let Some(binder) = self.binder.clone() {
-            let want: BTreeSet<(u32, IpAddr)> = desired
-                .iter()
-                .flat_map(|(ip, on)| on.iter().map(move |i| (*i, *ip)))
-                .collect();
-            if self.synced {
-                let gone: Vec<(u32, IpAddr)> = self.bound.difference(&want).copied().collect();
-                for (i, ip) in gone {
-                    match binder.unbind(i, ip).await {
-                        Ok(()) => {
-                            self.bound.remove(&(i, ip));
-                        }
-                        Err(e) => tracing::warn!(%ip, index = i, error = %e, "cannot unbind"),
+            for (i, ip) in plan.unbind {
+                match binder.unbind(i, ip).await {
+                    Ok(()) => {
+                        self.bound.remove(&(i, ip));
                     }
+                    Err(e) => tracing::warn!(%ip, index = i, error = %e, "cannot unbind"),
                 }
             }
-            for (i, ip) in want {
-                if self.bound.contains(&(i, ip)) {
-                    continue;
-                }
+            for (i, ip) in plan.bind {
                 match binder.bind(i, ip).await {
                     Ok(()) => {
                         self.bound.insert((i, ip));
@@ -359,40 +348,22 @@ impl Agent {
                     Err(e) => {
                         tracing::warn!(%ip, index = i, error = %e,
                             "cannot bind; the userspace responder answers instead");
-                        answer_self.entry(i).or_default().insert(ip);
+                        answer.entry(i).or_default().insert(ip);
                     }
-                }
-            }
-        } else {
-            for (ip, on) in &desired {
-                for i in on {
-                    answer_self.entry(*i).or_default().insert(*ip);
                 }
             }
         }
         for (i, r) in self.responders.iter_mut() {
-            let set = answer_self.remove(i).unwrap_or_default();
+            let set = answer.remove(i).unwrap_or_default();
             r.set_groups(&set);
             let _ = r.commands.send(Command::Answer(set));
         }
-
-        // Gratuitous announcements for what is new on an interface (everything, after the
-        // stream opened again).
+        // Gratuitous announcements for what is new on an interface.
         let now = Instant::now();
-        let again = std::mem::take(&mut self.reannounce);
-        for (ip, on) in &desired {
-            let before = self.serving.get(ip);
-            let fresh: Vec<u32> = on
-                .iter()
-                .filter(|i| again || before.is_none_or(|b| !b.contains(i)))
-                .copied()
-                .collect();
-            if fresh.is_empty() {
-                continue;
-            }
+        for (ip, on) in &plan.announce {
             tracing::info!(%ip, "announcing");
-            for i in fresh {
-                if let Some(r) = self.responders.get(&i) {
+            for i in on {
+                if let Some(r) = self.responders.get(i) {
                     let _ = r.commands.send(Command::Announce(*ip));
                 }
             }
@@ -404,13 +375,11 @@ impl Agent {
                 ),
             );
         }
-        for ip in self.serving.keys() {
-            if !desired.contains_key(ip) {
-                tracing::info!(%ip, "no longer announcing");
-                self.gratuitous.remove(ip);
-            }
+        for ip in &plan.silenced {
+            tracing::info!(%ip, "no longer announcing");
+            self.gratuitous.remove(ip);
         }
-        self.serving = desired;
+        self.serving = plan.desired;
         self.publish();
     }
 

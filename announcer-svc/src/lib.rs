@@ -9,6 +9,7 @@ pub mod l2;
 pub mod links;
 pub mod metrics;
 pub mod packet;
+pub mod plan;
 pub mod stream;
 
 /// Sleeps until `at`, or forever when there is nothing to wait for (a timer not armed).
