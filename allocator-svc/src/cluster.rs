@@ -21,7 +21,7 @@ pub fn random_u64() -> u64 {
 }
 
 /// A node of a cluster as its adapter reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
     pub cluster: String,
     pub name: String,
@@ -30,7 +30,7 @@ pub struct NodeInfo {
 }
 
 /// Where one Service's serving endpoints run.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoints {
     pub nodes: BTreeSet<String>,
     pub any_serving: bool,
