@@ -16,8 +16,9 @@ use tokio::net::TcpListener;
 use tonic_health::ServingStatus;
 
 use crate::grpc::Ipam;
+use crate::grpc::announce::{AnnouncerApi, Announcers, Liveness};
 use crate::grpc::auth::AuthLayer;
-use crate::grpc::cluster::{AnnouncerApi, Announcers, ClusterState, Liveness};
+use crate::grpc::cluster::ClusterState;
 use crate::grpc::guard::GuardLayer;
 use crate::metrics::Metrics;
 use crate::store::{LeaseStore, SqlStore, StoreOptions};

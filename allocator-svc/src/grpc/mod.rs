@@ -1,5 +1,6 @@
 //! The `ferrolb.v1.IpamService` server, generic over the lease store.
 
+pub mod announce;
 pub mod auth;
 pub mod bgp;
 pub mod cluster;

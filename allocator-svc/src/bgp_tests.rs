@@ -1,0 +1,330 @@
+//! The BGP rules and the per-node decision, case by case.
+
+use super::*;
+use crate::addr::Family;
+use crate::lease::{LeaseAddr, Owner};
+
+fn peer(name: &str, asn: u32) -> BgpPeer {
+    BgpPeer {
+        cluster: "corp".into(),
+        name: name.into(),
+        my_asn: 64513,
+        peer_asn: asn,
+        address: "10.250.0.1".parse().expect("ip"),
+        port: 179,
+        source: None,
+        hold_time: DEFAULT_HOLD_TIME,
+        keepalive: None,
+        router_id: None,
+        node_selectors: vec![],
+        password: Secret::default(),
+        ebgp_multihop: false,
+        graceful_restart: false,
+    }
+}
+
+fn ad(name: &str) -> BgpAd {
+    BgpAd {
+        cluster: "corp".into(),
+        name: name.into(),
+        aggregation_length: 32,
+        aggregation_length_v6: 128,
+        local_pref: 0,
+        communities: vec![],
+        pools: vec![],
+        pool_selectors: vec![],
+        node_selectors: vec![],
+        peers: vec![],
+    }
+}
+
+fn node(name: &str, labels: &[(&str, &str)]) -> NodeInfo {
+    NodeInfo {
+        cluster: "corp".into(),
+        name: name.into(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        network_unavailable: false,
+    }
+}
+
+fn lease(name: &str, ips: &[&str]) -> Lease {
+    Lease {
+        owner: Owner::Service {
+            cluster: "corp".into(),
+            namespace: "default".into(),
+            name: name.into(),
+        },
+        addrs: ips
+            .iter()
+            .map(|ip| {
+                let ip: IpAddr = ip.parse().expect("ip");
+                LeaseAddr {
+                    family: Family::of(ip),
+                    ip,
+                    pool: "corp-pool".into(),
+                    stranded: false,
+                }
+            })
+            .collect(),
+        sharing_key: String::new(),
+        backend_key: String::new(),
+        ports: vec![],
+        created_ms: 0,
+        expires_ms: None,
+        revision: 1,
+    }
+}
+
+struct World {
+    nodes: Vec<NodeInfo>,
+    peers: Vec<BgpPeer>,
+    ads: Vec<BgpAd>,
+    communities: Vec<CommunitySet>,
+    endpoints: BTreeMap<(String, String), Endpoints>,
+    leases: Vec<Lease>,
+}
+
+impl World {
+    fn new() -> World {
+        World {
+            nodes: vec![node("n1", &[]), node("n2", &[]), node("n3", &[])],
+            peers: vec![peer("router", 64512)],
+            ads: vec![ad("all")],
+            communities: vec![],
+            endpoints: [(
+                ("default".to_string(), "web".to_string()),
+                Endpoints {
+                    nodes: ["n1".to_string()].into(),
+                    any_serving: true,
+                    local: false,
+                },
+            )]
+            .into(),
+            leases: vec![lease("web", &["10.251.0.10", "fd00:251::10"])],
+        }
+    }
+
+    fn decide(&self) -> Decision {
+        let leases: Vec<&Lease> = self.leases.iter().collect();
+        decide(Input {
+            nodes: &self.nodes,
+            peers: &self.peers,
+            ads: &self.ads,
+            communities: &self.communities,
+            endpoints: &self.endpoints,
+            leases: &leases,
+            pools: &BTreeMap::new(),
+            ignore_exclude_label: false,
+        })
+    }
+
+    fn advertisers(&self, ip: &str) -> Vec<String> {
+        let ip: IpAddr = ip.parse().expect("ip");
+        self.decide()
+            .announcements
+            .into_iter()
+            .find(|a| a.ip == ip)
+            .map(|a| a.nodes.into_keys().collect())
+            .unwrap_or_default()
+    }
+}
+
+#[test]
+fn every_eligible_node_advertises_with_policy_cluster() {
+    let mut w = World::new();
+    assert_eq!(w.advertisers("10.251.0.10"), ["n1", "n2", "n3"]);
+    assert_eq!(w.advertisers("fd00:251::10"), ["n1", "n2", "n3"]);
+    w.nodes[1].network_unavailable = true;
+    w.nodes[2]
+        .labels
+        .insert(EXCLUDE_LABEL.into(), String::new());
+    assert_eq!(w.advertisers("10.251.0.10"), ["n1"]);
+}
+
+#[test]
+fn policy_local_keeps_to_nodes_with_endpoints_and_reasons_otherwise() {
+    let mut w = World::new();
+    let key = ("default".to_string(), "web".to_string());
+    w.endpoints.get_mut(&key).expect("web").local = true;
+    assert_eq!(w.advertisers("10.251.0.10"), ["n1"]);
+    w.endpoints.get_mut(&key).expect("web").nodes.clear();
+    w.endpoints.get_mut(&key).expect("web").any_serving = false;
+    let d = w.decide();
+    assert_eq!(d.announcements[0].silence, Some(Silence::NoEndpoints));
+    assert!(d.nodes["n1"].routes.is_empty());
+    // Sessions stay up without routes.
+    assert_eq!(d.nodes["n1"].sessions.len(), 1);
+    w.ads[0].pools = vec!["other".into()];
+    assert_eq!(
+        w.decide().announcements[0].silence,
+        Some(Silence::NoMatchingAdvertisement)
+    );
+}
+
+#[test]
+fn aggregation_communities_local_pref_and_peers() {
+    let mut w = World::new();
+    w.peers.push(peer("backup", 64513));
+    w.communities.push(CommunitySet {
+        cluster: "corp".into(),
+        name: "aliases".into(),
+        aliases: vec![("no-export".into(), "65535:65281".into())],
+    });
+    w.ads = vec![
+        BgpAd {
+            aggregation_length: 24,
+            communities: vec!["no-export".into(), "64512:100".into()],
+            peers: vec!["router".into()],
+            ..ad("agg")
+        },
+        BgpAd {
+            communities: vec!["large:64512:1:2".into()],
+            local_pref: 200,
+            ..ad("host")
+        },
+    ];
+    let d = w.decide();
+    let n1 = &d.nodes["n1"];
+    let agg = &n1.routes[&("10.251.0.0".parse().expect("ip"), 24)];
+    assert_eq!(agg.keys().collect::<Vec<_>>(), ["router"]);
+    assert_eq!(
+        agg["router"].communities,
+        [
+            Community::Standard((64512 << 16) | 100),
+            Community::Standard(0xffff_ff01)
+        ]
+        .into()
+    );
+    let host = &n1.routes[&("10.251.0.10".parse().expect("ip"), 32)];
+    assert_eq!(host.len(), 2);
+    assert_eq!(host["backup"].local_pref, 200);
+    assert_eq!(
+        host["backup"].communities,
+        [Community::Large(64512, 1, 2)].into()
+    );
+}
+
+#[test]
+fn overlapping_ads_union_their_communities() {
+    let mut w = World::new();
+    w.ads = vec![
+        BgpAd {
+            communities: vec!["1:1".into()],
+            ..ad("a")
+        },
+        BgpAd {
+            communities: vec!["2:2".into()],
+            ..ad("b")
+        },
+    ];
+    let d = w.decide();
+    let r = &d.nodes["n2"].routes[&("10.251.0.10".parse().expect("ip"), 32)]["router"];
+    assert_eq!(r.communities.len(), 2);
+}
+
+#[test]
+fn peers_and_ads_follow_node_selectors() {
+    let mut w = World::new();
+    w.nodes[0].labels.insert("rack".into(), "a".into());
+    let rack_a = LabelSelector {
+        match_labels: [("rack".to_string(), "a".to_string())].into(),
+        match_expressions: vec![],
+    };
+    w.peers[0].node_selectors = vec![rack_a.clone()];
+    let d = w.decide();
+    assert_eq!(d.nodes.keys().collect::<Vec<_>>(), ["n1"]);
+    w.peers[0].node_selectors = vec![];
+    w.ads[0].node_selectors = vec![rack_a];
+    assert_eq!(w.advertisers("10.251.0.10"), ["n1"]);
+    assert_eq!(w.decide().nodes.len(), 3);
+}
+
+#[test]
+fn validation_rules() {
+    let ok = peer("p", 64512);
+    assert!(ok.validate().is_ok());
+    let bad = [
+        BgpPeer {
+            my_asn: 0,
+            ..ok.clone()
+        },
+        BgpPeer {
+            hold_time: 2,
+            ..ok.clone()
+        },
+        BgpPeer {
+            keepalive: Some(100),
+            ..ok.clone()
+        },
+        BgpPeer {
+            port: 0,
+            ..ok.clone()
+        },
+        BgpPeer {
+            peer_asn: 64513,
+            ebgp_multihop: true,
+            ..ok.clone()
+        },
+        BgpPeer {
+            password: Secret::new("x".repeat(81)),
+            ..ok.clone()
+        },
+        BgpPeer {
+            source: Some("fd00::1".parse().expect("ip")),
+            ..ok.clone()
+        },
+    ];
+    for b in bad {
+        assert!(b.validate().is_err(), "{b:?}");
+    }
+    let none = BTreeMap::new();
+    assert!(ad("a").validate(&none, 0).is_ok());
+    for b in [
+        BgpAd {
+            aggregation_length: 33,
+            ..ad("a")
+        },
+        BgpAd {
+            aggregation_length_v6: 129,
+            ..ad("a")
+        },
+        BgpAd {
+            communities: vec!["99999999:1".into()],
+            ..ad("a")
+        },
+        BgpAd {
+            communities: vec!["1:1".into(), "1:1".into()],
+            ..ad("a")
+        },
+        BgpAd {
+            communities: vec!["unknown".into()],
+            ..ad("a")
+        },
+        BgpAd {
+            peers: vec!["p".into(), "p".into()],
+            ..ad("a")
+        },
+    ] {
+        assert!(b.validate(&none, 0).is_err(), "{b:?}");
+    }
+    assert!(ad("a").validate(&none, 1).is_err());
+    let set = |name: &str, alias: &str, value: &str| CommunitySet {
+        cluster: "corp".into(),
+        name: name.into(),
+        aliases: vec![(alias.into(), value.into())],
+    };
+    assert!(set("c", "x", "1:2").validate(&[]).is_ok());
+    assert!(set("c", "x", "1:").validate(&[]).is_err());
+    assert!(
+        set("c", "x", "1:2")
+            .validate(&[set("d", "x", "3:4")])
+            .is_err()
+    );
+    assert_eq!(
+        Community::parse("large:4200000000:1:2"),
+        Ok(Some(Community::Large(4_200_000_000, 1, 2)))
+    );
+}

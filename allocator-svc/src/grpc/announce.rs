@@ -1,0 +1,353 @@
+//! `ferrolb.v1.AnnouncerService`: each node's announcer stream. The hello (a node's certificate
+//! opens that node's stream only), then the node's assignments and BGP sessions as diffs of the
+//! replica's view; a newer stream of the node, on any replica, ends the older one.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferrolb_proto::v1 as pb;
+use ferrolb_proto::v1::allocator_message::Kind as Down;
+use ferrolb_proto::v1::announcer_message::Kind as Up;
+use ferrolb_proto::v1::announcer_service_server::AnnouncerService;
+use futures::Stream;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::bgp;
+use super::convert;
+use crate::assignments::{NodeView, View};
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::pool::validate_name;
+use crate::store::SqlStore;
+use ferrolb_common::Principal;
+
+/// Liveness settings of the announcer streams.
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness {
+    /// An announcer not heard from for this long is taken for dead.
+    pub heartbeat_timeout: Duration,
+    /// How long a session outlives its replica's last refresh.
+    pub session_ttl: Duration,
+}
+
+/// The announcer stream API.
+pub struct Announcers {
+    store: Arc<SqlStore>,
+    view: watch::Receiver<Arc<View>>,
+    metrics: Arc<Metrics>,
+    replica: Arc<str>,
+    liveness: Liveness,
+    /// The stream this replica serves for each node: a newer one ends it.
+    streams: std::sync::Mutex<BTreeMap<(String, String), Serving>>,
+}
+
+/// A node's stream on this replica: its session id, and what ends it.
+type Serving = (i64, tokio::sync::oneshot::Sender<()>);
+
+impl Announcers {
+    pub fn new(
+        store: Arc<SqlStore>,
+        view: watch::Receiver<Arc<View>>,
+        metrics: Arc<Metrics>,
+        replica: Arc<str>,
+        liveness: Liveness,
+    ) -> Announcers {
+        Announcers {
+            store,
+            view,
+            metrics,
+            replica,
+            liveness,
+            streams: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Registers a node's new stream; the previous one, if this replica serves it, is told to
+    /// end. Returns what ends this one.
+    fn take_over(&self, s: &Session) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, old)) = streams.insert((s.cluster.clone(), s.node.clone()), (s.id, tx)) {
+            let _ = old.send(());
+        }
+        rx
+    }
+
+    /// Forgets a stream that ended, unless a newer one of its node has taken its place.
+    fn release(&self, s: &Session) {
+        let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (s.cluster.clone(), s.node.clone());
+        if streams.get(&key).is_some_and(|(id, _)| *id == s.id) {
+            streams.remove(&key);
+        }
+    }
+}
+
+/// How long a new stream may take to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The message that brings an announcer from `had` to `want`.
+fn changes(version: u64, had: &NodeView, want: &NodeView) -> pb::Assignments {
+    let (had_l2, want_l2) = (&had.l2, &want.l2);
+    let mut out = pb::Assignments {
+        version,
+        snapshot: false,
+        set: want_l2
+            .iter()
+            .filter(|(ip, ifs)| had_l2.get(ip) != Some(ifs))
+            .map(|(ip, ifs)| pb::L2Assignment {
+                ip: ip.to_string(),
+                interfaces: ifs.clone(),
+            })
+            .collect(),
+        unset: had_l2
+            .keys()
+            .filter(|ip| !want_l2.contains_key(ip))
+            .map(IpAddr::to_string)
+            .collect(),
+        ..pb::Assignments::default()
+    };
+    bgp::changes(&had.bgp, &want.bgp, &mut out);
+    out
+}
+
+type Outbound = mpsc::Sender<Result<pb::AllocatorMessage, Status>>;
+
+fn down(a: pb::Assignments) -> Result<pb::AllocatorMessage, Status> {
+    Ok(pb::AllocatorMessage {
+        kind: Some(Down::Assignments(a)),
+    })
+}
+
+struct Session {
+    cluster: String,
+    node: String,
+    id: i64,
+    /// The cluster revision read after the session was stored: views read at it or later
+    /// know of the session (or of a newer one).
+    opened_at: u64,
+}
+
+impl Announcers {
+    /// Serves one announcer until its stream ends or its heartbeats stop.
+    async fn serve(
+        self: Arc<Self>,
+        hello: pb::Hello,
+        mut inbound: Streaming<pb::AnnouncerMessage>,
+        out: Outbound,
+    ) {
+        let mut s = Session {
+            cluster: hello.cluster.clone(),
+            node: hello.node.clone(),
+            // Tells this stream's session from a newer one of the same node.
+            id: (crate::cluster::random_u64() >> 1) as i64,
+            opened_at: u64::MAX,
+        };
+        let ttl = self.liveness.session_ttl.as_millis() as i64;
+        let opened = self
+            .store
+            .open_session(&s.cluster, &s.node, s.id, &self.replica, ttl)
+            .await;
+        if let Err(e) = opened {
+            let _ = out.send(Err(Status::from(e))).await;
+            return;
+        }
+        // Without the revision no view is trusted to say the session was replaced.
+        s.opened_at = self.store.cluster_revision().await.unwrap_or(u64::MAX);
+        let interfaces: Vec<&str> = hello
+            .interfaces
+            .iter()
+            .filter(|i| i.eligible)
+            .map(|i| i.name.as_str())
+            .collect();
+        tracing::info!(
+            cluster = s.cluster,
+            node = s.node,
+            ?interfaces,
+            "announcer connected"
+        );
+        self.metrics.announcer_streams.inc();
+        let replaced = self.take_over(&s);
+        let why = tokio::select! {
+            why = self.run(&s, &hello, &mut inbound, &out) => why,
+            _ = replaced => {
+                let _ = out.send(Err(Error::Aborted("a newer stream of this node took over".into()).into())).await;
+                "replaced by a newer stream of the node"
+            }
+        };
+        self.release(&s);
+        self.metrics.announcer_streams.dec();
+        tracing::info!(
+            cluster = s.cluster,
+            node = s.node,
+            reason = why,
+            "announcer gone"
+        );
+        if let Err(e) = self.store.close_session(&s.cluster, &s.node, s.id).await {
+            tracing::warn!(error = %e, node = s.node, "cannot end the session; it will expire");
+        }
+    }
+
+    async fn run(
+        &self,
+        s: &Session,
+        hello: &pb::Hello,
+        inbound: &mut Streaming<pb::AnnouncerMessage>,
+        out: &Outbound,
+    ) -> &'static str {
+        let timeout = self.liveness.heartbeat_timeout;
+        let interval = (timeout / 3).max(Duration::from_millis(10));
+        let mut view = self.view.clone();
+        let current = view.borrow_and_update().clone();
+        let speaks_bgp = hello.capabilities.iter().any(|c| c == "bgp");
+        let node_view = |v: &View| {
+            let mut n = v.node(&s.cluster, &s.node);
+            if !speaks_bgp {
+                n.bgp = Default::default();
+            }
+            n
+        };
+        let mut sent = node_view(&current);
+        let announcing: BTreeSet<IpAddr> = hello
+            .announcing
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect();
+        // An announcer that has been in touch before (any replica) and announces exactly what it
+        // should resumes where it is; versions move with every change anywhere, so they are not
+        // compared. The announcer does not report its BGP state, so a node with any gets a
+        // snapshot (sessions and routes that did not change cause no traffic to the peers).
+        let in_step = hello.version != 0
+            && announcing.iter().eq(sent.l2.keys())
+            && sent.bgp == Default::default();
+        let first = if in_step {
+            changes(current.version, &sent, &sent)
+        } else {
+            pb::Assignments {
+                snapshot: true,
+                ..changes(current.version, &NodeView::default(), &sent)
+            }
+        };
+        let first = pb::Assignments {
+            heartbeat_interval_ms: interval.as_millis() as u32,
+            allocator_timeout_ms: (timeout * 10).as_millis() as u32,
+            ..first
+        };
+        if out.send(down(first)).await.is_err() {
+            return "stream closed";
+        }
+        let mut ready = true;
+        let mut heard = Instant::now();
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            tokio::select! {
+                msg = inbound.message() => match msg {
+                    Ok(Some(pb::AnnouncerMessage { kind: Some(Up::Status(st)) })) => {
+                        heard = Instant::now();
+                        if st.ready != ready {
+                            ready = st.ready;
+                            tracing::info!(node = s.node, ready, "announcer readiness changed");
+                            if let Err(e) = self.store.set_session_ready(&s.cluster, &s.node, s.id, ready).await {
+                                tracing::warn!(error = %e, "cannot record readiness");
+                            }
+                        }
+                    }
+                    Ok(Some(_)) => {
+                        let _ = out.send(Err(Error::invalid("message", "only status messages may follow the hello").into())).await;
+                        return "protocol error";
+                    }
+                    Ok(None) => return "stream closed",
+                    Err(_) => return "stream broken",
+                },
+                changed = view.changed() => {
+                    if changed.is_err() {
+                        return "shutting down";
+                    }
+                    let v = view.borrow_and_update().clone();
+                    // A newer stream of the node, on another replica, holds the session now.
+                    let key = (s.cluster.clone(), s.node.clone());
+                    if v.sessions_revision >= s.opened_at
+                        && v.sessions.get(&key).is_some_and(|id| *id != s.id)
+                    {
+                        let _ = out.send(Err(Error::Aborted("a newer stream of this node took over".into()).into())).await;
+                        return "replaced by a newer stream of the node";
+                    }
+                    let want = node_view(&v);
+                    if want != sent {
+                        if out.send(down(changes(v.version, &sent, &want))).await.is_err() {
+                            return "stream closed";
+                        }
+                        sent = want;
+                    }
+                }
+                _ = tokio::time::sleep_until((heard + timeout).into()) => {
+                    return "heartbeats stopped";
+                }
+                _ = tick.tick() => {
+                    let ping = pb::AllocatorMessage { kind: Some(Down::Ping(pb::Ping {})) };
+                    if out.send(Ok(ping)).await.is_err() {
+                        return "stream closed";
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The announcer service; shares its state with the session tasks it spawns.
+pub struct AnnouncerApi(pub Arc<Announcers>);
+
+#[tonic::async_trait]
+impl AnnouncerService for AnnouncerApi {
+    type AnnounceStream = Pin<Box<dyn Stream<Item = Result<pb::AllocatorMessage, Status>> + Send>>;
+
+    async fn announce(
+        &self,
+        req: Request<Streaming<pb::AnnouncerMessage>>,
+    ) -> Result<Response<Self::AnnounceStream>, Status> {
+        // A node's certificate opens that node's stream and no other.
+        let (cluster, node) = match convert::principal(&req)? {
+            Principal::Node { cluster, node } => (cluster.clone(), node.clone()),
+            other => {
+                return Err(Error::PermissionDenied(format!(
+                    "{other} is not a node: only a node's own identity opens its stream"
+                ))
+                .into());
+            }
+        };
+        let mut inbound = req.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::from(Error::DeadlineExceeded("no hello within 10 s".into())))??;
+        let Some(pb::AnnouncerMessage {
+            kind: Some(Up::Hello(hello)),
+        }) = first
+        else {
+            return Err(Error::invalid("message", "the first message must be a hello").into());
+        };
+        validate_name("hello.cluster", &hello.cluster)?;
+        validate_name("hello.node", &hello.node)?;
+        if (hello.cluster.as_str(), hello.node.as_str()) != (cluster.as_str(), node.as_str()) {
+            return Err(Error::PermissionDenied(format!(
+                "cluster/{cluster}/node/{node} may not announce as node {:?} of cluster {:?}",
+                hello.node, hello.cluster
+            ))
+            .into());
+        }
+        if !hello.capabilities.iter().any(|c| c == "l2" || c == "bgp") {
+            return Err(Error::invalid(
+                "hello.capabilities",
+                "this allocator serves layer-2 (\"l2\") and BGP (\"bgp\") announcers",
+            )
+            .into());
+        }
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(Arc::clone(&self.0).serve(hello, inbound, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
