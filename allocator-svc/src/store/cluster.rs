@@ -1,6 +1,6 @@
-//! Cluster state and announcer sessions in the database. Every change bumps `cluster_revision`
-//! in the same transaction; on PostgreSQL a trigger turns that into a NOTIFY that every replica
-//! follows, and the writing replica wakes its own followers at once.
+//! Cluster state in the database (nodes, endpoints, advertisements, BGP objects; the sessions are
+//! in `sessions`). Every change bumps `cluster_revision` in the same transaction; on PostgreSQL a
+//! trigger turns that into a NOTIFY that every replica follows, and the writer wakes its own at once.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -8,8 +8,9 @@ use sqlx::{AnyConnection, Row};
 use tokio::sync::watch;
 
 use super::SqlStore;
-use super::db::{fail, map_sqlx, now_ms};
+use super::db::{bump, fail, map_sqlx};
 use super::rows::{LeaseRow, lease_of};
+use super::sessions::live_sessions;
 use crate::bgp::{BgpAd, BgpPeer, CommunitySet};
 use crate::cluster::{Endpoints, L2Ad, NodeInfo};
 use crate::error::{Error, Result};
@@ -71,32 +72,6 @@ impl BgpKind {
             BgpKind::Community => "Community",
         }
     }
-}
-
-/// Bumps the cluster revision; the caller commits.
-async fn bump(conn: &mut AnyConnection) -> std::result::Result<u64, sqlx::Error> {
-    let v: i64 = sqlx::query_scalar(
-        "UPDATE cluster_revision SET value = value + 1 WHERE id = 1 RETURNING value",
-    )
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(v as u64)
-}
-
-/// Runs one statement-building closure in a transaction with the revision bump, and wakes the
-/// local followers.
-macro_rules! cluster_tx {
-    ($store:expr, |$conn:ident| $body:expr) => {{
-        let mut tx = $store.db.begin().await.map_err(map_sqlx)?;
-        let value = {
-            let $conn: &mut AnyConnection = &mut tx;
-            $body.await.map_err(map_sqlx)?
-        };
-        let rev = bump(&mut tx).await.map_err(map_sqlx)?;
-        tx.commit().await.map_err(map_sqlx)?;
-        $store.cluster_changed(rev);
-        Ok(value)
-    }};
 }
 
 fn json<T: serde::Serialize>(v: &T) -> String {
@@ -316,99 +291,6 @@ impl SqlStore {
         Ok(())
     }
 
-    /// Records that this replica holds `node`'s stream, replacing any older session of the node.
-    pub async fn open_session(
-        &self,
-        cluster: &str,
-        node: &str,
-        session: i64,
-        replica: &str,
-        ttl_ms: i64,
-    ) -> Result<()> {
-        cluster_tx!(self, |conn| async {
-            sqlx::query(
-                "INSERT INTO announcer_sessions (cluster, node, session, replica, ready, expires_ms) \
-                 VALUES ($1, $2, $3, $4, 1, $5) ON CONFLICT (cluster, node) DO UPDATE \
-                 SET session = excluded.session, replica = excluded.replica, ready = 1, \
-                 expires_ms = excluded.expires_ms",
-            )
-            .bind(cluster)
-            .bind(node)
-            .bind(session)
-            .bind(replica)
-            .bind(now_ms() + ttl_ms)
-            .execute(&mut *conn)
-            .await
-            .map(|_| ())
-        })
-    }
-
-    /// The announcer says whether it can announce.
-    pub async fn set_session_ready(
-        &self,
-        cluster: &str,
-        node: &str,
-        session: i64,
-        ready: bool,
-    ) -> Result<()> {
-        cluster_tx!(self, |conn| async {
-            sqlx::query(
-                "UPDATE announcer_sessions SET ready = $4 \
-                 WHERE cluster = $1 AND node = $2 AND session = $3",
-            )
-            .bind(cluster)
-            .bind(node)
-            .bind(session)
-            .bind(i64::from(ready))
-            .execute(&mut *conn)
-            .await
-            .map(|_| ())
-        })
-    }
-
-    /// Ends a session, unless a newer one of the node has replaced it.
-    pub async fn close_session(&self, cluster: &str, node: &str, session: i64) -> Result<()> {
-        cluster_tx!(self, |conn| async {
-            sqlx::query(
-                "DELETE FROM announcer_sessions WHERE cluster = $1 AND node = $2 AND session = $3",
-            )
-            .bind(cluster)
-            .bind(node)
-            .bind(session)
-            .execute(&mut *conn)
-            .await
-            .map(|_| ())
-        })
-    }
-
-    /// Keeps this replica's sessions alive and forgets expired ones (of replicas that died).
-    pub async fn refresh_sessions(&self, replica: &str, ttl_ms: i64) -> Result<u64> {
-        let now = now_ms();
-        sqlx::query("UPDATE announcer_sessions SET expires_ms = $1 WHERE replica = $2")
-            .bind(now + ttl_ms)
-            .bind(replica)
-            .execute(&self.db)
-            .await
-            .map_err(map_sqlx)?;
-        let expired = sqlx::query_scalar::<_, i64>(
-            "SELECT COUNT(*) FROM announcer_sessions WHERE expires_ms < $1",
-        )
-        .bind(now)
-        .fetch_one(&self.db)
-        .await
-        .map_err(map_sqlx)?;
-        if expired == 0 {
-            return Ok(0);
-        }
-        cluster_tx!(self, |conn| async {
-            sqlx::query("DELETE FROM announcer_sessions WHERE expires_ms < $1")
-                .bind(now)
-                .execute(&mut *conn)
-                .await
-                .map(|r| r.rows_affected())
-        })
-    }
-
     /// Reads every cluster's nodes, advertisements, endpoints and live announcers.
     pub async fn cluster_rows(&self) -> Result<ClusterRows> {
         self.cluster_rows_after(None).await
@@ -558,12 +440,6 @@ impl SqlStore {
         Ok(revision as u64)
     }
 
-    /// Nodes with a live, ready announcer, by cluster, and their sessions.
-    pub async fn live_announcers(&self) -> Result<(BTreeMap<String, BTreeSet<String>>, Sessions)> {
-        let mut conn = self.db.acquire().await.map_err(map_sqlx)?;
-        live_sessions(&mut conn).await
-    }
-
     /// Every Service lease (of any cluster), with the store's revision read before them.
     pub async fn service_leases(&self) -> Result<(u64, Vec<Lease>)> {
         let mut conn = self.db.acquire().await.map_err(map_sqlx)?;
@@ -600,30 +476,6 @@ impl SqlStore {
             .map(|p| (p.spec.name.clone(), p.spec.labels))
             .collect())
     }
-}
-
-async fn live_sessions(
-    conn: &mut AnyConnection,
-) -> Result<(BTreeMap<String, BTreeSet<String>>, Sessions)> {
-    let mut live: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut sessions = Sessions::new();
-    for r in sqlx::query(
-        "SELECT cluster, node, session FROM announcer_sessions WHERE ready <> 0 AND expires_ms >= $1",
-    )
-    .bind(now_ms())
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(map_sqlx)?
-    {
-        let cluster: String = r.try_get("cluster").map_err(map_sqlx)?;
-        let node: String = r.try_get("node").map_err(map_sqlx)?;
-        sessions.insert(
-            (cluster.clone(), node.clone()),
-            r.try_get("session").map_err(map_sqlx)?,
-        );
-        live.entry(cluster).or_default().insert(node);
-    }
-    Ok((live, sessions))
 }
 
 /// Endpoints by cluster, then (namespace, name): the rows written after `revision` (None: all of

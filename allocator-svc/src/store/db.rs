@@ -236,6 +236,32 @@ macro_rules! in_tx {
     }};
 }
 
+/// Runs one statement-building closure in a transaction with the revision bump, and wakes the
+/// local followers.
+macro_rules! cluster_tx {
+    ($store:expr, |$conn:ident| $body:expr) => {{
+        let mut tx = $store.db.begin().await.map_err(map_sqlx)?;
+        let value = {
+            let $conn: &mut AnyConnection = &mut tx;
+            $body.await.map_err(map_sqlx)?
+        };
+        let rev = bump(&mut tx).await.map_err(map_sqlx)?;
+        tx.commit().await.map_err(map_sqlx)?;
+        $store.cluster_changed(rev);
+        Ok(value)
+    }};
+}
+
+/// Bumps the cluster revision; the caller commits.
+pub(super) async fn bump(conn: &mut AnyConnection) -> std::result::Result<u64, sqlx::Error> {
+    let v: i64 = sqlx::query_scalar(
+        "UPDATE cluster_revision SET value = value + 1 WHERE id = 1 RETURNING value",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(v as u64)
+}
+
 impl Core {
     /// Connects, creates or upgrades the schema.
     pub(super) async fn connect(opts: &StoreOptions) -> Result<Arc<Core>> {

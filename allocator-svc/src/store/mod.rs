@@ -18,6 +18,7 @@ mod batch;
 mod cluster;
 mod persist;
 mod rows;
+mod sessions;
 mod sql;
 
 use std::future::Future;
