@@ -208,8 +208,12 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
-            ClusterStateServiceServer::new(ClusterState::new(Arc::clone(&store), view))
-                .max_decoding_message_size(max),
+            ClusterStateServiceServer::new(ClusterState::new(
+                Arc::clone(&store),
+                view,
+                limits.max_watches_per_identity,
+            ))
+            .max_decoding_message_size(max),
         )
         .add_service(
             AnnouncerServiceServer::new(AnnouncerApi(Arc::new(announcers)))

@@ -16,8 +16,10 @@ use tokio::sync::Notify;
 
 use crate::controller::{Ctx, apply_as, apply_config, manager, ready, reflect};
 
-/// How often the announcements are read back into ServiceL2Status and ServiceBGPStatus objects.
-const ANNOUNCEMENT_STATUS_INTERVAL: Duration = Duration::from_secs(2);
+/// How soon a broken announcement watch is opened again.
+const RETRY: Duration = Duration::from_secs(1);
+/// How often the status objects are written again without a change (repairing hand edits).
+const REWRITE: Duration = Duration::from_secs(30);
 
 /// The objects ferrolb writes to show where each Service is announced.
 trait AnnouncementStatus:
@@ -65,16 +67,36 @@ pub(crate) async fn sync(ctx: Arc<Ctx>) {
     let request = || pb::ListAnnouncementsRequest {
         cluster: ctx.settings.cluster.clone(),
     };
+    // Follow the allocator's announcements as they change; write the objects on every change,
+    // and again now and then, so that one deleted or edited by hand comes back.
+    let mut last: Option<pb::AnnouncementsUpdate> = None;
     loop {
-        tokio::time::sleep(ANNOUNCEMENT_STATUS_INTERVAL).await;
-        if let Ok(list) = ctx.cluster.clone().list_announcements(request()).await {
-            let want = l2_statuses(&list.into_inner().announcements);
-            write_statuses(&ctx, &l2_api, &l2, want).await;
+        let mut stream = match ctx.cluster.clone().watch_announcements(request()).await {
+            Ok(s) => s.into_inner(),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot watch the announcements; trying again");
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
+        loop {
+            tokio::select! {
+                m = stream.message() => match m {
+                    Ok(Some(update)) => last = Some(update),
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "the announcement watch ended");
+                        break;
+                    }
+                },
+                _ = tokio::time::sleep(REWRITE) => {}
+            }
+            if let Some(u) = &last {
+                write_statuses(&ctx, &l2_api, &l2, l2_statuses(&u.announcements)).await;
+                write_statuses(&ctx, &bgp_api, &bgp, bgp_statuses(&u.bgp_announcements)).await;
+            }
         }
-        if let Ok(list) = ctx.cluster.clone().list_bgp_announcements(request()).await {
-            let want = bgp_statuses(&list.into_inner().announcements);
-            write_statuses(&ctx, &bgp_api, &bgp, want).await;
-        }
+        tokio::time::sleep(RETRY).await;
     }
 }
 

@@ -381,7 +381,7 @@ fn malformed_frames_are_dropped_and_counted() {
 /// reaches it.
 #[test]
 fn a_service_created_through_kubernetes_answers_on_the_lan() {
-    let lab = HomeLab::up("kb", Options::default());
+    let mut lab = HomeLab::up("kb", Options::default());
     let mut kube = lab.start_kube();
     let mut adapter = lab.start_adapter();
     let file =
@@ -446,6 +446,28 @@ fn a_service_created_through_kubernetes_answers_on_the_lan() {
         }
         assert!(start.elapsed() < 10 * SECOND, "no ServiceL2Status: {st}");
         std::thread::sleep(Duration::from_millis(100));
+    }
+    // The status follows the allocator's announcements as they change: after the owner's
+    // announcer dies, the object names the node that took over, within a couple of seconds.
+    lab.kill_announcer(&owner);
+    let next = lab
+        .wait_owner(VIP, 10 * SECOND, |o| o.as_ref().is_ok_and(|n| *n != owner))
+        .unwrap();
+    let start = std::time::Instant::now();
+    loop {
+        let st = kube.get(
+            "/apis/metallb.io/v1beta1/servicel2statuses",
+            "metallb-system",
+            "l2-default-home-nginx",
+        );
+        if st["status"]["node"] == next.as_str() {
+            break;
+        }
+        assert!(
+            start.elapsed() < 3 * SECOND,
+            "the ServiceL2Status did not follow the failover to {next}: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
     let _ = adapter.kill();
     let _ = adapter.wait();

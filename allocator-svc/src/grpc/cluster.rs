@@ -1,13 +1,17 @@
 //! `ferrolb.v1.ClusterStateService`: what a cluster reports (nodes, endpoints, advertisements,
 //! BGP objects) and what the decisions made of it (announcements).
 
+use std::pin::Pin;
 use std::sync::Arc;
 
 use ferrolb_proto::v1 as pb;
 use ferrolb_proto::v1::cluster_state_service_server::ClusterStateService;
-use tokio::sync::watch;
+use futures::Stream;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::auth::PerIdentity;
 use super::bgp;
 use super::convert::{self, caller};
 use crate::assignments::View;
@@ -34,11 +38,21 @@ fn for_cluster(caller: &Caller, cluster: &str) -> Result<(), Error> {
 pub struct ClusterState {
     store: Arc<SqlStore>,
     view: watch::Receiver<Arc<View>>,
+    /// Open WatchAnnouncements streams per identity.
+    watchers: Arc<PerIdentity>,
 }
 
 impl ClusterState {
-    pub fn new(store: Arc<SqlStore>, view: watch::Receiver<Arc<View>>) -> ClusterState {
-        ClusterState { store, view }
+    pub fn new(
+        store: Arc<SqlStore>,
+        view: watch::Receiver<Arc<View>>,
+        max_watches_per_identity: usize,
+    ) -> ClusterState {
+        ClusterState {
+            store,
+            view,
+            watchers: Arc::new(PerIdentity::new(max_watches_per_identity)),
+        }
     }
 
     /// The cluster's Community objects, which advertisements and other Communities are checked
@@ -121,6 +135,60 @@ fn l2_ad_to_pb(a: &L2Ad) -> pb::L2Advertisement {
             })
             .collect(),
     }
+}
+
+/// Who announces each layer-2 address of a cluster, or why nobody does.
+fn l2_announcements(view: &View, cluster: &str) -> Vec<pb::Announcement> {
+    view.clusters
+        .get(cluster)
+        .map(|c| {
+            c.announcements
+                .iter()
+                .map(|a| pb::Announcement {
+                    ip: a.ip.to_string(),
+                    node: a.owner.clone().unwrap_or_default(),
+                    interfaces: a.interfaces.clone(),
+                    services: a.services.clone(),
+                    reason: a
+                        .owner
+                        .as_ref()
+                        .err()
+                        .map(|s| s.as_str().to_string())
+                        .unwrap_or_default(),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Per address of a cluster: the nodes that advertise it and the peers each sends it to.
+fn bgp_announcements(view: &View, cluster: &str) -> Vec<pb::BgpAnnouncement> {
+    view.clusters
+        .get(cluster)
+        .map(|c| {
+            c.bgp
+                .announcements
+                .iter()
+                .map(|a| pb::BgpAnnouncement {
+                    ip: a.ip.to_string(),
+                    services: a.services.iter().cloned().collect(),
+                    nodes: a
+                        .nodes
+                        .iter()
+                        .map(|(node, (prefix, peers))| pb::BgpNodeAnnouncement {
+                            node: node.clone(),
+                            prefix: bgp::prefix_text(prefix),
+                            peers: peers.iter().cloned().collect(),
+                        })
+                        .collect(),
+                    reason: a
+                        .silence
+                        .map(|s| s.as_str().to_string())
+                        .unwrap_or_default(),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[tonic::async_trait]
@@ -290,27 +358,7 @@ impl ClusterStateService for ClusterState {
         let cluster = req.into_inner().cluster;
         for_cluster(&caller, &cluster)?;
         let view = self.view.borrow().clone();
-        let announcements = view
-            .clusters
-            .get(&cluster)
-            .map(|c| {
-                c.announcements
-                    .iter()
-                    .map(|a| pb::Announcement {
-                        ip: a.ip.to_string(),
-                        node: a.owner.clone().unwrap_or_default(),
-                        interfaces: a.interfaces.clone(),
-                        services: a.services.clone(),
-                        reason: a
-                            .owner
-                            .as_ref()
-                            .err()
-                            .map(|s| s.as_str().to_string())
-                            .unwrap_or_default(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let announcements = l2_announcements(&view, &cluster);
         Ok(Response::new(pb::ListAnnouncementsResponse {
             announcements,
             version: view.version,
@@ -413,36 +461,59 @@ impl ClusterStateService for ClusterState {
         let cluster = req.into_inner().cluster;
         for_cluster(&caller, &cluster)?;
         let view = self.view.borrow().clone();
-        let announcements = view
-            .clusters
-            .get(&cluster)
-            .map(|c| {
-                c.bgp
-                    .announcements
-                    .iter()
-                    .map(|a| pb::BgpAnnouncement {
-                        ip: a.ip.to_string(),
-                        services: a.services.iter().cloned().collect(),
-                        nodes: a
-                            .nodes
-                            .iter()
-                            .map(|(node, (prefix, peers))| pb::BgpNodeAnnouncement {
-                                node: node.clone(),
-                                prefix: bgp::prefix_text(prefix),
-                                peers: peers.iter().cloned().collect(),
-                            })
-                            .collect(),
-                        reason: a
-                            .silence
-                            .map(|s| s.as_str().to_string())
-                            .unwrap_or_default(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let announcements = bgp_announcements(&view, &cluster);
         Ok(Response::new(pb::ListBgpAnnouncementsResponse {
             announcements,
             version: view.version,
         }))
+    }
+
+    type WatchAnnouncementsStream =
+        Pin<Box<dyn Stream<Item = Result<pb::AnnouncementsUpdate, Status>> + Send>>;
+
+    async fn watch_announcements(
+        &self,
+        req: Request<pb::ListAnnouncementsRequest>,
+    ) -> Result<Response<Self::WatchAnnouncementsStream>, Status> {
+        let caller = caller(&req)?;
+        let who = convert::principal(&req)?;
+        let Some(permit) = self.watchers.try_acquire(who) else {
+            return Err(Error::Exhausted(format!(
+                "{who} has {} watches open, its limit; close one first",
+                self.watchers.limit()
+            ))
+            .into());
+        };
+        let cluster = req.into_inner().cluster;
+        for_cluster(&caller, &cluster)?;
+        let mut view = self.view.clone();
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut last: Option<(Vec<pb::Announcement>, Vec<pb::BgpAnnouncement>)> = None;
+            loop {
+                let now = view.borrow_and_update().clone();
+                let current = (
+                    l2_announcements(&now, &cluster),
+                    bgp_announcements(&now, &cluster),
+                );
+                if last.as_ref() != Some(&current) {
+                    let update = pb::AnnouncementsUpdate {
+                        version: now.version,
+                        announcements: current.0.clone(),
+                        bgp_announcements: current.1.clone(),
+                    };
+                    if tx.send(Ok(update)).await.is_err() {
+                        return;
+                    }
+                    last = Some(current);
+                }
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    changed = view.changed() => if changed.is_err() { return },
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
