@@ -430,29 +430,28 @@ fn a_service_created_through_kubernetes_answers_on_the_lan() {
     assert_eq!(lab.curl_until(VIP, 10 * SECOND, |_| true), owner);
     arping_settles(&lab, VIP, Some(&owner));
     // Where it is announced, as `kubectl get servicel2statuses -A` shows it.
-    let start = std::time::Instant::now();
-    loop {
-        let st = kube.get(
-            "/apis/metallb.io/v1beta1/servicel2statuses",
-            "metallb-system",
-            "l2-default-home-nginx",
-        );
-        if st["status"]["node"] == owner.as_str() {
-            assert_eq!(
-                st["metadata"]["labels"]["metallb.io/service-name"],
-                "home-nginx"
-            );
-            break;
-        }
-        assert!(start.elapsed() < 10 * SECOND, "no ServiceL2Status: {st}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let st = l2_status_names(&mut kube, &owner, 10 * SECOND);
+    assert_eq!(
+        st["metadata"]["labels"]["metallb.io/service-name"],
+        "home-nginx"
+    );
     // The status follows the allocator's announcements as they change: after the owner's
     // announcer dies, the object names the node that took over, within a couple of seconds.
     lab.kill_announcer(&owner);
     let next = lab
         .wait_owner(VIP, 10 * SECOND, |o| o.as_ref().is_ok_and(|n| *n != owner))
         .unwrap();
+    l2_status_names(&mut kube, &next, 3 * SECOND);
+    let _ = adapter.kill();
+    let _ = adapter.wait();
+}
+
+/// Waits until home-nginx's ServiceL2Status names `node`; returns the object.
+fn l2_status_names(
+    kube: &mut ferrolb_e2e::home::LabKube,
+    node: &str,
+    within: Duration,
+) -> serde_json::Value {
     let start = std::time::Instant::now();
     loop {
         let st = kube.get(
@@ -460,17 +459,15 @@ fn a_service_created_through_kubernetes_answers_on_the_lan() {
             "metallb-system",
             "l2-default-home-nginx",
         );
-        if st["status"]["node"] == next.as_str() {
-            break;
+        if st["status"]["node"] == node {
+            return st;
         }
         assert!(
-            start.elapsed() < 3 * SECOND,
-            "the ServiceL2Status did not follow the failover to {next}: {st}"
+            start.elapsed() < within,
+            "the ServiceL2Status does not name {node}: {st}"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let _ = adapter.kill();
-    let _ = adapter.wait();
 }
 
 /// The credentials deploy/base/announcer.yaml gives the announcer's container, as a container

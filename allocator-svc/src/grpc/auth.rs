@@ -204,6 +204,19 @@ impl PerIdentity {
         self.limit
     }
 
+    /// A watch permit of `who`'s, or RESOURCE_EXHAUSTED naming the limit.
+    pub fn watch_permit(
+        &self,
+        who: &Principal,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, crate::error::Error> {
+        self.try_acquire(who).ok_or_else(|| {
+            crate::error::Error::Exhausted(format!(
+                "{who} has {} watches open, its limit; close one first",
+                self.limit
+            ))
+        })
+    }
+
     /// A permit of `who`'s, if one is free.
     pub fn try_acquire(&self, who: &Principal) -> Option<tokio::sync::OwnedSemaphorePermit> {
         let sem = {

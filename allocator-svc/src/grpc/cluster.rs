@@ -477,13 +477,7 @@ impl ClusterStateService for ClusterState {
     ) -> Result<Response<Self::WatchAnnouncementsStream>, Status> {
         let caller = caller(&req)?;
         let who = convert::principal(&req)?;
-        let Some(permit) = self.watchers.try_acquire(who) else {
-            return Err(Error::Exhausted(format!(
-                "{who} has {} watches open, its limit; close one first",
-                self.watchers.limit()
-            ))
-            .into());
-        };
+        let permit = self.watchers.watch_permit(who)?;
         let cluster = req.into_inner().cluster;
         for_cluster(&caller, &cluster)?;
         let mut view = self.view.clone();

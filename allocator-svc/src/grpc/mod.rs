@@ -290,12 +290,7 @@ impl<S: LeaseStore> IpamService for Ipam<S> {
     ) -> Result<Response<Self::WatchLeasesStream>, Status> {
         let caller = caller(&req)?;
         let who = convert::principal(&req)?;
-        let Some(permit) = self.watchers.try_acquire(who) else {
-            return Err(Status::resource_exhausted(format!(
-                "{who} has {} watches open, its limit; close one first",
-                self.watchers.limit()
-            )));
-        };
+        let permit = self.watchers.watch_permit(who)?;
         let r = req.into_inner();
         let start = self.store.history_start().await.map_err(Status::from)?;
         if r.from_revision + 1 < start {
