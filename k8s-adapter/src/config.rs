@@ -18,9 +18,11 @@ use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::{Notify, mpsc};
-use tonic::{Code, Status};
+use tonic::Status;
 
-use crate::controller::{Ctx, Error, apply_as, apply_config, grpc, manager, ready, reflect};
+use crate::controller::{
+    Ctx, Error, apply_as, apply_config, grpc, manager, ready, reflect, retry_soon,
+};
 
 /// The stores of every configuration kind.
 struct Watched {
@@ -369,7 +371,7 @@ fn applied<T>(
 ) -> Result<(), Error> {
     match r {
         Ok(_) => Ok(()),
-        Err(s) if s.code() == Code::Unavailable => Err(grpc(s)),
+        Err(s) if retry_soon(&s) => Err(grpc(s)),
         Err(s) => {
             rejected.push(Rejection::by_allocator(kind, name, s.message()));
             Ok(())

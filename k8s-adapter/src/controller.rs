@@ -91,14 +91,55 @@ pub(crate) struct Ctx {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("allocator: {0}")]
-    Allocator(String),
+    /// The allocator cannot be reached or did not answer in time: try again soon.
+    #[error("allocator unavailable: {0}")]
+    AllocatorUnavailable(String),
+    /// The allocator refused the call; its message says why.
+    #[error("allocator refused ({code:?}): {message}")]
+    Refused { code: Code, message: String },
     #[error("kubernetes: {0}")]
     Kube(#[from] kube::Error),
 }
 
+impl Error {
+    /// The metric label of the error's kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::AllocatorUnavailable(_) => "allocator_unavailable",
+            Error::Refused { .. } => "allocator_refused",
+            Error::Kube(_) => "kubernetes",
+        }
+    }
+
+    /// How soon a Service that failed this way is tried again.
+    pub fn retry_after(&self) -> Duration {
+        match self {
+            Error::AllocatorUnavailable(_) | Error::Kube(_) => Duration::from_secs(1),
+            // A refusal holds until something changes (which reconciles the Service anyway).
+            Error::Refused { .. } => Duration::from_secs(5),
+        }
+    }
+}
+
+/// Whether the allocator said it is busy or away (try again soon), not that the request cannot
+/// be met: UNAVAILABLE, a deadline, or RESOURCE_EXHAUSTED with a `retry-after-ms` (its limits
+/// for load; a full pool or a quota has none).
+pub(crate) fn retry_soon(s: &Status) -> bool {
+    matches!(
+        s.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
+    ) || (s.code() == Code::ResourceExhausted && s.metadata().contains_key("retry-after-ms"))
+}
+
+/// The adapter's error for a gRPC status from the allocator.
 pub(crate) fn grpc(s: Status) -> Error {
-    Error::Allocator(format!("{:?}: {}", s.code(), s.message()))
+    match s.code() {
+        _ if retry_soon(&s) => Error::AllocatorUnavailable(s.message().to_string()),
+        code => Error::Refused {
+            code,
+            message: s.message().to_string(),
+        },
+    }
 }
 
 /// Runs the adapter until a loop ends (it should not).
@@ -242,12 +283,14 @@ async fn claim_existing(ctx: &Ctx) {
     tracing::info!(services = claimed, "addresses already shown are claimed");
 }
 
-/// Services reconciled at once.
-const RECONCILE_CONCURRENCY: u16 = 64;
+/// Services reconciled at once: below the allocator's calls in flight per identity (64 by
+/// default), so that configuration and node sync calls still fit beside a burst.
+const RECONCILE_CONCURRENCY: u16 = 48;
 
-fn error_policy(_: Arc<Service>, e: &Error, _: Arc<Ctx>) -> Action {
-    tracing::warn!(error = %e, "Service not settled; trying again");
-    Action::requeue(Duration::from_secs(1))
+fn error_policy(svc: Arc<Service>, e: &Error, ctx: Arc<Ctx>) -> Action {
+    ctx.metrics.reconcile_failed(e.kind());
+    tracing::warn!(service = svc.name_any(), error = %e, "Service not settled; trying again");
+    Action::requeue(e.retry_after())
 }
 
 async fn record(ctx: &Ctx, svc: &Service, e: &Event) {
@@ -422,7 +465,7 @@ async fn try_allocate(
 ) -> Result<Result<pb::AllocateResponse, String>, Error> {
     match ipam.allocate(req).await {
         Ok(r) => Ok(Ok(r.into_inner())),
-        Err(s) if s.code() == Code::Unavailable => Err(grpc(s)),
+        Err(s) if retry_soon(&s) => Err(grpc(s)),
         Err(s) => Ok(Err(s.message().to_string())),
     }
 }
@@ -578,4 +621,37 @@ async fn collect_once(ctx: &Ctx, services: &Store<Service>) -> Result<(), Error>
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocator_statuses_map_to_typed_errors() {
+        let e = grpc(Status::unavailable("no database"));
+        assert_eq!(
+            (e.kind(), e.retry_after()),
+            ("allocator_unavailable", Duration::from_secs(1))
+        );
+        let e = grpc(Status::deadline_exceeded("slow"));
+        assert_eq!(e.kind(), "allocator_unavailable");
+        let mut busy = Status::resource_exhausted("64 calls in flight");
+        busy.metadata_mut()
+            .insert("retry-after-ms", "100".parse().unwrap());
+        assert_eq!(grpc(busy).kind(), "allocator_unavailable");
+        assert_eq!(
+            grpc(Status::resource_exhausted("pool full")).kind(),
+            "allocator_refused"
+        );
+        let e = grpc(Status::permission_denied("not yours"));
+        assert_eq!(
+            (e.kind(), e.retry_after()),
+            ("allocator_refused", Duration::from_secs(5))
+        );
+        assert_eq!(
+            e.to_string(),
+            "allocator refused (PermissionDenied): not yours"
+        );
+    }
 }

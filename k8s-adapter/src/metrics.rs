@@ -1,6 +1,7 @@
 //! Prometheus metrics of the adapter, named `ferrolb_adapter_<what>`.
 
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -13,6 +14,7 @@ struct KindLabel {
 pub struct Metrics {
     registry: Registry,
     rejected: Family<KindLabel, Gauge>,
+    reconcile_errors: Family<KindLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -30,7 +32,24 @@ impl Metrics {
             "Configuration objects not in use because they are invalid, by kind",
             rejected.clone(),
         );
-        Metrics { registry, rejected }
+        let reconcile_errors = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "reconcile_errors",
+            "Service reconciles that failed and were queued again, by kind of error",
+            reconcile_errors.clone(),
+        );
+        Metrics {
+            registry,
+            rejected,
+            reconcile_errors,
+        }
+    }
+
+    /// A Service reconcile failed with an error of `kind`.
+    pub fn reconcile_failed(&self, kind: &str) {
+        self.reconcile_errors
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .inc();
     }
 
     pub fn set_rejected(&self, kind: &str, n: i64) {
@@ -45,5 +64,24 @@ impl Metrics {
             tracing::error!(error = %e, "encoding metrics failed");
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconcile_errors_are_counted_by_kind() {
+        let m = Metrics::new();
+        m.reconcile_failed("allocator_unavailable");
+        m.reconcile_failed("allocator_unavailable");
+        let text = m.encode();
+        assert!(
+            text.contains(
+                "ferrolb_adapter_reconcile_errors_total{kind=\"allocator_unavailable\"} 2"
+            ),
+            "{text}"
+        );
     }
 }

@@ -21,6 +21,9 @@ use crate::error::Error;
 use crate::pool::{Caller, validate_name};
 use crate::store::{BgpKind, SqlStore};
 
+/// The shortest time between two updates of one WatchAnnouncements stream.
+const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// May `caller` act for `cluster`?
 fn for_cluster(caller: &Caller, cluster: &str) -> Result<(), Error> {
     validate_name("cluster", cluster)?;
@@ -501,6 +504,9 @@ impl ClusterStateService for ClusterState {
                         return;
                     }
                     last = Some(current);
+                    // A burst of changes (thousands of Services at once) becomes one update per
+                    // interval, each with the latest view.
+                    tokio::time::sleep(WATCH_INTERVAL).await;
                 }
                 tokio::select! {
                     _ = tx.closed() => return,

@@ -91,19 +91,17 @@ where
         Box::pin(async move {
             let _own = match own {
                 Some((Some(who), _)) => {
-                    return Ok(Status::resource_exhausted(format!(
+                    return Ok(busy(format!(
                         "{who} has {max_own} calls in flight, its limit; retry with backoff"
-                    ))
-                    .into_http());
+                    )));
                 }
                 Some((None, permit)) => permit,
                 None => None,
             };
             let Ok(_permit) = permit else {
-                return Ok(Status::resource_exhausted(format!(
+                return Ok(busy(format!(
                     "allocator overloaded: {max} calls in flight; retry with backoff"
-                ))
-                .into_http());
+                )));
             };
             match tokio::time::timeout(deadline, inner.call(req)).await {
                 Ok(response) => response,
@@ -114,6 +112,20 @@ where
             }
         })
     }
+}
+
+/// The metadata that tells a refusal for load (retry soon) from one for the request (a pool that
+/// is full, a quota): how many milliseconds to wait before trying again.
+pub const RETRY_AFTER_MS: &str = "retry-after-ms";
+
+/// RESOURCE_EXHAUSTED for load, with the time to wait before trying again.
+fn busy<B: Default>(message: String) -> http::Response<B> {
+    let mut status = Status::resource_exhausted(message);
+    status.metadata_mut().insert(
+        RETRY_AFTER_MS,
+        tonic::metadata::MetadataValue::from_static("100"),
+    );
+    status.into_http()
 }
 
 /// Parses gRPC's `grpc-timeout` header: up to 8 digits and a unit (H, M, S, m, u, n).
