@@ -14,6 +14,7 @@ macro_rules! lease_columns {
 
 #[macro_use]
 mod db;
+mod allowances;
 mod batch;
 mod cluster;
 mod persist;
