@@ -231,8 +231,8 @@ pub struct BGPAdvertisementSpec {
 // ---------------------------------------------------------------------------------------------
 // BGPPeer (v1beta2 stored; v1beta1 served too)
 
-/// The BGPPeer fields both versions share.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+/// The BGPPeer fields both versions share. Its `Debug` never shows the password.
+#[derive(Serialize, Deserialize, Clone, Default, PartialEq)]
 #[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct PeerCommon {
@@ -256,6 +256,22 @@ pub struct PeerCommon {
     pub bfd_profile: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ebgp_multi_hop: Option<bool>,
+}
+
+impl std::fmt::Debug for PeerCommon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerCommon")
+            .field("my_asn", &self.my_asn)
+            .field("source_address", &self.source_address)
+            .field("peer_port", &self.peer_port)
+            .field("hold_time", &self.hold_time)
+            .field("keepalive_time", &self.keepalive_time)
+            .field("router_id", &self.router_id)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("bfd_profile", &self.bfd_profile)
+            .field("ebgp_multi_hop", &self.ebgp_multi_hop)
+            .finish()
+    }
 }
 
 pub mod v1beta2 {

@@ -51,8 +51,8 @@ impl<S: Clone> Object<S> {
     }
 }
 
-/// Every object of one cluster's configuration.
-#[derive(Debug, Clone, Default)]
+/// Every object of one cluster's configuration. Its `Debug` names the Secrets, never their data.
+#[derive(Clone, Default)]
 pub struct Config {
     pub pools: Vec<Object<IPAddressPoolSpec>>,
     pub l2: Vec<Object<L2AdvertisementSpec>>,
@@ -64,6 +64,21 @@ pub struct Config {
     pub secrets: BTreeMap<String, Secret>,
     /// The labels of the cluster's nodes, for advertisements' node sets.
     pub nodes: Vec<BTreeMap<String, String>>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("pools", &self.pools)
+            .field("l2", &self.l2)
+            .field("bgp", &self.bgp)
+            .field("peers", &self.peers)
+            .field("communities", &self.communities)
+            .field("bfd_profiles", &self.bfd_profiles)
+            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .field("nodes", &self.nodes)
+            .finish()
+    }
 }
 
 /// The kinds, as MetalLB names them.

@@ -256,6 +256,24 @@ metadata: {name: other}
             "s3cret"
         );
         assert!(crate::validate::check(c, "metallb-system").is_empty());
+        // Neither the Secret's data nor an inline password reaches a Debug print.
+        let mut shown = c.clone();
+        shown.peers[0].spec.common.password = Some("hunter2".into());
+        let text = format!(
+            "{:?}",
+            File {
+                config: shown,
+                ..File::default()
+            }
+        );
+        assert!(
+            !text.contains("ByteString") && !text.contains("hunter2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("<redacted>") && text.contains("\"pw\""),
+            "{text}"
+        );
     }
 
     #[test]
