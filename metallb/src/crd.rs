@@ -231,7 +231,8 @@ pub struct BGPAdvertisementSpec {
 // ---------------------------------------------------------------------------------------------
 // BGPPeer (v1beta2 stored; v1beta1 served too)
 
-/// The BGPPeer fields both versions share. Its `Debug` never shows the password.
+/// The BGPPeer fields both versions share.
+// `Debug` is written by hand below: it never shows the password.
 #[derive(Serialize, Deserialize, Clone, Default, PartialEq)]
 #[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]

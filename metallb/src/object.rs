@@ -51,7 +51,8 @@ impl<S: Clone> Object<S> {
     }
 }
 
-/// Every object of one cluster's configuration. Its `Debug` names the Secrets, never their data.
+/// Every object of one cluster's configuration.
+// `Debug` is written by hand below: it names the Secrets, never their data.
 #[derive(Clone, Default)]
 pub struct Config {
     pub pools: Vec<Object<IPAddressPoolSpec>>,
