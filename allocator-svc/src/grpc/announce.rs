@@ -90,6 +90,8 @@ impl Announcers {
 
 /// How long a new stream may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a new stream waits for a view of the announcements that knows its session.
+const VIEW_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The message that brings an announcer from `had` to `want`.
 fn changes(version: u64, had: &NodeView, want: &NodeView) -> pb::Assignments {
@@ -203,7 +205,23 @@ impl Announcers {
         let timeout = self.liveness.heartbeat_timeout;
         let interval = (timeout / 3).max(Duration::from_millis(10));
         let mut view = self.view.clone();
-        let current = view.borrow_and_update().clone();
+        // The first message is only as good as the view it comes from: one decided before this
+        // node's session was stored (a replica that just started, a decision still running)
+        // would tell the announcer to drop what it announces. Wait for a view that knows the
+        // session; a replica that cannot decide in time sends the announcer elsewhere.
+        let knows_session = |v: &Arc<View>| v.sessions_revision >= s.opened_at;
+        let waited = tokio::time::timeout(VIEW_TIMEOUT, view.wait_for(knows_session))
+            .await
+            .map(|r| r.map(|v| Arc::clone(&v)));
+        let current = match waited {
+            Ok(Ok(v)) => v,
+            Ok(Err(_)) => return "shutting down",
+            Err(_) => {
+                let why = "this replica has not decided the announcements yet";
+                let _ = out.send(Err(Error::Unavailable(why.into()).into())).await;
+                return "no view of its session in time";
+            }
+        };
         let speaks_bgp = hello.capabilities.iter().any(|c| c == "bgp");
         let node_view = |v: &View| {
             let mut n = v.node(&s.cluster, &s.node);
