@@ -7,10 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferrolb_metallb::convert::{self, Message};
+use ferrolb_metallb::convert;
 use ferrolb_metallb::crd::{self, IPAddressPool, L2Advertisement};
 use ferrolb_metallb::{Object, Rejection, kind, validate};
-use ferrolb_proto::v1 as pb;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch};
 use kube::runtime::events::{Event as KubeEvent, EventType};
@@ -18,11 +17,10 @@ use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::{Notify, mpsc};
-use tonic::Status;
 
-use crate::controller::{
-    Ctx, Error, apply_as, apply_config, grpc, manager, ready, reflect, retry_soon,
-};
+use crate::allocator::{Declared, Error};
+use crate::controller::{Ctx, apply_as, apply_config, manager, ready, reflect};
+use crate::pool_usage::PoolUsage;
 
 /// The stores of every configuration kind.
 struct Watched {
@@ -99,6 +97,7 @@ pub(crate) async fn sync(
     if !watched.ready().await {
         return;
     }
+    let mut usage = PoolUsage::default();
     loop {
         let peers: Vec<_> = watched.peers.state();
         let secrets = match named_secrets(&secrets_api, &peers).await {
@@ -127,13 +126,18 @@ pub(crate) async fn sync(
         report_all(&ctx, &watched, &rejected).await;
         configured.send_replace(true);
         let _ = reprocess.try_send(());
-        // Until the next change, keep the pools' usage counts current, and look at the named
-        // Secrets again (one created late, or a password rotated, is a change).
+        // Until the next change, keep the pools' usage counts current as the cluster's leases
+        // change, and look at the named Secrets again (one created late, or a password
+        // rotated, is a change).
+        usage.due_now();
+        let mut secrets_tick = tokio::time::interval(SECRETS_INTERVAL);
+        secrets_tick.reset();
         loop {
-            pool_status(&ctx, &watched.pools).await;
+            usage.write_if_due(&ctx, &watched.pools).await;
             tokio::select! {
                 _ = changed.notified() => break,
-                _ = tokio::time::sleep(POOL_STATUS_INTERVAL) => {}
+                _ = usage.wait(&*ctx.allocator, &ctx.settings.cluster) => continue,
+                _ = secrets_tick.tick() => {}
             }
             match named_secrets(&secrets_api, &peers).await {
                 Ok(now) if versions(&now) != versions(&secrets) => break,
@@ -174,70 +178,8 @@ fn versions(secrets: &BTreeMap<String, Secret>) -> Vec<(&str, Option<&str>)> {
         .collect()
 }
 
-/// How often the IPAddressPools' usage counts are refreshed.
-const POOL_STATUS_INTERVAL: Duration = Duration::from_secs(3);
-
-/// Writes each pool's assigned and available counts per family (MetalLB's status fields) when
-/// they change. Counts beyond i64 (large IPv6 pools) are written as i64::MAX, as MetalLB does.
-async fn pool_status(ctx: &Ctx, pools: &Store<IPAddressPool>) {
-    let Ok(stats) = ctx
-        .ipam
-        .clone()
-        .get_stats(pb::GetStatsRequest::default())
-        .await
-    else {
-        return;
-    };
-    let count = |s: &str| {
-        s.parse::<u128>()
-            .map_or(0, |n| i64::try_from(n).unwrap_or(i64::MAX))
-    };
-    let api: Api<IPAddressPool> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
-    for pool in pools.state() {
-        let mut want = crd::IPAddressPoolStatus::default();
-        for st in stats
-            .get_ref()
-            .stats
-            .iter()
-            .filter(|st| st.pool == pool.name_any())
-        {
-            if st.family == pb::IpFamily::Ipv6 as i32 {
-                want.assigned_ipv6 = count(&st.in_use);
-                want.available_ipv6 = count(&st.available);
-            } else {
-                want.assigned_ipv4 = count(&st.in_use);
-                want.available_ipv4 = count(&st.available);
-            }
-        }
-        let have = pool.status.clone().unwrap_or_default();
-        let same = (
-            have.assigned_ipv4,
-            have.assigned_ipv6,
-            have.available_ipv4,
-            have.available_ipv6,
-        ) == (
-            want.assigned_ipv4,
-            want.assigned_ipv6,
-            want.available_ipv4,
-            want.available_ipv6,
-        );
-        if same {
-            continue;
-        }
-        let patch = json!({"status": {
-            "assignedIPv4": want.assigned_ipv4, "assignedIPv6": want.assigned_ipv6,
-            "availableIPv4": want.available_ipv4, "availableIPv6": want.available_ipv6,
-        }});
-        let name = pool.name_any();
-        let patch = apply_config::<IPAddressPool>(&name, &ctx.settings.namespace, patch);
-        if let Err(e) = api
-            .patch_status(&name, &apply_as(manager::POOL_USAGE), &Patch::Apply(&patch))
-            .await
-        {
-            tracing::debug!(error = %e, pool = pool.name_any(), "cannot write the pool's counts");
-        }
-    }
-}
+/// How often the named Secrets are read again.
+const SECRETS_INTERVAL: Duration = Duration::from_secs(3);
 
 /// Judges the configuration, applies the good objects (Communities before the BGPPeers and
 /// BGPAdvertisements that name them), removes from the allocator what is gone, and returns
@@ -246,24 +188,16 @@ async fn push(ctx: &Ctx, cfg: &ferrolb_metallb::Config) -> Result<Vec<Rejection>
     let cluster = &ctx.settings.cluster;
     let namespace = &ctx.settings.namespace;
     let mut rejected = validate::check(cfg, namespace);
-    let mut ipam = ctx.ipam.clone();
-    let mut cs = ctx.cluster.clone();
     let clusters = [cluster.clone()];
     for (kind, name, m) in convert::messages(cfg, namespace, cluster, &clusters, &mut rejected) {
-        let r = match m {
-            Message::Pool(p) => ipam
-                .apply_pool(pb::ApplyPoolRequest {
-                    pool: Some(p),
-                    create_only: false,
-                })
-                .await
-                .map(drop),
-            Message::L2Advertisement(a) => cs.apply_l2_advertisement(a).await.map(drop),
-            Message::Community(c) => cs.apply_community(c).await.map(drop),
-            Message::BgpPeer(p) => cs.apply_bgp_peer(p).await.map(drop),
-            Message::BgpAdvertisement(a) => cs.apply_bgp_advertisement(a).await.map(drop),
-        };
-        applied(r, kind, &name, &mut rejected)?;
+        match ctx.allocator.apply(m).await {
+            Ok(()) => {}
+            // Refused: its message names the field, and it goes with the rejections.
+            Err(Error::Refused { message, .. }) => {
+                rejected.push(Rejection::by_allocator(kind, &name, &message));
+            }
+            Err(e) => return Err(e),
+        }
     }
     remove_deleted(ctx, cfg).await?;
     let mut counts: BTreeMap<&'static str, i64> = BTreeMap::new();
@@ -277,106 +211,35 @@ async fn push(ctx: &Ctx, cfg: &ferrolb_metallb::Config) -> Result<Vec<Rejection>
     Ok(rejected)
 }
 
+/// The names of the objects of each kind the configuration holds, rejected ones included (a
+/// rejected object is present: it keeps what it had at the allocator).
+fn present(cfg: &ferrolb_metallb::Config) -> Declared {
+    fn names<S>(objects: &[Object<S>]) -> BTreeSet<String> {
+        objects.iter().map(|o| o.name.clone()).collect()
+    }
+    BTreeMap::from([
+        (kind::POOL, names(&cfg.pools)),
+        (kind::L2, names(&cfg.l2)),
+        (kind::BGP_ADVERTISEMENT, names(&cfg.bgp)),
+        (kind::PEER, names(&cfg.peers)),
+        (kind::COMMUNITY, names(&cfg.communities)),
+    ])
+}
+
 /// Removes from the allocator the pools, advertisements, peers and communities this cluster
-/// declared that no longer exist. A rejected object is present: it keeps what it had.
+/// declared that no longer exist.
 async fn remove_deleted(ctx: &Ctx, cfg: &ferrolb_metallb::Config) -> Result<(), Error> {
     let cluster = &ctx.settings.cluster;
-    let mut ipam = ctx.ipam.clone();
-    let mut cs = ctx.cluster.clone();
-    let present_pools: BTreeSet<String> = cfg.pools.iter().map(|p| p.name.clone()).collect();
-    let mine = format!("cluster/{cluster}");
-    let existing = ipam
-        .list_pools(pb::ListPoolsRequest {})
-        .await
-        .map_err(grpc)?
-        .into_inner()
-        .pools;
-    for p in existing {
-        if p.declared_by == mine && !present_pools.contains(&p.name) {
-            tracing::info!(pool = p.name, "IPAddressPool deleted");
-            ipam.delete_pool(pb::DeletePoolRequest { name: p.name })
-                .await
-                .map_err(grpc)?;
-        }
-    }
-    let present_ads: BTreeSet<String> = cfg.l2.iter().map(|a| a.name.clone()).collect();
-    let existing = cs
-        .list_l2_advertisements(pb::ListL2AdvertisementsRequest {
-            cluster: cluster.clone(),
-        })
-        .await
-        .map_err(grpc)?
-        .into_inner()
-        .advertisements;
-    for a in existing {
-        if !present_ads.contains(&a.name) {
-            cs.delete_l2_advertisement(pb::DeleteL2AdvertisementRequest {
-                cluster: cluster.clone(),
-                name: a.name,
-            })
-            .await
-            .map_err(grpc)?;
-        }
-    }
-    let existing = cs
-        .list_bgp_config(pb::ListBgpConfigRequest {
-            cluster: cluster.clone(),
-        })
-        .await
-        .map_err(grpc)?
-        .into_inner();
-    let gone: [(pb::BgpKind, BTreeSet<String>, BTreeSet<String>); 3] = [
-        (
-            pb::BgpKind::Advertisement,
-            existing
-                .advertisements
-                .into_iter()
-                .map(|a| a.name)
-                .collect(),
-            cfg.bgp.iter().map(|o| o.name.clone()).collect(),
-        ),
-        (
-            pb::BgpKind::Peer,
-            existing.peers.into_iter().map(|p| p.name).collect(),
-            cfg.peers.iter().map(|o| o.name.clone()).collect(),
-        ),
-        (
-            pb::BgpKind::Community,
-            existing.communities.into_iter().map(|c| c.name).collect(),
-            cfg.communities.iter().map(|o| o.name.clone()).collect(),
-        ),
-    ];
-    for (kind, at_allocator, present) in gone {
-        for name in at_allocator.difference(&present) {
-            tracing::info!(kind = ?kind, name, "BGP object deleted");
-            cs.delete_bgp_object(pb::DeleteBgpObjectRequest {
-                cluster: cluster.clone(),
-                kind: kind as i32,
-                name: name.clone(),
-            })
-            .await
-            .map_err(grpc)?;
+    let present = present(cfg);
+    let none = BTreeSet::new();
+    for (kind, at_allocator) in ctx.allocator.declared(cluster).await? {
+        let here = present.get(kind).unwrap_or(&none);
+        for name in at_allocator.difference(here) {
+            tracing::info!(kind, name, "configuration object deleted");
+            ctx.allocator.remove(cluster, kind, name).await?;
         }
     }
     Ok(())
-}
-
-/// What the allocator said to an object: refused (its message names the field) goes with the
-/// rejections; unreachable ends this push.
-fn applied<T>(
-    r: Result<T, Status>,
-    kind: &'static str,
-    name: &str,
-    rejected: &mut Vec<Rejection>,
-) -> Result<(), Error> {
-    match r {
-        Ok(_) => Ok(()),
-        Err(s) if retry_soon(&s) => Err(grpc(s)),
-        Err(s) => {
-            rejected.push(Rejection::by_allocator(kind, name, s.message()));
-            Ok(())
-        }
-    }
 }
 
 async fn report_all(ctx: &Ctx, w: &Watched, rejected: &[Rejection]) {
@@ -462,5 +325,95 @@ where
         .await
     {
         tracing::debug!(error = %e, object = name, "cannot write the status");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::Lab;
+
+    fn pool(name: &str, addresses: &[&str]) -> Object<crd::IPAddressPoolSpec> {
+        let spec = serde_json::from_value(json!({"addresses": addresses})).expect("a pool");
+        Object::new(name, "metallb-system", spec)
+    }
+
+    fn config(pools: Vec<Object<crd::IPAddressPoolSpec>>) -> ferrolb_metallb::Config {
+        let l2 = serde_json::from_value(json!({})).expect("an L2Advertisement");
+        ferrolb_metallb::Config {
+            pools,
+            l2: vec![Object::new("home", "metallb-system", l2)],
+            ..ferrolb_metallb::Config::default()
+        }
+    }
+
+    fn names(d: &Declared, kind: &str) -> Vec<String> {
+        d.get(kind).into_iter().flatten().cloned().collect()
+    }
+
+    #[tokio::test]
+    async fn good_objects_are_applied_bad_ones_reported_and_deleted_ones_removed() {
+        let lab = Lab::start(&[]).await;
+        lab.allocator.declare(kind::POOL, "retired");
+        lab.allocator.declare(kind::POOL, "broken");
+        let cfg = config(vec![
+            pool("lan", &["192.168.1.240-192.168.1.250"]),
+            pool("broken", &["192.168.1.300/32"]),
+        ]);
+        let rejected = push(&lab.ctx, &cfg).await.expect("pushed");
+
+        assert_eq!(rejected.len(), 1, "{rejected:?}");
+        assert_eq!(
+            (rejected[0].kind, rejected[0].name.as_str()),
+            (kind::POOL, "broken")
+        );
+        let held = lab.allocator.declared_now();
+        // A rejected object keeps what it had; a deleted one is removed.
+        assert_eq!(names(&held, kind::POOL), ["broken", "lan"]);
+        assert_eq!(names(&held, kind::L2), ["home"]);
+        assert_eq!(
+            lab.calls("remove"),
+            [format!("remove {} retired", kind::POOL)]
+        );
+        let metrics = lab.ctx.metrics.encode();
+        assert!(
+            metrics.contains(&format!(
+                "ferrolb_adapter_rejected_objects{{kind=\"{}\"}} 1",
+                kind::POOL
+            )),
+            "{metrics}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_allocators_refusal_is_a_rejection_of_that_object() {
+        let lab = Lab::start(&[]).await;
+        lab.allocator.refuse("shared");
+        let cfg = config(vec![
+            pool("lan", &["192.168.1.0/28"]),
+            pool("shared", &["10.0.0.0/28"]),
+        ]);
+        let rejected = push(&lab.ctx, &cfg).await.expect("pushed");
+        assert_eq!(rejected.len(), 1, "{rejected:?}");
+        assert_eq!(rejected[0].name, "shared");
+        assert!(
+            rejected[0]
+                .message
+                .contains("overlaps a pool of another cluster"),
+            "{}",
+            rejected[0].message
+        );
+        assert_eq!(names(&lab.allocator.declared_now(), kind::POOL), ["lan"]);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_allocator_fails_the_push_so_that_it_is_tried_again() {
+        let lab = Lab::start(&[]).await;
+        lab.allocator.set_unavailable(true);
+        let cfg = config(vec![pool("lan", &["192.168.1.0/28"])]);
+        assert!(matches!(
+            push(&lab.ctx, &cfg).await,
+            Err(Error::AllocatorUnavailable(_))
+        ));
     }
 }

@@ -22,11 +22,11 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::{Mutex, Notify, RwLock, mpsc};
-use tonic::{Code, Status};
 
+use crate::allocator::{self, Allocator, Error};
 use crate::index::{self, ServiceKey, SliceIndex};
 use crate::service::{self, ALLOCATED_FROM_POOL, Decision, Event};
-use ferrolb_common::transport::{self, CallerHeader, ClientSecurity, Intercepted};
+use ferrolb_common::transport::{self, CallerHeader, ClientSecurity};
 
 /// What the adapter needs to know at start.
 #[derive(Debug, Clone)]
@@ -77,8 +77,7 @@ pub(crate) fn apply_config<K: Resource<DynamicType = ()>>(
 pub(crate) struct Ctx {
     pub(crate) client: Client,
     pub(crate) settings: Settings,
-    pub(crate) ipam: IpamServiceClient<Intercepted>,
-    pub(crate) cluster: ClusterStateServiceClient<Intercepted>,
+    pub(crate) allocator: Arc<dyn Allocator>,
     pub(crate) namespaces: Store<Namespace>,
     /// Every Service's EndpointSlices, by Service.
     pub(crate) slices: RwLock<SliceIndex>,
@@ -87,59 +86,6 @@ pub(crate) struct Ctx {
     pub(crate) reported: Mutex<BTreeMap<ServiceKey, pb::ServiceEndpoints>>,
     pub(crate) recorder: Recorder,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The allocator cannot be reached or did not answer in time: try again soon.
-    #[error("allocator unavailable: {0}")]
-    AllocatorUnavailable(String),
-    /// The allocator refused the call; its message says why.
-    #[error("allocator refused ({code:?}): {message}")]
-    Refused { code: Code, message: String },
-    #[error("kubernetes: {0}")]
-    Kube(#[from] kube::Error),
-}
-
-impl Error {
-    /// The metric label of the error's kind.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Error::AllocatorUnavailable(_) => "allocator_unavailable",
-            Error::Refused { .. } => "allocator_refused",
-            Error::Kube(_) => "kubernetes",
-        }
-    }
-
-    /// How soon a Service that failed this way is tried again.
-    pub fn retry_after(&self) -> Duration {
-        match self {
-            Error::AllocatorUnavailable(_) | Error::Kube(_) => Duration::from_secs(1),
-            // A refusal holds until something changes (which reconciles the Service anyway).
-            Error::Refused { .. } => Duration::from_secs(5),
-        }
-    }
-}
-
-/// Whether the allocator said it is busy or away (try again soon), not that the request cannot
-/// be met: UNAVAILABLE, a deadline, or RESOURCE_EXHAUSTED with a `retry-after-ms` (its limits
-/// for load; a full pool or a quota has none).
-pub(crate) fn retry_soon(s: &Status) -> bool {
-    matches!(
-        s.code(),
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
-    ) || (s.code() == Code::ResourceExhausted && s.metadata().contains_key("retry-after-ms"))
-}
-
-/// The adapter's error for a gRPC status from the allocator.
-pub(crate) fn grpc(s: Status) -> Error {
-    match s.code() {
-        _ if retry_soon(&s) => Error::AllocatorUnavailable(s.message().to_string()),
-        code => Error::Refused {
-            code,
-            message: s.message().to_string(),
-        },
-    }
 }
 
 /// Runs the adapter until a loop ends (it should not).
@@ -153,8 +99,10 @@ pub async fn run(
         .map_err(|e| format!("--allocator {e}"))?
         .connect_timeout(Duration::from_secs(2));
     let channel = transport::connect_lazy(endpoint, &settings.security);
-    let ipam = IpamServiceClient::with_interceptor(channel.clone(), caller.clone());
-    let cluster = ClusterStateServiceClient::with_interceptor(channel, caller);
+    let allocator = Arc::new(allocator::Grpc {
+        ipam: IpamServiceClient::with_interceptor(channel.clone(), caller.clone()),
+        cluster: ClusterStateServiceClient::with_interceptor(channel, caller),
+    });
 
     let namespaces = reflect(
         Api::<Namespace>::all(client.clone()),
@@ -173,8 +121,7 @@ pub async fn run(
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         settings: settings.clone(),
-        ipam,
-        cluster,
+        allocator,
         namespaces,
         slices: RwLock::default(),
         nodes,
@@ -375,11 +322,7 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             // again after every status write).
             let key = (report.namespace.clone(), report.name.clone());
             if ctx.reported.lock().await.get(&key) != Some(&report) {
-                ctx.cluster
-                    .clone()
-                    .set_endpoints(report.clone())
-                    .await
-                    .map_err(grpc)?;
+                ctx.allocator.set_endpoints(report.clone()).await?;
                 ctx.reported.lock().await.insert(key, report);
             }
             Ok(resync)
@@ -389,7 +332,6 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
 
 async fn allocate(ctx: &Ctx, svc: &Service, req: pb::AllocateRequest) -> Result<(), Error> {
     let current = service::current_ips(svc);
-    let mut ipam = ctx.ipam.clone();
     // A Service that already shows addresses (ferrolb's, or MetalLB's before a migration)
     // claims exactly those first.
     let who = format!("{}/{}", svc.namespace().unwrap_or_default(), svc.name_any());
@@ -399,7 +341,7 @@ async fn allocate(ctx: &Ctx, svc: &Service, req: pb::AllocateRequest) -> Result<
             requested_ips: current.clone(),
             ..req.clone()
         };
-        answer = match try_allocate(&mut ipam, claim).await? {
+        answer = match try_allocate(ctx, claim).await? {
             Ok(a) => Some(a),
             Err(why) => {
                 let message = format!(
@@ -417,7 +359,7 @@ async fn allocate(ctx: &Ctx, svc: &Service, req: pb::AllocateRequest) -> Result<
     }
     let answer = match answer {
         Some(a) => a,
-        None => match try_allocate(&mut ipam, req).await? {
+        None => match try_allocate(ctx, req).await? {
             Ok(a) => a,
             Err(why) => {
                 let message = format!("Failed to allocate IP for \"{who}\": {why}");
@@ -460,13 +402,13 @@ async fn allocate(ctx: &Ctx, svc: &Service, req: pb::AllocateRequest) -> Result<
 
 /// An allocation: the answer, or why the allocator refused (the outer error: it is unreachable).
 async fn try_allocate(
-    ipam: &mut IpamServiceClient<Intercepted>,
+    ctx: &Ctx,
     req: pb::AllocateRequest,
 ) -> Result<Result<pb::AllocateResponse, String>, Error> {
-    match ipam.allocate(req).await {
-        Ok(r) => Ok(Ok(r.into_inner())),
-        Err(s) if retry_soon(&s) => Err(grpc(s)),
-        Err(s) => Ok(Err(s.message().to_string())),
+    match ctx.allocator.allocate(req).await {
+        Ok(r) => Ok(Ok(r)),
+        Err(Error::Refused { message, .. }) => Ok(Err(message)),
+        Err(e) => Err(e),
     }
 }
 
@@ -476,29 +418,13 @@ async fn release_owner(ctx: &Ctx, o: pb::Owner) -> Result<bool, Error> {
         .lock()
         .await
         .remove(&(o.namespace.clone(), o.name.clone()));
-    let released = match ctx
-        .ipam
-        .clone()
-        .release(pb::ReleaseRequest {
-            owner: Some(o.clone()),
-        })
-        .await
-    {
-        Ok(_) => true,
-        Err(s) if s.code() == Code::NotFound => false,
-        Err(s) => return Err(grpc(s)),
-    };
+    let released = ctx.allocator.release(o.clone()).await?;
     let forgotten = ctx
-        .cluster
-        .clone()
-        .delete_endpoints(pb::DeleteEndpointsRequest {
-            cluster: o.cluster,
-            namespace: o.namespace,
-            name: o.name,
-        })
+        .allocator
+        .delete_endpoints(&o.cluster, &o.namespace, &o.name)
         .await;
-    if let Err(s) = forgotten {
-        tracing::debug!(error = s.message(), "cannot forget endpoints");
+    if let Err(e) = forgotten {
+        tracing::debug!(error = %e, "cannot forget endpoints");
     }
     Ok(released)
 }
@@ -585,28 +511,7 @@ async fn collect_garbage(ctx: Arc<Ctx>, services: Store<Service>, deleted: Arc<N
 }
 
 async fn collect_once(ctx: &Ctx, services: &Store<Service>) -> Result<(), Error> {
-    let mut token = String::new();
-    let mut leases = vec![];
-    loop {
-        let page = ctx
-            .ipam
-            .clone()
-            .list_leases(pb::ListLeasesRequest {
-                cluster: ctx.settings.cluster.clone(),
-                page_size: 1000,
-                page_token: token,
-                ..pb::ListLeasesRequest::default()
-            })
-            .await
-            .map_err(grpc)?
-            .into_inner();
-        leases.extend(page.leases);
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        token = page.next_page_token;
-    }
-    for lease in leases {
+    for lease in ctx.allocator.leases(&ctx.settings.cluster).await? {
         let Some(o) = lease.owner else { continue };
         let exists = services
             .get(&ObjectRef::new(&o.name).within(&o.namespace))
@@ -624,34 +529,4 @@ async fn collect_once(ctx: &Ctx, services: &Store<Service>) -> Result<(), Error>
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn allocator_statuses_map_to_typed_errors() {
-        let e = grpc(Status::unavailable("no database"));
-        assert_eq!(
-            (e.kind(), e.retry_after()),
-            ("allocator_unavailable", Duration::from_secs(1))
-        );
-        let e = grpc(Status::deadline_exceeded("slow"));
-        assert_eq!(e.kind(), "allocator_unavailable");
-        let mut busy = Status::resource_exhausted("64 calls in flight");
-        busy.metadata_mut()
-            .insert("retry-after-ms", "100".parse().unwrap());
-        assert_eq!(grpc(busy).kind(), "allocator_unavailable");
-        assert_eq!(
-            grpc(Status::resource_exhausted("pool full")).kind(),
-            "allocator_refused"
-        );
-        let e = grpc(Status::permission_denied("not yours"));
-        assert_eq!(
-            (e.kind(), e.retry_after()),
-            ("allocator_refused", Duration::from_secs(5))
-        );
-        assert_eq!(
-            e.to_string(),
-            "allocator refused (PermissionDenied): not yours"
-        );
-    }
-}
+mod tests;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use ferrolb_metallb::crd;
 use ferrolb_proto::v1 as pb;
+use futures::StreamExt;
 use kube::api::{Api, Patch};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
@@ -64,15 +65,13 @@ pub(crate) async fn sync(ctx: Arc<Ctx>) {
     if !(ready(&l2).await && ready(&bgp).await) {
         return;
     }
-    let request = || pb::ListAnnouncementsRequest {
-        cluster: ctx.settings.cluster.clone(),
-    };
     // Follow the allocator's announcements as they change; write the objects on every change,
     // and again now and then, so that one deleted or edited by hand comes back.
     let mut last: Option<pb::AnnouncementsUpdate> = None;
     loop {
-        let mut stream = match ctx.cluster.clone().watch_announcements(request()).await {
-            Ok(s) => s.into_inner(),
+        let watched = ctx.allocator.watch_announcements(&ctx.settings.cluster);
+        let mut stream = match watched.await {
+            Ok(s) => s,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot watch the announcements; trying again");
                 tokio::time::sleep(RETRY).await;
@@ -81,10 +80,10 @@ pub(crate) async fn sync(ctx: Arc<Ctx>) {
         };
         loop {
             tokio::select! {
-                m = stream.message() => match m {
-                    Ok(Some(update)) => last = Some(update),
-                    Ok(None) => break,
-                    Err(e) => {
+                m = stream.next() => match m {
+                    Some(Ok(update)) => last = Some(update),
+                    None => break,
+                    Some(Err(e)) => {
                         tracing::debug!(error = %e, "the announcement watch ended");
                         break;
                     }
