@@ -179,6 +179,28 @@ impl BgpAd {
         self.node_selectors.is_empty() || self.node_selectors.iter().any(|s| s.matches(labels))
     }
 
+    /// MetalLB's rule that the advertisement may aggregate the pool's addresses, for a pool the
+    /// advertisement covers: no block of the pool is more specific than the aggregation length.
+    pub fn fits(&self, pool: &crate::pool::Pool) -> Result<(), Error> {
+        let (v4, v6) = (self.aggregation_length, self.aggregation_length_v6);
+        for entry in &pool.spec.addresses {
+            let misfit = ferrolb_metallb::validate::aggregation_misfit(
+                v4.into(),
+                v6.into(),
+                pool.name(),
+                entry,
+            );
+            if let Some(m) = misfit {
+                let field = match m.field {
+                    "spec.aggregationLength" => "aggregation_length",
+                    _ => "aggregation_length_v6",
+                };
+                return Err(Error::invalid(field, m.message));
+            }
+        }
+        Ok(())
+    }
+
     fn prefix(&self, ip: IpAddr) -> (IpAddr, u8) {
         match ip {
             IpAddr::V4(a) => {

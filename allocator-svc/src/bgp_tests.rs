@@ -328,3 +328,49 @@ fn validation_rules() {
         Ok(Some(Community::Large(4_200_000_000, 1, 2)))
     );
 }
+
+#[test]
+fn aggregation_must_not_be_wider_than_the_pools_blocks() {
+    let pool = |addresses: &[&str]| {
+        crate::pool::Pool::new(crate::pool::PoolSpec::new("shared", addresses)).expect("a pool")
+    };
+    let agg = |v4: u8, v6: u8| BgpAd {
+        aggregation_length: v4,
+        aggregation_length_v6: v6,
+        ..ad("a")
+    };
+    let cases: [(&[&str], u8, u8, Option<&str>); 6] = [
+        (&["10.20.0.0/24"], 24, 128, None),
+        (&["10.20.0.0/24"], 32, 128, None),
+        (&["10.20.0.0/24"], 16, 128, Some("aggregation_length")),
+        // A range is as specific as the widest block that covers it exactly (1-6: /31s).
+        (&["10.20.1.1-10.20.1.6"], 31, 128, None),
+        (
+            &["10.20.1.1-10.20.1.6"],
+            30,
+            128,
+            Some("aggregation_length"),
+        ),
+        (
+            &["10.20.0.0/24", "fd00::/120"],
+            24,
+            112,
+            Some("aggregation_length_v6"),
+        ),
+    ];
+    for (addresses, v4, v6, refused) in cases {
+        let r = agg(v4, v6).fits(&pool(addresses));
+        match (refused, r) {
+            (None, Ok(())) => {}
+            (Some(field), Err(crate::error::Error::InvalidArgument { field: f, message })) => {
+                assert_eq!(f, field, "{addresses:?} {v4} {v6}");
+                assert!(
+                    message.contains("more specific than the aggregation length"),
+                    "{message}"
+                );
+                assert!(message.contains("of pool \"shared\""), "{message}");
+            }
+            (want, got) => panic!("{addresses:?} {v4} {v6}: want {want:?}, got {got:?}"),
+        }
+    }
+}

@@ -154,6 +154,69 @@ async fn status_codes_name_the_field() {
 
 /// Kubernetes' probes carry no certificate: they get the serving state, over plaintext HTTP on
 /// the metrics port, and nothing else; the gRPC port gives them no connection at all.
+/// A pool an operator shares with a cluster is not in that cluster's CRDs: the allocator is where
+/// an advertisement's aggregation is checked against it.
+#[tokio::test]
+async fn an_advertisement_cannot_aggregate_a_shared_pool_wider_than_its_blocks() {
+    use ferrolb_proto::v1::cluster_state_service_client::ClusterStateServiceClient;
+    let a = Allocator::start(None, &[]);
+    let mut admin = a.client("admin").await;
+    let shared = pb::Pool {
+        clusters: vec!["east".into()],
+        clients: vec![],
+        ..pool("shared", &["10.20.0.0/24"])
+    };
+    let elsewhere = pb::Pool {
+        clusters: vec!["west".into()],
+        clients: vec![],
+        ..pool("elsewhere", &["10.30.0.0/28"])
+    };
+    for p in [shared, elsewhere] {
+        let req = pb::ApplyPoolRequest {
+            pool: Some(p),
+            create_only: true,
+        };
+        admin.apply_pool(req).await.unwrap();
+    }
+    let mut east =
+        ClusterStateServiceClient::new(ferrolb_e2e::channel(&a.url(), "cluster/east").await);
+    let ad = |name: &str, len: u32| pb::BgpAdvertisement {
+        cluster: "east".into(),
+        name: name.into(),
+        aggregation_length: Some(len),
+        ..Default::default()
+    };
+    let (code, message) = code_of(east.apply_bgp_advertisement(ad("wide", 16)).await).await;
+    assert_eq!(code, Code::InvalidArgument, "{message}");
+    assert!(
+        message.contains(
+            "invalid aggregation length 16: prefix 24 in this pool is more specific than the aggregation length for addresses 10.20.0.0/24 of pool \"shared\""
+        ),
+        "{message}"
+    );
+    // Within the pool's blocks it is taken; a pool open to another cluster only is not looked at.
+    east.apply_bgp_advertisement(ad("aggregated", 24))
+        .await
+        .unwrap();
+    let mut west =
+        ClusterStateServiceClient::new(ferrolb_e2e::channel(&a.url(), "cluster/west").await);
+    let (code, _) = code_of(
+        west.apply_bgp_advertisement(pb::BgpAdvertisement {
+            cluster: "west".into(),
+            ..ad("wide", 16)
+        })
+        .await,
+    )
+    .await;
+    assert_eq!(code, Code::InvalidArgument, "west's own pool is /28");
+    east.apply_bgp_advertisement(pb::BgpAdvertisement {
+        ip_address_pools: vec!["other".into()],
+        ..ad("named", 8)
+    })
+    .await
+    .unwrap();
+}
+
 #[tokio::test]
 async fn probes_get_the_serving_state_without_a_certificate() {
     let a = Allocator::start(None, &[]);

@@ -16,10 +16,10 @@ use super::bgp;
 use super::convert::{self, caller};
 use crate::assignments::View;
 use crate::bgp::CommunitySet;
-use crate::cluster::{Endpoints, L2Ad, NodeInfo, Preferred};
+use crate::cluster::{Endpoints, L2Ad, NodeInfo, Preferred, pool_applies};
 use crate::error::Error;
 use crate::pool::{Caller, validate_name};
-use crate::store::{BgpKind, SqlStore};
+use crate::store::{BgpKind, LeaseStore, SqlStore};
 
 /// The shortest time between two updates of one WatchAnnouncements stream.
 const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
@@ -58,8 +58,6 @@ impl ClusterState {
         }
     }
 
-    /// The cluster's Community objects, which advertisements and other Communities are checked
-    /// against.
     /// Stores a validated BGP object; the answer says whether it is new.
     async fn store_bgp<T: serde::Serialize>(
         &self,
@@ -73,6 +71,8 @@ impl ClusterState {
         Ok(Response::new(pb::ApplyBgpResponse { created }))
     }
 
+    /// The cluster's Community objects, which advertisements and other Communities are checked
+    /// against.
     async fn communities(&self, cluster: &str) -> Result<Vec<CommunitySet>, Status> {
         let rows = self.store.cluster_rows().await?;
         Ok(rows
@@ -390,6 +390,16 @@ impl ClusterStateService for ClusterState {
         for_cluster(&caller, &a.cluster)?;
         let sets = self.communities(&a.cluster).await?;
         let ad = bgp::advertisement(a, &crate::bgp::aliases(&sets))?;
+        // Every pool it covers, the cluster's own and those shared with it.
+        let cluster = Caller::Cluster(ad.cluster.clone());
+        for pool in self.store.list_pools().await? {
+            let labels = Some(&pool.spec.labels);
+            if pool.open_to(&cluster)
+                && pool_applies(&ad.pools, &ad.pool_selectors, pool.name(), labels)
+            {
+                ad.fits(&pool)?;
+            }
+        }
         self.store_bgp(BgpKind::Advertisement, &ad.cluster, &ad.name, &ad)
             .await
     }

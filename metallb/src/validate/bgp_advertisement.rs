@@ -153,32 +153,39 @@ fn aggregation_fits(
     p: &Object<IPAddressPoolSpec>,
     out: &mut Vec<Rejection>,
 ) {
+    let v4 = a.spec.aggregation_length.unwrap_or(32);
+    let v6 = a.spec.aggregation_length_v6.unwrap_or(128);
     for entry in &p.spec.addresses {
-        let Ok(e) = parse::address_entry(entry) else {
-            continue;
-        };
-        let (len, field) = match e.family {
-            Family::V4 => (
-                a.spec.aggregation_length.unwrap_or(32),
-                "spec.aggregationLength",
-            ),
-            Family::V6 => (
-                a.spec.aggregation_length_v6.unwrap_or(128),
-                "spec.aggregationLengthV6",
-            ),
-        };
-        if len < i32::from(e.shortest_prefix) {
-            out.push(Rejection::new(
-                KIND,
-                &a.name,
-                field,
-                format!(
-                    "invalid aggregation length {len}: prefix {} in this pool is more specific than the aggregation length for addresses {entry} of pool {:?}",
-                    e.shortest_prefix, p.name
-                ),
-            ));
+        if let Some(misfit) = aggregation_misfit(v4, v6, &p.name, entry) {
+            out.push(Rejection::new(KIND, &a.name, misfit.field, misfit.message));
         }
     }
+}
+
+/// Why an advertisement's aggregation cannot cover a pool's entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Misfit {
+    /// `spec.aggregationLength` or `spec.aggregationLengthV6`.
+    pub field: &'static str,
+    pub message: String,
+}
+
+/// MetalLB's `validateBGPAdvPerPool` for one entry of pool `pool`: an advertisement that
+/// aggregates IPv4 to `v4` and IPv6 to `v6` bits cannot cover a block of the entry that is more
+/// specific. The allocator applies it too, to pools shared from other clusters.
+pub fn aggregation_misfit(v4: i32, v6: i32, pool: &str, entry: &str) -> Option<Misfit> {
+    let e = parse::address_entry(entry).ok()?;
+    let (len, field) = match e.family {
+        Family::V4 => (v4, "spec.aggregationLength"),
+        Family::V6 => (v6, "spec.aggregationLengthV6"),
+    };
+    (len < i32::from(e.shortest_prefix)).then(|| Misfit {
+        field,
+        message: format!(
+            "invalid aggregation length {len}: prefix {} in this pool is more specific than the aggregation length for addresses {entry} of pool {pool:?}",
+            e.shortest_prefix
+        ),
+    })
 }
 
 /// Two advertisements of one pool whose routes would be the same BGP update must agree on the

@@ -3,9 +3,9 @@
 //! function that adds every rejection it finds. A rejected object is left out and the rest of
 //! the configuration keeps serving. docs/metallb.md lists where ferrolb's verdict differs.
 //!
-//! Overlaps between pools, and the allocator's own limits (interface names, pools open to the
-//! caller), are checked by the allocator when an object is applied, where every cluster's pools
-//! are visible.
+//! Overlaps between pools, aggregation lengths against pools shared from other clusters, and the
+//! allocator's own limits (interface names, pools open to the caller), are checked by the
+//! allocator when an object is applied, where every cluster's pools are visible.
 
 mod bfd;
 mod bgp_advertisement;
@@ -16,7 +16,7 @@ mod pool;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-pub use bgp_advertisement::covers;
+pub use bgp_advertisement::{Misfit, aggregation_misfit, covers};
 pub use peer::{FRR_ONLY, password};
 
 use crate::crd::Unknown;
