@@ -267,7 +267,7 @@ impl State {
     /// Explicit addresses (MetalLB's loadBalancerIPs and spec.loadBalancerIP).
     fn choose_explicit(&self, caller: &Caller, req: &AllocRequest) -> Result<Vec<Pick>> {
         let group = req.share_group();
-        let mut picks = Vec::new();
+        let mut picks: Vec<Pick> = Vec::new();
         for ip in ordered(&req.requested_ips, req.primary) {
             let (family, key) = (Family::of(ip), addr::key(ip));
             let pool = match self.pools.iter().find(|p| p.covers(family, key)) {
@@ -309,6 +309,20 @@ impl State {
                         req.sharing_key
                     )));
                 }
+            }
+            // MetalLB's `Assign`: the addresses of one Service come from one pool.
+            if let Some(first) = picks.first()
+                && first.pool != pool.name()
+            {
+                return Err(Error::invalid(
+                    "requested_ips",
+                    format!(
+                        "{} is in pool {:?} and {ip} in pool {:?}: a Service's addresses come from one pool",
+                        addr::ip(first.family, first.key),
+                        first.pool,
+                        pool.name()
+                    ),
+                ));
             }
             picks.push(Pick {
                 family,

@@ -427,6 +427,7 @@ fn explicit_addresses_and_named_pools() {
                 auto_assign: false,
                 ..PoolSpec::new("manual", &["10.0.1.0/29", "2001:db8::/125"])
             },
+            PoolSpec::new("v6", &["2001:db8:1::/125"]),
         ],
         vec![
             alloc("manual is never automatic", svc("a"), Ips(&["10.0.0.0"])),
@@ -446,6 +447,15 @@ fn explicit_addresses_and_named_pools() {
                     ..svc("e")
                 },
                 Ips(&["10.0.1.5", "2001:db8::5"]),
+            ),
+            alloc(
+                "both families by address, from two pools (MetalLB: one pool)",
+                AllocRequest {
+                    requested_ips: vec![ip("10.0.1.4"), ip("2001:db8:1::4")],
+                    policy: FamilyPolicy::RequireDualStack,
+                    ..svc("split")
+                },
+                Refused("INVALID_ARGUMENT"),
             ),
             alloc(
                 "an address in no pool",
