@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ferrolb_proto::v1 as pb;
-use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, Service};
+use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, Service, ServiceSpec};
+use kube::ResourceExt;
 
 /// The annotations MetalLB reads, without their prefix.
 pub const ADDRESS_POOL: &str = "address-pool";
@@ -106,11 +107,54 @@ pub fn decide(
     if spec.type_.as_deref() != Some("LoadBalancer") {
         return Decision::Release;
     }
-    let name = svc.metadata.name.clone().unwrap_or_default();
-    let namespace = svc.metadata.namespace.clone().unwrap_or_default();
     let mut events = vec![];
+    let families = match families(spec) {
+        Ok(Some(f)) => f,
+        Ok(None) => return Decision::Release,
+        Err(e) => return Decision::Invalid(e),
+    };
+    let requested = match requested(svc, spec, &families, &mut events) {
+        Ok(r) => r,
+        Err(e) => return Decision::Invalid(e),
+    };
+    let pool = annotation(svc, ADDRESS_POOL, &mut events).unwrap_or_default();
+    let sharing_key = annotation(svc, ALLOW_SHARED_IP, &mut events).unwrap_or_default();
+    let backend_key = if spec.external_traffic_policy.as_deref() == Some("Local") {
+        backend_key(&spec.selector.clone().unwrap_or_default())
+    } else {
+        String::new()
+    };
+    let request = pb::AllocateRequest {
+        owner: Some(pb::Owner {
+            cluster: cluster.to_string(),
+            namespace: svc.metadata.namespace.clone().unwrap_or_default(),
+            name: svc.metadata.name.clone().unwrap_or_default(),
+            ..pb::Owner::default()
+        }),
+        requested_ips: requested.iter().map(IpAddr::to_string).collect(),
+        pool: pool.to_string(),
+        sharing_key: sharing_key.to_string(),
+        ports: ports(spec),
+        backend_key,
+        family_policy: families.policy as i32,
+        primary_family: family(families.primary),
+        namespace_labels: namespace_labels.clone().into_iter().collect(),
+        service_labels: svc.labels().clone().into_iter().collect(),
+        ttl_seconds: 0,
+    };
+    Decision::Allocate(Box::new(request), events)
+}
 
-    // Families come from the cluster IPs, not from ipFamilies (MetalLB 0.15, #2726).
+/// The Service's families, from its cluster IPs (not from ipFamilies: MetalLB 0.15, #2726).
+struct Families {
+    cluster_ips: Vec<IpAddr>,
+    primary: IpAddr,
+    dual: bool,
+    policy: pb::FamilyPolicy,
+}
+
+/// The families; None when the Service has no cluster IP yet (nothing to allocate).
+fn families(spec: &ServiceSpec) -> Result<Option<Families>, Event> {
     let cluster_ips: Vec<IpAddr> = match &spec.cluster_ips {
         Some(ips) if !ips.is_empty() => ips.iter().filter_map(|s| s.parse().ok()).collect(),
         _ => spec
@@ -120,94 +164,98 @@ pub fn decide(
             .collect(),
     };
     let Some(&primary) = cluster_ips.first() else {
-        return Decision::Release;
+        return Ok(None);
     };
     let dual = cluster_ips.len() > 1;
     let policy = spec.ip_family_policy.as_deref().unwrap_or("SingleStack");
     if policy == "RequireDualStack" && !dual {
-        return Decision::Invalid(Event::warning(
+        return Err(Event::warning(
             "not enough clusterips",
             "RequireDualStack needs a cluster IP of each family",
         ));
     }
-    let family_policy = match (dual, policy) {
+    let policy = match (dual, policy) {
         (true, "RequireDualStack") => pb::FamilyPolicy::RequireDualStack,
         (true, _) => pb::FamilyPolicy::PreferDualStack,
         (false, _) => pb::FamilyPolicy::SingleStack,
     };
+    Ok(Some(Families {
+        cluster_ips,
+        primary,
+        dual,
+        policy,
+    }))
+}
 
-    // Explicit addresses: the annotation, or the deprecated spec field; not both.
+fn failed(message: impl Into<String>) -> Event {
+    Event::warning("LoadBalancerFailed", message)
+}
+
+/// Explicit addresses: the annotation, or the deprecated spec field; not both, at most one per
+/// family, each of a family the Service has.
+fn requested(
+    svc: &Service,
+    spec: &ServiceSpec,
+    families: &Families,
+    events: &mut Vec<Event>,
+) -> Result<Vec<IpAddr>, Event> {
     let mut requested: Vec<IpAddr> = vec![];
-    let annotated = annotation(svc, LOAD_BALANCER_IPS, &mut events);
-    if let Some(list) = annotated {
-        if spec
-            .load_balancer_ip
-            .as_deref()
-            .is_some_and(|s| !s.is_empty())
-        {
-            return Decision::Invalid(Event::warning(
-                "LoadBalancerFailed",
-                format!("{PREFIX}{LOAD_BALANCER_IPS} and spec.loadBalancerIP cannot both be set"),
-            ));
+    let spec_ip = spec.load_balancer_ip.as_deref().filter(|s| !s.is_empty());
+    if let Some(list) = annotation(svc, LOAD_BALANCER_IPS, events) {
+        if spec_ip.is_some() {
+            return Err(failed(format!(
+                "{PREFIX}{LOAD_BALANCER_IPS} and spec.loadBalancerIP cannot both be set"
+            )));
         }
         for part in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            match part.parse::<IpAddr>() {
-                Ok(ip) => requested.push(ip),
-                Err(_) => {
-                    return Decision::Invalid(Event::warning(
-                        "LoadBalancerFailed",
-                        format!("{PREFIX}{LOAD_BALANCER_IPS}: {part:?} is not an IP address"),
-                    ));
-                }
-            }
+            let ip = part.parse::<IpAddr>().map_err(|_| {
+                failed(format!(
+                    "{PREFIX}{LOAD_BALANCER_IPS}: {part:?} is not an IP address"
+                ))
+            })?;
+            requested.push(ip);
         }
         if requested.len() > 2
             || (requested.len() == 2 && requested[0].is_ipv4() == requested[1].is_ipv4())
         {
-            return Decision::Invalid(Event::warning(
-                "LoadBalancerFailed",
-                format!("{PREFIX}{LOAD_BALANCER_IPS}: at most one address per family"),
-            ));
+            return Err(failed(format!(
+                "{PREFIX}{LOAD_BALANCER_IPS}: at most one address per family"
+            )));
         }
-    } else if let Some(ip) = spec.load_balancer_ip.as_deref().filter(|s| !s.is_empty()) {
+    } else if let Some(ip) = spec_ip {
         match ip.parse::<IpAddr>() {
-            Ok(ip) if !dual => requested.push(ip),
+            Ok(ip) if !families.dual => requested.push(ip),
             Ok(_) => {
-                return Decision::Invalid(Event::warning(
-                    "LoadBalancerFailed",
+                return Err(failed(
                     "spec.loadBalancerIP cannot serve a dual-stack Service: use the loadBalancerIPs annotation",
                 ));
             }
             Err(_) => {
-                return Decision::Invalid(Event::warning(
-                    "LoadBalancerFailed",
-                    format!("spec.loadBalancerIP: {ip:?} is not an IP address"),
-                ));
+                return Err(failed(format!(
+                    "spec.loadBalancerIP: {ip:?} is not an IP address"
+                )));
             }
         }
     }
-    if requested
-        .iter()
-        .any(|ip| !cluster_ips.iter().any(|c| c.is_ipv4() == ip.is_ipv4()))
-    {
+    let of_a_family = |ip: &IpAddr| {
+        families
+            .cluster_ips
+            .iter()
+            .any(|c| c.is_ipv4() == ip.is_ipv4())
+    };
+    if !requested.iter().all(of_a_family) {
         let list: Vec<String> = requested.iter().map(IpAddr::to_string).collect();
-        return Decision::Invalid(Event::warning(
-            "LoadBalancerFailed",
-            format!(
-                "requested loadBalancer IP(s) {:?} does not match the ipFamily of the service",
-                list.join(",")
-            ),
-        ));
+        return Err(failed(format!(
+            "requested loadBalancer IP(s) {:?} does not match the ipFamily of the service",
+            list.join(",")
+        )));
     }
+    Ok(requested)
+}
 
-    let pool = annotation(svc, ADDRESS_POOL, &mut events)
-        .unwrap_or_default()
-        .to_string();
-    let sharing_key = annotation(svc, ALLOW_SHARED_IP, &mut events)
-        .unwrap_or_default()
-        .to_string();
-    let ports = spec
-        .ports
+/// The Service's ports, for sharing an address.
+fn ports(spec: &ServiceSpec) -> Vec<pb::Port> {
+    spec.ports
         .iter()
         .flatten()
         .map(|p| pb::Port {
@@ -218,37 +266,7 @@ pub fn decide(
             },
             port: u32::try_from(p.port).unwrap_or(0),
         })
-        .collect();
-    let backend_key = if spec.external_traffic_policy.as_deref() == Some("Local") {
-        backend_key(&spec.selector.clone().unwrap_or_default())
-    } else {
-        String::new()
-    };
-    let request = pb::AllocateRequest {
-        owner: Some(pb::Owner {
-            cluster: cluster.to_string(),
-            namespace,
-            name,
-            ..pb::Owner::default()
-        }),
-        requested_ips: requested.iter().map(IpAddr::to_string).collect(),
-        pool,
-        sharing_key,
-        ports,
-        backend_key,
-        family_policy: family_policy as i32,
-        primary_family: family(primary),
-        namespace_labels: namespace_labels.clone().into_iter().collect(),
-        service_labels: svc
-            .metadata
-            .labels
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .collect(),
-        ttl_seconds: 0,
-    };
-    Decision::Allocate(Box::new(request), events)
+        .collect()
 }
 
 /// `status.loadBalancer` for a lease's addresses (primary family first).

@@ -42,9 +42,62 @@ pub(super) async fn changes(
     changes: &[Change],
     now: i64,
 ) -> Result<(), TxError> {
+    let (nets, released) = net_changes(changes);
+    for (key, n) in nets.iter().filter(|(_, n)| n.renew_only) {
+        renew(conn, key, n).await?;
+    }
+    let rewritten: Vec<&(String, Net)> = nets.iter().filter(|(_, n)| !n.renew_only).collect();
+    // Old rows go first, then the addresses nobody holds any more (an address whose group
+    // changes goes too), then the new rows.
+    remove_old(conn, &rewritten).await?;
+    let rows = new_rows(&rewritten)?;
+    // An address another sharer holds under this group is joined; one held under another group
+    // makes the lease's foreign key fail, and the batch with it.
+    insert_rows(
+        conn,
+        "INSERT INTO addresses (addr, family, pool, share_group) VALUES ",
+        " ON CONFLICT (addr) DO NOTHING",
+        rows.addresses.into_values().collect(),
+    )
+    .await?;
+    insert_rows(
+        conn,
+        "INSERT INTO leases (owner_key, family, owner, cluster, namespace, client, addr, share_group, pool, \
+         primary_rank, sharing_key, backend_key, ports, request, stranded, created_ms, expires_ms, revision) VALUES ",
+        "",
+        rows.leases,
+    )
+    .await?;
+    insert_rows(
+        conn,
+        "INSERT INTO lease_ports (addr, protocol, port, owner_key) VALUES ",
+        "",
+        rows.ports,
+    )
+    .await?;
+    let recent = released
+        .into_iter()
+        .map(|((owner, family), a)| vec![V::S(owner), V::I(family), V::B(a), V::I(now)])
+        .collect();
+    insert_rows(
+        conn,
+        "INSERT INTO recent_releases (owner_key, family, addr, released_ms) VALUES ",
+        " ON CONFLICT (owner_key, family) DO UPDATE SET addr = excluded.addr, released_ms = excluded.released_ms",
+        recent,
+    )
+    .await?;
+    events(conn, changes, now).await
+}
+
+/// Addresses released in the batch, by (owner, family), for the grace period.
+type Released = BTreeMap<(String, i64), Vec<u8>>;
+
+/// Each owner's net change over the batch, in the order owners first appear, and the released
+/// addresses.
+fn net_changes(changes: &[Change]) -> (Vec<(String, Net<'_>)>, Released) {
     let mut order: Vec<String> = Vec::new();
     let mut nets: HashMap<String, Net> = HashMap::new();
-    let mut released: BTreeMap<(String, i64), Vec<u8>> = BTreeMap::new();
+    let mut released = Released::new();
     for c in changes {
         let key = c.lease.owner.key();
         let gone = matches!(c.kind, EventKind::Released | EventKind::Expired);
@@ -71,25 +124,32 @@ pub(super) async fn changes(
             }
         }
     }
-    let nets: Vec<(String, Net)> = order
+    let nets = order
         .into_iter()
         .filter_map(|k| nets.remove(&k).map(|n| (k, n)))
         .collect();
+    (nets, released)
+}
 
-    for (key, n) in nets.iter().filter(|(_, n)| n.renew_only) {
-        let l = n
-            .after
-            .ok_or_else(|| TxError::Fail(Error::Internal("renewal without a lease".into())))?;
-        sqlx::query("UPDATE leases SET expires_ms = $1, revision = $2 WHERE owner_key = $3")
-            .bind(l.expires_ms)
-            .bind(l.revision as i64)
-            .bind(key)
-            .execute(&mut *conn)
-            .await?;
-    }
-    let rewritten: Vec<&(String, Net)> = nets.iter().filter(|(_, n)| !n.renew_only).collect();
-    // Old rows go first, then the addresses nobody holds any more (an address whose group
-    // changes goes too), then the new rows.
+/// A lease whose time to live alone changed.
+async fn renew(conn: &mut AnyConnection, key: &str, n: &Net<'_>) -> Result<(), TxError> {
+    let l = n
+        .after
+        .ok_or_else(|| TxError::Fail(Error::Internal("renewal without a lease".into())))?;
+    sqlx::query("UPDATE leases SET expires_ms = $1, revision = $2 WHERE owner_key = $3")
+        .bind(l.expires_ms)
+        .bind(l.revision as i64)
+        .bind(key)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Deletes the rewritten owners' rows, their ports, and the addresses nobody holds any more.
+async fn remove_old(
+    conn: &mut AnyConnection,
+    rewritten: &[&(String, Net<'_>)],
+) -> Result<(), TxError> {
     let old: Vec<&(String, Net)> = rewritten
         .iter()
         .copied()
@@ -115,99 +175,85 @@ pub(super) async fn changes(
         );
         run(conn, sql, chunk).await?;
     }
+    Ok(())
+}
 
-    let mut addresses: BTreeMap<Vec<u8>, Vec<V>> = BTreeMap::new();
-    let mut leases = Vec::new();
-    let mut ports = Vec::new();
-    for (key, n) in &rewritten {
+/// The rows of the owners' leases after the batch.
+#[derive(Default)]
+struct Rows {
+    /// By address: one row however many sharers hold it.
+    addresses: BTreeMap<Vec<u8>, Vec<V>>,
+    leases: Vec<Vec<V>>,
+    ports: Vec<Vec<V>>,
+}
+
+fn new_rows(rewritten: &[&(String, Net<'_>)]) -> Result<Rows, TxError> {
+    let mut rows = Rows::default();
+    for (key, n) in rewritten {
         let (Some(l), Some(req)) = (n.after, n.request) else {
             continue;
         };
-        let group = share_group(key, &l.sharing_key, &l.backend_key);
-        let (owner, ports_json, request) = (json(&l.owner)?, json(&l.ports)?, json(req)?);
-        let (cluster, namespace, client) = match &l.owner {
-            Owner::Service {
-                cluster, namespace, ..
-            } => (cluster.clone(), namespace.clone(), String::new()),
-            Owner::External { client, .. } => (String::new(), String::new(), client.clone()),
-        };
-        for (rank, a) in l.addrs.iter().enumerate() {
-            let k = addr::key_bytes(addr::key(a.ip));
-            addresses.entry(k.clone()).or_insert_with(|| {
-                vec![
-                    V::B(k.clone()),
-                    V::I(a.family.code()),
-                    V::S(a.pool.clone()),
-                    V::S(group.clone()),
-                ]
-            });
-            leases.push(vec![
-                V::S(key.clone()),
-                V::I(a.family.code()),
-                V::S(owner.clone()),
-                V::S(cluster.clone()),
-                V::S(namespace.clone()),
-                V::S(client.clone()),
+        lease_rows(&mut rows, key, l, req)?;
+    }
+    Ok(rows)
+}
+
+/// One lease's rows: an address, a lease row and its ports per address.
+fn lease_rows(rows: &mut Rows, key: &str, l: &Lease, req: &AllocRequest) -> Result<(), TxError> {
+    let group = share_group(key, &l.sharing_key, &l.backend_key);
+    let (owner, ports_json, request) = (json(&l.owner)?, json(&l.ports)?, json(req)?);
+    let (cluster, namespace, client) = match &l.owner {
+        Owner::Service {
+            cluster, namespace, ..
+        } => (cluster.clone(), namespace.clone(), String::new()),
+        Owner::External { client, .. } => (String::new(), String::new(), client.clone()),
+    };
+    for (rank, a) in l.addrs.iter().enumerate() {
+        let k = addr::key_bytes(addr::key(a.ip));
+        rows.addresses.entry(k.clone()).or_insert_with(|| {
+            vec![
                 V::B(k.clone()),
-                V::S(group.clone()),
+                V::I(a.family.code()),
                 V::S(a.pool.clone()),
-                V::I(rank as i64),
-                V::S(l.sharing_key.clone()),
-                V::S(l.backend_key.clone()),
-                V::S(ports_json.clone()),
-                V::S(request.clone()),
-                V::I(i64::from(a.stranded)),
-                V::I(l.created_ms),
-                V::OptI(l.expires_ms),
-                V::I(l.revision as i64),
-            ]);
-            if !l.sharing_key.is_empty() {
-                for p in &l.ports {
-                    ports.push(vec![
-                        V::B(k.clone()),
-                        V::I(p.protocol.code()),
-                        V::I(i64::from(p.port)),
-                        V::S(key.clone()),
-                    ]);
-                }
+                V::S(group.clone()),
+            ]
+        });
+        rows.leases.push(vec![
+            V::S(key.to_string()),
+            V::I(a.family.code()),
+            V::S(owner.clone()),
+            V::S(cluster.clone()),
+            V::S(namespace.clone()),
+            V::S(client.clone()),
+            V::B(k.clone()),
+            V::S(group.clone()),
+            V::S(a.pool.clone()),
+            V::I(rank as i64),
+            V::S(l.sharing_key.clone()),
+            V::S(l.backend_key.clone()),
+            V::S(ports_json.clone()),
+            V::S(request.clone()),
+            V::I(i64::from(a.stranded)),
+            V::I(l.created_ms),
+            V::OptI(l.expires_ms),
+            V::I(l.revision as i64),
+        ]);
+        if !l.sharing_key.is_empty() {
+            for p in &l.ports {
+                rows.ports.push(vec![
+                    V::B(k.clone()),
+                    V::I(p.protocol.code()),
+                    V::I(i64::from(p.port)),
+                    V::S(key.to_string()),
+                ]);
             }
         }
     }
-    // An address another sharer holds under this group is joined; one held under another group
-    // makes the lease's foreign key fail, and the batch with it.
-    insert_rows(
-        conn,
-        "INSERT INTO addresses (addr, family, pool, share_group) VALUES ",
-        " ON CONFLICT (addr) DO NOTHING",
-        addresses.into_values().collect(),
-    )
-    .await?;
-    insert_rows(
-        conn,
-        "INSERT INTO leases (owner_key, family, owner, cluster, namespace, client, addr, share_group, pool, \
-         primary_rank, sharing_key, backend_key, ports, request, stranded, created_ms, expires_ms, revision) VALUES ",
-        "",
-        leases,
-    )
-    .await?;
-    insert_rows(
-        conn,
-        "INSERT INTO lease_ports (addr, protocol, port, owner_key) VALUES ",
-        "",
-        ports,
-    )
-    .await?;
-    let recent = released
-        .into_iter()
-        .map(|((owner, family), a)| vec![V::S(owner), V::I(family), V::B(a), V::I(now)])
-        .collect();
-    insert_rows(
-        conn,
-        "INSERT INTO recent_releases (owner_key, family, addr, released_ms) VALUES ",
-        " ON CONFLICT (owner_key, family) DO UPDATE SET addr = excluded.addr, released_ms = excluded.released_ms",
-        recent,
-    )
-    .await?;
+    Ok(())
+}
+
+/// Every change as a lease event.
+async fn events(conn: &mut AnyConnection, changes: &[Change], now: i64) -> Result<(), TxError> {
     let mut events = Vec::with_capacity(changes.len());
     for c in changes {
         events.push(vec![
