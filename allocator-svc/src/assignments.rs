@@ -13,6 +13,7 @@ use crate::bgp::{self, NodeBgp};
 use crate::cluster::{self, Announcement, Input};
 use crate::error::Result;
 use crate::lease::{EventKind, Lease, Owner};
+use crate::selector::Labels;
 use crate::store::{ClusterRows, LeaseStore, SqlStore};
 
 /// What one node announces: address → interfaces (empty: every eligible interface).
@@ -256,74 +257,17 @@ async fn compute(
             by_cluster.entry(cluster.as_str()).or_default().push(l);
         }
     }
-    let empty_live = Default::default();
-    let empty_endpoints = Default::default();
-    let mut clusters = BTreeMap::new();
     // A cluster with BGP peers but no lease still runs its sessions.
     for p in &rows.bgp_peers {
         by_cluster.entry(p.cluster.as_str()).or_default();
     }
-    for (name, leases) in by_cluster {
-        let live = rows.live.get(name).unwrap_or(&empty_live);
-        let nodes = cluster::participants(name, &rows.nodes, live);
-        let ads: Vec<_> = rows
-            .ads
-            .iter()
-            .filter(|a| a.cluster == name)
-            .cloned()
-            .collect();
-        let announcements = cluster::decide(Input {
-            nodes: &nodes,
-            live,
-            ads: &ads,
-            endpoints: rows.endpoints.get(name).unwrap_or(&empty_endpoints),
-            leases: &leases,
-            pools,
-            ignore_exclude_label,
-        });
-        let by_node = cluster::by_node(&announcements);
-        let of_cluster = |c: &str| c == name;
-        let bgp_peers: Vec<_> = rows
-            .bgp_peers
-            .iter()
-            .filter(|p| of_cluster(&p.cluster))
-            .cloned()
-            .collect();
-        let bgp = if bgp_peers.is_empty() {
-            bgp::Decision::default()
-        } else {
-            let bgp_ads: Vec<_> = rows
-                .bgp_ads
-                .iter()
-                .filter(|a| of_cluster(&a.cluster))
-                .cloned()
-                .collect();
-            let communities: Vec<_> = rows
-                .communities
-                .iter()
-                .filter(|c| of_cluster(&c.cluster))
-                .cloned()
-                .collect();
-            bgp::decide(bgp::Input {
-                nodes: &nodes,
-                peers: &bgp_peers,
-                ads: &bgp_ads,
-                communities: &communities,
-                endpoints: rows.endpoints.get(name).unwrap_or(&empty_endpoints),
-                leases: &leases,
-                pools,
-                ignore_exclude_label,
-            })
-        };
-        clusters.insert(
-            name.to_string(),
-            ClusterView {
-                announcements,
-                by_node,
-                bgp,
-            },
-        );
-    }
+    let clusters = by_cluster
+        .into_iter()
+        .map(|(name, leases)| {
+            let view = decide_cluster(rows, name, &leases, pools, ignore_exclude_label);
+            (name.to_string(), view)
+        })
+        .collect();
     let view = View {
         version: rows.revision + lease_revision,
         clusters,
@@ -332,4 +276,53 @@ async fn compute(
     };
     cache.decided = Some(inputs);
     Ok(Some((view, true)))
+}
+
+/// One cluster's layer-2 and BGP decisions over its leases.
+fn decide_cluster(
+    rows: &ClusterRows,
+    name: &str,
+    leases: &[&Lease],
+    pools: &BTreeMap<String, Labels>,
+    ignore_exclude_label: bool,
+) -> ClusterView {
+    let empty_live = Default::default();
+    let empty_endpoints = Default::default();
+    let live = rows.live.get(name).unwrap_or(&empty_live);
+    let endpoints = rows.endpoints.get(name).unwrap_or(&empty_endpoints);
+    let nodes = cluster::participants(name, &rows.nodes, live);
+    fn of<T: Clone>(all: &[T], name: &str, cluster: impl Fn(&T) -> &str) -> Vec<T> {
+        all.iter().filter(|x| cluster(x) == name).cloned().collect()
+    }
+    let ads = of(&rows.ads, name, |a| &a.cluster);
+    let announcements = cluster::decide(Input {
+        nodes: &nodes,
+        live,
+        ads: &ads,
+        endpoints,
+        leases,
+        pools,
+        ignore_exclude_label,
+    });
+    let by_node = cluster::by_node(&announcements);
+    let bgp_peers = of(&rows.bgp_peers, name, |p| &p.cluster);
+    let bgp = if bgp_peers.is_empty() {
+        bgp::Decision::default()
+    } else {
+        bgp::decide(bgp::Input {
+            nodes: &nodes,
+            peers: &bgp_peers,
+            ads: &of(&rows.bgp_ads, name, |a| &a.cluster),
+            communities: &of(&rows.communities, name, |c| &c.cluster),
+            endpoints,
+            leases,
+            pools,
+            ignore_exclude_label,
+        })
+    };
+    ClusterView {
+        announcements,
+        by_node,
+        bgp,
+    }
 }

@@ -372,41 +372,8 @@ pub struct Decision {
 
 /// Decides, for every node, its sessions and what each peer receives (MetalLB §5.1).
 pub fn decide(input: Input<'_>) -> Decision {
-    // Each advertisement's community values, aliases resolved, once.
-    let aliases = aliases(input.communities);
-    let values: BTreeMap<&String, Vec<Community>> = input
-        .ads
-        .iter()
-        .map(|ad| {
-            let v = ad
-                .communities
-                .iter()
-                .filter_map(|c| match Community::parse(c) {
-                    Ok(Some(v)) => Some(v),
-                    _ => aliases.get(c).copied(),
-                })
-                .collect();
-            (&ad.name, v)
-        })
-        .collect();
-    let mut nodes: BTreeMap<String, NodeBgp> = BTreeMap::new();
-    for n in input.nodes {
-        let sessions: BTreeMap<String, BgpPeer> = input
-            .peers
-            .iter()
-            .filter(|p| p.selects(&n.labels))
-            .map(|p| (p.name.clone(), p.clone()))
-            .collect();
-        if !sessions.is_empty() {
-            nodes.insert(
-                n.name.clone(),
-                NodeBgp {
-                    sessions,
-                    routes: BTreeMap::new(),
-                },
-            );
-        }
-    }
+    let values = community_values(&input);
+    let mut nodes = sessions(&input);
     let eligible: Vec<&NodeInfo> = input
         .nodes
         .iter()
@@ -435,17 +402,7 @@ pub fn decide(input: Input<'_>) -> Decision {
                 .iter()
                 .filter(|ad| pool_applies(&ad.pools, &ad.pool_selectors, &a.pool, labels))
                 .collect();
-            let silence = if ads.is_empty() {
-                Some(Silence::NoMatchingAdvertisement)
-            } else {
-                match ends {
-                    Some(e) if e.any_serving || !e.nodes.is_empty() => {
-                        (e.local && e.nodes.is_empty()).then_some(Silence::NoLocalEndpoints)
-                    }
-                    _ => Some(Silence::NoEndpoints),
-                }
-            };
-            if let Some(s) = silence {
+            if let Some(s) = silence(&ads, ends) {
                 // Another lease on the same address may still advertise it.
                 if ann.nodes.is_empty() {
                     ann.silence = Some(s);
@@ -457,32 +414,8 @@ pub fn decide(input: Input<'_>) -> Decision {
                 if local.is_some_and(|e| !e.nodes.contains(&n.name)) {
                     continue;
                 }
-                let Some(node) = nodes.get_mut(&n.name) else {
-                    continue;
-                };
-                for ad in ads.iter().filter(|ad| ad.selects(&n.labels)) {
-                    let prefix = ad.prefix(a.ip);
-                    let peers: Vec<&String> = node
-                        .sessions
-                        .keys()
-                        .filter(|p| ad.peers.is_empty() || ad.peers.contains(p))
-                        .collect();
-                    if peers.is_empty() {
-                        continue;
-                    }
-                    let values = &values[&ad.name];
-                    let routes = node.routes.entry(prefix).or_default();
-                    let entry = ann
-                        .nodes
-                        .entry(n.name.clone())
-                        .or_insert_with(|| (prefix, BTreeSet::new()));
-                    for p in peers {
-                        let r = routes.entry(p.clone()).or_default();
-                        r.communities.extend(values.iter().copied());
-                        r.local_pref = r.local_pref.max(ad.local_pref);
-                        entry.1.insert(p.clone());
-                    }
-                    ann.silence = None;
+                if let Some(node) = nodes.get_mut(&n.name) {
+                    advertise(node, n, a.ip, &ads, &values, ann);
                 }
             }
         }
@@ -490,6 +423,92 @@ pub fn decide(input: Input<'_>) -> Decision {
     Decision {
         nodes,
         announcements: by_ip.into_values().collect(),
+    }
+}
+
+/// Each advertisement's community values, aliases resolved.
+fn community_values<'a>(input: &Input<'a>) -> BTreeMap<&'a String, Vec<Community>> {
+    let aliases = aliases(input.communities);
+    input
+        .ads
+        .iter()
+        .map(|ad| {
+            let v = ad
+                .communities
+                .iter()
+                .filter_map(|c| match Community::parse(c) {
+                    Ok(Some(v)) => Some(v),
+                    _ => aliases.get(c).copied(),
+                })
+                .collect();
+            (&ad.name, v)
+        })
+        .collect()
+}
+
+/// Every node with at least one peer that selects it, with its sessions and no routes yet.
+fn sessions(input: &Input<'_>) -> BTreeMap<String, NodeBgp> {
+    let mut nodes = BTreeMap::new();
+    for n in input.nodes {
+        let sessions: BTreeMap<String, BgpPeer> = input
+            .peers
+            .iter()
+            .filter(|p| p.selects(&n.labels))
+            .map(|p| (p.name.clone(), p.clone()))
+            .collect();
+        if !sessions.is_empty() {
+            let routes = BTreeMap::new();
+            nodes.insert(n.name.clone(), NodeBgp { sessions, routes });
+        }
+    }
+    nodes
+}
+
+/// Why an address is not advertised at all: no advertisement of its pool, or no endpoints.
+fn silence(ads: &[&BgpAd], ends: Option<&Endpoints>) -> Option<Silence> {
+    if ads.is_empty() {
+        return Some(Silence::NoMatchingAdvertisement);
+    }
+    match ends {
+        Some(e) if e.any_serving || !e.nodes.is_empty() => {
+            (e.local && e.nodes.is_empty()).then_some(Silence::NoLocalEndpoints)
+        }
+        _ => Some(Silence::NoEndpoints),
+    }
+}
+
+/// Node `n` advertises `ip` by each of `ads` that selects it, to the advertisement's peers
+/// among its sessions; the announcement records it.
+fn advertise(
+    node: &mut NodeBgp,
+    n: &NodeInfo,
+    ip: IpAddr,
+    ads: &[&BgpAd],
+    values: &BTreeMap<&String, Vec<Community>>,
+    ann: &mut BgpAnnouncement,
+) {
+    for ad in ads.iter().filter(|ad| ad.selects(&n.labels)) {
+        let prefix = ad.prefix(ip);
+        let peers: Vec<&String> = node
+            .sessions
+            .keys()
+            .filter(|p| ad.peers.is_empty() || ad.peers.contains(p))
+            .collect();
+        if peers.is_empty() {
+            continue;
+        }
+        let routes = node.routes.entry(prefix).or_default();
+        let entry = ann
+            .nodes
+            .entry(n.name.clone())
+            .or_insert_with(|| (prefix, BTreeSet::new()));
+        for p in peers {
+            let r = routes.entry(p.clone()).or_default();
+            r.communities.extend(values[&ad.name].iter().copied());
+            r.local_pref = r.local_pref.max(ad.local_pref);
+            entry.1.insert(p.clone());
+        }
+        ann.silence = None;
     }
 }
 

@@ -223,8 +223,46 @@ pub(crate) fn service_of(owner: &Owner) -> Option<(String, String)> {
 /// is elected once: on the lowest first address of its leases, with the union of their serving
 /// nodes (and policy Local only if every lease of the group has it).
 pub fn decide(input: Input<'_>) -> Vec<Announcement> {
-    // Group leases connected by a shared address (union-find over lease indexes).
-    let leases = input.leases;
+    let nodes: Vec<election::Node> = input
+        .nodes
+        .iter()
+        .map(|n| election::Node {
+            name: n.name.clone(),
+            labels: n.labels.clone(),
+            network_unavailable: n.network_unavailable,
+        })
+        .collect();
+    let cluster = election::Cluster {
+        nodes: &nodes,
+        live: input.live,
+        ignore_exclude_label: input.ignore_exclude_label,
+    };
+    let mut out = Vec::new();
+    for members in sharing_groups(input.leases) {
+        let Some(g) = Group::of(&input, &members) else {
+            continue;
+        };
+        let owner = g.owner(cluster);
+        let interfaces = match &owner {
+            Ok(node) => g.interfaces(&nodes, node),
+            Err(_) => vec![],
+        };
+        let services: Vec<String> = g.services.into_iter().collect();
+        for ip in g.ips {
+            out.push(Announcement {
+                ip,
+                owner: owner.clone(),
+                interfaces: interfaces.clone(),
+                services: services.clone(),
+            });
+        }
+    }
+    out.sort_by_key(|a| a.ip);
+    out
+}
+
+/// The leases connected by a shared address, as index lists (union-find over lease indexes).
+fn sharing_groups(leases: &[&Lease]) -> Vec<Vec<usize>> {
     let mut parent: Vec<usize> = (0..leases.len()).collect();
     fn root(parent: &mut [usize], mut i: usize) -> usize {
         while parent[i] != i {
@@ -249,24 +287,23 @@ pub fn decide(input: Input<'_>) -> Vec<Announcement> {
         let r = root(&mut parent, i);
         groups.entry(r).or_default().push(i);
     }
+    groups.into_values().collect()
+}
 
-    let nodes: Vec<election::Node> = input
-        .nodes
-        .iter()
-        .map(|n| election::Node {
-            name: n.name.clone(),
-            labels: n.labels.clone(),
-            network_unavailable: n.network_unavailable,
-        })
-        .collect();
-    let cluster = election::Cluster {
-        nodes: &nodes,
-        live: input.live,
-        ignore_exclude_label: input.ignore_exclude_label,
-    };
+/// One group of leases that share addresses, announced together.
+struct Group<'a> {
+    ips: BTreeSet<IpAddr>,
+    services: BTreeSet<String>,
+    /// The lowest first address of the group's leases: the election's key.
+    first_ip: IpAddr,
+    /// The advertisements of the group's pools.
+    ads: Vec<&'a L2Ad>,
+    /// The group's endpoints, merged; None when no Service of it reported any.
+    endpoints: Option<Endpoints>,
+}
 
-    let mut out = Vec::new();
-    for members in groups.values() {
+impl<'a> Group<'a> {
+    fn of(input: &Input<'a>, members: &[usize]) -> Option<Group<'a>> {
         let mut ips = BTreeSet::new();
         let mut services = BTreeSet::new();
         let mut first_ip: Option<IpAddr> = None;
@@ -277,16 +314,15 @@ pub fn decide(input: Input<'_>) -> Vec<Announcement> {
         };
         let mut reported = false;
         for &i in members {
-            let lease = leases[i];
+            let lease = input.leases[i];
             if let Some(a) = lease.addrs.first() {
                 first_ip = Some(first_ip.map_or(a.ip, |f| f.min(a.ip)));
             }
             for a in &lease.addrs {
                 ips.insert(a.ip);
-                for ad in input.ads {
-                    if ad.applies_to(&a.pool, input.pools.get(&a.pool))
-                        && !ads.iter().any(|x| x.name == ad.name)
-                    {
+                let pool = input.pools.get(&a.pool);
+                for ad in input.ads.iter().filter(|ad| ad.applies_to(&a.pool, pool)) {
+                    if !ads.iter().any(|x| x.name == ad.name) {
                         ads.push(ad);
                     }
                 }
@@ -302,57 +338,52 @@ pub fn decide(input: Input<'_>) -> Vec<Announcement> {
                 ends.nodes.extend(e.nodes.iter().cloned());
             }
         }
-        let Some(first_ip) = first_ip else { continue };
-        let owner = if ads.is_empty() {
-            Err(Silence::NoMatchingAdvertisement)
-        } else if !reported || !ends.any_serving {
-            Err(Silence::NoEndpoints)
-        } else if ends.local && ends.nodes.is_empty() {
-            Err(Silence::NoLocalEndpoints)
-        } else {
-            let election_ads: Vec<Advertisement> = ads.iter().map(|a| a.election()).collect();
-            election::owner(
-                cluster,
-                &election_ads,
-                &election::Service {
-                    first_ip,
-                    local: ends.local,
-                    any_serving: true,
-                    endpoint_nodes: &ends.nodes,
-                },
-            )
-            .ok_or(Silence::NoEligibleNode)
-        };
-        let interfaces = match &owner {
-            Ok(node) => {
-                let labels = nodes
-                    .iter()
-                    .find(|n| &n.name == node)
-                    .map(|n| n.labels.clone())
-                    .unwrap_or_default();
-                let selecting: Vec<&&L2Ad> = ads.iter().filter(|a| a.selects(&labels)).collect();
-                if selecting.iter().any(|a| a.interfaces.is_empty()) {
-                    vec![]
-                } else {
-                    let all: BTreeSet<&String> =
-                        selecting.iter().flat_map(|a| &a.interfaces).collect();
-                    all.into_iter().cloned().collect()
-                }
-            }
-            Err(_) => vec![],
-        };
-        let services: Vec<String> = services.into_iter().collect();
-        for ip in ips {
-            out.push(Announcement {
-                ip,
-                owner: owner.clone(),
-                interfaces: interfaces.clone(),
-                services: services.clone(),
-            });
-        }
+        Some(Group {
+            ips,
+            services,
+            first_ip: first_ip?,
+            ads,
+            endpoints: reported.then_some(ends),
+        })
     }
-    out.sort_by_key(|a| a.ip);
-    out
+
+    /// The node that announces the group, or why none does.
+    fn owner(&self, cluster: election::Cluster<'_>) -> Result<String, Silence> {
+        if self.ads.is_empty() {
+            return Err(Silence::NoMatchingAdvertisement);
+        }
+        let ends = match &self.endpoints {
+            Some(e) if e.any_serving => e,
+            _ => return Err(Silence::NoEndpoints),
+        };
+        if ends.local && ends.nodes.is_empty() {
+            return Err(Silence::NoLocalEndpoints);
+        }
+        let election_ads: Vec<Advertisement> = self.ads.iter().map(|a| a.election()).collect();
+        let service = election::Service {
+            first_ip: self.first_ip,
+            local: ends.local,
+            any_serving: true,
+            endpoint_nodes: &ends.nodes,
+        };
+        election::owner(cluster, &election_ads, &service).ok_or(Silence::NoEligibleNode)
+    }
+
+    /// The interfaces `node` announces on: those of the advertisements that select it (empty:
+    /// every eligible interface, when one of them names none).
+    fn interfaces(&self, nodes: &[election::Node], node: &str) -> Vec<String> {
+        let labels = nodes
+            .iter()
+            .find(|n| n.name == node)
+            .map(|n| n.labels.clone())
+            .unwrap_or_default();
+        let selecting: Vec<&&L2Ad> = self.ads.iter().filter(|a| a.selects(&labels)).collect();
+        if selecting.iter().any(|a| a.interfaces.is_empty()) {
+            return vec![];
+        }
+        let all: BTreeSet<&String> = selecting.iter().flat_map(|a| &a.interfaces).collect();
+        all.into_iter().cloned().collect()
+    }
 }
 
 /// The addresses (with their interfaces) each node announces.
