@@ -347,6 +347,56 @@ pub fn candidates<'p>(
     pinned
 }
 
+/// Who a pool applied by `caller` is declared by and open to. An operator's apply keeps the
+/// declarer (it opens the pool as written); a cluster may declare a new pool or change its own,
+/// which is open to it and stays open as wide as an operator made it: only an operator opens it
+/// wider.
+pub fn declare(caller: &Caller, mut spec: PoolSpec, previous: Option<&Pool>) -> Result<PoolSpec> {
+    let Caller::Cluster(c) = caller else {
+        spec.declared_by = previous.map_or_else(|| caller.name(), |p| p.spec.declared_by.clone());
+        return Ok(spec);
+    };
+    if let Some(prev) = previous
+        && prev.spec.declared_by != caller.name()
+    {
+        return Err(Error::PermissionDenied(format!(
+            "pool {:?} was declared by {}, not cluster/{c}",
+            spec.name, prev.spec.declared_by
+        )));
+    }
+    let clusters = previous
+        .map(|p| p.spec.clusters.as_slice())
+        .unwrap_or_default();
+    let clients = previous
+        .map(|p| p.spec.clients.as_slice())
+        .unwrap_or_default();
+    let wider = spec
+        .clusters
+        .iter()
+        .filter(|x| *x != c && !clusters.contains(x))
+        .map(|x| format!("cluster/{x}"))
+        .chain(
+            spec.clients
+                .iter()
+                .filter(|x| !clients.contains(x))
+                .map(|x| format!("client/{x}")),
+        )
+        .next();
+    if let Some(other) = wider {
+        return Err(Error::PermissionDenied(format!(
+            "cluster/{c} may not open pool {:?} to {other}: an operator does (ferrolbctl apply as admin)",
+            spec.name
+        )));
+    }
+    spec.declared_by = caller.name();
+    spec.clusters = clusters.to_vec();
+    spec.clients = clients.to_vec();
+    if !spec.clusters.contains(c) {
+        spec.clusters.push(c.clone());
+    }
+    Ok(spec)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -501,5 +551,43 @@ mod tests {
         assert!(!p.open_to(&Caller::Cluster("west".into())));
         assert!(!p.open_to(&Caller::Client("ipam".into())));
         assert!(p.open_to(&Caller::Admin));
+    }
+
+    #[test]
+    fn who_declares_a_pool_and_whom_it_is_open_to() {
+        let cluster = |c: &str| Caller::Cluster(c.into());
+        let open = |clusters: &[&str], clients: &[&str]| PoolSpec {
+            clusters: clusters.iter().map(|c| c.to_string()).collect(),
+            clients: clients.iter().map(|c| c.to_string()).collect(),
+            ..spec("p", &["10.0.0.0/29"])
+        };
+        // A cluster's new pool is its own and open to it alone.
+        let mine = declare(&cluster("east"), open(&[], &[]), None).expect("declared");
+        assert_eq!(mine.declared_by, "cluster/east");
+        assert_eq!(mine.clusters, ["east"]);
+        let mine = Pool::new(mine).expect("a pool");
+        // Only an operator opens it wider; the operator keeps the declarer.
+        let wider = declare(&cluster("east"), open(&["east", "west"], &[]), Some(&mine));
+        assert!(
+            matches!(&wider, Err(Error::PermissionDenied(m)) if m.contains("may not open pool \"p\" to cluster/west")),
+            "{wider:?}"
+        );
+        let client = declare(&cluster("east"), open(&[], &["ipam"]), Some(&mine));
+        assert!(matches!(client, Err(Error::PermissionDenied(_))));
+        let opened = declare(&Caller::Admin, open(&["east", "west"], &[]), Some(&mine))
+            .expect("an operator opens it");
+        assert_eq!(opened.declared_by, "cluster/east");
+        let opened = Pool::new(opened).expect("a pool");
+        // The cluster's next apply keeps what the operator opened.
+        let again = declare(&cluster("east"), open(&[], &[]), Some(&opened)).expect("kept");
+        assert_eq!(again.clusters, ["east", "west"]);
+        // Another cluster's pool, or an operator's, is not a cluster's to change.
+        let theirs = declare(&cluster("west"), open(&[], &[]), Some(&opened));
+        assert!(
+            matches!(&theirs, Err(Error::PermissionDenied(m)) if m.contains("was declared by cluster/east")),
+            "{theirs:?}"
+        );
+        let admin = declare(&Caller::Admin, open(&["*"], &[]), None).expect("declared");
+        assert_eq!(admin.declared_by, "admin");
     }
 }

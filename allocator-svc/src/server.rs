@@ -104,52 +104,13 @@ pub async fn run(
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    let security = match &config.transport {
-        Transport::Mtls {
-            files,
-            trust_domain,
-        } => {
-            let creds = Credentials::load(files.clone()).map_err(|e| e.to_string())?;
-            creds.spawn_reload();
-            if let Some(b) = &config.bootstrap {
-                serve_bootstrap(b.clone(), &creds, trust_domain, Arc::clone(&metrics)).await?;
-            }
-            tracing::info!(addr = %config.listen, trust_domain, cert = %files.cert.display(), "serving gRPC over mutual TLS");
-            Security::Mtls {
-                config: ferrolb_common::tls::server_config(&creds, trust_domain)
-                    .map_err(|e| e.to_string())?,
-                domain: trust_domain.clone(),
-            }
-        }
-        Transport::DevPlaintext => {
-            tracing::warn!(addr = %config.listen, "DEVELOPMENT PLAINTEXT MODE: no TLS, no authentication; callers name themselves in metadata. Never use this on a network.");
-            Security::DevPlaintext
-        }
-    };
+    let security = security(&config, &metrics).await?;
     let refused = refusal_counter(&metrics);
     let incoming = transport::incoming(listener, security, refused);
     let serving = Arc::new(AtomicBool::new(false));
 
     if let Some(addr) = config.metrics_listen {
-        let metrics = Arc::clone(&metrics);
-        let serving = Arc::clone(&serving);
-        // Kubernetes' probes speak plaintext without a certificate: they get the serving state
-        // here and nothing else.
-        let app = ferrolb_common::process::metrics_router(move || metrics.encode()).route(
-            "/healthz",
-            axum::routing::get(move || {
-                let up = serving.load(Ordering::Relaxed);
-                async move {
-                    if up {
-                        (axum::http::StatusCode::OK, "SERVING\n")
-                    } else {
-                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "NOT_SERVING\n")
-                    }
-                }
-            }),
-        );
-        ferrolb_common::process::serve_http(addr, app).await?;
-        tracing::info!(%addr, "serving metrics");
+        serve_metrics(addr, Arc::clone(&metrics), Arc::clone(&serving)).await?;
     }
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -161,35 +122,10 @@ pub async fn run(
         &config,
     );
 
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(ferrolb_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| e.to_string())?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(ferrolb_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .map_err(|e| e.to_string())?;
+    let (reflection_v1, reflection_v1alpha) = reflection()?;
 
     let view = crate::assignments::spawn(Arc::clone(&store), config.ignore_exclude_label);
-    let replica: Arc<str> = format!(
-        "{}-{:016x}",
-        std::process::id(),
-        crate::cluster::random_u64()
-    )
-    .into();
-    spawn_session_refresh(Arc::clone(&store), Arc::clone(&replica));
-    let announcers = Announcers::new(
-        Arc::clone(&store),
-        view.clone(),
-        Arc::clone(&metrics),
-        replica,
-        Liveness {
-            heartbeat_timeout: config.heartbeat_timeout,
-            session_ttl: SESSION_TTL,
-        },
-    );
+    let announcers = announcers(&store, &view, &metrics, &config);
 
     let limits = &config.limits;
     let max = limits.max_message_bytes;
@@ -228,6 +164,110 @@ pub async fn run(
         .map_err(|e| format!("gRPC server failed: {e}"))?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The announcer streams' service, under a name of this replica's own (its sessions are
+/// refreshed in the background).
+fn announcers(
+    store: &Arc<SqlStore>,
+    view: &tokio::sync::watch::Receiver<Arc<crate::assignments::View>>,
+    metrics: &Arc<Metrics>,
+    config: &Config,
+) -> Announcers {
+    let replica: Arc<str> = format!(
+        "{}-{:016x}",
+        std::process::id(),
+        crate::cluster::random_u64()
+    )
+    .into();
+    spawn_session_refresh(Arc::clone(store), Arc::clone(&replica));
+    Announcers::new(
+        Arc::clone(store),
+        view.clone(),
+        Arc::clone(metrics),
+        replica,
+        Liveness {
+            heartbeat_timeout: config.heartbeat_timeout,
+            session_ttl: SESSION_TTL,
+        },
+    )
+}
+
+/// The transport the gRPC port serves: mutual TLS (with the bootstrap port, when configured),
+/// or the development mode's plaintext.
+async fn security(config: &Config, metrics: &Arc<Metrics>) -> Result<Security, String> {
+    match &config.transport {
+        Transport::Mtls {
+            files,
+            trust_domain,
+        } => {
+            let creds = Credentials::load(files.clone()).map_err(|e| e.to_string())?;
+            creds.spawn_reload();
+            if let Some(b) = &config.bootstrap {
+                serve_bootstrap(b.clone(), &creds, trust_domain, Arc::clone(metrics)).await?;
+            }
+            tracing::info!(addr = %config.listen, trust_domain, cert = %files.cert.display(), "serving gRPC over mutual TLS");
+            Ok(Security::Mtls {
+                config: ferrolb_common::tls::server_config(&creds, trust_domain)
+                    .map_err(|e| e.to_string())?,
+                domain: trust_domain.clone(),
+            })
+        }
+        Transport::DevPlaintext => {
+            tracing::warn!(addr = %config.listen, "DEVELOPMENT PLAINTEXT MODE: no TLS, no authentication; callers name themselves in metadata. Never use this on a network.");
+            Ok(Security::DevPlaintext)
+        }
+    }
+}
+
+/// `/metrics`, and `/healthz` for Kubernetes' probes, which speak plaintext without a
+/// certificate: they get the serving state here and nothing else.
+async fn serve_metrics(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    serving: Arc<AtomicBool>,
+) -> Result<(), String> {
+    let app = ferrolb_common::process::metrics_router(move || metrics.encode()).route(
+        "/healthz",
+        axum::routing::get(move || {
+            let up = serving.load(Ordering::Relaxed);
+            async move {
+                if up {
+                    (axum::http::StatusCode::OK, "SERVING\n")
+                } else {
+                    (axum::http::StatusCode::SERVICE_UNAVAILABLE, "NOT_SERVING\n")
+                }
+            }
+        }),
+    );
+    ferrolb_common::process::serve_http(addr, app).await?;
+    tracing::info!(%addr, "serving metrics");
+    Ok(())
+}
+
+/// gRPC reflection, in both versions grpcurl and other tools ask for.
+fn reflection() -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
+    String,
+> {
+    let v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ferrolb_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| e.to_string())?;
+    let v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ferrolb_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| e.to_string())?;
+    Ok((v1, v1alpha))
 }
 
 /// Serves IdentityService alone on the bootstrap port, TLS without client certificates.

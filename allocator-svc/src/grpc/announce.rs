@@ -205,61 +205,26 @@ impl Announcers {
         let timeout = self.liveness.heartbeat_timeout;
         let interval = (timeout / 3).max(Duration::from_millis(10));
         let mut view = self.view.clone();
-        // The first message is only as good as the view it comes from: one decided before this
-        // node's session was stored (a replica that just started, a decision still running)
-        // would tell the announcer to drop what it announces. Wait for a view that knows the
-        // session; a replica that cannot decide in time sends the announcer elsewhere.
-        let knows_session = |v: &Arc<View>| v.sessions_revision >= s.opened_at;
-        let waited = tokio::time::timeout(VIEW_TIMEOUT, view.wait_for(knows_session))
-            .await
-            .map(|r| r.map(|v| Arc::clone(&v)));
-        let current = match waited {
-            Ok(Ok(v)) => v,
-            Ok(Err(_)) => return "shutting down",
-            Err(_) => {
-                let why = "this replica has not decided the announcements yet";
-                let _ = out.send(Err(Error::Unavailable(why.into()).into())).await;
-                return "no view of its session in time";
-            }
+        let current = match first_view(&mut view, s, out).await {
+            Ok(v) => v,
+            Err(why) => return why,
         };
         let speaks_bgp = hello.capabilities.iter().any(|c| c == "bgp");
-        let node_view = |v: &View| {
-            let mut n = v.node(&s.cluster, &s.node);
-            if !speaks_bgp {
-                n.bgp = Default::default();
-            }
-            n
-        };
-        let mut sent = node_view(&current);
-        let announcing: BTreeSet<IpAddr> = hello
-            .announcing
-            .iter()
-            .filter_map(|a| a.parse().ok())
-            .collect();
-        // An announcer that has been in touch before (any replica) and announces exactly what it
-        // should resumes where it is; versions move with every change anywhere, so they are not
-        // compared. The announcer does not report its BGP state, so a node with any gets a
-        // snapshot (sessions and routes that did not change cause no traffic to the peers).
-        let in_step = hello.version != 0
-            && announcing.iter().eq(sent.l2.keys())
-            && sent.bgp == Default::default();
-        let first = if in_step {
-            changes(current.version, &sent, &sent)
-        } else {
-            pb::Assignments {
-                snapshot: true,
-                ..changes(current.version, &NodeView::default(), &sent)
-            }
-        };
+        let sent = node_view(&current, s, speaks_bgp);
         let first = pb::Assignments {
             heartbeat_interval_ms: interval.as_millis() as u32,
             allocator_timeout_ms: (timeout * 10).as_millis() as u32,
-            ..first
+            ..first_assignments(hello, current.version, &sent)
         };
         if out.send(down(first)).await.is_err() {
             return "stream closed";
         }
-        let mut ready = true;
+        let mut follow = Follow {
+            session: s,
+            speaks_bgp,
+            sent,
+            ready: true,
+        };
         let mut heard = Instant::now();
         let mut tick = tokio::time::interval(interval);
         loop {
@@ -267,13 +232,7 @@ impl Announcers {
                 msg = inbound.message() => match msg {
                     Ok(Some(pb::AnnouncerMessage { kind: Some(Up::Status(st)) })) => {
                         heard = Instant::now();
-                        if st.ready != ready {
-                            ready = st.ready;
-                            tracing::info!(node = s.node, ready, "announcer readiness changed");
-                            if let Err(e) = self.store.set_session_ready(&s.cluster, &s.node, s.id, ready).await {
-                                tracing::warn!(error = %e, "cannot record readiness");
-                            }
-                        }
+                        self.status(&mut follow, &st).await;
                     }
                     Ok(Some(_)) => {
                         let _ = out.send(Err(Error::invalid("message", "only status messages may follow the hello").into())).await;
@@ -287,20 +246,8 @@ impl Announcers {
                         return "shutting down";
                     }
                     let v = view.borrow_and_update().clone();
-                    // A newer stream of the node, on another replica, holds the session now.
-                    let key = (s.cluster.clone(), s.node.clone());
-                    if v.sessions_revision >= s.opened_at
-                        && v.sessions.get(&key).is_some_and(|id| *id != s.id)
-                    {
-                        let _ = out.send(Err(Error::Aborted("a newer stream of this node took over".into()).into())).await;
-                        return "replaced by a newer stream of the node";
-                    }
-                    let want = node_view(&v);
-                    if want != sent {
-                        if out.send(down(changes(v.version, &sent, &want))).await.is_err() {
-                            return "stream closed";
-                        }
-                        sent = want;
+                    if let Err(why) = follow.view_changed(&v, out).await {
+                        return why;
                     }
                 }
                 _ = tokio::time::sleep_until((heard + timeout).into()) => {
@@ -314,6 +261,119 @@ impl Announcers {
                 }
             }
         }
+    }
+
+    /// A status message: readiness changes are recorded with the session.
+    async fn status(&self, f: &mut Follow<'_>, st: &pb::AnnouncerStatus) {
+        if st.ready == f.ready {
+            return;
+        }
+        let s = f.session;
+        f.ready = st.ready;
+        tracing::info!(
+            node = s.node,
+            ready = f.ready,
+            "announcer readiness changed"
+        );
+        let stored = self
+            .store
+            .set_session_ready(&s.cluster, &s.node, s.id, f.ready);
+        if let Err(e) = stored.await {
+            tracing::warn!(error = %e, "cannot record readiness");
+        }
+    }
+}
+
+/// The first view the stream may speak from. It is only as good as its decision: one decided
+/// before this node's session was stored (a replica that just started, a decision still
+/// running) would tell the announcer to drop what it announces. So it waits for a view that
+/// knows the session; a replica that cannot decide in time sends the announcer elsewhere.
+async fn first_view(
+    view: &mut watch::Receiver<Arc<View>>,
+    s: &Session,
+    out: &Outbound,
+) -> Result<Arc<View>, &'static str> {
+    let knows_session = |v: &Arc<View>| v.sessions_revision >= s.opened_at;
+    let waited = tokio::time::timeout(VIEW_TIMEOUT, view.wait_for(knows_session))
+        .await
+        .map(|r| r.map(|v| Arc::clone(&v)));
+    match waited {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(_)) => Err("shutting down"),
+        Err(_) => {
+            let why = "this replica has not decided the announcements yet";
+            let _ = out.send(Err(Error::Unavailable(why.into()).into())).await;
+            Err("no view of its session in time")
+        }
+    }
+}
+
+/// What the node should hear of a view: its layer-2 assignments, and its BGP part when its
+/// announcer speaks BGP.
+fn node_view(v: &View, s: &Session, speaks_bgp: bool) -> NodeView {
+    let mut n = v.node(&s.cluster, &s.node);
+    if !speaks_bgp {
+        n.bgp = Default::default();
+    }
+    n
+}
+
+/// The stream's first assignments. An announcer that has been in touch before (any replica)
+/// and announces exactly what it should resumes where it is; versions move with every change
+/// anywhere, so they are not compared. The announcer does not report its BGP state, so a node
+/// with any gets a snapshot (sessions and routes that did not change cause no traffic to the
+/// peers).
+fn first_assignments(hello: &pb::Hello, version: u64, want: &NodeView) -> pb::Assignments {
+    let announcing: BTreeSet<IpAddr> = hello
+        .announcing
+        .iter()
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let in_step = hello.version != 0
+        && announcing.iter().eq(want.l2.keys())
+        && want.bgp == Default::default();
+    if in_step {
+        changes(version, want, want)
+    } else {
+        pb::Assignments {
+            snapshot: true,
+            ..changes(version, &NodeView::default(), want)
+        }
+    }
+}
+
+/// What one stream has told its announcer.
+struct Follow<'a> {
+    session: &'a Session,
+    speaks_bgp: bool,
+    sent: NodeView,
+    ready: bool,
+}
+
+impl Follow<'_> {
+    /// Sends what changed for the node; ends the stream when a newer stream of the node, on
+    /// another replica, holds the session now.
+    async fn view_changed(&mut self, v: &View, out: &Outbound) -> Result<(), &'static str> {
+        let s = self.session;
+        let key = (s.cluster.clone(), s.node.clone());
+        if v.sessions_revision >= s.opened_at && v.sessions.get(&key).is_some_and(|id| *id != s.id)
+        {
+            let why = "a newer stream of this node took over";
+            let _ = out.send(Err(Error::Aborted(why.into()).into())).await;
+            return Err("replaced by a newer stream of the node");
+        }
+        let want = node_view(v, s, self.speaks_bgp);
+        if want != self.sent {
+            if out
+                .send(down(changes(v.version, &self.sent, &want)))
+                .await
+                .is_err()
+            {
+                return Err("stream closed");
+            }
+            self.sent = want;
+        }
+        Ok(())
     }
 }
 

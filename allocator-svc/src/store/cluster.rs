@@ -335,42 +335,10 @@ impl SqlStore {
             .map_err(map_sqlx)?;
         let mut out = ClusterRows {
             revision: revision as u64,
+            nodes: load_nodes(conn).await?,
+            ads: load_l2_ads(conn).await?,
             ..ClusterRows::default()
         };
-        let bad = |what: &str, e: serde_json::Error| {
-            Error::Internal(format!("stored {what} cannot be read: {e}"))
-        };
-        for r in sqlx::query(
-            "SELECT cluster, name, labels, network_unavailable FROM cluster_nodes ORDER BY cluster, name",
-        )
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(map_sqlx)?
-        {
-            let labels: String = r.try_get("labels").map_err(map_sqlx)?;
-            out.nodes.push(NodeInfo {
-                cluster: r.try_get("cluster").map_err(map_sqlx)?,
-                name: r.try_get("name").map_err(map_sqlx)?,
-                labels: serde_json::from_str(&labels).map_err(|e| bad("node labels", e))?,
-                network_unavailable: r
-                    .try_get::<i64, _>("network_unavailable")
-                    .map_err(map_sqlx)?
-                    != 0,
-            });
-        }
-        for r in
-            sqlx::query("SELECT cluster, name, spec FROM l2_advertisements ORDER BY cluster, name")
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(map_sqlx)?
-        {
-            let spec: String = r.try_get("spec").map_err(map_sqlx)?;
-            let mut ad: L2Ad =
-                serde_json::from_str(&spec).map_err(|e| bad("L2Advertisement", e))?;
-            ad.cluster = r.try_get("cluster").map_err(map_sqlx)?;
-            ad.name = r.try_get("name").map_err(map_sqlx)?;
-            out.ads.push(ad);
-        }
         for r in
             sqlx::query("SELECT cluster, kind, name, spec FROM bgp_objects ORDER BY cluster, name")
                 .fetch_all(&mut *conn)
@@ -384,39 +352,21 @@ impl SqlStore {
             match kind.as_str() {
                 "peer" => {
                     let s: StoredPeer =
-                        serde_json::from_str(&spec).map_err(|e| bad("BGPPeer", e))?;
-                    let mut p = s.peer;
-                    let context = peer_context(&cluster, &name);
-                    p.password = match (
-                        s.legacy_password,
-                        self.sealer().open(&s.password_sealed, &context),
-                    ) {
-                        (Some(clear), _) if s.password_sealed.is_empty() => {
-                            tracing::warn!(
-                                peer = context,
-                                "password stored in the clear by an earlier version: apply the peer again to seal it"
-                            );
-                            ferrolb_common::Secret::new(clear)
-                        }
-                        (_, Ok(pw)) => pw,
-                        (_, Err(e)) => {
-                            // One unreadable peer does not stop the others.
-                            tracing::error!(peer = context, error = %e, "BGP peer left out");
-                            continue;
-                        }
-                    };
-                    (p.cluster, p.name) = (cluster, name);
-                    out.bgp_peers.push(p);
+                        serde_json::from_str(&spec).map_err(|e| unreadable("BGPPeer", e))?;
+                    if let Some(mut p) = self.open_peer(s, &cluster, &name) {
+                        (p.cluster, p.name) = (cluster, name);
+                        out.bgp_peers.push(p);
+                    }
                 }
                 "advertisement" => {
-                    let mut a: BgpAd =
-                        serde_json::from_str(&spec).map_err(|e| bad("BGPAdvertisement", e))?;
+                    let mut a: BgpAd = serde_json::from_str(&spec)
+                        .map_err(|e| unreadable("BGPAdvertisement", e))?;
                     (a.cluster, a.name) = (cluster, name);
                     out.bgp_ads.push(a);
                 }
                 "community" => {
                     let mut c: CommunitySet =
-                        serde_json::from_str(&spec).map_err(|e| bad("Community", e))?;
+                        serde_json::from_str(&spec).map_err(|e| unreadable("Community", e))?;
                     (c.cluster, c.name) = (cluster, name);
                     out.communities.push(c);
                 }
@@ -428,6 +378,31 @@ impl SqlStore {
             }
         }
         Ok(out)
+    }
+
+    /// A stored peer with its password unsealed; None (and logged) when it cannot be: one
+    /// unreadable peer does not stop the others.
+    fn open_peer(&self, s: StoredPeer, cluster: &str, name: &str) -> Option<BgpPeer> {
+        let mut p = s.peer;
+        let context = peer_context(cluster, name);
+        p.password = match (
+            s.legacy_password,
+            self.sealer().open(&s.password_sealed, &context),
+        ) {
+            (Some(clear), _) if s.password_sealed.is_empty() => {
+                tracing::warn!(
+                    peer = context,
+                    "password stored in the clear by an earlier version: apply the peer again to seal it"
+                );
+                ferrolb_common::Secret::new(clear)
+            }
+            (_, Ok(pw)) => pw,
+            (_, Err(e)) => {
+                tracing::error!(peer = context, error = %e, "BGP peer left out");
+                return None;
+            }
+        };
+        Some(p)
     }
 
     /// The revision of cluster state: it changes with every change `cluster_rows` reads, apart
@@ -514,4 +489,49 @@ async fn endpoints_since(
         .await
         .map_err(map_sqlx)?;
     Ok((out, total as u64))
+}
+
+fn unreadable(what: &str, e: serde_json::Error) -> Error {
+    Error::Internal(format!("stored {what} cannot be read: {e}"))
+}
+
+async fn load_nodes(conn: &mut AnyConnection) -> Result<Vec<NodeInfo>> {
+    let rows = sqlx::query(
+        "SELECT cluster, name, labels, network_unavailable FROM cluster_nodes ORDER BY cluster, name",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(map_sqlx)?;
+    let mut nodes = Vec::with_capacity(rows.len());
+    for r in rows {
+        let labels: String = r.try_get("labels").map_err(map_sqlx)?;
+        nodes.push(NodeInfo {
+            cluster: r.try_get("cluster").map_err(map_sqlx)?,
+            name: r.try_get("name").map_err(map_sqlx)?,
+            labels: serde_json::from_str(&labels).map_err(|e| unreadable("node labels", e))?,
+            network_unavailable: r
+                .try_get::<i64, _>("network_unavailable")
+                .map_err(map_sqlx)?
+                != 0,
+        });
+    }
+    Ok(nodes)
+}
+
+async fn load_l2_ads(conn: &mut AnyConnection) -> Result<Vec<L2Ad>> {
+    let rows =
+        sqlx::query("SELECT cluster, name, spec FROM l2_advertisements ORDER BY cluster, name")
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(map_sqlx)?;
+    let mut ads = Vec::with_capacity(rows.len());
+    for r in rows {
+        let spec: String = r.try_get("spec").map_err(map_sqlx)?;
+        let mut ad: L2Ad =
+            serde_json::from_str(&spec).map_err(|e| unreadable("L2Advertisement", e))?;
+        ad.cluster = r.try_get("cluster").map_err(map_sqlx)?;
+        ad.name = r.try_get("name").map_err(map_sqlx)?;
+        ads.push(ad);
+    }
+    Ok(ads)
 }

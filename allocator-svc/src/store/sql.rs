@@ -179,7 +179,7 @@ impl LeaseStore for SqlStore {
     async fn apply_pool(
         &self,
         caller: &Caller,
-        mut spec: PoolSpec,
+        spec: PoolSpec,
         create_only: bool,
     ) -> Result<Applied> {
         if let Caller::Client(c) = caller {
@@ -193,50 +193,7 @@ impl LeaseStore for SqlStore {
             if create_only && previous.is_some() {
                 return Err(Error::AlreadyExists(format!("pool {:?} already exists", spec.name)).into());
             }
-            match (caller, previous) {
-                (Caller::Cluster(c), Some(prev)) if prev.spec.declared_by != caller.name() => {
-                    return Err(Error::PermissionDenied(format!(
-                        "pool {:?} was declared by {}, not cluster/{c}",
-                        spec.name, prev.spec.declared_by
-                    ))
-                    .into());
-                }
-                (Caller::Cluster(c), prev) => {
-                    // A cluster's own pool is open to it, and stays open as wide as an
-                    // operator made it; only an operator opens it wider.
-                    let clusters = prev.map(|p| p.spec.clusters.as_slice()).unwrap_or_default();
-                    let clients = prev.map(|p| p.spec.clients.as_slice()).unwrap_or_default();
-                    let wider = spec
-                        .clusters
-                        .iter()
-                        .filter(|x| *x != c && !clusters.contains(x))
-                        .map(|x| format!("cluster/{x}"))
-                        .chain(
-                            spec.clients
-                                .iter()
-                                .filter(|x| !clients.contains(x))
-                                .map(|x| format!("client/{x}")),
-                        )
-                        .next();
-                    if let Some(other) = wider {
-                        return Err(Error::PermissionDenied(format!(
-                            "cluster/{c} may not open pool {:?} to {other}: an operator does (ferrolbctl apply as admin)",
-                            spec.name
-                        ))
-                        .into());
-                    }
-                    spec.declared_by = caller.name();
-                    spec.clusters = prev.map(|p| p.spec.clusters.clone()).unwrap_or_default();
-                    spec.clients = prev.map(|p| p.spec.clients.clone()).unwrap_or_default();
-                    if !spec.clusters.contains(c) {
-                        spec.clusters.push(c.clone());
-                    }
-                }
-                (_, prev) => {
-                    spec.declared_by = prev.map_or_else(|| caller.name(), |p| p.spec.declared_by.clone());
-                }
-            }
-            let pool = Pool::new(spec.clone())?;
+            let pool = Pool::new(pool::declare(caller, spec.clone(), previous)?)?;
             if let Caller::Cluster(c) = caller
                 && let Some(allowed) = allowance_of(conn, c).await?
             {
