@@ -300,22 +300,7 @@ impl Agent {
     /// Brings responders, bindings and gratuitous announcements in line with the assignments
     /// and the interfaces: the plan (`plan.rs`) decides, this carries it out.
     async fn reconcile(&mut self) {
-        // One responder per eligible interface.
-        let eligible: BTreeMap<u32, Link> = self.eligible().map(|l| (l.index, l.clone())).collect();
-        self.responders.retain(|i, r| {
-            let keep = eligible.get(i).is_some_and(|l| l.mac == r.link.mac);
-            if !keep {
-                tracing::info!(interface = r.link.name, "responder stopped");
-            }
-            keep
-        });
-        for (i, link) in &eligible {
-            if !self.responders.contains_key(i) {
-                self.responders
-                    .insert(*i, self.start_responder(link.clone()));
-            }
-        }
-
+        let eligible = self.keep_responders();
         let interfaces: BTreeMap<u32, String> =
             eligible.iter().map(|(i, l)| (*i, l.name.clone())).collect();
         let plan = plan::plan(plan::Inputs {
@@ -331,28 +316,7 @@ impl Agent {
             tracing::warn!(%ip, interfaces = ?ifs, "no eligible interface to announce on");
         }
         let mut answer = plan.answer;
-        if let Some(binder) = self.binder.clone() {
-            for (i, ip) in plan.unbind {
-                match binder.unbind(i, ip).await {
-                    Ok(()) => {
-                        self.bound.remove(&(i, ip));
-                    }
-                    Err(e) => tracing::warn!(%ip, index = i, error = %e, "cannot unbind"),
-                }
-            }
-            for (i, ip) in plan.bind {
-                match binder.bind(i, ip).await {
-                    Ok(()) => {
-                        self.bound.insert((i, ip));
-                    }
-                    Err(e) => {
-                        tracing::warn!(%ip, index = i, error = %e,
-                            "cannot bind; the userspace responder answers instead");
-                        answer.entry(i).or_default().insert(ip);
-                    }
-                }
-            }
-        }
+        self.bind(plan.unbind, plan.bind, &mut answer).await;
         for (i, r) in self.responders.iter_mut() {
             let set = answer.remove(i).unwrap_or_default();
             r.set_groups(&set);
@@ -381,6 +345,59 @@ impl Agent {
         }
         self.serving = plan.desired;
         self.publish();
+    }
+
+    /// One responder per eligible interface (a new one when its MAC changed); returns the
+    /// eligible interfaces by index.
+    fn keep_responders(&mut self) -> BTreeMap<u32, Link> {
+        let eligible: BTreeMap<u32, Link> = self.eligible().map(|l| (l.index, l.clone())).collect();
+        self.responders.retain(|i, r| {
+            let keep = eligible.get(i).is_some_and(|l| l.mac == r.link.mac);
+            if !keep {
+                tracing::info!(interface = r.link.name, "responder stopped");
+            }
+            keep
+        });
+        for (i, link) in &eligible {
+            if !self.responders.contains_key(i) {
+                self.responders
+                    .insert(*i, self.start_responder(link.clone()));
+            }
+        }
+        eligible
+    }
+
+    /// Unbinds and binds as planned (kernel answerer only); an address that cannot be bound is
+    /// answered by the userspace responder instead.
+    async fn bind(
+        &mut self,
+        unbind: Vec<(u32, IpAddr)>,
+        bind: Vec<(u32, IpAddr)>,
+        answer: &mut BTreeMap<u32, BTreeSet<IpAddr>>,
+    ) {
+        let Some(binder) = self.binder.clone() else {
+            return;
+        };
+        for (i, ip) in unbind {
+            match binder.unbind(i, ip).await {
+                Ok(()) => {
+                    self.bound.remove(&(i, ip));
+                }
+                Err(e) => tracing::warn!(%ip, index = i, error = %e, "cannot unbind"),
+            }
+        }
+        for (i, ip) in bind {
+            match binder.bind(i, ip).await {
+                Ok(()) => {
+                    self.bound.insert((i, ip));
+                }
+                Err(e) => {
+                    tracing::warn!(%ip, index = i, error = %e,
+                        "cannot bind; the userspace responder answers instead");
+                    answer.entry(i).or_default().insert(ip);
+                }
+            }
+        }
     }
 
     fn start_responder(&self, link: Link) -> Responder {

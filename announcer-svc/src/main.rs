@@ -85,79 +85,108 @@ fn fail(msg: String) -> ! {
     std::process::exit(2)
 }
 
-#[tokio::main]
-async fn main() {
-    let args = Args::parse();
-    ferrolb_common::process::init_logging(&args.log);
-    let node = args.node.clone().unwrap_or_else(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_default()
-    });
-    if node.is_empty() {
-        fail("--node is empty and the host name cannot be read".into());
+impl Args {
+    /// This node's name: `--node`, or the host name.
+    fn node(&self) -> String {
+        let node = self.node.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default()
+        });
+        if node.is_empty() {
+            fail("--node is empty and the host name cannot be read".into());
+        }
+        node
     }
-    if args.cluster.is_empty() || args.allocator.is_empty() {
-        fail("--cluster and --allocator must not be empty".into());
+
+    /// Checks what clap cannot.
+    fn check(&self) {
+        if self.cluster.is_empty() || self.allocator.is_empty() {
+            fail("--cluster and --allocator must not be empty".into());
+        }
+        if self.gratuitous_interval_ms == 0 || self.scan_interval_ms == 0 {
+            fail("--gratuitous-interval-ms and --scan-interval-ms must be at least 1".into());
+        }
+        if self.bgp_restart_time > 4095 {
+            fail("--bgp-restart-time is at most 4095 seconds (12 bits in the OPEN)".into());
+        }
     }
-    if args.gratuitous_interval_ms == 0 || args.scan_interval_ms == 0 {
-        fail("--gratuitous-interval-ms and --scan-interval-ms must be at least 1".into());
-    }
-    // The certificate must be this node's: the allocator would refuse any other stream.
-    let want = ferrolb_common::Principal::Node {
-        cluster: args.cluster.clone(),
-        node: node.clone(),
-    };
-    let (security, me) = args
-        .tls
-        .client_with_token(&args.token, want.clone())
-        .await
-        .unwrap_or_else(|e| fail(e));
-    if let Some(me) = me
-        && me != want
-    {
-        fail(format!(
-            "the certificate is {me}'s, not {want}'s: give this node its own certificate"
-        ));
-    }
-    let policy = ferrolb_announcer::defense::Policy::parse(&args.allowed_cidrs)
-        .unwrap_or_else(|e| fail(format!("--allowed-cidrs: {e}")));
-    let exclude = Pattern::list(&args.exclude_interfaces)
-        .unwrap_or_else(|e| fail(format!("--exclude-interfaces: {e}")));
-    let metrics_listen: Option<SocketAddr> =
-        match args.metrics_listen.as_str() {
+
+    fn metrics_listen(&self) -> Option<SocketAddr> {
+        match self.metrics_listen.as_str() {
             "off" => None,
             s => Some(s.parse().unwrap_or_else(|_| {
                 fail(format!("--metrics-listen {s:?} is not an address or off"))
             })),
+        }
+    }
+
+    fn agent_settings(&self) -> agent::Settings {
+        let policy = ferrolb_announcer::defense::Policy::parse(&self.allowed_cidrs)
+            .unwrap_or_else(|e| fail(format!("--allowed-cidrs: {e}")));
+        let exclude = Pattern::list(&self.exclude_interfaces)
+            .unwrap_or_else(|e| fail(format!("--exclude-interfaces: {e}")));
+        agent::Settings {
+            answerer: match self.answerer {
+                AnswererArg::Kernel => Answerer::Kernel,
+                AnswererArg::Userspace => Answerer::Userspace,
+            },
+            exclude,
+            policy,
+            gratuitous_interval: Duration::from_millis(self.gratuitous_interval_ms),
+            gratuitous_period: Duration::from_millis(self.gratuitous_period_ms),
+            scan_interval: Duration::from_millis(self.scan_interval_ms),
+        }
+    }
+
+    fn bgp(&self, node: &str, metrics: &Metrics) -> ferrolb_announcer::bgp::Manager {
+        ferrolb_announcer::bgp::Manager::new(
+            ferrolb_announcer::bgp::speaker::Common {
+                fallback_id: ferrolb_announcer::bgp::fallback_router_id(node),
+                restart_time: self.bgp_restart_time,
+                started: std::time::Instant::now(),
+                max_backoff: Duration::from_millis(self.bgp_max_backoff_ms.max(500)),
+            },
+            Arc::clone(&metrics.bgp),
+        )
+    }
+
+    /// The client security, with a certificate that must be this node's: the allocator would
+    /// refuse any other stream.
+    async fn security(&self, node: &str) -> ferrolb_common::transport::ClientSecurity {
+        let want = ferrolb_common::Principal::Node {
+            cluster: self.cluster.clone(),
+            node: node.to_string(),
         };
+        let (security, me) = self
+            .tls
+            .client_with_token(&self.token, want.clone())
+            .await
+            .unwrap_or_else(|e| fail(e));
+        if let Some(me) = me
+            && me != want
+        {
+            fail(format!(
+                "the certificate is {me}'s, not {want}'s: give this node its own certificate"
+            ));
+        }
+        security
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    ferrolb_common::process::init_logging(&args.log);
+    args.check();
+    let node = args.node();
+    let security = args.security(&node).await;
+    let metrics_listen = args.metrics_listen();
 
     let counters = Arc::new(Counters::default());
     let metrics = Arc::new(Metrics::new(&counters));
-    let settings = agent::Settings {
-        answerer: match args.answerer {
-            AnswererArg::Kernel => Answerer::Kernel,
-            AnswererArg::Userspace => Answerer::Userspace,
-        },
-        exclude,
-        policy,
-        gratuitous_interval: Duration::from_millis(args.gratuitous_interval_ms),
-        gratuitous_period: Duration::from_millis(args.gratuitous_period_ms),
-        scan_interval: Duration::from_millis(args.scan_interval_ms),
-    };
-    if args.bgp_restart_time > 4095 {
-        fail("--bgp-restart-time is at most 4095 seconds (12 bits in the OPEN)".into());
-    }
-    let bgp = ferrolb_announcer::bgp::Manager::new(
-        ferrolb_announcer::bgp::speaker::Common {
-            fallback_id: ferrolb_announcer::bgp::fallback_router_id(&node),
-            restart_time: args.bgp_restart_time,
-            started: std::time::Instant::now(),
-            max_backoff: Duration::from_millis(args.bgp_max_backoff_ms.max(500)),
-        },
-        Arc::clone(&metrics.bgp),
-    );
-    let (agent, status) = Agent::new(settings, Arc::clone(&counters), bgp)
+    let bgp = args.bgp(&node, &metrics);
+    let (agent, status) = Agent::new(args.agent_settings(), Arc::clone(&counters), bgp)
         .await
         .unwrap_or_else(|e| fail(e));
 

@@ -2,6 +2,7 @@
 //! reconnects with backoff to any allocator replica, and never drops what it announces while
 //! the allocator is away (fail static).
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -142,7 +143,24 @@ fn bgp_changes(
     routes_set: Vec<pb::BgpRoute>,
     routes_unset: Vec<String>,
 ) -> bgp::Changes {
-    let prefix = |s: &str| match s.parse::<Prefix>() {
+    bgp::Changes {
+        sessions_set: sessions_set
+            .into_iter()
+            .filter_map(|s| {
+                let name = s.name.clone();
+                peer_spec(s)
+                    .map_err(|e| tracing::warn!(peer = name, error = e, "BGP peer ignored"))
+                    .ok()
+            })
+            .collect(),
+        sessions_unset,
+        routes_set: routes_set.into_iter().filter_map(routes).collect(),
+        routes_unset: routes_unset.iter().filter_map(|s| prefix(s)).collect(),
+    }
+}
+
+fn prefix(s: &str) -> Option<Prefix> {
+    match s.parse::<Prefix>() {
         Ok(p) => Some(p),
         Err(e) => {
             tracing::warn!(
@@ -151,86 +169,79 @@ fn bgp_changes(
             );
             None
         }
-    };
-    let session = |s: pb::BgpSession| -> Result<PeerSpec, String> {
-        let ip = |field: &str, v: &str| {
-            v.parse::<IpAddr>()
-                .map_err(|_| format!("{field} {v:?} is not an address"))
-        };
-        Ok(PeerSpec {
-            address: ip("peer address", &s.peer_address)?,
-            port: u16::try_from(s.peer_port).map_err(|_| "peer port out of range".to_string())?,
-            source: if s.source_address.is_empty() {
-                None
-            } else {
-                Some(ip("source address", &s.source_address)?)
-            },
-            my_as: s.my_asn,
-            peer_as: s.peer_asn,
-            router_id: if s.router_id.is_empty() {
-                None
-            } else {
-                Some(
-                    s.router_id
-                        .parse()
-                        .map_err(|_| format!("router ID {:?} is not IPv4", s.router_id))?,
-                )
-            },
-            hold_time: u16::try_from(s.hold_time)
-                .map_err(|_| "hold time out of range".to_string())?,
-            keepalive: s.keepalive_time.and_then(|k| u16::try_from(k).ok()),
-            password: (!s.password.is_empty()).then(|| ferrolb_common::Secret::new(s.password)),
-            ebgp_multihop: s.ebgp_multihop,
-            graceful_restart: s.graceful_restart,
-            name: s.name,
-        })
-    };
-    bgp::Changes {
-        sessions_set: sessions_set
-            .into_iter()
-            .filter_map(|s| {
-                let name = s.name.clone();
-                session(s)
-                    .map_err(|e| tracing::warn!(peer = name, error = e, "BGP peer ignored"))
-                    .ok()
-            })
-            .collect(),
-        sessions_unset,
-        routes_set: routes_set
-            .into_iter()
-            .filter_map(|r| {
-                let p = prefix(&r.prefix)?;
-                let peers = r
-                    .peers
-                    .into_iter()
-                    .map(|pr| {
-                        let route = Route {
-                            communities: pr.communities,
-                            large_communities: pr
-                                .large_communities
-                                .iter()
-                                .map(|l| (l.global_admin, l.local_data1, l.local_data2))
-                                .collect(),
-                            local_pref: (pr.local_pref != 0).then_some(pr.local_pref),
-                        };
-                        (pr.peer, route)
-                    })
-                    .collect();
-                Some((p, peers))
-            })
-            .collect(),
-        routes_unset: routes_unset.iter().filter_map(|s| prefix(s)).collect(),
     }
 }
 
-/// One connection: returns why it ended (Ok) or why it could not start (Err).
-async fn session(
+/// A BGP session as the speaker runs it.
+fn peer_spec(s: pb::BgpSession) -> Result<PeerSpec, String> {
+    let ip = |field: &str, v: &str| {
+        v.parse::<IpAddr>()
+            .map_err(|_| format!("{field} {v:?} is not an address"))
+    };
+    Ok(PeerSpec {
+        address: ip("peer address", &s.peer_address)?,
+        port: u16::try_from(s.peer_port).map_err(|_| "peer port out of range".to_string())?,
+        source: if s.source_address.is_empty() {
+            None
+        } else {
+            Some(ip("source address", &s.source_address)?)
+        },
+        my_as: s.my_asn,
+        peer_as: s.peer_asn,
+        router_id: if s.router_id.is_empty() {
+            None
+        } else {
+            Some(
+                s.router_id
+                    .parse()
+                    .map_err(|_| format!("router ID {:?} is not IPv4", s.router_id))?,
+            )
+        },
+        hold_time: u16::try_from(s.hold_time).map_err(|_| "hold time out of range".to_string())?,
+        keepalive: s.keepalive_time.and_then(|k| u16::try_from(k).ok()),
+        password: (!s.password.is_empty()).then(|| ferrolb_common::Secret::new(s.password)),
+        ebgp_multihop: s.ebgp_multihop,
+        graceful_restart: s.graceful_restart,
+        name: s.name,
+    })
+}
+
+/// A prefix's route to each of its peers.
+fn routes(r: pb::BgpRoute) -> Option<(Prefix, BTreeMap<String, Route>)> {
+    let p = prefix(&r.prefix)?;
+    let peers = r
+        .peers
+        .into_iter()
+        .map(|pr| {
+            let route = Route {
+                communities: pr.communities,
+                large_communities: pr
+                    .large_communities
+                    .iter()
+                    .map(|l| (l.global_admin, l.local_data1, l.local_data2))
+                    .collect(),
+                local_pref: (pr.local_pref != 0).then_some(pr.local_pref),
+            };
+            (pr.peer, route)
+        })
+        .collect();
+    Some((p, peers))
+}
+
+/// Connects, says hello with what the node announces now, and reads the first assignments
+/// (they carry the timing).
+async fn open(
     settings: &Settings,
     target: &str,
-    updates: &mpsc::Sender<Update>,
     status: &mut watch::Receiver<Status>,
-    metrics: &Metrics,
-) -> Result<&'static str, String> {
+) -> Result<
+    (
+        mpsc::Sender<pb::AnnouncerMessage>,
+        tonic::Streaming<pb::AllocatorMessage>,
+        pb::Assignments,
+    ),
+    String,
+> {
     let endpoint =
         transport::endpoint(target, &settings.security)?.connect_timeout(settings.connect_timeout);
     let channel = transport::connect(endpoint, &settings.security)
@@ -264,8 +275,6 @@ async fn session(
         .map_err(|_| "no answer to the hello".to_string())?
         .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
         .into_inner();
-
-    // The first message carries the timing.
     let first = tokio::time::timeout(settings.connect_timeout * 2, inbound.message())
         .await
         .map_err(|_| "no assignments after the hello".to_string())?
@@ -276,6 +285,18 @@ async fn session(
     else {
         return Err("the allocator did not open with assignments".into());
     };
+    Ok((tx, inbound, first))
+}
+
+/// One connection: returns why it ended (Ok) or why it could not start (Err).
+async fn session(
+    settings: &Settings,
+    target: &str,
+    updates: &mpsc::Sender<Update>,
+    status: &mut watch::Receiver<Status>,
+    metrics: &Metrics,
+) -> Result<&'static str, String> {
+    let (tx, mut inbound, first) = open(settings, target, status).await?;
     let heartbeat = Duration::from_millis(u64::from(first.heartbeat_interval_ms.max(10)));
     let silence = Duration::from_millis(u64::from(first.allocator_timeout_ms.max(100)));
     tracing::info!(

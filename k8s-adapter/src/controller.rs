@@ -94,15 +94,7 @@ pub async fn run(
     settings: Settings,
     metrics: Arc<crate::metrics::Metrics>,
 ) -> Result<(), String> {
-    let caller = CallerHeader::new(&settings.security, &format!("cluster/{}", settings.cluster))?;
-    let endpoint = transport::endpoint(&settings.allocator, &settings.security)
-        .map_err(|e| format!("--allocator {e}"))?
-        .connect_timeout(Duration::from_secs(2));
-    let channel = transport::connect_lazy(endpoint, &settings.security);
-    let allocator = Arc::new(allocator::Grpc {
-        ipam: IpamServiceClient::with_interceptor(channel.clone(), caller.clone()),
-        cluster: ClusterStateServiceClient::with_interceptor(channel, caller),
-    });
+    let allocator = Arc::new(grpc_allocator(&settings)?);
 
     let namespaces = reflect(
         Api::<Namespace>::all(client.clone()),
@@ -157,20 +149,7 @@ pub async fn run(
     );
     let service_store = controller.store();
     // A deleted Service wakes the collector at once; it also runs periodically.
-    let deleted = Arc::new(Notify::new());
-    let wake = Arc::clone(&deleted);
-    tokio::spawn(
-        watcher(
-            Api::<Service>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .for_each(move |ev| {
-            if let Ok(watcher::Event::Delete(_)) = ev {
-                wake.notify_one();
-            }
-            async {}
-        }),
-    );
+    let deleted = deletions(&client);
     tokio::spawn(collect_garbage(Arc::clone(&ctx), service_store, deleted));
     controller
         .reconcile_on(index_slices(client, Arc::clone(&ctx)))
@@ -183,6 +162,35 @@ pub async fn run(
         })
         .await;
     Ok(())
+}
+
+/// The allocator's gRPC client, as this cluster's adapter.
+fn grpc_allocator(settings: &Settings) -> Result<allocator::Grpc, String> {
+    let caller = CallerHeader::new(&settings.security, &format!("cluster/{}", settings.cluster))?;
+    let endpoint = transport::endpoint(&settings.allocator, &settings.security)
+        .map_err(|e| format!("--allocator {e}"))?
+        .connect_timeout(Duration::from_secs(2));
+    let channel = transport::connect_lazy(endpoint, &settings.security);
+    Ok(allocator::Grpc {
+        ipam: IpamServiceClient::with_interceptor(channel.clone(), caller.clone()),
+        cluster: ClusterStateServiceClient::with_interceptor(channel, caller),
+    })
+}
+
+/// Wakes on every deleted Service.
+fn deletions(client: &Client) -> Arc<Notify> {
+    let deleted = Arc::new(Notify::new());
+    let wake = Arc::clone(&deleted);
+    let services = Api::<Service>::all(client.clone());
+    tokio::spawn(
+        watcher(services, watcher::Config::default()).for_each(move |ev| {
+            if let Ok(watcher::Event::Delete(_)) = ev {
+                wake.notify_one();
+            }
+            async {}
+        }),
+    );
+    deleted
 }
 
 /// What a Service asks of the allocator, with its namespace's labels.

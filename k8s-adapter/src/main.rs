@@ -50,71 +50,76 @@ struct Args {
     log: String,
 }
 
+fn fail(msg: impl std::fmt::Display) -> ! {
+    eprintln!("ferrolb-k8s-adapter: {msg}");
+    std::process::exit(2)
+}
+
+impl Args {
+    /// The client security, with a certificate that must be this cluster's adapter's: the
+    /// allocator acts on nothing else.
+    async fn security(&self) -> ferrolb_common::transport::ClientSecurity {
+        let want = ferrolb_common::Principal::Adapter {
+            cluster: self.cluster.clone(),
+        };
+        let (security, me) = self
+            .tls
+            .client_with_token(&self.token, want.clone())
+            .await
+            .unwrap_or_else(|e| fail(e));
+        if let Some(me) = me
+            && me != want
+        {
+            fail(format!("the certificate is {me}'s, not {want}'s"));
+        }
+        security
+    }
+
+    async fn serve_metrics(&self, metrics: &Arc<Metrics>) {
+        if self.metrics_listen == "off" {
+            return;
+        }
+        let addr: std::net::SocketAddr = self.metrics_listen.parse().unwrap_or_else(|_| {
+            fail(format!(
+                "--metrics-listen {:?} is not an address or off",
+                self.metrics_listen
+            ))
+        });
+        let m = Arc::clone(metrics);
+        let app = ferrolb_common::process::metrics_router(move || m.encode());
+        if let Err(e) = ferrolb_common::process::serve_http(addr, app).await {
+            fail(e);
+        }
+    }
+
+    /// Leadership of the Lease `ferrolb-k8s-adapter`, once held; None without leader election.
+    async fn lead(&self, client: &kube::Client) -> Option<ferrolb_k8s_adapter::leader::Leadership> {
+        if self.lease_seconds == 0 {
+            return None;
+        }
+        let me = std::env::var("POD_NAME").unwrap_or_else(|_| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            format!("{}-{}", host.trim(), std::process::id())
+        });
+        let lease = Duration::from_secs(self.lease_seconds);
+        Some(ferrolb_k8s_adapter::leader::lead(client.clone(), &self.namespace, &me, lease).await)
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
     ferrolb_common::process::init_logging(&args.log);
     if args.cluster.is_empty() || args.cluster.contains('/') {
-        eprintln!("ferrolb-k8s-adapter: --cluster must be a name without '/'");
-        std::process::exit(2);
+        fail("--cluster must be a name without '/'");
     }
-    // The certificate must be this cluster's adapter's: the allocator acts on nothing else.
-    let want = ferrolb_common::Principal::Adapter {
-        cluster: args.cluster.clone(),
-    };
-    let (security, me) = args
-        .tls
-        .client_with_token(&args.token, want.clone())
-        .await
-        .unwrap_or_else(|e| {
-            eprintln!("ferrolb-k8s-adapter: {e}");
-            std::process::exit(2)
-        });
-    if let Some(me) = me
-        && me != want
-    {
-        eprintln!("ferrolb-k8s-adapter: the certificate is {me}'s, not {want}'s");
-        std::process::exit(2);
-    }
+    let security = args.security().await;
     let metrics = Arc::new(Metrics::new());
-    if args.metrics_listen != "off" {
-        let addr: std::net::SocketAddr = args.metrics_listen.parse().unwrap_or_else(|_| {
-            eprintln!(
-                "ferrolb-k8s-adapter: --metrics-listen {:?} is not an address or off",
-                args.metrics_listen
-            );
-            std::process::exit(2)
-        });
-        let m = Arc::clone(&metrics);
-        let app = ferrolb_common::process::metrics_router(move || m.encode());
-        if let Err(e) = ferrolb_common::process::serve_http(addr, app).await {
-            eprintln!("ferrolb-k8s-adapter: {e}");
-            std::process::exit(2);
-        }
-    }
-    let client = match kube::Client::try_default().await {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("ferrolb-k8s-adapter: no Kubernetes API (in-cluster or KUBECONFIG): {e}");
-            std::process::exit(2);
-        }
-    };
-    let leadership = if args.lease_seconds > 0 {
-        let me = std::env::var("POD_NAME").unwrap_or_else(|_| {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-            format!("{}-{}", host.trim(), std::process::id())
-        });
-        let held = ferrolb_k8s_adapter::leader::lead(
-            client.clone(),
-            &args.namespace,
-            &me,
-            Duration::from_secs(args.lease_seconds),
-        )
-        .await;
-        Some(held)
-    } else {
-        None
-    };
+    args.serve_metrics(&metrics).await;
+    let client = kube::Client::try_default()
+        .await
+        .unwrap_or_else(|e| fail(format!("no Kubernetes API (in-cluster or KUBECONFIG): {e}")));
+    let leadership = args.lead(&client).await;
     let settings = Settings {
         cluster: args.cluster,
         namespace: args.namespace,
