@@ -15,7 +15,6 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::bgp;
 use crate::bind::Binder;
 use crate::defense;
 use crate::l2::{self, Command, Counters, Link};
@@ -37,8 +36,6 @@ pub enum Answerer {
 pub struct Settings {
     pub answerer: Answerer,
     pub exclude: Vec<Pattern>,
-    /// What this node refuses to announce whatever the allocator says.
-    pub policy: defense::Policy,
     /// Gratuitous announcements: every `interval` for `period` after gaining an address.
     pub gratuitous_interval: Duration,
     pub gratuitous_period: Duration,
@@ -46,7 +43,7 @@ pub struct Settings {
     pub scan_interval: Duration,
 }
 
-/// A change from the allocator.
+/// A change of the node's layer-2 assignments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Update {
     /// The first message of a stream: whatever it assigns is announced again, since others may
@@ -57,7 +54,6 @@ pub struct Update {
     pub snapshot: bool,
     pub set: Vec<(IpAddr, Vec<String>)>,
     pub unset: Vec<IpAddr>,
-    pub bgp: bgp::Changes,
 }
 
 /// What the announcer really does, for heartbeats and metrics.
@@ -126,15 +122,16 @@ pub struct Agent {
     /// Announce everything served at the next reconcile, not only what is new.
     reannounce: bool,
     status: watch::Sender<Status>,
-    bgp: bgp::Manager,
+    guard: defense::Guard,
 }
 
 impl Agent {
+    /// `guard` is what this node refuses to announce whatever the allocator says.
     pub async fn new(
         settings: Settings,
-        counters: Arc<Counters>,
-        bgp: bgp::Manager,
+        guard: defense::Guard,
     ) -> Result<(Agent, watch::Receiver<Status>), String> {
+        let counters = Arc::clone(&guard.counters);
         let binder = match settings.answerer {
             Answerer::Kernel => Some(Binder::new().map_err(|e| format!("netlink: {e}"))?),
             Answerer::Userspace => None,
@@ -168,7 +165,7 @@ impl Agent {
             gratuitous: BTreeMap::new(),
             reannounce: false,
             status,
-            bgp,
+            guard,
         };
         agent.scan();
         agent.reconcile().await;
@@ -199,47 +196,22 @@ impl Agent {
         self.assigned.clear();
         self.synced = true;
         self.reconcile().await;
-        self.bgp.stop().await;
-        tracing::info!("stopped; every binding removed, every BGP session ended");
+        tracing::info!("stopped; every binding removed");
     }
 
-    /// The node's own addresses: those on its interfaces (but the excluded ones, where
-    /// kube-proxy puts service addresses) that ferrolb did not bind. Read afresh: the periodic
-    /// scan may still show an address an earlier run bound and this one has just taken off.
-    fn own_addresses(&self) -> BTreeSet<IpAddr> {
-        let ours: BTreeSet<IpAddr> = self.bound.iter().map(|(_, ip)| *ip).collect();
-        pnet_datalink::interfaces()
-            .into_iter()
-            .filter(|i| !self.settings.exclude.iter().any(|p| p.matches(&i.name)))
-            .flat_map(|i| i.ips.into_iter().map(|n| n.ip()))
-            .filter(|ip| !ours.contains(ip))
-            .collect()
-    }
-
-    /// Drops what the node's policy refuses from an update, counting and naming each.
+    /// Drops what the node's policy refuses from an update: the node's own addresses are
+    /// those on its interfaces that ferrolb did not bind.
     fn defend(&self, u: &mut Update) {
-        let own = self.own_addresses();
-        let policy = &self.settings.policy;
-        let refused = |what: &str,
-                       verdict: Result<(), defense::Refusal>,
-                       shown: &dyn std::fmt::Display| match verdict {
-            Ok(()) => false,
-            Err(r) => {
-                tracing::warn!(%shown, reason = r.label(), what, "allocator assigned what this node never announces; refused");
-                self.counters
-                    .refused
-                    .get_or_create(&crate::l2::RefusalLabels {
-                        reason: r.label().into(),
-                    })
-                    .inc();
-                true
-            }
-        };
+        let ours: BTreeSet<IpAddr> = self.bound.iter().map(|(_, ip)| *ip).collect();
+        let own = self.guard.own_addresses(&ours);
+        let policy = &self.guard.policy;
         u.set
-            .retain(|(ip, _)| !refused("address", policy.check(*ip, &own), ip));
-        u.bgp
-            .routes_set
-            .retain(|(p, _)| !refused("prefix", policy.check_prefix(p, &own), p));
+            .retain(|(ip, _)| !self.guard.refused("address", policy.check(*ip, &own), ip));
+    }
+
+    /// The binder, for the BGP speakers' own view of what ferrolb bound (kernel answerer).
+    pub fn binder(&self) -> Option<Binder> {
+        self.binder.clone()
     }
 
     fn apply(&mut self, mut u: Update) {
@@ -256,9 +228,6 @@ impl Agent {
         }
         for (ip, ifs) in u.set {
             self.assigned.insert(ip, ifs);
-        }
-        if u.snapshot || !u.bgp.is_empty() {
-            self.bgp.apply(u.bgp, u.snapshot);
         }
         self.version = u.version;
         tracing::debug!(

@@ -5,8 +5,11 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::bgp::wire::Prefix;
+use crate::l2::{Counters, RefusalLabels};
+use crate::links::Pattern;
 
 /// Why an assignment is refused; the text is the metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -105,6 +108,48 @@ impl Policy {
             return Err(Refusal::NotAllowed);
         }
         Ok(())
+    }
+}
+
+/// The policy at work: what the node refuses, counted and logged, against its own addresses
+/// as they are now.
+#[derive(Clone)]
+pub struct Guard {
+    pub policy: Policy,
+    /// Interfaces whose addresses are not the node's (kube-proxy puts service addresses there).
+    pub exclude: Vec<Pattern>,
+    pub counters: Arc<Counters>,
+}
+
+impl Guard {
+    /// The node's own addresses: those on its interfaces (but the excluded ones) that are not
+    /// in `ours`, what ferrolb bound. Read afresh at every call.
+    pub fn own_addresses(&self, ours: &BTreeSet<IpAddr>) -> BTreeSet<IpAddr> {
+        pnet_datalink::interfaces()
+            .into_iter()
+            .filter(|i| !self.exclude.iter().any(|p| p.matches(&i.name)))
+            .flat_map(|i| i.ips.into_iter().map(|n| n.ip()))
+            .filter(|ip| !ours.contains(ip))
+            .collect()
+    }
+
+    /// Whether `verdict` refuses `what` (an address or a prefix, shown as `shown`); a refusal
+    /// is counted by reason and logged.
+    pub fn refused(
+        &self,
+        what: &str,
+        verdict: Result<(), Refusal>,
+        shown: &dyn std::fmt::Display,
+    ) -> bool {
+        let Err(r) = verdict else {
+            return false;
+        };
+        tracing::warn!(%shown, reason = r.label(), what, "allocator assigned what this node never announces; refused");
+        let labels = RefusalLabels {
+            reason: r.label().into(),
+        };
+        self.counters.refused.get_or_create(&labels).inc();
+        true
     }
 }
 

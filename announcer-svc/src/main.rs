@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use ferrolb_announcer::agent::{self, Agent, Answerer};
+use ferrolb_announcer::defense::{Guard, Policy};
 use ferrolb_announcer::l2::Counters;
 use ferrolb_announcer::links::{DEFAULT_EXCLUDE, Pattern};
 use ferrolb_announcer::metrics::Metrics;
@@ -122,20 +123,30 @@ impl Args {
     }
 
     fn agent_settings(&self) -> agent::Settings {
-        let policy = ferrolb_announcer::defense::Policy::parse(&self.allowed_cidrs)
-            .unwrap_or_else(|e| fail(format!("--allowed-cidrs: {e}")));
-        let exclude = Pattern::list(&self.exclude_interfaces)
-            .unwrap_or_else(|e| fail(format!("--exclude-interfaces: {e}")));
         agent::Settings {
             answerer: match self.answerer {
                 AnswererArg::Kernel => Answerer::Kernel,
                 AnswererArg::Userspace => Answerer::Userspace,
             },
-            exclude,
-            policy,
+            exclude: self.exclude(),
             gratuitous_interval: Duration::from_millis(self.gratuitous_interval_ms),
             gratuitous_period: Duration::from_millis(self.gratuitous_period_ms),
             scan_interval: Duration::from_millis(self.scan_interval_ms),
+        }
+    }
+
+    fn exclude(&self) -> Vec<Pattern> {
+        Pattern::list(&self.exclude_interfaces)
+            .unwrap_or_else(|e| fail(format!("--exclude-interfaces: {e}")))
+    }
+
+    /// What the node refuses to announce, for the agent and the BGP speakers alike.
+    fn guard(&self, counters: &Arc<Counters>) -> Guard {
+        Guard {
+            policy: Policy::parse(&self.allowed_cidrs)
+                .unwrap_or_else(|e| fail(format!("--allowed-cidrs: {e}"))),
+            exclude: self.exclude(),
+            counters: Arc::clone(counters),
         }
     }
 
@@ -185,10 +196,12 @@ async fn main() {
 
     let counters = Arc::new(Counters::default());
     let metrics = Arc::new(Metrics::new(&counters));
-    let bgp = args.bgp(&node, &metrics);
-    let (agent, status) = Agent::new(args.agent_settings(), Arc::clone(&counters), bgp)
+    let guard = args.guard(&counters);
+    let (agent, status) = Agent::new(args.agent_settings(), guard.clone())
         .await
         .unwrap_or_else(|e| fail(e));
+    let (bgp_updates, rx) = mpsc::channel(64);
+    let bgp = tokio::spawn(args.bgp(&node, &metrics).run(rx, guard, agent.binder()));
 
     if let Some(addr) = metrics_listen {
         let m = Arc::clone(&metrics);
@@ -211,7 +224,7 @@ async fn main() {
         });
     }
 
-    let (updates, rx) = mpsc::channel(64);
+    let (l2_updates, rx) = mpsc::channel(64);
     let agent = tokio::spawn(agent.run(rx));
     tracing::info!(node, cluster = args.cluster, answerer = ?args.answerer, "announcer started");
     let streaming = tokio::spawn(stream::run(
@@ -223,7 +236,10 @@ async fn main() {
             connect_timeout: Duration::from_secs(1),
             max_backoff: Duration::from_millis(args.max_backoff_ms.max(100)),
         },
-        updates,
+        stream::Dispatch {
+            l2: l2_updates,
+            bgp: bgp_updates,
+        },
         status,
         Arc::clone(&metrics),
     ));
@@ -232,5 +248,5 @@ async fn main() {
     tracing::info!("stopping: taking every address off");
     streaming.abort();
     let _ = streaming.await;
-    let _ = agent.await;
+    let _ = tokio::join!(agent, bgp);
 }

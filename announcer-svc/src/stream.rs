@@ -33,10 +33,35 @@ pub struct Settings {
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Runs the stream until `updates` closes.
+/// Where the stream's messages go: the layer-2 part to the agent, the BGP part to the BGP
+/// speakers. The one place that splits them.
+#[derive(Clone)]
+pub struct Dispatch {
+    pub l2: mpsc::Sender<Update>,
+    pub bgp: mpsc::Sender<bgp::Update>,
+}
+
+impl Dispatch {
+    /// Sends a message's parts to each; false when either has stopped.
+    async fn send(&self, a: pb::Assignments, fresh_session: bool) -> bool {
+        let (l2, bgp) = update(a, fresh_session);
+        if let Some(b) = bgp
+            && self.bgp.send(b).await.is_err()
+        {
+            return false;
+        }
+        self.l2.send(l2).await.is_ok()
+    }
+
+    fn is_closed(&self) -> bool {
+        self.l2.is_closed() || self.bgp.is_closed()
+    }
+}
+
+/// Runs the stream until the agent or the BGP speakers stop.
 pub async fn run(
     settings: Settings,
-    updates: mpsc::Sender<Update>,
+    updates: Dispatch,
     mut status: watch::Receiver<Status>,
     metrics: Arc<Metrics>,
 ) {
@@ -105,8 +130,9 @@ fn interfaces(s: &Status) -> Vec<pb::Interface> {
         .collect()
 }
 
-/// Turns an assignments message into an update; malformed addresses are dropped and logged.
-fn update(a: pb::Assignments, fresh_session: bool) -> Update {
+/// An assignments message as the layer-2 agent's update and the BGP speakers' (None when it
+/// changes nothing of BGP); malformed addresses are dropped and logged.
+fn update(a: pb::Assignments, fresh_session: bool) -> (Update, Option<bgp::Update>) {
     let parse = |s: &str| match s.parse::<IpAddr>() {
         Ok(ip) => Some(ip),
         Err(_) => {
@@ -117,7 +143,17 @@ fn update(a: pb::Assignments, fresh_session: bool) -> Update {
             None
         }
     };
-    Update {
+    let changes = bgp_changes(
+        a.sessions_set,
+        a.sessions_unset,
+        a.routes_set,
+        a.routes_unset,
+    );
+    let bgp = (a.snapshot || !changes.is_empty()).then_some(bgp::Update {
+        changes,
+        snapshot: a.snapshot,
+    });
+    let l2 = Update {
         fresh_session,
         version: a.version,
         snapshot: a.snapshot,
@@ -127,13 +163,8 @@ fn update(a: pb::Assignments, fresh_session: bool) -> Update {
             .filter_map(|s| parse(&s.ip).map(|ip| (ip, s.interfaces)))
             .collect(),
         unset: a.unset.iter().filter_map(|s| parse(s)).collect(),
-        bgp: bgp_changes(
-            a.sessions_set,
-            a.sessions_unset,
-            a.routes_set,
-            a.routes_unset,
-        ),
-    }
+    };
+    (l2, bgp)
 }
 
 /// The BGP part of an assignments message; what does not parse is dropped and logged.
@@ -292,7 +323,7 @@ async fn open(
 async fn session(
     settings: &Settings,
     target: &str,
-    updates: &mpsc::Sender<Update>,
+    updates: &Dispatch,
     status: &mut watch::Receiver<Status>,
     metrics: &Metrics,
 ) -> Result<&'static str, String> {
@@ -307,7 +338,7 @@ async fn session(
         "stream open"
     );
     metrics.stream_connected.set(1);
-    if updates.send(update(first, true)).await.is_err() {
+    if !updates.send(first, true).await {
         return Ok("stopping");
     }
     let mut tick = tokio::time::interval(heartbeat);
@@ -322,7 +353,7 @@ async fn session(
                 Ok(Ok(None)) => return Ok("allocator closed the stream"),
                 Ok(Ok(Some(m))) => match m.kind {
                     Some(Down::Assignments(a)) => {
-                        if updates.send(update(a, false)).await.is_err() {
+                        if !updates.send(a, false).await {
                             return Ok("stopping");
                         }
                     }

@@ -203,3 +203,92 @@ fn status_name(prefix: &str, parts: &[&str]) -> String {
     let full = format!("{prefix}-{}", parts.join("-"));
     full.chars().take(253).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn one_l2_status_per_announced_service_with_metallbs_labels() {
+        let list = [
+            pb::Announcement {
+                ip: "192.168.1.240".into(),
+                node: "n1".into(),
+                interfaces: strings(&["eth0"]),
+                services: strings(&["default/web", "default/dns"]),
+                ..pb::Announcement::default()
+            },
+            pb::Announcement {
+                ip: "192.168.1.241".into(),
+                reason: "noEndpoints".into(),
+                services: strings(&["default/idle"]),
+                ..pb::Announcement::default()
+            },
+        ];
+        let want = l2_statuses(&list);
+        assert_eq!(
+            want.keys().collect::<Vec<_>>(),
+            ["l2-default-dns", "l2-default-web"],
+            "an address nobody announces has no status"
+        );
+        let (labels, status) = &want["l2-default-web"];
+        assert_eq!(labels["metallb.io/node"], "n1");
+        assert_eq!(labels["metallb.io/service-name"], "web");
+        assert_eq!(labels["metallb.io/service-namespace"], "default");
+        assert_eq!(status.node, "n1");
+        assert_eq!(
+            status.interfaces,
+            [crd::InterfaceInfo {
+                name: "eth0".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn one_bgp_status_per_service_and_node_with_the_peers_of_both_families() {
+        let node = |name: &str, prefix: &str, peers: &[&str]| pb::BgpNodeAnnouncement {
+            node: name.into(),
+            prefix: prefix.into(),
+            peers: strings(peers),
+        };
+        let list = [
+            pb::BgpAnnouncement {
+                ip: "203.0.113.10".into(),
+                services: strings(&["prod/api"]),
+                nodes: vec![
+                    node("n1", "203.0.113.10/32", &["tor-b", "tor-a"]),
+                    node("n2", "203.0.113.10/32", &["tor-a"]),
+                ],
+                ..pb::BgpAnnouncement::default()
+            },
+            pb::BgpAnnouncement {
+                ip: "2001:db8::10".into(),
+                services: strings(&["prod/api"]),
+                nodes: vec![node("n1", "2001:db8::10/128", &["tor-a", "tor-v6"])],
+                ..pb::BgpAnnouncement::default()
+            },
+        ];
+        let want = bgp_statuses(&list);
+        assert_eq!(
+            want.keys().collect::<Vec<_>>(),
+            ["bgp-prod-api-n1", "bgp-prod-api-n2"]
+        );
+        assert_eq!(
+            want["bgp-prod-api-n1"].1.peers,
+            ["tor-a", "tor-b", "tor-v6"]
+        );
+        assert_eq!(want["bgp-prod-api-n2"].1.peers, ["tor-a"]);
+        assert_eq!(want["bgp-prod-api-n2"].0["metallb.io/node"], "n2");
+    }
+
+    #[test]
+    fn names_fit_kubernetes() {
+        let long = "x".repeat(300);
+        assert_eq!(status_name("l2", &["ns", &long]).chars().count(), 253);
+        assert_eq!(status_name("bgp", &["a", "b", "n"]), "bgp-a-b-n");
+    }
+}

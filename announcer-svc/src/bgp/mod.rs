@@ -8,7 +8,13 @@ pub mod speaker;
 pub mod wire;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::bind::Binder;
+use crate::defense;
 
 use crate::metrics::BgpMetrics;
 use rib::Route;
@@ -44,6 +50,14 @@ impl Changes {
 /// Routes to set and prefixes to unset for one session.
 type RouteDiff = (Vec<(Prefix, Route)>, Vec<Prefix>);
 
+/// A change of the node's BGP assignments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Update {
+    pub changes: Changes,
+    /// `changes` holds everything: what it lacks goes.
+    pub snapshot: bool,
+}
+
 /// Runs the node's sessions and hands each its routes.
 pub struct Manager {
     common: Common,
@@ -60,6 +74,36 @@ impl Manager {
             sessions: BTreeMap::new(),
             routes: BTreeMap::new(),
         }
+    }
+
+    /// Runs until `updates` closes, then ends every session. A route the node's policy refuses
+    /// (`guard`) is dropped first; what ferrolb bound itself (`binder`, with the kernel
+    /// answering) is not the node's own address.
+    pub async fn run(
+        mut self,
+        mut updates: mpsc::Receiver<Update>,
+        guard: defense::Guard,
+        binder: Option<Binder>,
+    ) {
+        while let Some(mut u) = updates.recv().await {
+            let ours: BTreeSet<IpAddr> = match &binder {
+                Some(b) => match b.bound().await {
+                    Ok(bound) => bound.into_iter().map(|(_, ip)| ip).collect(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read ferrolb's bindings; routes kept as they were");
+                        continue;
+                    }
+                },
+                None => BTreeSet::new(),
+            };
+            let own = guard.own_addresses(&ours);
+            u.changes
+                .routes_set
+                .retain(|(p, _)| !guard.refused("prefix", guard.policy.check_prefix(p, &own), p));
+            self.apply(u.changes, u.snapshot);
+        }
+        self.stop().await;
+        tracing::info!("every BGP session ended");
     }
 
     /// Sessions running now.
@@ -160,5 +204,55 @@ impl Manager {
         for (_, s) in sessions {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(2), s.task).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod run_tests {
+    use super::*;
+    use crate::l2::Counters;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn routes_the_policy_refuses_are_dropped_and_counted() {
+        let counters = Arc::new(Counters::default());
+        let guard = defense::Guard {
+            policy: defense::Policy::parse("203.0.113.0/24").expect("a policy"),
+            exclude: vec![],
+            counters: Arc::clone(&counters),
+        };
+        let common = Common {
+            fallback_id: std::net::Ipv4Addr::new(192, 0, 2, 1),
+            restart_time: 120,
+            started: std::time::Instant::now(),
+            max_backoff: Duration::from_secs(1),
+        };
+        let manager = Manager::new(common, Arc::default());
+        let (tx, rx) = mpsc::channel(4);
+        let running = tokio::spawn(manager.run(rx, guard, None));
+        let route = |p: &str| (p.parse::<Prefix>().expect("a prefix"), BTreeMap::new());
+        let changes = Changes {
+            routes_set: vec![
+                route("203.0.113.10/32"),
+                route("127.0.0.1/32"),
+                route("198.51.100.7/32"),
+            ],
+            ..Changes::default()
+        };
+        let update = Update {
+            changes,
+            snapshot: true,
+        };
+        tx.send(update).await.expect("running");
+        drop(tx);
+        running.await.expect("ended");
+        let refused = |reason: &str| {
+            let labels = crate::l2::RefusalLabels {
+                reason: reason.into(),
+            };
+            counters.refused.get_or_create(&labels).get()
+        };
+        assert_eq!(refused("loopback"), 1);
+        assert_eq!(refused("outside_allowed_cidrs"), 1);
     }
 }
