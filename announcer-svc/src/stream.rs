@@ -379,3 +379,94 @@ async fn session(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(name: &str, peer: &str) -> pb::BgpSession {
+        pb::BgpSession {
+            name: name.into(),
+            peer_address: peer.into(),
+            peer_port: 179,
+            my_asn: 64512,
+            peer_asn: 64513,
+            hold_time: 90,
+            ..pb::BgpSession::default()
+        }
+    }
+
+    #[test]
+    fn a_message_splits_into_its_layer_2_and_bgp_parts_and_drops_what_does_not_parse() {
+        let a = pb::Assignments {
+            version: 7,
+            set: vec![
+                pb::L2Assignment {
+                    ip: "192.168.1.240".into(),
+                    interfaces: vec!["eth0".into()],
+                },
+                pb::L2Assignment {
+                    ip: "not-an-address".into(),
+                    interfaces: vec![],
+                },
+            ],
+            unset: vec!["192.168.1.241".into(), "nope".into()],
+            sessions_set: vec![session("tor", "10.0.0.1"), session("bad", "10.0.0")],
+            routes_set: vec![
+                pb::BgpRoute {
+                    prefix: "203.0.113.10/32".into(),
+                    peers: vec![pb::BgpPeerRoute {
+                        peer: "tor".into(),
+                        communities: vec![0xFDE8_0001],
+                        local_pref: 0,
+                        ..pb::BgpPeerRoute::default()
+                    }],
+                },
+                pb::BgpRoute {
+                    prefix: "203.0.113.10/33".into(),
+                    peers: vec![],
+                },
+            ],
+            ..pb::Assignments::default()
+        };
+        let (l2, bgp) = update(a, true);
+        assert!(l2.fresh_session && !l2.snapshot);
+        assert_eq!(l2.version, 7);
+        assert_eq!(
+            l2.set,
+            [("192.168.1.240".parse().unwrap(), vec!["eth0".to_string()])]
+        );
+        assert_eq!(l2.unset, ["192.168.1.241".parse::<IpAddr>().unwrap()]);
+        let bgp = bgp.expect("a BGP part");
+        let names: Vec<&str> = bgp
+            .changes
+            .sessions_set
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(names, ["tor"]);
+        assert_eq!(bgp.changes.routes_set.len(), 1);
+        let (prefix, peers) = &bgp.changes.routes_set[0];
+        assert_eq!(prefix.to_string(), "203.0.113.10/32");
+        assert_eq!(peers["tor"].communities, [0xFDE8_0001]);
+        assert_eq!(peers["tor"].local_pref, None);
+    }
+
+    #[test]
+    fn the_bgp_speakers_hear_only_of_bgp_changes_and_snapshots() {
+        let changes_l2_only = pb::Assignments {
+            set: vec![pb::L2Assignment {
+                ip: "192.168.1.240".into(),
+                interfaces: vec![],
+            }],
+            ..pb::Assignments::default()
+        };
+        assert!(update(changes_l2_only, false).1.is_none());
+        let snapshot = pb::Assignments {
+            snapshot: true,
+            ..pb::Assignments::default()
+        };
+        let (_, bgp) = update(snapshot, false);
+        assert!(bgp.is_some_and(|b| b.snapshot && b.changes.is_empty()));
+    }
+}

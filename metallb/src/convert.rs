@@ -218,3 +218,46 @@ pub fn messages(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool_object(annotations: &[(&str, &str)]) -> Object<IPAddressPoolSpec> {
+        let spec = serde_json::from_value(serde_json::json!({"addresses": ["192.168.1.240/28"]}))
+            .expect("a pool");
+        let mut o = Object::new("home", "metallb-system", spec);
+        o.annotations = annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        o
+    }
+
+    #[test]
+    fn a_pool_is_the_applying_clusters_unless_its_annotations_say_otherwise() {
+        let home = ["home".to_string()];
+        let own = pool(&pool_object(&[]), &home);
+        assert_eq!(own.clusters, ["home"]);
+        assert!(own.clients.is_empty() && own.excluded_addresses.is_empty());
+
+        let shared = pool(
+            &pool_object(&[
+                (annotations::CLUSTERS, "east, west,"),
+                (annotations::CLIENTS, "ipam"),
+                (
+                    annotations::EXCLUDED_ADDRESSES,
+                    "192.168.1.241, 192.168.1.250-192.168.1.255",
+                ),
+            ]),
+            &home,
+        );
+        assert_eq!(shared.clusters, ["east", "west"]);
+        assert_eq!(shared.clients, ["ipam"]);
+        assert_eq!(
+            shared.excluded_addresses,
+            ["192.168.1.241", "192.168.1.250-192.168.1.255"]
+        );
+        assert_eq!(shared.addresses, ["192.168.1.240/28"]);
+    }
+}
