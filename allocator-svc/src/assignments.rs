@@ -2,7 +2,8 @@
 //! state or announcer sessions change (on any replica), and published to the announcer streams
 //! this replica holds.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,9 +13,9 @@ use tokio::sync::watch;
 use crate::bgp::{self, NodeBgp};
 use crate::cluster::{self, Announcement, Input};
 use crate::error::Result;
-use crate::lease::{EventKind, Lease, Owner};
+use crate::lease::{EventKind, Lease, LeaseEvent, Owner};
 use crate::selector::Labels;
-use crate::store::{ClusterRows, LeaseStore, SqlStore};
+use crate::store::{ClusterRows, LeaseStore, Sessions, SqlStore};
 
 /// What one node announces: address → interfaces (empty: every eligible interface).
 pub type NodeAssignments = BTreeMap<IpAddr, Vec<String>>;
@@ -58,6 +59,53 @@ impl View {
     }
 }
 
+/// What the announcement view is decided from. The database store is one source; the tests of
+/// the view's caching use one in memory.
+pub trait ViewSource: Send + Sync + 'static {
+    /// The revision of cluster state (nodes, endpoints, advertisements, BGP objects, sessions).
+    fn cluster_revision(&self) -> impl Future<Output = Result<u64>> + Send;
+    /// The live announcers by cluster, and the session each holds.
+    fn live_announcers(
+        &self,
+    ) -> impl Future<Output = Result<(BTreeMap<String, BTreeSet<String>>, Sessions)>> + Send;
+    /// Cluster state, reading again only what changed since `previous`.
+    fn cluster_rows_after(
+        &self,
+        previous: Option<ClusterRows>,
+    ) -> impl Future<Output = Result<ClusterRows>> + Send;
+    /// Pool labels by pool, for advertisements' pool selectors.
+    fn pool_labels(&self) -> impl Future<Output = Result<BTreeMap<String, Labels>>> + Send;
+    /// Every Service lease, with the lease revision it was read at.
+    fn service_leases(&self) -> impl Future<Output = Result<(u64, Vec<Lease>)>> + Send;
+    /// Lease changes after `revision`, oldest first.
+    fn lease_events(
+        &self,
+        revision: u64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<LeaseEvent>>> + Send;
+}
+
+impl ViewSource for SqlStore {
+    async fn cluster_revision(&self) -> Result<u64> {
+        SqlStore::cluster_revision(self).await
+    }
+    async fn live_announcers(&self) -> Result<(BTreeMap<String, BTreeSet<String>>, Sessions)> {
+        SqlStore::live_announcers(self).await
+    }
+    async fn cluster_rows_after(&self, previous: Option<ClusterRows>) -> Result<ClusterRows> {
+        SqlStore::cluster_rows_after(self, previous).await
+    }
+    async fn pool_labels(&self) -> Result<BTreeMap<String, Labels>> {
+        SqlStore::pool_labels(self).await
+    }
+    async fn service_leases(&self) -> Result<(u64, Vec<Lease>)> {
+        SqlStore::service_leases(self).await
+    }
+    async fn lease_events(&self, revision: u64, limit: u32) -> Result<Vec<LeaseEvent>> {
+        self.events_since(revision, None, limit).await
+    }
+}
+
 /// After a change, wait this long for more changes to pile up: bursts of allocations then cost
 /// one recompute, and failover waits at most this much longer.
 const SETTLE: Duration = Duration::from_millis(5);
@@ -75,7 +123,7 @@ pub fn spawn(store: Arc<SqlStore>, ignore_exclude_label: bool) -> watch::Receive
         loop {
             let mut advertised = true;
             let started = std::time::Instant::now();
-            match compute(&store, &mut cache, leases_stale, ignore_exclude_label).await {
+            match compute(&*store, &mut cache, leases_stale, ignore_exclude_label).await {
                 Ok(None) => leases_stale = false,
                 Ok(Some((view, any_ads))) => {
                     tracing::debug!(
@@ -148,7 +196,7 @@ struct Cache {
 #[derive(PartialEq)]
 struct Inputs {
     cluster_revision: u64,
-    live: BTreeMap<String, std::collections::BTreeSet<String>>,
+    live: BTreeMap<String, BTreeSet<String>>,
     lease_revision: u64,
     pools: BTreeMap<String, crate::selector::Labels>,
 }
@@ -163,7 +211,7 @@ struct LeaseCache {
 const EVENT_PAGE: u32 = 1000;
 
 impl LeaseCache {
-    async fn load(store: &SqlStore) -> Result<LeaseCache> {
+    async fn load(store: &impl ViewSource) -> Result<LeaseCache> {
         let (revision, all) = store.service_leases().await?;
         Ok(LeaseCache {
             revision,
@@ -174,9 +222,9 @@ impl LeaseCache {
     /// Applies the changes since `revision` from the change log, in order (changes commit in
     /// revision order: they take their revisions from one row). A gap — the history no longer
     /// reaches back — reads everything again instead.
-    async fn catch_up(&mut self, store: &SqlStore) -> Result<()> {
+    async fn catch_up(&mut self, store: &impl ViewSource) -> Result<()> {
         loop {
-            let events = store.events_since(self.revision, None, EVENT_PAGE).await?;
+            let events = store.lease_events(self.revision, EVENT_PAGE).await?;
             for e in &events {
                 if e.revision != self.revision + 1 {
                     *self = LeaseCache::load(store).await?;
@@ -204,7 +252,7 @@ impl LeaseCache {
 }
 
 async fn compute(
-    store: &SqlStore,
+    store: &impl ViewSource,
     cache: &mut Cache,
     leases_stale: bool,
     ignore_exclude_label: bool,
@@ -326,3 +374,6 @@ fn decide_cluster(
         bgp,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,8 +1,6 @@
 //! The BGP rules and the per-node decision, case by case.
 
 use super::*;
-use crate::addr::Family;
-use crate::lease::{LeaseAddr, Owner};
 
 fn peer(name: &str, asn: u32) -> BgpPeer {
     BgpPeer {
@@ -51,31 +49,7 @@ fn node(name: &str, labels: &[(&str, &str)]) -> NodeInfo {
 }
 
 fn lease(name: &str, ips: &[&str]) -> Lease {
-    Lease {
-        owner: Owner::Service {
-            cluster: "corp".into(),
-            namespace: "default".into(),
-            name: name.into(),
-        },
-        addrs: ips
-            .iter()
-            .map(|ip| {
-                let ip: IpAddr = ip.parse().expect("ip");
-                LeaseAddr {
-                    family: Family::of(ip),
-                    ip,
-                    pool: "corp-pool".into(),
-                    stranded: false,
-                }
-            })
-            .collect(),
-        sharing_key: String::new(),
-        backend_key: String::new(),
-        ports: vec![],
-        created_ms: 0,
-        expires_ms: None,
-        revision: 1,
-    }
+    crate::lease::service_lease("corp", name, "corp-pool", ips)
 }
 
 struct World {

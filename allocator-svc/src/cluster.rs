@@ -402,35 +402,9 @@ pub fn by_node(announcements: &[Announcement]) -> BTreeMap<String, BTreeMap<IpAd
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::addr::Family;
-    use crate::lease::LeaseAddr;
 
     fn lease(name: &str, ips: &[&str]) -> Lease {
-        Lease {
-            owner: Owner::Service {
-                cluster: "home".into(),
-                namespace: "default".into(),
-                name: name.into(),
-            },
-            addrs: ips
-                .iter()
-                .map(|ip| {
-                    let ip: IpAddr = ip.parse().expect("test address");
-                    LeaseAddr {
-                        family: if ip.is_ipv4() { Family::V4 } else { Family::V6 },
-                        ip,
-                        pool: "home-pool".into(),
-                        stranded: false,
-                    }
-                })
-                .collect(),
-            sharing_key: String::new(),
-            backend_key: String::new(),
-            ports: vec![],
-            created_ms: 0,
-            expires_ms: None,
-            revision: 1,
-        }
+        crate::lease::service_lease("home", name, "home-pool", ips)
     }
 
     fn node(name: &str, labels: &[(&str, &str)]) -> NodeInfo {

@@ -326,6 +326,36 @@ pub struct PoolStats {
     pub stranded: u64,
 }
 
+/// A Service's lease in `cluster`, namespace `default`, of `ips` from `pool`, for tests.
+#[cfg(test)]
+pub(crate) fn service_lease(cluster: &str, name: &str, pool: &str, ips: &[&str]) -> Lease {
+    Lease {
+        owner: Owner::Service {
+            cluster: cluster.into(),
+            namespace: "default".into(),
+            name: name.into(),
+        },
+        addrs: ips
+            .iter()
+            .map(|ip| {
+                let ip: std::net::IpAddr = ip.parse().expect("test address");
+                LeaseAddr {
+                    family: crate::addr::Family::of(ip),
+                    ip,
+                    pool: pool.into(),
+                    stranded: false,
+                }
+            })
+            .collect(),
+        sharing_key: String::new(),
+        backend_key: String::new(),
+        ports: vec![],
+        created_ms: 0,
+        expires_ms: None,
+        revision: 1,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
