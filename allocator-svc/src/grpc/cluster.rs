@@ -19,10 +19,21 @@ use crate::bgp::CommunitySet;
 use crate::cluster::{Endpoints, L2Ad, NodeInfo, Preferred, pool_applies};
 use crate::error::Error;
 use crate::pool::{Caller, validate_name};
-use crate::store::{BgpKind, LeaseStore, SqlStore};
+use crate::store::{BgpKind, ClusterStore, SqlStore};
 
 /// The shortest time between two updates of one WatchAnnouncements stream.
 const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The answer to an applied BGP object, logged.
+fn bgp_applied(
+    kind: BgpKind,
+    cluster: &str,
+    name: &str,
+    created: bool,
+) -> Response<pb::ApplyBgpResponse> {
+    tracing::info!(cluster, name, created, ?kind, "BGP object applied");
+    Response::new(pb::ApplyBgpResponse { created })
+}
 
 /// May `caller` act for `cluster`?
 fn for_cluster(caller: &Caller, cluster: &str) -> Result<(), Error> {
@@ -37,38 +48,25 @@ fn for_cluster(caller: &Caller, cluster: &str) -> Result<(), Error> {
     }
 }
 
-/// The cluster state API.
-pub struct ClusterState {
-    store: Arc<SqlStore>,
+/// The cluster state API, over any [`ClusterStore`].
+pub struct ClusterState<S = SqlStore> {
+    store: Arc<S>,
     view: watch::Receiver<Arc<View>>,
     /// Open WatchAnnouncements streams per identity.
     watchers: Arc<PerIdentity>,
 }
 
-impl ClusterState {
+impl<S: ClusterStore> ClusterState<S> {
     pub fn new(
-        store: Arc<SqlStore>,
+        store: Arc<S>,
         view: watch::Receiver<Arc<View>>,
         max_watches_per_identity: usize,
-    ) -> ClusterState {
+    ) -> ClusterState<S> {
         ClusterState {
             store,
             view,
             watchers: Arc::new(PerIdentity::new(max_watches_per_identity)),
         }
-    }
-
-    /// Stores a validated BGP object; the answer says whether it is new.
-    async fn store_bgp<T: serde::Serialize>(
-        &self,
-        kind: BgpKind,
-        cluster: &str,
-        name: &str,
-        object: &T,
-    ) -> Result<Response<pb::ApplyBgpResponse>, Status> {
-        let created = self.store.apply_bgp(kind, cluster, name, object).await?;
-        tracing::info!(cluster, name, created, ?kind, "BGP object applied");
-        Ok(Response::new(pb::ApplyBgpResponse { created }))
     }
 
     /// The cluster's Community objects, which advertisements and other Communities are checked
@@ -195,7 +193,7 @@ fn bgp_announcements(view: &View, cluster: &str) -> Vec<pb::BgpAnnouncement> {
 }
 
 #[tonic::async_trait]
-impl ClusterStateService for ClusterState {
+impl<S: ClusterStore> ClusterStateService for ClusterState<S> {
     async fn apply_node(
         &self,
         req: Request<pb::Node>,
@@ -376,9 +374,13 @@ impl ClusterStateService for ClusterState {
         let p = req.into_inner();
         for_cluster(&caller, &p.cluster)?;
         let peer = bgp::peer(p)?;
-        let stored = self.store.seal_peer(&peer)?;
-        self.store_bgp(BgpKind::Peer, &peer.cluster, &peer.name, &stored)
-            .await
+        let created = self.store.apply_bgp_peer(&peer).await?;
+        Ok(bgp_applied(
+            BgpKind::Peer,
+            &peer.cluster,
+            &peer.name,
+            created,
+        ))
     }
 
     async fn apply_bgp_advertisement(
@@ -392,7 +394,7 @@ impl ClusterStateService for ClusterState {
         let ad = bgp::advertisement(a, &crate::bgp::aliases(&sets))?;
         // Every pool it covers, the cluster's own and those shared with it.
         let cluster = Caller::Cluster(ad.cluster.clone());
-        for pool in self.store.list_pools().await? {
+        for pool in self.store.pools().await? {
             let labels = Some(&pool.spec.labels);
             if pool.open_to(&cluster)
                 && pool_applies(&ad.pools, &ad.pool_selectors, pool.name(), labels)
@@ -400,8 +402,13 @@ impl ClusterStateService for ClusterState {
                 ad.fits(&pool)?;
             }
         }
-        self.store_bgp(BgpKind::Advertisement, &ad.cluster, &ad.name, &ad)
-            .await
+        let created = self.store.apply_bgp_advertisement(&ad).await?;
+        Ok(bgp_applied(
+            BgpKind::Advertisement,
+            &ad.cluster,
+            &ad.name,
+            created,
+        ))
     }
 
     async fn apply_community(
@@ -413,8 +420,13 @@ impl ClusterStateService for ClusterState {
         for_cluster(&caller, &c.cluster)?;
         let others = self.communities(&c.cluster).await?;
         let set = bgp::community(c, &others)?;
-        self.store_bgp(BgpKind::Community, &set.cluster, &set.name, &set)
-            .await
+        let created = self.store.apply_community(&set).await?;
+        Ok(bgp_applied(
+            BgpKind::Community,
+            &set.cluster,
+            &set.name,
+            created,
+        ))
     }
 
     async fn delete_bgp_object(
@@ -527,3 +539,7 @@ impl ClusterStateService for ClusterState {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
+
+#[cfg(test)]
+#[path = "cluster_tests.rs"]
+mod tests;

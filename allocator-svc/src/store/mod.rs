@@ -28,6 +28,8 @@ pub use cluster::{BgpKind, ClusterRows, Sessions};
 pub use db::{Dialect, StoreOptions};
 pub use sql::SqlStore;
 
+use crate::bgp::{BgpAd, BgpPeer, CommunitySet};
+use crate::cluster::{Endpoints, L2Ad, NodeInfo};
 use crate::error::Result;
 use crate::lease::{AllocRequest, Lease, LeaseEvent, LeaseFilter, Owner, PoolStats};
 use crate::pool::{Caller, Pool, PoolSpec};
@@ -126,4 +128,90 @@ pub trait LeaseStore: Send + Sync + 'static {
     fn stats(&self, pool: Option<&str>) -> impl Future<Output = Result<Vec<PoolStats>>> + Send;
     /// Whether the database answers.
     fn ping(&self) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// Cluster state as ClusterStateService keeps it: what each cluster reports (nodes, endpoints)
+/// and declares (advertisements, BGP objects), and the pools advertisements are checked
+/// against. [`SqlStore`] keeps it for every replica; the service's tests use one in memory.
+pub trait ClusterStore: Send + Sync + 'static {
+    /// Creates or replaces a node; says whether it is new.
+    fn apply_node(&self, n: &NodeInfo) -> impl Future<Output = Result<bool>> + Send;
+    fn delete_node(&self, cluster: &str, name: &str) -> impl Future<Output = Result<()>> + Send;
+    fn set_endpoints(
+        &self,
+        cluster: &str,
+        namespace: &str,
+        name: &str,
+        e: &Endpoints,
+    ) -> impl Future<Output = Result<()>> + Send;
+    fn delete_endpoints(
+        &self,
+        cluster: &str,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+    fn apply_l2(&self, ad: &L2Ad) -> impl Future<Output = Result<bool>> + Send;
+    fn delete_l2(&self, cluster: &str, name: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Stores a peer, its password sealed.
+    fn apply_bgp_peer(&self, p: &BgpPeer) -> impl Future<Output = Result<bool>> + Send;
+    fn apply_bgp_advertisement(&self, a: &BgpAd) -> impl Future<Output = Result<bool>> + Send;
+    fn apply_community(&self, c: &CommunitySet) -> impl Future<Output = Result<bool>> + Send;
+    fn delete_bgp(
+        &self,
+        kind: BgpKind,
+        cluster: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Everything, for every cluster.
+    fn cluster_rows(&self) -> impl Future<Output = Result<ClusterRows>> + Send;
+    fn pools(&self) -> impl Future<Output = Result<Vec<Pool>>> + Send;
+}
+
+impl ClusterStore for SqlStore {
+    async fn apply_node(&self, n: &NodeInfo) -> Result<bool> {
+        SqlStore::apply_node(self, n).await
+    }
+    async fn delete_node(&self, cluster: &str, name: &str) -> Result<()> {
+        SqlStore::delete_node(self, cluster, name).await
+    }
+    async fn set_endpoints(
+        &self,
+        cluster: &str,
+        namespace: &str,
+        name: &str,
+        e: &Endpoints,
+    ) -> Result<()> {
+        SqlStore::set_endpoints(self, cluster, namespace, name, e).await
+    }
+    async fn delete_endpoints(&self, cluster: &str, namespace: &str, name: &str) -> Result<()> {
+        SqlStore::delete_endpoints(self, cluster, namespace, name).await
+    }
+    async fn apply_l2(&self, ad: &L2Ad) -> Result<bool> {
+        SqlStore::apply_l2(self, ad).await
+    }
+    async fn delete_l2(&self, cluster: &str, name: &str) -> Result<()> {
+        SqlStore::delete_l2(self, cluster, name).await
+    }
+    async fn apply_bgp_peer(&self, p: &BgpPeer) -> Result<bool> {
+        let sealed = self.seal_peer(p)?;
+        self.apply_bgp(BgpKind::Peer, &p.cluster, &p.name, &sealed)
+            .await
+    }
+    async fn apply_bgp_advertisement(&self, a: &BgpAd) -> Result<bool> {
+        self.apply_bgp(BgpKind::Advertisement, &a.cluster, &a.name, a)
+            .await
+    }
+    async fn apply_community(&self, c: &CommunitySet) -> Result<bool> {
+        self.apply_bgp(BgpKind::Community, &c.cluster, &c.name, c)
+            .await
+    }
+    async fn delete_bgp(&self, kind: BgpKind, cluster: &str, name: &str) -> Result<()> {
+        SqlStore::delete_bgp(self, kind, cluster, name).await
+    }
+    async fn cluster_rows(&self) -> Result<ClusterRows> {
+        SqlStore::cluster_rows(self).await
+    }
+    async fn pools(&self) -> Result<Vec<Pool>> {
+        self.list_pools().await
+    }
 }
