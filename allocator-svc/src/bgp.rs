@@ -217,6 +217,34 @@ impl BgpAd {
     }
 }
 
+/// The same rule from the pool's side: every advertisement of a cluster the pool is open to
+/// that covers it can aggregate its blocks. `except` is the cluster applying the pool, whose
+/// own advertisements its configuration checks together with the pool (they may be applied
+/// right after it).
+pub fn fits_advertisements(
+    pool: &crate::pool::Pool,
+    ads: &[BgpAd],
+    except: Option<&str>,
+) -> Result<(), Error> {
+    let labels = Some(&pool.spec.labels);
+    for ad in ads.iter().filter(|a| Some(a.cluster.as_str()) != except) {
+        let open = pool.open_to(&crate::pool::Caller::Cluster(ad.cluster.clone()));
+        if !open || !pool_applies(&ad.pools, &ad.pool_selectors, pool.name(), labels) {
+            continue;
+        }
+        if let Err(e) = ad.fits(pool) {
+            return Err(Error::invalid(
+                "addresses",
+                format!(
+                    "BGPAdvertisement {:?} of cluster {:?} covers this pool and cannot aggregate it: {e}",
+                    ad.name, ad.cluster
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A community value (RFC 1997 or RFC 8092).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Community {

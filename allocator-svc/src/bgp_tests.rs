@@ -348,3 +348,29 @@ fn aggregation_must_not_be_wider_than_the_pools_blocks() {
         }
     }
 }
+
+#[test]
+fn a_pool_may_not_outgrow_the_aggregation_of_the_advertisements_that_cover_it() {
+    let pool = |clusters: &[&str]| {
+        let spec = crate::pool::PoolSpec {
+            clusters: clusters.iter().map(|c| c.to_string()).collect(),
+            ..crate::pool::PoolSpec::new("shared", &["10.20.0.0/28"])
+        };
+        crate::pool::Pool::new(spec).expect("a pool")
+    };
+    let of = |cluster: &str, len: u8| BgpAd {
+        cluster: cluster.into(),
+        aggregation_length: len,
+        ..ad("agg")
+    };
+    let ads = [of("east", 24), of("west", 28)];
+    let refused = fits_advertisements(&pool(&["east", "west"]), &ads, None);
+    assert!(
+        matches!(&refused, Err(crate::error::Error::InvalidArgument { message, .. })
+            if message.contains("\"agg\" of cluster \"east\"")),
+        "{refused:?}"
+    );
+    // East's own apply is checked with its configuration; a pool not open to east is not its.
+    assert!(fits_advertisements(&pool(&["east", "west"]), &ads, Some("east")).is_ok());
+    assert!(fits_advertisements(&pool(&["west"]), &ads, None).is_ok());
+}

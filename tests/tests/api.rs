@@ -215,6 +215,29 @@ async fn an_advertisement_cannot_aggregate_a_shared_pool_wider_than_its_blocks()
     })
     .await
     .unwrap();
+    // From the pool's side: an operator cannot narrow the pool below east's aggregation.
+    let narrowed = pb::ApplyPoolRequest {
+        pool: Some(pb::Pool {
+            clusters: vec!["east".into()],
+            clients: vec![],
+            ..pool("shared", &["10.20.0.0/28"])
+        }),
+        create_only: false,
+    };
+    let (code, message) = code_of(admin.apply_pool(narrowed).await).await;
+    assert_eq!(code, Code::InvalidArgument, "{message}");
+    assert!(
+        message.contains("BGPAdvertisement \"aggregated\" of cluster \"east\" covers this pool"),
+        "{message}"
+    );
+    let kept = admin
+        .get_pool(pb::GetPoolRequest {
+            name: "shared".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(kept.addresses, ["10.20.0.0/24"]);
 }
 
 #[tokio::test]

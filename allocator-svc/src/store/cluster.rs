@@ -535,3 +535,22 @@ async fn load_l2_ads(conn: &mut AnyConnection) -> Result<Vec<L2Ad>> {
     }
     Ok(ads)
 }
+
+/// Every cluster's BGPAdvertisements, for the pools' side of the aggregation rule.
+pub(super) async fn bgp_advertisements(conn: &mut AnyConnection) -> Result<Vec<BgpAd>> {
+    let rows = sqlx::query("SELECT cluster, name, spec FROM bgp_objects WHERE kind = $1")
+        .bind(BgpKind::Advertisement.as_str())
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(map_sqlx)?;
+    let mut ads = Vec::with_capacity(rows.len());
+    for r in rows {
+        let spec: String = r.try_get("spec").map_err(map_sqlx)?;
+        let mut a: BgpAd =
+            serde_json::from_str(&spec).map_err(|e| unreadable("BGPAdvertisement", e))?;
+        a.cluster = r.try_get("cluster").map_err(map_sqlx)?;
+        a.name = r.try_get("name").map_err(map_sqlx)?;
+        ads.push(a);
+    }
+    Ok(ads)
+}

@@ -200,6 +200,12 @@ impl LeaseStore for SqlStore {
                 check_allowance(&pool, c, &allowed)?;
             }
             pool::check_overlaps(&pool, &existing)?;
+            let except = match caller {
+                Caller::Cluster(c) => Some(c.as_str()),
+                _ => None,
+            };
+            let ads = super::cluster::bgp_advertisements(conn).await?;
+            crate::bgp::fits_advertisements(&pool, &ads, except)?;
             let now = now_ms();
             let json = serde_json::to_string(&pool.spec).map_err(|e| Error::Internal(e.to_string()))?;
             sqlx::query(
