@@ -525,15 +525,27 @@ async fn load_l2_ads(conn: &mut AnyConnection) -> Result<Vec<L2Ad>> {
             .await
             .map_err(map_sqlx)?;
     let mut ads = Vec::with_capacity(rows.len());
-    for r in rows {
-        let spec: String = r.try_get("spec").map_err(map_sqlx)?;
-        let mut ad: L2Ad =
-            serde_json::from_str(&spec).map_err(|e| unreadable("L2Advertisement", e))?;
-        ad.cluster = r.try_get("cluster").map_err(map_sqlx)?;
-        ad.name = r.try_get("name").map_err(map_sqlx)?;
-        ads.push(ad);
+    for r in &rows {
+        let (cluster, name, ad) = named::<L2Ad>(r, "L2Advertisement")?;
+        ads.push(L2Ad {
+            cluster,
+            name,
+            ..ad
+        });
     }
     Ok(ads)
+}
+
+/// A row's cluster, name and spec (stored as JSON), for the tables of named objects.
+fn named<T: serde::de::DeserializeOwned>(
+    r: &sqlx::any::AnyRow,
+    what: &str,
+) -> Result<(String, String, T)> {
+    let spec: String = r.try_get("spec").map_err(map_sqlx)?;
+    let value = serde_json::from_str(&spec).map_err(|e| unreadable(what, e))?;
+    let cluster = r.try_get("cluster").map_err(map_sqlx)?;
+    let name = r.try_get("name").map_err(map_sqlx)?;
+    Ok((cluster, name, value))
 }
 
 /// Every cluster's BGPAdvertisements, for the pools' side of the aggregation rule.
@@ -544,13 +556,13 @@ pub(super) async fn bgp_advertisements(conn: &mut AnyConnection) -> Result<Vec<B
         .await
         .map_err(map_sqlx)?;
     let mut ads = Vec::with_capacity(rows.len());
-    for r in rows {
-        let spec: String = r.try_get("spec").map_err(map_sqlx)?;
-        let mut a: BgpAd =
-            serde_json::from_str(&spec).map_err(|e| unreadable("BGPAdvertisement", e))?;
-        a.cluster = r.try_get("cluster").map_err(map_sqlx)?;
-        a.name = r.try_get("name").map_err(map_sqlx)?;
-        ads.push(a);
+    for r in &rows {
+        let (cluster, name, ad) = named::<BgpAd>(r, "BGPAdvertisement")?;
+        ads.push(BgpAd {
+            cluster,
+            name,
+            ..ad
+        });
     }
     Ok(ads)
 }
