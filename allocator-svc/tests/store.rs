@@ -838,3 +838,41 @@ async fn batched_writes_match_the_writers_memory() {
         assert_eq!(a, b, "allocation {i}");
     }
 }
+
+/// A database that takes no writes, as a hot standby (or a primary being demoted) does: calls
+/// are UNAVAILABLE, to be tried again elsewhere or later, not INTERNAL.
+#[tokio::test]
+async fn a_read_only_database_is_unavailable_not_internal() {
+    let db = common::pg_db();
+    let store = common::open(&db).await;
+    apply(&store, spec("p", &["10.0.0.0/29"])).await;
+    let name = db
+        .url
+        .rsplit('/')
+        .next()
+        .expect("a database name")
+        .to_string();
+    let sql = format!(
+        "ALTER DATABASE {name} SET default_transaction_read_only = on; \
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+    );
+    let out = std::process::Command::new("psql")
+        .args([&format!("{}/postgres", common::pg_base()), "-qc", &sql])
+        .output()
+        .expect("psql");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The first calls may meet the connections just cut; then every session is read-only.
+    let mut last = None;
+    for _ in 0..20 {
+        match store.allocate(&c1(), svc("d", "web")).await {
+            Err(Error::Unavailable(m)) if m.contains("read-only") => return,
+            other => last = Some(format!("{other:?}")),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("a read-only database never answered UNAVAILABLE: last {last:?}");
+}

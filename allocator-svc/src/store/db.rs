@@ -158,17 +158,19 @@ pub(super) fn map_sqlx(e: sqlx::Error) -> Error {
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed
         | sqlx::Error::Protocol(_) => Error::Unavailable(e.to_string()),
-        sqlx::Error::Database(db) => {
-            let code = db.code().unwrap_or_default();
-            // 08: connection exceptions; 57P0x: the server is shutting down or starting.
-            if code.starts_with("08") || code.starts_with("57P") {
-                Error::Unavailable(db.message().to_string())
-            } else {
-                Error::Internal(db.message().to_string())
-            }
+        sqlx::Error::Database(db) if unavailable(&db.code().unwrap_or_default()) => {
+            Error::Unavailable(db.message().to_string())
         }
+        sqlx::Error::Database(db) => Error::Internal(db.message().to_string()),
         _ => Error::Internal(e.to_string()),
     }
+}
+
+/// Whether a SQLSTATE says the database cannot serve writes now, though it may soon: 08,
+/// connection exceptions; 57P0x, the server shutting down or starting; 25006, a read-only
+/// transaction (a standby, or a primary being demoted, answered).
+fn unavailable(code: &str) -> bool {
+    code.starts_with("08") || code.starts_with("57P") || code == "25006"
 }
 
 /// How often a transaction that lost a race runs again before the call fails.
@@ -476,7 +478,17 @@ pub(super) fn corrupt(what: &str) -> TxError {
 
 #[cfg(test)]
 mod race_tests {
-    use super::Race;
+    use super::{Race, unavailable};
+
+    #[test]
+    fn a_standby_or_a_server_going_away_is_unavailable_not_internal() {
+        for code in ["25006", "08006", "08001", "57P01", "57P03"] {
+            assert!(unavailable(code), "{code}");
+        }
+        for code in ["23505", "40001", "42P01", "25P02", ""] {
+            assert!(!unavailable(code), "{code}");
+        }
+    }
 
     #[test]
     fn constraints_name_the_race() {
