@@ -46,9 +46,25 @@ impl TlsArgs {
         }
     }
 
+    /// The client security of `who`, from a token or certificate files; a certificate that
+    /// names anybody else is refused (the allocator would act on nothing of theirs).
+    pub async fn client_as(
+        &self,
+        token: &TokenArgs,
+        who: Principal,
+    ) -> Result<ClientSecurity, String> {
+        let (security, me) = self.client_with_token(token, who.clone()).await?;
+        match me {
+            Some(me) if me != who => Err(format!(
+                "the certificate is {me}'s, not {who}'s: give each its own certificate"
+            )),
+            _ => Ok(security),
+        }
+    }
+
     /// A part that may get its certificate for a ServiceAccount token (`token`) as `who`:
     /// the exchange made and its renewal started, or the flags' files.
-    pub async fn client_with_token(
+    async fn client_with_token(
         &self,
         token: &TokenArgs,
         who: Principal,

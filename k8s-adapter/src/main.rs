@@ -62,17 +62,10 @@ impl Args {
         let want = ferrolb_common::Principal::Adapter {
             cluster: self.cluster.clone(),
         };
-        let (security, me) = self
-            .tls
-            .client_with_token(&self.token, want.clone())
+        self.tls
+            .client_as(&self.token, want)
             .await
-            .unwrap_or_else(|e| fail(e));
-        if let Some(me) = me
-            && me != want
-        {
-            fail(format!("the certificate is {me}'s, not {want}'s"));
-        }
-        security
+            .unwrap_or_else(|e| fail(e))
     }
 
     async fn serve_metrics(&self, metrics: &Arc<Metrics>) {
