@@ -846,24 +846,13 @@ async fn a_read_only_database_is_unavailable_not_internal() {
     let db = common::pg_db();
     let store = common::open(&db).await;
     apply(&store, spec("p", &["10.0.0.0/29"])).await;
-    let name = db
-        .url
-        .rsplit('/')
-        .next()
-        .expect("a database name")
-        .to_string();
-    let sql = format!(
-        "ALTER DATABASE {name} SET default_transaction_read_only = on; \
-         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
-    );
-    let out = std::process::Command::new("psql")
-        .args([&format!("{}/postgres", common::pg_base()), "-qc", &sql])
-        .output()
-        .expect("psql");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let name = db.name();
+    db.psql(
+        "postgres",
+        &format!(
+            "ALTER DATABASE {name} SET default_transaction_read_only = on; \
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+        ),
     );
     // The first calls may meet the connections just cut; then every session is read-only.
     let mut last = None;
@@ -875,4 +864,40 @@ async fn a_read_only_database_is_unavailable_not_internal() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     panic!("a read-only database never answered UNAVAILABLE: last {last:?}");
+}
+
+/// A batch whose commit fails leaves nothing behind in the writer's memory, even when another
+/// replica meanwhile moves the store's revision by exactly as much as the failed batch would
+/// have: the owner's next Allocate writes its lease, and no address is given twice.
+#[tokio::test]
+async fn a_failed_commit_leaves_no_ghost_lease() {
+    let db = common::pg_db();
+    let a = common::open(&db).await;
+    let b = common::open(&db).await;
+    apply(&a, spec("p", &["10.0.0.0/29"])).await;
+    alloc(&a, svc("d", "first")).await;
+    // A check that PostgreSQL runs only at COMMIT refuses the ghost's lease row.
+    db.psql(
+        db.name(),
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE EXCEPTION 'commit refused by the test'; END $$; \
+         CREATE CONSTRAINT TRIGGER refuse_ghost AFTER INSERT ON leases \
+         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW \
+         WHEN (NEW.owner_key LIKE '%ghost%') EXECUTE FUNCTION refuse()",
+    );
+    let failed = a.allocate(&c1(), svc("d", "ghost")).await;
+    assert!(
+        failed.is_err(),
+        "the refused commit was acknowledged: {failed:?}"
+    );
+    // The other replica moves the revision by one allocation, as the failed batch would have.
+    let other = first_ip(&b, svc("d", "other")).await;
+    db.psql(db.name(), "DROP TRIGGER refuse_ghost ON leases");
+    let ghost = first_ip(&a, svc("d", "ghost")).await;
+    assert_ne!(ghost, other, "one address was given to two owners");
+    let stored = b
+        .get_lease(&c1(), &svc("d", "ghost").owner)
+        .await
+        .expect("the acknowledged lease is in the database");
+    assert_eq!(stored.ips(), vec![ip(&ghost)]);
 }

@@ -8,6 +8,12 @@
 //! flush and every acknowledged change is durable. If anything fails in the database, nothing of
 //! the batch is kept, every call in it gets the error, and the in-memory state is rebuilt from the
 //! database before the next batch.
+//!
+//! A batch commits in the background while the next one starts; the next one, once it holds the
+//! write lock, waits for that commit's outcome and keeps the state in memory only if it
+//! committed. The revision alone cannot tell: another replica may have moved it by exactly as
+//! much as the failed batch would have, and the state would then answer from leases that were
+//! never written.
 
 use std::sync::Arc;
 
@@ -69,6 +75,7 @@ pub(super) fn spawn(core: Arc<Core>) -> mpsc::Sender<Job> {
     let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
     tokio::spawn(async move {
         let mut state: Option<State> = None;
+        let mut committing: Option<Committed> = None;
         while let Some(first) = rx.recv().await {
             let mut jobs = vec![first];
             while jobs.len() < MAX_BATCH {
@@ -77,24 +84,36 @@ pub(super) fn spawn(core: Arc<Core>) -> mpsc::Sender<Job> {
                     Err(_) => break,
                 }
             }
-            run(&core, &mut state, jobs).await;
+            committing = run(&core, &mut state, committing, jobs).await;
         }
     });
     tx
 }
 
+/// Whether the batch before this one committed; it says so once its commit has ended.
+type Committed = oneshot::Receiver<bool>;
+
 /// Decides a batch, then commits it in the background: the next batch starts on another
-/// connection at once, and its write lock waits for this commit. Should this commit fail, the
-/// next batch finds the store behind its state and reloads it.
-async fn run(core: &Arc<Core>, cached: &mut Option<State>, jobs: Vec<Job>) {
+/// connection at once, and its write lock waits for this commit. Returns how to learn whether
+/// this batch committed; should it not, the next batch reloads the state.
+async fn run(
+    core: &Arc<Core>,
+    cached: &mut Option<State>,
+    previous: Option<Committed>,
+    jobs: Vec<Job>,
+) -> Option<Committed> {
     let started = std::time::Instant::now();
-    match batch(core, cached.take(), &jobs).await {
+    match batch(core, cached.take(), previous, &jobs).await {
         Ok((state, answers, tx)) => {
             let revision = state.revision();
             *cached = Some(state);
             let core = Arc::clone(core);
+            let (committed, outcome) = oneshot::channel();
             tokio::spawn(async move {
-                match tx.commit().await {
+                let done = tx.commit().await;
+                // The next batch may be waiting on this to trust its state.
+                let _ = committed.send(done.is_ok());
+                match done {
                     Ok(()) => {
                         tracing::debug!(calls = jobs.len(), took = ?started.elapsed(), "batch committed");
                         core.announce(revision);
@@ -103,8 +122,12 @@ async fn run(core: &Arc<Core>, cached: &mut Option<State>, jobs: Vec<Job>) {
                     Err(e) => fail_all(jobs, TxError::from(e)),
                 }
             });
+            Some(outcome)
         }
-        Err(e) => fail_all(jobs, e),
+        Err(e) => {
+            fail_all(jobs, e);
+            None
+        }
     }
 }
 
@@ -145,11 +168,18 @@ fn failed(job: &Job, e: Error) -> Answer {
 /// Decides every job and writes what changed; the caller commits.
 async fn batch(
     core: &Core,
-    cached: Option<State>,
+    mut cached: Option<State>,
+    previous: Option<Committed>,
     jobs: &[Job],
 ) -> Result<(State, Vec<Answer>, sqlx::Transaction<'static, sqlx::Any>), TxError> {
     let mut tx = core.db.begin().await?;
     let (revision, pools_version) = write_lock(&mut tx, core.dialect).await?;
+    // The lock is ours, so the previous batch's transaction has ended; how, its commit says.
+    if let Some(previous) = previous
+        && !previous.await.unwrap_or(false)
+    {
+        cached = None;
+    }
     let mut state = sync(core, &mut tx, cached, revision).await?;
     if state.pools_version() != Some(pools_version) {
         state.set_pools(load_pools(&mut tx).await?, pools_version);

@@ -85,6 +85,33 @@ pub fn sqlite_db() -> TestDb {
     }
 }
 
+impl TestDb {
+    /// The PostgreSQL database's name.
+    pub fn name(&self) -> &str {
+        self.name.as_deref().expect("a PostgreSQL test database")
+    }
+
+    /// Runs SQL as the superuser on the server, connected to `database`; fails the test with
+    /// psql's message if it fails.
+    pub fn psql(&self, database: &str, sql: &str) {
+        let out = Command::new("psql")
+            .args([
+                &format!("{}/{database}", pg_base()),
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-qc",
+                sql,
+            ])
+            .output()
+            .expect("psql");
+        assert!(
+            out.status.success(),
+            "psql: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 pub async fn open(db: &TestDb) -> SqlStore {
     SqlStore::connect(StoreOptions::new(db.url.clone()))
         .await
