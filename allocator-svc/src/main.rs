@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use ferrolb_allocator::server::{self, Config, Limits, Transport};
-use ferrolb_allocator::store::StoreOptions;
+use ferrolb_allocator::store::{DbTimeouts, StoreOptions};
 use ferrolb_common::args::TlsArgs;
 
 #[derive(Parser, Debug)]
@@ -98,6 +98,30 @@ struct Args {
     /// fails with UNAVAILABLE.
     #[arg(long, env = "FERROLB_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2_000)]
     db_acquire_timeout_ms: u64,
+    /// PostgreSQL's lock_timeout for the allocator's sessions, in milliseconds: the longest
+    /// wait for the writer lock.
+    #[arg(long, env = "FERROLB_DB_LOCK_TIMEOUT_MS", default_value_t = 8_000)]
+    db_lock_timeout_ms: u64,
+    /// PostgreSQL's statement_timeout, in milliseconds; the writer also gives up on a server
+    /// that has not answered after this.
+    #[arg(
+        long,
+        env = "FERROLB_DB_STATEMENT_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    db_statement_timeout_ms: u64,
+    /// PostgreSQL's idle_in_transaction_session_timeout, in milliseconds: a replica stalled or
+    /// cut off inside its transaction loses its session (and the writer lock) after this.
+    #[arg(
+        long,
+        env = "FERROLB_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+        default_value_t = 5_000
+    )]
+    db_idle_in_transaction_timeout_ms: u64,
+    /// Seconds of silence after which PostgreSQL probes the connection (TCP keepalive); it
+    /// drops the connection after three unanswered probes a third of this apart.
+    #[arg(long, env = "FERROLB_DB_KEEPALIVE_SECONDS", default_value_t = 10)]
+    db_keepalive_seconds: u64,
     /// Seconds during which a released address is offered back to its last owner first.
     #[arg(long, env = "FERROLB_RELEASE_GRACE_SECONDS", default_value_t = 3600)]
     release_grace_seconds: u64,
@@ -121,10 +145,30 @@ struct Args {
 }
 
 impl Args {
+    fn db_timeouts(&self) -> Result<DbTimeouts, String> {
+        let ms = |v: u64, flag: &str| {
+            if v == 0 {
+                Err(format!("--{flag} must be at least 1"))
+            } else {
+                Ok(Duration::from_millis(v))
+            }
+        };
+        Ok(DbTimeouts {
+            lock: ms(self.db_lock_timeout_ms, "db-lock-timeout-ms")?,
+            statement: ms(self.db_statement_timeout_ms, "db-statement-timeout-ms")?,
+            idle_in_transaction: ms(
+                self.db_idle_in_transaction_timeout_ms,
+                "db-idle-in-transaction-timeout-ms",
+            )?,
+            keepalive: ms(self.db_keepalive_seconds, "db-keepalive-seconds")? * 1000,
+        })
+    }
+
     fn config(self) -> Result<Config, String> {
         let transport = self.transport()?;
         let bootstrap = self.bootstrap()?;
         let sealer = std::sync::Arc::new(self.sealer()?);
+        let timeouts = self.db_timeouts()?;
         let url = match self.database_url {
             Some(url) => url,
             None => {
@@ -155,6 +199,7 @@ impl Args {
         let mut store = StoreOptions::new(url);
         store.max_connections = self.db_max_connections.max(1);
         store.acquire_timeout = Duration::from_millis(self.db_acquire_timeout_ms);
+        store.timeouts = timeouts;
         store.release_grace = Duration::from_secs(self.release_grace_seconds);
         store.sealer = sealer;
         store.client_limits = ferrolb_allocator::state::ClientLimits {

@@ -385,31 +385,18 @@ fn spawn_background(
         }
     });
     tokio::spawn(async move {
+        let mut writable = store.writable();
         let mut tick = tokio::time::interval(REFRESH);
         let mut serving = None;
         loop {
-            tick.tick().await;
-            let up = store.ping().await.is_ok();
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = writable.changed() => {}
+            }
+            let up = *writable.borrow_and_update() && store.ping().await.is_ok();
             serving_flag.store(up, Ordering::Relaxed);
             if serving != Some(up) {
-                let status = if up {
-                    ServingStatus::Serving
-                } else {
-                    ServingStatus::NotServing
-                };
-                for service in [
-                    "",
-                    "ferrolb.v1.IpamService",
-                    "ferrolb.v1.ClusterStateService",
-                    "ferrolb.v1.AnnouncerService",
-                ] {
-                    health.set_service_status(service, status).await;
-                }
-                if up {
-                    tracing::info!("database reachable");
-                } else {
-                    tracing::warn!("database unreachable: calls fail with UNAVAILABLE");
-                }
+                set_health(&health, up).await;
                 serving = Some(up);
             }
             if up && let Ok(stats) = store.stats(None).await {
@@ -417,4 +404,26 @@ fn spawn_background(
             }
         }
     });
+}
+
+/// Every service's health: SERVING while the store takes writes.
+async fn set_health(health: &tonic_health::server::HealthReporter, up: bool) {
+    let status = if up {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    for service in [
+        "",
+        "ferrolb.v1.IpamService",
+        "ferrolb.v1.ClusterStateService",
+        "ferrolb.v1.AnnouncerService",
+    ] {
+        health.set_service_status(service, status).await;
+    }
+    if up {
+        tracing::info!("database reachable and writable");
+    } else {
+        tracing::warn!("database unreachable or not writable: calls fail with UNAVAILABLE");
+    }
 }

@@ -855,15 +855,59 @@ async fn a_read_only_database_is_unavailable_not_internal() {
         ),
     );
     // The first calls may meet the connections just cut; then every session is read-only.
-    let mut last = None;
+    let mut answers = Vec::new();
     for _ in 0..20 {
         match store.allocate(&c1(), svc("d", "web")).await {
-            Err(Error::Unavailable(m)) if m.contains("read-only") => return,
-            other => last = Some(format!("{other:?}")),
+            Err(Error::Unavailable(m)) if m.contains("read-only") => break,
+            other => answers.push(format!("{other:?}")),
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    panic!("a read-only database never answered UNAVAILABLE: last {last:?}");
+    assert!(
+        answers.len() < 20,
+        "a read-only database never answered UNAVAILABLE: {answers:?}"
+    );
+    // The store says it cannot take writes (health turns NOT_SERVING on this), and says it can
+    // again by itself once the database takes writes.
+    let mut writable = store.writable();
+    until(&mut writable, false).await;
+    db.psql(
+        "postgres",
+        &format!("ALTER DATABASE {name} RESET default_transaction_read_only"),
+    );
+    until(&mut writable, true).await;
+    alloc(&store, svc("d", "web")).await;
+}
+
+/// Waits at most 3 s for the store's writable flag to read `want`.
+async fn until(writable: &mut tokio::sync::watch::Receiver<bool>, want: bool) {
+    tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        writable.wait_for(|w| *w == want),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("the store never said writable={want}"))
+    .expect("the store is gone");
+}
+
+/// A URL that names several hosts finds the one that takes writes, whatever the order.
+#[tokio::test]
+async fn the_writable_host_is_found_among_several() {
+    let db = common::pg_db();
+    let (head, tail) = db.url.split_once('@').expect("a user in the test URL");
+    let (_, path) = tail.split_once('/').expect("a database in the test URL");
+    let host = &tail[..tail.len() - path.len() - 1];
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a port")
+        .port();
+    let url = format!("{head}@127.0.0.1:{dead},{host}/{path}?target_session_attrs=read-write");
+    let store = SqlStore::connect(ferrolb_allocator::store::StoreOptions::new(url))
+        .await
+        .expect("the second host takes writes");
+    apply(&store, spec("p", &["10.0.0.0/29"])).await;
+    assert_eq!(first_ip(&store, svc("d", "web")).await, "10.0.0.0");
+    assert!(*store.writable().borrow());
 }
 
 /// A batch whose commit fails leaves nothing behind in the writer's memory, even when another

@@ -103,14 +103,24 @@ async fn run(
     jobs: Vec<Job>,
 ) -> Option<Committed> {
     let started = std::time::Instant::now();
-    match batch(core, cached.take(), previous, &jobs).await {
+    // A server that stops answering must not hold every call of this replica.
+    let bound = core.timeouts.statement;
+    let decided =
+        match tokio::time::timeout(bound, batch(core, cached.take(), previous, &jobs)).await {
+            Ok(decided) => decided,
+            Err(_) => Err(TxError::Fail(no_answer(bound))),
+        };
+    match decided {
         Ok((state, answers, tx)) => {
             let revision = state.revision();
             *cached = Some(state);
             let core = Arc::clone(core);
             let (committed, outcome) = oneshot::channel();
             tokio::spawn(async move {
-                let done = tx.commit().await;
+                let done = match tokio::time::timeout(bound, tx.commit()).await {
+                    Ok(done) => done.map_err(TxError::from),
+                    Err(_) => Err(TxError::Fail(no_answer(bound))),
+                };
                 // The next batch may be waiting on this to trust its state.
                 let _ = committed.send(done.is_ok());
                 match done {
@@ -119,7 +129,7 @@ async fn run(
                         core.announce(revision);
                         deliver(jobs, answers);
                     }
-                    Err(e) => fail_all(jobs, TxError::from(e)),
+                    Err(e) => fail_all(jobs, e),
                 }
             });
             Some(outcome)
@@ -129,6 +139,10 @@ async fn run(
             None
         }
     }
+}
+
+fn no_answer(bound: std::time::Duration) -> Error {
+    Error::Unavailable(format!("the database did not answer within {bound:?}"))
 }
 
 /// Nothing of the batch was committed, whatever each call decided inside it.

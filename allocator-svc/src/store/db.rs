@@ -12,6 +12,7 @@ use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
 use tokio::sync::watch;
 
+use super::primary::{Hosts, Primary};
 use crate::error::{Error, Result};
 use crate::lease::{EventKind, Lease};
 use crate::secrets::Sealer;
@@ -27,11 +28,14 @@ pub enum Dialect {
 /// How a store connects and behaves.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
-    /// `postgres://…` or `sqlite://…`; a password in it never reaches a log or an error.
+    /// `postgres://…` (one host, or several to find the primary among) or `sqlite://…`; a
+    /// password in it never reaches a log or an error.
     pub url: Secret,
     pub max_connections: u32,
     /// How long a call waits for a database connection before it fails with UNAVAILABLE.
     pub acquire_timeout: Duration,
+    /// What PostgreSQL lets one of this replica's sessions take.
+    pub timeouts: DbTimeouts,
     /// How long a released address is offered back to its last owner first.
     pub release_grace: Duration,
     /// What one external client may hold.
@@ -46,10 +50,64 @@ impl StoreOptions {
             url: Secret::new(url),
             max_connections: 16,
             acquire_timeout: Duration::from_secs(2),
+            timeouts: DbTimeouts::default(),
             release_grace: Duration::from_secs(3600),
             client_limits: ClientLimits::default(),
             sealer: Arc::new(Sealer::ephemeral()),
         }
+    }
+}
+
+/// Bounds PostgreSQL puts on each of the allocator's sessions, so that a replica that stalls or
+/// is cut off while it holds the writer lock cannot hold up the others for long.
+#[derive(Debug, Clone, Copy)]
+pub struct DbTimeouts {
+    /// `lock_timeout`: the longest wait for a lock (the writer lock above all).
+    pub lock: Duration,
+    /// `statement_timeout`: the longest statement; the batch worker also gives up on its
+    /// connection after this, should the server not answer at all.
+    pub statement: Duration,
+    /// `idle_in_transaction_session_timeout`: a session that holds a transaction open without
+    /// a statement (its replica stopped or cut off) is ended after this, its locks released.
+    pub idle_in_transaction: Duration,
+    /// `tcp_keepalives_idle`: the server probes a silent connection after this; it gives up
+    /// after three more probes, a third of it apart (`tcp_user_timeout` likewise).
+    pub keepalive: Duration,
+}
+
+impl Default for DbTimeouts {
+    fn default() -> DbTimeouts {
+        DbTimeouts {
+            lock: Duration::from_secs(8),
+            statement: Duration::from_secs(10),
+            idle_in_transaction: Duration::from_secs(5),
+            keepalive: Duration::from_secs(10),
+        }
+    }
+}
+
+impl DbTimeouts {
+    /// One statement that sets the bounds (and a name the sessions can be told by) on a new
+    /// session.
+    fn session_sql(&self) -> String {
+        let ms = |d: Duration| d.as_millis().max(1);
+        let idle = self.keepalive.as_secs().max(1);
+        format!(
+            "SELECT set_config('lock_timeout', '{}ms', false), \
+             set_config('statement_timeout', '{}ms', false), \
+             set_config('idle_in_transaction_session_timeout', '{}ms', false), \
+             set_config('tcp_keepalives_idle', '{idle}', false), \
+             set_config('tcp_keepalives_interval', '{}', false), \
+             set_config('tcp_keepalives_count', '3', false), \
+             set_config('tcp_user_timeout', '{}', false), \
+             set_config('application_name', 'ferrolb-allocator/{}', false)",
+            ms(self.lock),
+            ms(self.statement),
+            ms(self.idle_in_transaction),
+            (idle / 3).max(1),
+            idle * 2 * 1000,
+            std::process::id(),
+        )
     }
 }
 
@@ -168,9 +226,12 @@ pub(super) fn map_sqlx(e: sqlx::Error) -> Error {
 
 /// Whether a SQLSTATE says the database cannot serve writes now, though it may soon: 08,
 /// connection exceptions; 57P0x, the server shutting down or starting; 25006, a read-only
-/// transaction (a standby, or a primary being demoted, answered).
+/// transaction (a standby, or a primary being demoted, answered); 55P03 and 57014, a lock or
+/// statement that ran past its timeout; 25P03, a session ended for idling in its transaction.
 fn unavailable(code: &str) -> bool {
-    code.starts_with("08") || code.starts_with("57P") || code == "25006"
+    code.starts_with("08")
+        || code.starts_with("57P")
+        || matches!(code, "25006" | "55P03" | "57014" | "25P03")
 }
 
 /// How often a transaction that lost a race runs again before the call fails.
@@ -200,6 +261,9 @@ pub(super) fn now_ms() -> i64 {
 pub struct Core {
     pub(super) db: AnyPool,
     pub(super) dialect: Dialect,
+    /// The PostgreSQL host the pool uses and whether it takes writes.
+    pub(super) primary: Option<Arc<Primary>>,
+    pub(super) timeouts: DbTimeouts,
     pub(super) grace_ms: i64,
     pub(super) client_limits: ClientLimits,
     sealer: Arc<Sealer>,
@@ -284,10 +348,18 @@ impl Core {
             // One writer at a time is SQLite's model; one connection avoids busy errors.
             Dialect::Sqlite => 1,
         };
-        let db = AnyPoolOptions::new()
-            .max_connections(max)
-            .acquire_timeout(opts.acquire_timeout)
-            .connect(url)
+        let primary = match dialect {
+            Dialect::Postgres => {
+                let hosts = Hosts::parse(url)?;
+                let i = hosts.find_writable().await.map_err(|why| {
+                    Error::Unavailable(format!("no database server takes writes: {why}"))
+                })?;
+                Some(Arc::new(Primary::new(hosts, i)))
+            }
+            Dialect::Sqlite => None,
+        };
+        let db = pool_options(dialect, max, opts, primary.clone())
+            .connect(primary.as_ref().map_or(url, |p| p.current_url().expose()))
             .await
             .map_err(map_sqlx)?;
         let migrated = match dialect {
@@ -295,6 +367,9 @@ impl Core {
             Dialect::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&db).await,
         };
         migrated.map_err(|e| Error::Unavailable(format!("migrating the schema: {e}")))?;
+        if dialect == Dialect::Postgres {
+            super::primary::warn_if_acknowledged_writes_can_be_lost(&db).await;
+        }
         let rev: i64 = sqlx::query_scalar("SELECT value FROM revision WHERE id = 1")
             .fetch_one(&db)
             .await
@@ -306,9 +381,14 @@ impl Core {
                 .await
                 .map_err(map_sqlx)?;
         let (cluster_changes, _) = watch::channel(cluster_rev as u64);
+        if let Some(p) = &primary {
+            tokio::spawn(super::primary::supervise(Arc::clone(p), db.clone()));
+        }
         Ok(Arc::new(Core {
             db,
             dialect,
+            primary,
+            timeouts: opts.timeouts,
             grace_ms: opts.release_grace.as_millis() as i64,
             client_limits: opts.client_limits,
             sealer: Arc::clone(&opts.sealer),
@@ -317,49 +397,102 @@ impl Core {
         }))
     }
 
-    /// Other replicas announce each commit with NOTIFY; this wakes local watchers.
-    pub(super) fn follow_notifications(&self, url: Secret) {
+    /// Other replicas announce each commit with NOTIFY; this wakes local watchers. The
+    /// listener follows the primary: it listens again on the new one after a switch.
+    pub(super) fn follow_notifications(&self) {
+        let Some(primary) = self.primary.clone() else {
+            return;
+        };
         let changes = self.changes.clone();
         let cluster_changes = self.cluster_changes.clone();
         tokio::spawn(async move {
+            let mut switched = primary.generation();
             loop {
-                match sqlx::postgres::PgListener::connect(url.expose()).await {
-                    Ok(mut listener) => {
-                        if let Err(e) = listener.listen_all([NOTIFY_CHANNEL, CLUSTER_CHANNEL]).await
-                        {
-                            tracing::warn!(error = %e, "LISTEN failed");
-                        } else {
-                            loop {
-                                match listener.recv().await {
-                                    Ok(n) => {
-                                        let to = if n.channel() == CLUSTER_CHANNEL {
-                                            &cluster_changes
-                                        } else {
-                                            &changes
-                                        };
-                                        if let Ok(rev) = n.payload().parse::<u64>() {
-                                            advance(to, rev);
-                                        }
-                                    }
-                                    Err(e) => {
-                                        tracing::warn!(error = %e, "lost the notification connection");
-                                        break;
-                                    }
-                                }
-                            }
-                        }
+                switched.mark_unchanged();
+                let url = primary.current_url().clone();
+                tokio::select! {
+                    why = listen(url.expose(), &changes, &cluster_changes) => {
+                        tracing::warn!(error = %why, "lost the notification connection");
                     }
-                    Err(e) => tracing::debug!(error = %e, "notification connection failed"),
+                    _ = switched.changed() => {}
                 }
                 if changes.is_closed() {
                     return;
                 }
-                // The connection broke: wake watchers so they re-read, then reconnect.
+                // Notifications may have been missed: wake watchers so they re-read.
                 changes.send_modify(|_| {});
                 cluster_changes.send_modify(|_| {});
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
+    }
+
+    /// Whether the store can take writes now, as its supervisor last saw; SQLite always can.
+    pub fn writable(&self) -> watch::Receiver<bool> {
+        match &self.primary {
+            Some(p) => p.writable(),
+            None => watch::channel(true).1,
+        }
+    }
+}
+
+/// How the pool makes and hands out connections: each PostgreSQL session gets the timeouts,
+/// and connections made before the primary moved are dropped instead of used.
+fn pool_options(
+    dialect: Dialect,
+    max: u32,
+    opts: &StoreOptions,
+    primary: Option<Arc<Primary>>,
+) -> AnyPoolOptions {
+    let pool = AnyPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(opts.acquire_timeout);
+    if dialect == Dialect::Sqlite {
+        return pool;
+    }
+    let setup: Arc<str> = opts.timeouts.session_sql().into();
+    pool.after_connect(move |conn, _| {
+        let setup = Arc::clone(&setup);
+        Box::pin(async move {
+            // Made of numbers from the configuration and the process id only.
+            let sql = sqlx::AssertSqlSafe(setup.to_string());
+            sqlx::raw_sql(sql).execute(&mut *conn).await?;
+            Ok(())
+        })
+    })
+    .before_acquire(move |_, meta| {
+        let stale = primary.as_ref().is_some_and(|p| p.stale(meta.age));
+        Box::pin(async move { Ok(!stale) })
+    })
+}
+
+/// Listens on both channels until the connection fails; returns why.
+async fn listen(
+    url: &str,
+    changes: &watch::Sender<u64>,
+    cluster_changes: &watch::Sender<u64>,
+) -> sqlx::Error {
+    let mut listener = match sqlx::postgres::PgListener::connect(url).await {
+        Ok(l) => l,
+        Err(e) => return e,
+    };
+    if let Err(e) = listener.listen_all([NOTIFY_CHANNEL, CLUSTER_CHANNEL]).await {
+        return e;
+    }
+    loop {
+        match listener.recv().await {
+            Ok(n) => {
+                let to = if n.channel() == CLUSTER_CHANNEL {
+                    cluster_changes
+                } else {
+                    changes
+                };
+                if let Ok(rev) = n.payload().parse::<u64>() {
+                    advance(to, rev);
+                }
+            }
+            Err(e) => return e,
+        }
     }
 }
 

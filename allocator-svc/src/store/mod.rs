@@ -18,6 +18,7 @@ mod allowances;
 mod batch;
 mod cluster;
 mod persist;
+mod primary;
 mod rows;
 mod sessions;
 mod sql;
@@ -25,7 +26,7 @@ mod sql;
 use std::future::Future;
 
 pub use cluster::{BgpKind, ClusterRows, Sessions};
-pub use db::{Dialect, StoreOptions};
+pub use db::{DbTimeouts, Dialect, StoreOptions};
 pub use sql::SqlStore;
 
 use crate::bgp::{BgpAd, BgpPeer, CommunitySet};

@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::allowances::{allowance_of, check_allowance};
 use super::batch;
 use super::db::{
-    Core, Dialect, MAX_ATTEMPTS, StoreOptions, TxError, fail, map_sqlx, next_revisions, now_ms,
+    Core, MAX_ATTEMPTS, StoreOptions, TxError, fail, map_sqlx, next_revisions, now_ms,
     pools_changed, record_event, stamp, write_lock,
 };
 use super::rows::{LeaseRow, corrupt, lease_of, load_pools, owner_rows};
@@ -42,9 +42,7 @@ impl SqlStore {
             batches: batch::spawn(Arc::clone(&core)),
             core,
         };
-        if store.dialect == Dialect::Postgres {
-            store.follow_notifications(opts.url.clone());
-        }
+        store.follow_notifications();
         Ok(store)
     }
 }
