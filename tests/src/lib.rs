@@ -3,8 +3,10 @@
 //! PostgreSQL, root) fails the test with the reason; nothing is skipped.
 #![allow(clippy::unwrap_used)]
 
+pub mod churn;
 pub mod fakekube;
 pub mod home;
+pub mod pg;
 pub mod routers;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -18,6 +20,7 @@ use ferrolb_proto::v1::ipam_service_client::IpamServiceClient;
 use tonic::transport::Channel;
 
 pub mod pki;
+pub use pg::PrivatePg;
 pub use pki::{Pki, identity, test_pki};
 
 /// A binary of the workspace, built by `cargo build --workspace --bins` (scripts/test does it).
@@ -55,13 +58,26 @@ pub struct Allocator {
     pub metrics: Option<SocketAddr>,
     /// Started in the development plaintext mode.
     pub plaintext: bool,
+    /// Where its standard error goes, when not to the test's.
+    pub stderr: Option<PathBuf>,
     _dir: Option<TempDir>,
+    _log_dir: Option<TempDir>,
 }
 
 impl Allocator {
     /// Starts an allocator on `database_url` (or its embedded store when `None`) with extra flags,
     /// and waits until it serves.
     pub fn start(database_url: Option<&str>, extra: &[&str]) -> Allocator {
+        Allocator::start_with_env(database_url, extra, &[])
+    }
+
+    /// As [`Allocator::start`], with environment variables set; with any, standard error goes
+    /// to the file [`Allocator::stderr`] names.
+    pub fn start_with_env(
+        database_url: Option<&str>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Allocator {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut cmd = Command::new(bin("ferrolb-allocator"));
@@ -82,8 +98,14 @@ impl Allocator {
                 "FERROLB_LOG",
                 std::env::var("FERROLB_E2E_LOG").unwrap_or_else(|_| "warn".into()),
             )
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .envs(env.iter().copied())
+            .stdout(Stdio::null());
+        let log_dir = (!env.is_empty()).then(|| TempDir::new("ferrolb-alloc-log"));
+        let stderr = log_dir.as_ref().map(|d| d.0.join("stderr.log"));
+        match &stderr {
+            Some(path) => cmd.stderr(std::fs::File::create(path).expect("a log file")),
+            None => cmd.stderr(Stdio::inherit()),
+        };
         let dir = match database_url {
             Some(url) => {
                 cmd.arg("--database-url").arg(url);
@@ -101,7 +123,9 @@ impl Allocator {
             addr,
             metrics: Some(metrics),
             plaintext,
+            stderr,
             _dir: dir,
+            _log_dir: log_dir,
         };
         wait_listening(addr, Duration::from_secs(30));
         a
@@ -220,6 +244,21 @@ pub async fn try_channel(url: &str, caller: &str, within: Duration) -> Result<Ch
         .map_err(|e| ferrolb_common::transport::error_chain(&e))
 }
 
+/// Whether the allocator at `url` says SERVING on its gRPC health service.
+pub async fn serving(url: &str) -> bool {
+    let mut health = tonic_health::pb::health_client::HealthClient::with_interceptor(
+        channel(url, "admin").await,
+        Caller::for_url(url, "admin"),
+    );
+    health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .is_ok_and(|r| {
+            r.into_inner().status
+                == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        })
+}
+
 /// An IPAM client that calls as `caller` (see [`channel`]).
 pub async fn client(url: &str, caller: &str) -> Client {
     IpamServiceClient::with_interceptor(channel(url, caller).await, Caller::for_url(url, caller))
@@ -323,121 +362,6 @@ pub fn psql(base: &str, sql: &str) {
         "psql on {base} failed (is PostgreSQL running? scripts/test starts it): {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// A PostgreSQL server of the test's own (initdb in a temporary directory, its own port), so a
-/// test can stop and start it without disturbing the others. Needs root (the server runs as the
-/// `postgres` user) and PostgreSQL's server binaries.
-pub struct PrivatePg {
-    pub port: u16,
-    dir: TempDir,
-    bindir: PathBuf,
-}
-
-impl PrivatePg {
-    pub fn start() -> PrivatePg {
-        let bindir = std::fs::read_dir("/usr/lib/postgresql")
-            .ok()
-            .and_then(|d| {
-                d.filter_map(|e| e.ok())
-                    .map(|e| e.path().join("bin"))
-                    .filter(|p| p.join("initdb").exists())
-                    .max()
-            })
-            .expect("PostgreSQL's server binaries (/usr/lib/postgresql/*/bin/initdb) are missing: install postgresql (scripts/test does)");
-        assert!(
-            Command::new("id")
-                .arg("-u")
-                .output()
-                .map(|o| o.stdout == b"0\n")
-                .unwrap_or(false),
-            "this test runs its own PostgreSQL server as the postgres user and needs root"
-        );
-        let dir = TempDir::new("ferrolb-pg");
-        let status = Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(&dir.0)
-            .status()
-            .expect("chown");
-        assert!(
-            status.success(),
-            "cannot hand {} to the postgres user",
-            dir.0.display()
-        );
-        let pg = PrivatePg {
-            port: free_port(),
-            dir,
-            bindir,
-        };
-        pg.as_postgres(&[
-            pg.bindir.join("initdb").to_str().unwrap(),
-            "-D",
-            pg.data().to_str().unwrap(),
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "--no-sync",
-        ]);
-        pg.ctl("start");
-        pg
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.0.join("data")
-    }
-
-    fn as_postgres(&self, args: &[&str]) {
-        let out = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .args(args)
-            .output()
-            .expect("runuser");
-        assert!(
-            out.status.success(),
-            "{args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// `pg_ctl start`, `stop` (fast shutdown: connections are cut) or `restart`.
-    pub fn ctl(&self, action: &str) {
-        let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=on",
-            self.port,
-            self.dir.0.display()
-        );
-        let log = self.dir.0.join("server.log");
-        self.as_postgres(&[
-            self.bindir.join("pg_ctl").to_str().unwrap(),
-            "-D",
-            self.data().to_str().unwrap(),
-            "-o",
-            &opts,
-            "-l",
-            log.to_str().unwrap(),
-            "-m",
-            "fast",
-            "-w",
-            action,
-        ]);
-    }
-
-    pub fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-}
-
-impl Drop for PrivatePg {
-    fn drop(&mut self) {
-        let _ = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(self.bindir.join("pg_ctl"))
-            .arg("-D")
-            .arg(self.data())
-            .args(["-m", "immediate", "stop"])
-            .output();
-    }
 }
 
 /// The `p`-th percentile (0..=100) of sorted samples.
