@@ -113,9 +113,13 @@ const SETTLE: Duration = Duration::from_millis(5);
 const RECHECK: Duration = Duration::from_secs(1);
 
 /// Starts the recompute loop; the receiver always holds the latest view.
-pub fn spawn(store: Arc<SqlStore>, ignore_exclude_label: bool) -> watch::Receiver<Arc<View>> {
+pub fn spawn(
+    store: Arc<SqlStore>,
+    ignore_exclude_label: bool,
+    critical: &ferrolb_common::process::Critical,
+) -> watch::Receiver<Arc<View>> {
     let (tx, rx) = watch::channel(Arc::new(View::default()));
-    tokio::spawn(async move {
+    critical.spawn("the announcement loop", async move {
         let mut lease_changes = store.subscribe();
         let mut cluster_changes = store.subscribe_cluster();
         let mut cache = Cache::default();

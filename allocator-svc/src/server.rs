@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use ferrolb_common::process::Critical;
 use ferrolb_common::tls::{Credentials, TlsFiles};
 use ferrolb_common::transport::{self, Security};
 
@@ -99,6 +100,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
+    let critical = config.store.critical.clone();
     let store = Arc::new(connect_with_retry(&config.store).await);
     let metrics = Arc::new(Metrics::new());
     let listener = TcpListener::bind(config.listen)
@@ -117,19 +119,20 @@ pub async fn run(
     spawn_background(
         Arc::clone(&store),
         Arc::clone(&metrics),
-        health,
+        health.clone(),
         Arc::clone(&serving),
         &config,
     );
 
     let (reflection_v1, reflection_v1alpha) = reflection()?;
 
-    let view = crate::assignments::spawn(Arc::clone(&store), config.ignore_exclude_label);
+    let view =
+        crate::assignments::spawn(Arc::clone(&store), config.ignore_exclude_label, &critical);
     let announcers = announcers(&store, &view, &metrics, &config);
 
     let limits = &config.limits;
     let max = limits.max_message_bytes;
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .max_concurrent_streams(limits.max_streams_per_connection)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
@@ -159,9 +162,16 @@ pub async fn run(
             IpamServiceServer::new(Ipam::new(store, metrics, limits.max_watches_per_identity))
                 .max_decoding_message_size(max),
         )
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .map_err(|e| format!("gRPC server failed: {e}"))?;
+        .serve_with_incoming_shutdown(incoming, shutdown);
+    tokio::select! {
+        served = server => served.map_err(|e| format!("gRPC server failed: {e}"))?,
+        // A replica without one of its parts must not go on saying it serves.
+        why = critical.failed() => {
+            serving.store(false, Ordering::Relaxed);
+            set_health(&health, false).await;
+            return Err(format!("stopping: {why}"));
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -180,7 +190,11 @@ fn announcers(
         crate::cluster::random_u64()
     )
     .into();
-    spawn_session_refresh(Arc::clone(store), Arc::clone(&replica));
+    spawn_session_refresh(
+        Arc::clone(store),
+        Arc::clone(&replica),
+        &config.store.critical,
+    );
     Announcers::new(
         Arc::clone(store),
         view.clone(),
@@ -329,8 +343,8 @@ const BOOTSTRAP_IN_FLIGHT: usize = 64;
 const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Keeps the sessions this replica holds from expiring, and expires those of dead replicas.
-fn spawn_session_refresh(store: Arc<SqlStore>, replica: Arc<str>) {
-    tokio::spawn(async move {
+fn spawn_session_refresh(store: Arc<SqlStore>, replica: Arc<str>, critical: &Critical) {
+    critical.spawn("the announcer session refresh", async move {
         let mut tick = tokio::time::interval(SESSION_TTL / 5);
         loop {
             tick.tick().await;
@@ -368,9 +382,10 @@ fn spawn_background(
     serving_flag: Arc<AtomicBool>,
     config: &Config,
 ) {
+    let critical = &config.store.critical;
     let expiring = Arc::clone(&store);
     let (interval, retention) = (config.expiry_interval, config.event_retention);
-    tokio::spawn(async move {
+    critical.spawn("lease expiry", async move {
         let mut tick = tokio::time::interval(interval);
         loop {
             tick.tick().await;
@@ -384,7 +399,8 @@ fn spawn_background(
             }
         }
     });
-    tokio::spawn(async move {
+    let watched = critical.clone();
+    critical.spawn("the health check", async move {
         let mut writable = store.writable();
         let mut tick = tokio::time::interval(REFRESH);
         let mut serving = None;
@@ -393,7 +409,9 @@ fn spawn_background(
                 _ = tick.tick() => {}
                 _ = writable.changed() => {}
             }
-            let up = *writable.borrow_and_update() && store.ping().await.is_ok();
+            let up = !watched.has_failed()
+                && *writable.borrow_and_update()
+                && store.ping().await.is_ok();
             serving_flag.store(up, Ordering::Relaxed);
             if serving != Some(up) {
                 set_health(&health, up).await;

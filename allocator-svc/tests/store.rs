@@ -618,7 +618,7 @@ async fn announcements_follow_the_change_log(store: SqlStore) {
         })
         .await
         .expect("L2Advertisement");
-    let running = assignments::spawn(Arc::clone(&store), false);
+    let running = assignments::spawn(Arc::clone(&store), false, &Default::default());
     for n in 0..8 {
         alloc(&store, svc("d", &format!("s{n}"))).await;
     }
@@ -668,7 +668,7 @@ async fn announcements_follow_the_change_log(store: SqlStore) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let fresh = assignments::spawn(Arc::clone(&store), false);
+    let fresh = assignments::spawn(Arc::clone(&store), false, &Default::default());
     let start = std::time::Instant::now();
     while fresh.borrow().version != running.borrow().version {
         assert!(start.elapsed() < Duration::from_secs(10), "no fresh view");

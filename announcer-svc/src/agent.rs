@@ -180,6 +180,7 @@ impl Agent {
             tokio::select! {
                 u = updates.recv() => match u {
                     Some(u) => {
+                        ferrolb_common::process::fault("l2-agent");
                         self.apply(u);
                         self.reconcile().await;
                     }

@@ -235,9 +235,37 @@ async fn main() {
         Arc::clone(&metrics),
     ));
 
-    ferrolb_common::process::shutdown_signal().await;
+    let mut parts = vec![
+        ("the allocator stream", streaming),
+        ("the layer-2 agent", agent),
+        ("the BGP speakers", bgp),
+    ];
+    // Each part runs until shutdown; one that ends or panics first takes the process down, to
+    // be restarted, rather than leave a node that streams but does not announce.
+    let lost = tokio::select! {
+        () = ferrolb_common::process::shutdown_signal() => None,
+        (ended, i, _) = futures::future::select_all(parts.iter_mut().map(|(_, h)| h)) => {
+            Some((parts.remove(i).0, ended))
+        }
+    };
+    if let Some((part, ended)) = &lost {
+        let what = match ended {
+            Ok(()) => "ended".to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::error!(part, what, "a part of the announcer is gone: stopping");
+    }
     tracing::info!("stopping: taking every address off");
-    streaming.abort();
-    let _ = streaming.await;
-    let _ = tokio::join!(agent, bgp);
+    // The stream's end closes the agent's and the speakers' inputs: they withdraw and return.
+    for (name, handle) in &parts {
+        if *name == "the allocator stream" {
+            handle.abort();
+        }
+    }
+    for (_, handle) in parts {
+        let _ = handle.await;
+    }
+    if let Some((part, _)) = lost {
+        fail(format!("{part} stopped"));
+    }
 }

@@ -58,3 +58,111 @@ pub async fn shutdown_signal() {
         }
     }
 }
+
+/// The background tasks a process cannot work without. When one of them ends or panics,
+/// [`Critical::failed`] completes with its name and what happened, so that the process stops
+/// saying it serves and exits non-zero (to be restarted) instead of running half alive.
+#[derive(Clone, Default)]
+pub struct Critical {
+    failed: std::sync::Arc<tokio::sync::watch::Sender<Option<String>>>,
+}
+
+impl std::fmt::Debug for Critical {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Critical")
+            .field("failed", &*self.failed.borrow())
+            .finish()
+    }
+}
+
+impl Critical {
+    pub fn new() -> Critical {
+        Critical::default()
+    }
+
+    /// Runs `task` in the background, watched.
+    pub fn spawn<F>(&self, name: &'static str, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let running = tokio::spawn(task);
+        let failed = std::sync::Arc::clone(&self.failed);
+        tokio::spawn(async move {
+            let what = match running.await {
+                Ok(()) => "ended".to_string(),
+                Err(e) if e.is_panic() => format!("panicked: {}", panic_message(e.into_panic())),
+                Err(_) => "was cancelled".to_string(),
+            };
+            tracing::error!(task = name, "a background task {what}");
+            failed.send_if_modified(|f| {
+                let first = f.is_none();
+                if first {
+                    *f = Some(format!("{name} {what}"));
+                }
+                first
+            });
+        });
+    }
+
+    /// Completes when a watched task has ended, with what happened to the first one.
+    pub async fn failed(&self) -> String {
+        let mut rx = self.failed.subscribe();
+        match rx.wait_for(Option::is_some).await {
+            Ok(f) => f.clone().unwrap_or_default(),
+            // The sender lives in `self`: this cannot happen while we wait.
+            Err(_) => "the task watcher is gone".to_string(),
+        }
+    }
+
+    /// Whether a watched task has ended.
+    pub fn has_failed(&self) -> bool {
+        self.failed.borrow().is_some()
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(s) => *s,
+        Err(payload) => payload
+            .downcast::<&'static str>()
+            .map(|s| (*s).to_string())
+            .unwrap_or_else(|_| "a panic without a message".to_string()),
+    }
+}
+
+/// A failure injected where a test asks for it: panics when `FERROLB_FAULTS` (a comma-separated
+/// list, read once) names `point`. Tests use it to check that a process that loses a part of
+/// itself says so; unset, it costs one load of a cached flag.
+pub fn fault(point: &str) {
+    static FAULTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let faults = FAULTS.get_or_init(|| {
+        std::env::var("FERROLB_FAULTS")
+            .map(|v| v.split(',').map(|s| s.trim().to_string()).collect())
+            .unwrap_or_default()
+    });
+    if faults.iter().any(|f| f == point) {
+        panic!("fault injected at {point} (FERROLB_FAULTS)");
+    }
+}
+
+#[cfg(test)]
+mod critical_tests {
+    use super::Critical;
+
+    #[tokio::test]
+    async fn a_task_that_panics_or_ends_is_reported_by_name() {
+        let critical = Critical::new();
+        critical.spawn("forever", std::future::pending());
+        assert!(!critical.has_failed());
+        critical.spawn("worker", async { panic!("boom") });
+        let why = tokio::time::timeout(std::time::Duration::from_secs(2), critical.failed())
+            .await
+            .expect("reported");
+        assert_eq!(why, "worker panicked: boom");
+        critical.spawn("sync", async {});
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        // The first failure is the one reported.
+        assert_eq!(critical.failed().await, "worker panicked: boom");
+        assert!(critical.has_failed());
+    }
+}

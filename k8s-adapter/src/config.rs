@@ -99,6 +99,7 @@ pub(crate) async fn sync(
     }
     let mut usage = PoolUsage::default();
     loop {
+        ferrolb_common::process::fault("config-sync");
         let peers: Vec<_> = watched.peers.state();
         let secrets = match named_secrets(&secrets_api, &peers).await {
             Ok(s) => s,

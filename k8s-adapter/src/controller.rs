@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferrolb_common::process::Critical;
 use ferrolb_proto::v1 as pb;
 use ferrolb_proto::v1::cluster_state_service_client::ClusterStateServiceClient;
 use ferrolb_proto::v1::ipam_service_client::IpamServiceClient;
@@ -88,7 +89,8 @@ pub(crate) struct Ctx {
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
-/// Runs the adapter until a loop ends (it should not).
+/// Runs the adapter until one of its loops ends or panics (they should not): then it returns
+/// why, and the process exits non-zero to be restarted.
 pub async fn run(
     client: Client,
     settings: Settings,
@@ -125,19 +127,28 @@ pub async fn run(
     // Configuration and nodes: every change is pushed, then every Service is looked at again.
     let (reprocess_tx, reprocess_rx) = mpsc::channel::<()>(16);
     let (configured_tx, mut configured) = tokio::sync::watch::channel(false);
-    tokio::spawn(crate::config::sync(
-        Arc::clone(&ctx),
-        reprocess_tx.clone(),
-        configured_tx,
-    ));
-    tokio::spawn(crate::nodes::sync(Arc::clone(&ctx), node_changes));
-    tokio::spawn(crate::status::sync(Arc::clone(&ctx)));
+    // An adapter that lost one of these loops must stop, not go on half alive.
+    let critical = Critical::new();
+    critical.spawn(
+        "the configuration sync",
+        crate::config::sync(Arc::clone(&ctx), reprocess_tx.clone(), configured_tx),
+    );
+    critical.spawn(
+        "the node sync",
+        crate::nodes::sync(Arc::clone(&ctx), node_changes),
+    );
+    critical.spawn("the status sync", crate::status::sync(Arc::clone(&ctx)));
 
     // Services that already show addresses claim them — once the pools are in place — before
     // any other Service is served, so that a restart (or the move from MetalLB) never hands one
     // of them to somebody else.
-    if configured.wait_for(|done| *done).await.is_err() {
-        return Err("the configuration loop ended".into());
+    tokio::select! {
+        done = configured.wait_for(|done| *done) => {
+            if done.is_err() {
+                return Err("the configuration loop ended".into());
+            }
+        }
+        why = critical.failed() => return Err(format!("stopping: {why}")),
     }
     claim_existing(&ctx).await;
 
@@ -150,18 +161,23 @@ pub async fn run(
     let service_store = controller.store();
     // A deleted Service wakes the collector at once; it also runs periodically.
     let deleted = deletions(&client);
-    tokio::spawn(collect_garbage(Arc::clone(&ctx), service_store, deleted));
-    controller
-        .reconcile_on(index_slices(client, Arc::clone(&ctx)))
+    critical.spawn(
+        "the lease collector",
+        collect_garbage(Arc::clone(&ctx), service_store, deleted),
+    );
+    let services = controller
+        .reconcile_on(index_slices(client, Arc::clone(&ctx), &critical))
         .reconcile_all_on(tokio_stream::wrappers::ReceiverStream::new(reprocess_rx))
         .run(reconcile, error_policy, ctx)
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "reconcile");
             }
-        })
-        .await;
-    Ok(())
+        });
+    tokio::select! {
+        () = services => Err("the Service controller ended".into()),
+        why = critical.failed() => Err(format!("stopping: {why}")),
+    }
 }
 
 /// The allocator's gRPC client, as this cluster's adapter.
@@ -279,9 +295,10 @@ fn owner(ctx: &Ctx, svc: &Service) -> pb::Owner {
 fn index_slices(
     client: Client,
     ctx: Arc<Ctx>,
+    critical: &Critical,
 ) -> impl futures::Stream<Item = ObjectRef<Service>> + Send + 'static {
     let (tx, rx) = mpsc::channel(1024);
-    tokio::spawn(async move {
+    critical.spawn("the EndpointSlice index", async move {
         let mut events = std::pin::pin!(watcher(
             Api::<EndpointSlice>::all(client),
             watcher::Config::default()

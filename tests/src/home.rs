@@ -336,6 +336,13 @@ impl HomeLab {
             .unwrap_or_else(|| panic!("no announcer runs on {node}"))
     }
 
+    /// How a node's announcer exited, once it has.
+    pub fn announcer_exit(&mut self, node: &str) -> Option<std::process::ExitStatus> {
+        self.announcers
+            .get_mut(node)
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
     /// SIGKILL of a node's announcer; returns when it is dead.
     pub fn kill_announcer(&mut self, node: &str) {
         if let Some(mut c) = self.announcers.remove(node) {

@@ -707,3 +707,46 @@ async fn grpcurl_works() {
         "grpcurl without a certificate got in"
     );
 }
+
+/// A replica that loses a part of itself does not go on half alive: when the batch worker
+/// panics (a failure injected by `FERROLB_FAULTS`), the calls it held fail and the process exits
+/// non-zero with the reason, to be restarted.
+#[tokio::test]
+async fn a_dead_batch_worker_stops_the_process() {
+    let mut a = Allocator::start_with_env(None, &[], &[("FERROLB_FAULTS", "batch-worker")]);
+    assert!(
+        ferrolb_e2e::serving(&a.url()).await,
+        "SERVING before the fault"
+    );
+    let mut admin = a.client("admin").await;
+    apply(&mut admin, pool("p", &["10.9.0.0/29"])).await;
+    let call = admin
+        .allocate(alloc_req(service("c1", "d", "web")))
+        .await
+        .expect_err("the worker died with the call");
+    // The worker's end, or the process's when it exits first.
+    assert!(
+        matches!(
+            call.code(),
+            Code::Internal | Code::Unknown | Code::Unavailable
+        ),
+        "{call:?}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(s) = a.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the allocator went on without its batch worker"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(!status.success(), "exit status {status}");
+    let log = std::fs::read_to_string(a.stderr.as_ref().unwrap()).unwrap();
+    assert!(
+        log.contains("the batch worker panicked: fault injected at batch-worker"),
+        "{log}"
+    );
+}

@@ -825,3 +825,33 @@ fn announcers_refuse_a_server_that_is_not_the_allocator() {
     // Fail static: what the real allocator assigned is still announced.
     assert_eq!(lab.curl_until(VIP, 5 * SECOND, |_| true), owner);
 }
+
+/// An announcer whose layer-2 agent dies (a failure injected by `FERROLB_FAULTS`) does not stay
+/// connected to the allocator as if it announced: it exits non-zero and says which part it lost,
+/// so that its node's addresses move and the DaemonSet restarts it.
+#[test]
+fn an_announcer_that_loses_its_layer2_agent_exits() {
+    let mut lab = HomeLab::up(
+        "hf",
+        Options {
+            announcer_wrapper: vec!["env".into(), "FERROLB_FAULTS=l2-agent".into()],
+            ..Options::default()
+        },
+    );
+    let deadline = std::time::Instant::now() + 10 * SECOND;
+    let status = loop {
+        if let Some(s) = lab.announcer_exit("n1") {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "n1's announcer went on without its agent: {}",
+            lab.logs()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(!status.success(), "exit status {status}");
+    let log = lab.log("n1");
+    assert!(log.contains("fault injected at l2-agent"), "{log}");
+    assert!(log.contains("the layer-2 agent stopped"), "{log}");
+}

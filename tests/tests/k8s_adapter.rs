@@ -100,30 +100,35 @@ impl Adapter {
     }
 
     fn for_cluster(kube: &FakeKube, alloc: &Allocator, dir: &TempDir, cluster: &str) -> Adapter {
-        Adapter::named(
+        Adapter::spawn(Adapter::command(
             kube,
             alloc,
             dir,
             cluster,
             &format!("adapter-{cluster}"),
             "15",
-        )
+        ))
     }
 
-    /// An adapter replica called `pod` whose leader lease lasts `lease_seconds`.
-    fn named(
+    fn spawn((mut cmd, port): (Command, u16)) -> Adapter {
+        Adapter(cmd.spawn().expect("start ferrolb-k8s-adapter"), port)
+    }
+
+    /// The command that starts an adapter replica called `pod`, whose leader lease lasts
+    /// `lease_seconds`, and its metrics port.
+    fn command(
         kube: &FakeKube,
         alloc: &Allocator,
         dir: &TempDir,
         cluster: &str,
         pod: &str,
         lease_seconds: &str,
-    ) -> Adapter {
+    ) -> (Command, u16) {
         let config = dir.0.join(format!("kubeconfig-{cluster}"));
         kube.kubeconfig(&config);
         let port = ferrolb_e2e::free_port();
-        let child = Command::new(bin("ferrolb-k8s-adapter"))
-            .args(["--allocator", &alloc.url(), "--cluster", cluster])
+        let mut cmd = Command::new(bin("ferrolb-k8s-adapter"));
+        cmd.args(["--allocator", &alloc.url(), "--cluster", cluster])
             .args(ferrolb_e2e::test_pki().args(&format!("cluster/{cluster}")))
             .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
             .args(["--lease-seconds", lease_seconds])
@@ -133,10 +138,8 @@ impl Adapter {
                 "FERROLB_LOG",
                 std::env::var("FERROLB_E2E_LOG").unwrap_or_else(|_| "warn".into()),
             )
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start ferrolb-k8s-adapter");
-        Adapter(child, port)
+            .stdout(Stdio::null());
+        (cmd, port)
     }
 
     /// A figure from the adapter's metrics, if it is there.
@@ -509,7 +512,14 @@ async fn two_replicas_elect_one_leader() {
     let alloc = Allocator::start(None, &[]);
     let dir = TempDir::new("ferrolb-adapter");
     apply_file(&kube, "home-ip-pool.yaml");
-    let a = Adapter::named(&kube, &alloc, &dir, "home", "replica-a", "2");
+    let a = Adapter::spawn(Adapter::command(
+        &kube,
+        &alloc,
+        &dir,
+        "home",
+        "replica-a",
+        "2",
+    ));
     let k = kube.clone();
     tokio::task::spawn_blocking(move || {
         wait_for("replica-a leads", Duration::from_secs(10), || {
@@ -518,7 +528,14 @@ async fn two_replicas_elect_one_leader() {
     })
     .await
     .unwrap();
-    let mut b = Adapter::named(&kube, &alloc, &dir, "home", "replica-b", "2");
+    let mut b = Adapter::spawn(Adapter::command(
+        &kube,
+        &alloc,
+        &dir,
+        "home",
+        "replica-b",
+        "2",
+    ));
     kube.put(SERVICES, service("home-nginx", &[(80, "TCP")]));
     until_ingress(&kube, "home-nginx", &["192.168.1.240"]).await;
     assert_eq!(
@@ -724,4 +741,31 @@ fn one_yaml_one_verdict_through_both_doors() {
         refused += ctl.len();
     }
     assert!(refused >= 10, "the corpus refuses too little: {refused}");
+}
+
+/// An adapter whose configuration sync dies (a failure injected by `FERROLB_FAULTS`) does not go
+/// on serving Services half alive: it exits non-zero and says which loop it lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adapter_that_loses_its_configuration_sync_exits() {
+    let kube = FakeKube::start().await;
+    let alloc = Allocator::start(None, &[]);
+    let dir = TempDir::new("ferrolb-adapter");
+    let (mut cmd, _) = Adapter::command(&kube, &alloc, &dir, "home", "adapter-home", "15");
+    let out = cmd
+        .env("FERROLB_FAULTS", "config-sync")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ferrolb-k8s-adapter");
+    let adapter = tokio::task::spawn_blocking(move || out.wait_with_output());
+    let out = tokio::time::timeout(Duration::from_secs(20), adapter)
+        .await
+        .expect("the adapter went on without its configuration sync")
+        .unwrap()
+        .unwrap();
+    assert!(!out.status.success(), "exit status {}", out.status);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("the configuration sync panicked: fault injected at config-sync"),
+        "{log}"
+    );
 }

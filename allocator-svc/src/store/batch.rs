@@ -73,7 +73,8 @@ enum Answer {
 /// Starts the worker; it stops when the returned sender (the store) is dropped.
 pub(super) fn spawn(core: Arc<Core>) -> mpsc::Sender<Job> {
     let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
-    tokio::spawn(async move {
+    let critical = core.critical.clone();
+    critical.spawn("the batch worker", async move {
         let mut state: Option<State> = None;
         let mut committing: Option<Committed> = None;
         while let Some(first) = rx.recv().await {
@@ -84,6 +85,7 @@ pub(super) fn spawn(core: Arc<Core>) -> mpsc::Sender<Job> {
                     Err(_) => break,
                 }
             }
+            ferrolb_common::process::fault("batch-worker");
             committing = run(&core, &mut state, committing, jobs).await;
         }
     });

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ferrolb_common::Secret;
+use ferrolb_common::process::Critical;
 use sqlx::AnyConnection;
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
@@ -42,6 +43,9 @@ pub struct StoreOptions {
     pub client_limits: ClientLimits,
     /// Seals BGP passwords at rest; replicas of one database share its key.
     pub sealer: Arc<Sealer>,
+    /// Watches the store's background tasks (the batch worker, the primary's supervisor, the
+    /// notification listener).
+    pub critical: Critical,
 }
 
 impl StoreOptions {
@@ -54,6 +58,7 @@ impl StoreOptions {
             release_grace: Duration::from_secs(3600),
             client_limits: ClientLimits::default(),
             sealer: Arc::new(Sealer::ephemeral()),
+            critical: Critical::new(),
         }
     }
 }
@@ -264,6 +269,7 @@ pub struct Core {
     /// The PostgreSQL host the pool uses and whether it takes writes.
     pub(super) primary: Option<Arc<Primary>>,
     pub(super) timeouts: DbTimeouts,
+    pub(super) critical: Critical,
     pub(super) grace_ms: i64,
     pub(super) client_limits: ClientLimits,
     sealer: Arc<Sealer>,
@@ -382,13 +388,17 @@ impl Core {
                 .map_err(map_sqlx)?;
         let (cluster_changes, _) = watch::channel(cluster_rev as u64);
         if let Some(p) = &primary {
-            tokio::spawn(super::primary::supervise(Arc::clone(p), db.clone()));
+            opts.critical.spawn(
+                "the database primary's supervisor",
+                super::primary::supervise(Arc::clone(p), db.clone()),
+            );
         }
         Ok(Arc::new(Core {
             db,
             dialect,
             primary,
             timeouts: opts.timeouts,
+            critical: opts.critical.clone(),
             grace_ms: opts.release_grace.as_millis() as i64,
             client_limits: opts.client_limits,
             sealer: Arc::clone(&opts.sealer),
@@ -405,26 +415,27 @@ impl Core {
         };
         let changes = self.changes.clone();
         let cluster_changes = self.cluster_changes.clone();
-        tokio::spawn(async move {
-            let mut switched = primary.generation();
-            loop {
-                switched.mark_unchanged();
-                let url = primary.current_url().clone();
-                tokio::select! {
-                    why = listen(url.expose(), &changes, &cluster_changes) => {
-                        tracing::warn!(error = %why, "lost the notification connection");
+        self.critical
+            .spawn("the notification listener", async move {
+                let mut switched = primary.generation();
+                loop {
+                    switched.mark_unchanged();
+                    let url = primary.current_url().clone();
+                    tokio::select! {
+                        why = listen(url.expose(), &changes, &cluster_changes) => {
+                            tracing::warn!(error = %why, "lost the notification connection");
+                        }
+                        _ = switched.changed() => {}
                     }
-                    _ = switched.changed() => {}
+                    if changes.is_closed() {
+                        return;
+                    }
+                    // Notifications may have been missed: wake watchers so they re-read.
+                    changes.send_modify(|_| {});
+                    cluster_changes.send_modify(|_| {});
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                if changes.is_closed() {
-                    return;
-                }
-                // Notifications may have been missed: wake watchers so they re-read.
-                changes.send_modify(|_| {});
-                cluster_changes.send_modify(|_| {});
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        });
+            });
     }
 
     /// Whether the store can take writes now, as its supervisor last saw; SQLite always can.
