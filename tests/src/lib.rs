@@ -78,6 +78,13 @@ impl Allocator {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Allocator {
+        let a = Allocator::launch(database_url, extra, env);
+        wait_listening(a.addr, Duration::from_secs(30));
+        a
+    }
+
+    /// As [`Allocator::start_with_env`], without waiting for it to serve.
+    pub fn launch(database_url: Option<&str>, extra: &[&str], env: &[(&str, &str)]) -> Allocator {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut cmd = Command::new(bin("ferrolb-allocator"));
@@ -118,7 +125,7 @@ impl Allocator {
             }
         };
         let child = cmd.spawn().expect("start ferrolb-allocator");
-        let a = Allocator {
+        Allocator {
             child,
             addr,
             metrics: Some(metrics),
@@ -126,9 +133,13 @@ impl Allocator {
             stderr,
             _dir: dir,
             _log_dir: log_dir,
-        };
-        wait_listening(addr, Duration::from_secs(30));
-        a
+        }
+    }
+
+    /// What it has written to standard error so far (started with an environment).
+    pub fn stderr_text(&self) -> String {
+        let path = self.stderr.as_ref().expect("started with an environment");
+        std::fs::read_to_string(path).unwrap_or_default()
     }
 
     pub fn url(&self) -> String {

@@ -26,16 +26,52 @@ impl PrivatePg {
     /// A new server running with these settings (`("synchronous_standby_names", "*")`).
     pub fn start_with(settings: &[(&str, &str)]) -> PrivatePg {
         let pg = PrivatePg::empty(settings);
-        pg.as_postgres(&[
-            pg.bindir.join("initdb").to_str().unwrap(),
-            "-D",
-            pg.data().to_str().unwrap(),
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "--no-sync",
-        ]);
+        pg.initdb();
         pg.ctl("start");
+        pg
+    }
+
+    /// A server that speaks TLS with a certificate of `pki` (for 127.0.0.1 and localhost) and
+    /// refuses connections without it. The role `certified` must also show a client
+    /// certificate of `pki`.
+    pub fn start_tls(pki: &crate::Pki) -> PrivatePg {
+        let mut pg = PrivatePg::empty(&[]);
+        pg.initdb();
+        // The allocator's identity has a server certificate for 127.0.0.1 and localhost.
+        let files = pki.files("allocator");
+        let copy = |from: &std::path::Path, name: &str| {
+            let to = pg.dir.0.join(name);
+            std::fs::copy(from, &to).expect("copy a TLS file");
+            let owned = Command::new("chown")
+                .args(["postgres:postgres", to.to_str().unwrap()])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(owned, "chown {}", to.display());
+            std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .expect("chmod");
+            to.display().to_string()
+        };
+        let (cert, key, ca) = (
+            copy(&files.cert, "server.pem"),
+            copy(&files.key, "server-key.pem"),
+            copy(&files.ca, "ca.pem"),
+        );
+        std::fs::write(
+            pg.data().join("pg_hba.conf"),
+            "local all all trust\n\
+             hostssl all certified 127.0.0.1/32 trust clientcert=verify-ca\n\
+             hostssl all all 127.0.0.1/32 trust\n\
+             hostnossl all all 127.0.0.1/32 reject\n",
+        )
+        .expect("write pg_hba.conf");
+        pg.settings = vec![
+            "ssl=on".into(),
+            format!("ssl_cert_file='{cert}'"),
+            format!("ssl_key_file='{key}'"),
+            format!("ssl_ca_file='{ca}'"),
+        ];
+        pg.ctl("start");
+        pg.query("CREATE ROLE certified LOGIN SUPERUSER");
         pg
     }
 
@@ -96,6 +132,18 @@ impl PrivatePg {
             bindir,
             settings: settings.iter().map(|(k, v)| format!("{k}={v}")).collect(),
         }
+    }
+
+    fn initdb(&self) {
+        self.as_postgres(&[
+            self.bindir.join("initdb").to_str().unwrap(),
+            "-D",
+            self.data().to_str().unwrap(),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--no-sync",
+        ]);
     }
 
     fn data(&self) -> PathBuf {
@@ -160,17 +208,21 @@ impl PrivatePg {
 
     /// One value from `sql` on this server's `postgres` database.
     pub fn query(&self, sql: &str) -> String {
+        self.try_query(sql)
+            .unwrap_or_else(|e| panic!("psql on port {}: {e}", self.port))
+    }
+
+    /// As [`PrivatePg::query`], or what PostgreSQL said.
+    pub fn try_query(&self, sql: &str) -> Result<String, String> {
         let out = Command::new("psql")
-            .args([&self.url(), "-Atc", sql])
+            .args([&self.url(), "-v", "ON_ERROR_STOP=1", "-Atc", sql])
             .output()
             .expect("psql");
-        assert!(
-            out.status.success(),
-            "psql on port {}: {}",
-            self.port,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).to_string())
+        }
     }
 
     /// Waits until `sql` answers `want`.

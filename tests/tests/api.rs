@@ -744,7 +744,7 @@ async fn a_dead_batch_worker_stops_the_process() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(!status.success(), "exit status {status}");
-    let log = std::fs::read_to_string(a.stderr.as_ref().unwrap()).unwrap();
+    let log = a.stderr_text();
     assert!(
         log.contains("the batch worker panicked: fault injected at batch-worker"),
         "{log}"

@@ -50,17 +50,17 @@ async fn a_replica_stopped_inside_its_transaction_holds_up_the_others_only_brief
     let churn = Churn::start(&[stalled.url()], 8).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    // Stop it until it is caught between two statements of a transaction.
+    // Stop it until it is caught holding the writer lock (the revision row), between two
+    // statements of its transaction.
     let pid = stalled.child.id().to_string();
-    let idle_in_tx = format!(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'ferrolb-allocator/{pid}' \
-         AND state = 'idle in transaction'"
-    );
     let mut caught = false;
     for _ in 0..100 {
         signal("STOP", &pid);
         std::thread::sleep(Duration::from_millis(50));
-        if pg.query(&idle_in_tx) != "0" {
+        let free = pg.try_query(
+            "BEGIN; SELECT value FROM revision WHERE id = 1 FOR UPDATE NOWAIT; ROLLBACK",
+        );
+        if free.is_err_and(|e| e.contains("could not obtain lock")) {
             caught = true;
             break;
         }
@@ -105,6 +105,7 @@ async fn a_replica_stopped_inside_its_transaction_holds_up_the_others_only_brief
         .until_recovered(Duration::from_secs(10))
         .await
         .expect("the stopped replica never served again");
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let tally = churn.stop().await;
     eprintln!(
         "waited {waited:?} for the lock; the stopped replica served again {:?} after SIGCONT",

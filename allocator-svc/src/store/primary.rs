@@ -54,7 +54,11 @@ impl Hosts {
             None => (tail, None),
         };
         let mut params = Vec::new();
+        let mut sslmode = None;
         for pair in query.into_iter().flat_map(|q| q.split('&')) {
+            if let Some(mode) = pair.strip_prefix("sslmode=") {
+                sslmode = Some(mode);
+            }
             match pair.split_once('=') {
                 Some(("target_session_attrs", v)) => match v {
                     "any" | "read-write" | "primary" => {}
@@ -69,6 +73,19 @@ impl Hosts {
                 _ => {}
             }
         }
+        let hostnames = split_hosts(hostlist);
+        let remote = hostnames.iter().any(|h| !loopback(h));
+        match sslmode {
+            // libpq would try TLS and fall back to plaintext, checking nothing: past this
+            // machine, the allocator checks the server's certificate unless told otherwise.
+            None if remote => params.push("sslmode=verify-full"),
+            Some("disable" | "allow" | "prefer") if remote => tracing::warn!(
+                url = redacted(url),
+                "the database connection is not authenticated (sslmode is not verify-full or \
+                 verify-ca): anyone on the path can read or change the leases"
+            ),
+            _ => {}
+        }
         let query = if params.is_empty() {
             String::new()
         } else {
@@ -79,7 +96,7 @@ impl Hosts {
             urls: Vec::new(),
             names: Vec::new(),
         };
-        for host in split_hosts(hostlist) {
+        for host in hostnames {
             if host.is_empty() {
                 return Err(bad("an empty host in the host list"));
             }
@@ -116,6 +133,18 @@ impl Hosts {
         }
         Err(why.join("; "))
     }
+}
+
+/// Whether `host[:port]` is this machine.
+fn loopback(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name == "localhost"
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Splits `a:1,[::1]:2,b` at the commas outside brackets.
@@ -342,15 +371,33 @@ mod tests {
             "postgres://ferrolb:pw@[2001:db8::1]:5433/leases?sslmode=require"
         );
         assert_eq!(h.name(2), "c");
-        let one = Hosts::parse("postgres://db/x").expect("one host");
-        assert_eq!(one.url(0).expose(), "postgres://db/x");
+        let one = Hosts::parse("postgres://127.0.0.1:5432/x").expect("one host");
+        assert_eq!(one.url(0).expose(), "postgres://127.0.0.1:5432/x");
         assert_eq!(
-            Hosts::parse("postgres://u@a,b")
+            Hosts::parse("postgres://u@[::1],localhost")
                 .expect("no path")
                 .url(1)
                 .expose(),
-            "postgres://u@b"
+            "postgres://u@localhost"
         );
+    }
+
+    #[test]
+    fn a_server_past_this_machine_is_verified_unless_told_otherwise() {
+        let url = |u: &str| Hosts::parse(u).expect("parses").url(0).expose().to_string();
+        assert_eq!(
+            url("postgres://db/x"),
+            "postgres://db/x?sslmode=verify-full"
+        );
+        assert_eq!(
+            url("postgres://localhost,db:5433/x?application_name=a"),
+            "postgres://localhost/x?application_name=a&sslmode=verify-full"
+        );
+        assert_eq!(
+            url("postgres://db/x?sslmode=require"),
+            "postgres://db/x?sslmode=require"
+        );
+        assert_eq!(url("postgres://127.0.0.1/x"), "postgres://127.0.0.1/x");
     }
 
     #[test]
