@@ -120,3 +120,42 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Certs(_) => Err("certs needs no allocator".into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::cli::Cli;
+
+    /// Whatever text a user types into ferrolbctl's flags is read or refused with a message,
+    /// never a panic.
+    #[test]
+    fn any_text_on_the_command_line_is_read_or_refused_without_a_panic() {
+        for t in ferrolb_metallb::testing::strings(5, 1000) {
+            let _ = crate::ipam::parse_port(&t);
+            let _ = crate::cluster::parse_label(&t);
+            let _ = ferrolb_common::Principal::from_path(&t);
+            let t = t.as_str();
+            let lines: [&[&str]; 8] = [
+                &["allocate", "--cluster", t, "--port", t, "--ip", t],
+                &["allocate", "--ttl", t, "--family", t],
+                &["allocate", "--policy", t, "--as", t],
+                &["release", "--client", t, "--key", t],
+                &["leases", "list", "-o", t],
+                &["allowances", "set", "--cluster", t, "--range", t],
+                &["--server", t, "stats"],
+                &[t, t],
+            ];
+            for line in lines {
+                let args = std::iter::once("ferrolbctl").chain(line.iter().copied());
+                if let Ok(cli) = Cli::try_parse_from(args)
+                    && let crate::cli::Command::Allocate(a) = cli.command
+                {
+                    for p in &a.ports {
+                        let _ = crate::ipam::parse_port(p);
+                    }
+                }
+            }
+        }
+    }
+}

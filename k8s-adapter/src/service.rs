@@ -551,4 +551,47 @@ mod tests {
         });
         assert_eq!(current_ips(&s), ["192.168.1.240", "fd00::240"]);
     }
+
+    /// Whatever text a Service carries in the annotations and fields the adapter reads, the
+    /// decision is made without a panic.
+    #[test]
+    fn any_text_in_a_service_is_decided_without_a_panic() {
+        let texts = ferrolb_metallb::testing::strings(21, 600);
+        let keys = [
+            "metallb.io/address-pool",
+            "metallb.io/allow-shared-ip",
+            "metallb.io/loadBalancerIPs",
+            "metallb.universe.tf/address-pool",
+            "metallb.universe.tf/allow-shared-ip",
+            "metallb.universe.tf/loadBalancerIPs",
+            ALLOCATED_FROM_POOL,
+        ];
+        for t in &texts {
+            for key in keys {
+                let _ = decide_default(&svc(&[(key, t)], |_| {}));
+            }
+            let t = t.clone();
+            type Edit<'a> = Box<dyn Fn(&mut ServiceSpec) + 'a>;
+            let variants: [Edit; 8] = [
+                Box::new(|s| s.load_balancer_ip = Some(t.clone())),
+                Box::new(|s| s.ip_family_policy = Some(t.clone())),
+                Box::new(|s| s.ip_families = Some(vec![t.clone(), "IPv6".into()])),
+                Box::new(|s| s.external_traffic_policy = Some(t.clone())),
+                Box::new(|s| s.load_balancer_class = Some(t.clone())),
+                Box::new(|s| s.cluster_ips = Some(vec![t.clone()])),
+                Box::new(|s| s.type_ = Some(t.clone())),
+                Box::new(|s| {
+                    s.ports = Some(vec![ServicePort {
+                        port: i32::MAX,
+                        protocol: Some(t.clone()),
+                        ..ServicePort::default()
+                    }])
+                }),
+            ];
+            for v in &variants {
+                let _ = decide_default(&svc(&[], |s| v(s)));
+                let _ = decide(&svc(&[], |s| v(s)), "home", Some(&t), &BTreeMap::new());
+            }
+        }
+    }
 }

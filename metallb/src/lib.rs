@@ -11,6 +11,10 @@ pub mod convert;
 pub mod crd;
 pub mod object;
 pub mod parse;
+#[cfg(test)]
+mod property_tests;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod validate;
 pub mod yaml;
 
