@@ -164,14 +164,17 @@ pub struct Failover {
     pub kept: usize,
     /// Acknowledged changes the new primary does not have, and addresses with two owners.
     pub lost: Vec<String>,
-    /// Whether each replica answers its health check with SERVING.
+    /// Whether each replica answers its health check with SERVING, at the end.
     pub serving: Vec<bool>,
+    /// Whether the first replica said NOT_SERVING while no server took writes (looked for
+    /// only when asked: it holds the promotion back until it is seen or a second has passed).
+    pub not_serving_seen: Option<bool>,
 }
 
 /// A primary with a synchronous standby, `replicas` allocators given both hosts, `clients`
 /// clients; after two seconds of load the primary is killed and the standby promoted, the load
 /// goes on for two more seconds, then the new primary is checked against what was acknowledged.
-pub async fn fail_over_under_load(replicas: usize, clients: usize) -> Failover {
+pub async fn fail_over_under_load(replicas: usize, clients: usize, watch_health: bool) -> Failover {
     let pair = crate::pg::SyncPair::start();
     let url = pair.url();
     let allocators: Vec<crate::Allocator> = (0..replicas)
@@ -185,6 +188,17 @@ pub async fn fail_over_under_load(replicas: usize, clients: usize) -> Failover {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let killed = churn.mark();
     pair.primary.kill();
+    let not_serving_seen = if watch_health {
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        let mut seen = false;
+        while !seen && std::time::Instant::now() < deadline {
+            seen = !crate::serving(&urls[0]).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Some(seen)
+    } else {
+        None
+    };
     let promote = pair.standby.promote();
     let recovered = churn
         .until_recovered(Duration::from_secs(30))
@@ -205,6 +219,7 @@ pub async fn fail_over_under_load(replicas: usize, clients: usize) -> Failover {
         kept,
         lost,
         serving,
+        not_serving_seen,
     }
 }
 

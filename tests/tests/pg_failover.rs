@@ -1,8 +1,8 @@
 //! PostgreSQL fails over under load: a primary with a synchronous streaming standby, three
 //! allocator replicas given both hosts, 32 clients allocating and releasing. The primary is
 //! killed (immediate stop) and the standby promoted: every acknowledged lease that was not
-//! released is on the new primary, no address has two owners, and every replica serves again
-//! without a restart. And a replica stopped inside its transaction holds the others up only
+//! released is on the new primary, no address has two owners, health says NOT_SERVING while no
+//! server takes writes, and every replica serves again without a restart. And a replica stopped inside its transaction holds the others up only
 //! for the configured idle-in-transaction timeout.
 #![allow(clippy::unwrap_used)]
 
@@ -14,7 +14,7 @@ use ferrolb_proto::v1 as pb;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_primary_failover_loses_nothing_acknowledged() {
-    let run = fail_over_under_load(3, 32).await;
+    let run = fail_over_under_load(3, 32, true).await;
     let t = &run.tally;
     eprintln!(
         "promote {:?}, first allocation {:?} after the kill; {} calls ok, {} unavailable, after the kill per replica {:?}; {} acknowledged leases checked",
@@ -26,6 +26,11 @@ async fn a_primary_failover_loses_nothing_acknowledged() {
     for (r, n) in t.ok_after_mark.iter().enumerate() {
         assert!(*n > 10, "replica {r} did not serve again: {n} calls");
     }
+    assert_eq!(
+        run.not_serving_seen,
+        Some(true),
+        "NOT_SERVING while no server takes writes"
+    );
     assert_eq!(run.serving, vec![true; 3], "every replica says SERVING");
 }
 

@@ -16,7 +16,7 @@ async fn main() {
     let mut worst: Option<(Duration, Duration)> = None;
     let mut lost = 0;
     for trial in 1..=TRIALS {
-        let run = fail_over_under_load(3, 32).await;
+        let run = fail_over_under_load(3, 32, false).await;
         println!(
             "trial {trial}: outage {:>6.1} ms  promote {:>6.1} ms  beyond promotion {:>6.1} ms  calls {} ok / {} unavailable  acknowledged leases checked {}  lost {}",
             ms(run.outage),
