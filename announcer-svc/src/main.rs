@@ -242,12 +242,22 @@ async fn main() {
     ];
     // Each part runs until shutdown; one that ends or panics first takes the process down, to
     // be restarted, rather than leave a node that streams but does not announce.
-    let lost = tokio::select! {
+    let mut lost = tokio::select! {
         () = ferrolb_common::process::shutdown_signal() => None,
         (ended, i, _) = futures::future::select_all(parts.iter_mut().map(|(_, h)| h)) => {
             Some((parts.remove(i).0, ended))
         }
     };
+    // One part's end can end another (the stream stops when the agent's input closes): a part
+    // that has panicked meanwhile is the one to name.
+    if let Some((_, Ok(()))) = &lost
+        && let Some(i) = parts.iter().position(|(_, h)| h.is_finished())
+    {
+        let (part, handle) = parts.remove(i);
+        if let Err(e) = handle.await {
+            lost = Some((part, Err(e)));
+        }
+    }
     if let Some((part, ended)) = &lost {
         let what = match ended {
             Ok(()) => "ended".to_string(),

@@ -145,7 +145,8 @@ pub async fn run(
     tokio::select! {
         done = configured.wait_for(|done| *done) => {
             if done.is_err() {
-                return Err("the configuration loop ended".into());
+                // The configuration sync is gone; its watcher says how.
+                return Err(format!("stopping: {}", critical.failed().await));
             }
         }
         why = critical.failed() => return Err(format!("stopping: {why}")),
