@@ -7,10 +7,12 @@
 //! recorders and leases, not a mock of them. It answers kubectl's discovery (`/api`, `/apis`,
 //! each group version's resources with their kinds, short names and scope) for the built-in
 //! resources ferrolb touches and every CustomResourceDefinition it holds, so `kubectl get`
-//! resolves `svc` or `ipaddresspools`; it does not yet serve OpenAPI (which `kubectl apply`
-//! validates against) or server-side printing (kubectl then shows NAME and AGE only).
+//! resolves `svc` or `ipaddresspools`, and prints server-side (Tables: a Service's NAME TYPE
+//! CLUSTER-IP EXTERNAL-IP PORT(S) AGE, a CRD's `additionalPrinterColumns`). It does not yet serve
+//! OpenAPI, which `kubectl apply` validates against.
 
 mod discovery;
+mod table;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -386,7 +388,8 @@ impl FakeKube {
         if obj["metadata"]["uid"].is_null() {
             s.uid += 1;
             obj["metadata"]["uid"] = json!(format!("00000000-0000-0000-0000-{:012}", s.uid));
-            obj["metadata"]["creationTimestamp"] = json!("2026-11-26T00:00:00Z");
+            obj["metadata"]["creationTimestamp"] =
+                json!(table::timestamp(std::time::SystemTime::now()));
         }
         if !key.namespace.is_empty() {
             obj["metadata"]["namespace"] = json!(key.namespace);
@@ -421,6 +424,7 @@ impl FakeKube {
             );
         };
         let q = query(&uri);
+        let as_table = table::wanted(headers.get("accept").and_then(|a| a.to_str().ok()));
         let body: Value = if body.is_empty() {
             Value::Null
         } else {
@@ -438,11 +442,18 @@ impl FakeKube {
             (Method::GET, None) if q.get("watch").is_some_and(|w| w == "true" || w == "1") => {
                 self.watch(t, q)
             }
-            (Method::GET, None) => self.list_response(&t, &q),
+            (Method::GET, None) => self.list_response(&t, &q, as_table),
             (Method::GET, Some(name)) => {
-                let s = self.state.lock().expect("state");
-                match s.objects.get(&key(&t, name)) {
-                    Some(o) => ok(StatusCode::OK, o),
+                let object = self
+                    .state
+                    .lock()
+                    .expect("state")
+                    .objects
+                    .get(&key(&t, name))
+                    .cloned();
+                match object {
+                    Some(o) if as_table => ok(StatusCode::OK, &self.table(&t, &[o])),
+                    Some(o) => ok(StatusCode::OK, &o),
                     None => status(
                         StatusCode::NOT_FOUND,
                         "NotFound",
@@ -599,7 +610,14 @@ impl FakeKube {
         }
     }
 
-    fn list_response(&self, t: &Target, q: &BTreeMap<String, String>) -> Response {
+    /// `objects` of `t`'s collection as a Table, for kubectl's printing.
+    fn table(&self, t: &Target, objects: &[Value]) -> Value {
+        let crds = self.list("/apis/apiextensions.k8s.io/v1/customresourcedefinitions");
+        let rv = self.state.lock().expect("state").rv;
+        table::of(&t.collection, objects, &crds, rv)
+    }
+
+    fn list_response(&self, t: &Target, q: &BTreeMap<String, String>, as_table: bool) -> Response {
         let s = self.state.lock().expect("state");
         let items: Vec<Value> = s
             .objects
@@ -610,6 +628,10 @@ impl FakeKube {
             .filter(|(_, v)| fields_selected(v, q.get("fieldSelector")))
             .map(|(_, v)| v.clone())
             .collect();
+        if as_table {
+            drop(s);
+            return ok(StatusCode::OK, &self.table(t, &items));
+        }
         let list = json!({
             "kind": "List", "apiVersion": "v1",
             "metadata": {"resourceVersion": s.rv.to_string()},

@@ -1,5 +1,6 @@
 //! The real kubectl against the lab's Kubernetes API server: discovery resolves built-in
-//! resources by name and short name, and MetalLB's kinds once their CRDs are stored.
+//! resources by name and short name, and MetalLB's kinds once their CRDs are stored; the server
+//! prints Services in the walk-through's columns and MetalLB's objects in their CRDs' columns.
 #![allow(clippy::unwrap_used)]
 
 use std::process::Command;
@@ -36,10 +37,46 @@ async fn kubectl_finds_built_in_resources_and_metallb_kinds() {
         "/api/v1/services",
         json!({"apiVersion": "v1", "kind": "Service",
                "metadata": {"name": "nginx", "namespace": "default"},
-               "spec": {"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}]}}),
+               "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.10",
+                        "ports": [{"port": 80, "protocol": "TCP"}]}}),
     );
     let (ok, out) = kubectl(&config, &["get", "services", "-o", "name"]);
     assert!(ok && out.trim() == "service/nginx", "{out}");
+    // Printed by the server, in the columns MetalLB's walk-through shows.
+    let (ok, out) = kubectl(&config, &["get", "svc"]);
+    assert!(ok, "{out}");
+    let lines: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        lines[0],
+        [
+            "NAME",
+            "TYPE",
+            "CLUSTER-IP",
+            "EXTERNAL-IP",
+            "PORT(S)",
+            "AGE"
+        ],
+        "{out}"
+    );
+    assert_eq!(
+        lines[1][..5],
+        ["nginx", "LoadBalancer", "10.96.0.10", "<pending>", "80/TCP"],
+        "{out}"
+    );
+    let mut svc = kube.get("/api/v1/services", "default", "nginx").unwrap();
+    svc["status"] = json!({"loadBalancer": {"ingress": [{"ip": "192.168.1.240"}]}});
+    kube.put("/api/v1/services", svc);
+    let (ok, out) = kubectl(&config, &["get", "svc", "nginx"]);
+    assert!(
+        ok && out
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.contains(" 192.168.1.240 ")),
+        "{out}"
+    );
 
     // MetalLB's kinds are unknown until their CRDs are there.
     let (ok, out) = kubectl(&config, &["get", "ipaddresspools", "-A"]);
@@ -71,6 +108,21 @@ async fn kubectl_finds_built_in_resources_and_metallb_kinds() {
         ok && out.trim() == "ipaddresspool.metallb.io/first-pool",
         "{out}"
     );
+    // The CRD's printer columns.
+    let (ok, out) = kubectl(&config, &["get", "ipaddresspools", "-n", "metallb-system"]);
+    let header: Vec<&str> = out
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert!(
+        ok && header == ["NAME", "AUTO ASSIGN", "AVOID BUGGY IPS", "ADDRESSES"],
+        "{out}"
+    );
+    assert!(out.contains(r#"["192.168.1.240-192.168.1.250"]"#), "{out}");
     let (ok, out) = kubectl(&config, &["api-resources", "--api-group", "metallb.io"]);
     assert!(ok, "{out}");
     // Every kind of the CRD file, the status kinds included.
