@@ -8,8 +8,11 @@
 //! each group version's resources with their kinds, short names and scope) for the built-in
 //! resources ferrolb touches and every CustomResourceDefinition it holds, so `kubectl get`
 //! resolves `svc` or `ipaddresspools`, and prints server-side (Tables: a Service's NAME TYPE
-//! CLUSTER-IP EXTERNAL-IP PORT(S) AGE, a CRD's `additionalPrinterColumns`). It does not yet serve
-//! OpenAPI, which `kubectl apply` validates against.
+//! CLUSTER-IP EXTERNAL-IP PORT(S) AGE, a CRD's `additionalPrinterColumns`). Its OpenAPI index
+//! tells kubectl that every kind takes `fieldValidation`, so `kubectl apply` (client-side and
+//! `--server-side`) and `kubectl delete` work. It speaks JSON only: kubectl's typed commands
+//! (`create namespace`, `create deployment`, `expose`) send protobuf and get 415. It does not
+//! validate objects against their schemas.
 
 mod discovery;
 mod table;
@@ -412,7 +415,9 @@ impl FakeKube {
         if method == Method::GET {
             let crds = self.list("/apis/apiextensions.k8s.io/v1/customresourcedefinitions");
             let server = self.url.trim_start_matches("http://");
-            if let Some(doc) = discovery::document(uri.path(), &crds, server) {
+            if let Some(doc) = discovery::document(uri.path(), &crds, server)
+                .or_else(|| discovery::openapi(uri.path(), &crds))
+            {
                 return ok(StatusCode::OK, &doc);
             }
         }
@@ -425,6 +430,19 @@ impl FakeKube {
         };
         let q = query(&uri);
         let as_table = table::wanted(headers.get("accept").and_then(|a| a.to_str().ok()));
+        // JSON only: a client that sends protobuf (kubectl's typed commands) is told so, and
+        // sends JSON again.
+        if headers
+            .get("content-type")
+            .and_then(|c| c.to_str().ok())
+            .is_some_and(|c| c.contains("protobuf"))
+        {
+            return status(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UnsupportedMediaType",
+                "the lab API server speaks JSON only",
+            );
+        }
         let body: Value = if body.is_empty() {
             Value::Null
         } else {

@@ -21,12 +21,18 @@ fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubectl_finds_built_in_resources_and_metallb_kinds() {
+/// A lab API server, a directory, and a kubeconfig in it that points kubectl at the server.
+async fn server() -> (FakeKube, TempDir, std::path::PathBuf) {
     let kube = FakeKube::start().await;
     let dir = TempDir::new("ferrolb-kubectl");
     let config = dir.0.join("kubeconfig");
     kube.kubeconfig(&config);
+    (kube, dir, config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_finds_built_in_resources_and_metallb_kinds() {
+    let (kube, _dir, config) = server().await;
 
     let (ok, out) = kubectl(&config, &["get", "svc"]);
     assert!(
@@ -145,5 +151,85 @@ async fn kubectl_finds_built_in_resources_and_metallb_kinds() {
     assert!(
         ok && out.contains("customresourcedefinitions.apiextensions.k8s.io"),
         "{out}"
+    );
+}
+
+/// `kubectl apply` as MetalLB's walk-through runs it: the CRDs, then the walk-through's files
+/// byte for byte; applied again they are unchanged; deleted and applied server-side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_walk_through_files_apply_with_kubectl() {
+    let (kube, dir, config) = server().await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let scenarios = ferrolb_e2e::home::scenarios();
+    let file = |name: &str| scenarios.join(name).display().to_string();
+    let crds = root
+        .join("deploy/crds/metallb.io.yaml")
+        .display()
+        .to_string();
+
+    let (ok, out) = kubectl(&config, &["apply", "-f", &crds]);
+    assert!(
+        ok && out.contains(
+            "customresourcedefinition.apiextensions.k8s.io/ipaddresspools.metallb.io created"
+        ),
+        "{out}"
+    );
+    let ns = dir.0.join("ns.yaml");
+    std::fs::write(
+        &ns,
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: metallb-system\n",
+    )
+    .unwrap();
+    let (ok, out) = kubectl(&config, &["apply", "-f", &ns.display().to_string()]);
+    assert!(ok, "{out}");
+    let (ok, out) = kubectl(&config, &["apply", "-f", &file("ip-pool.yaml")]);
+    assert!(
+        ok && out.trim() == "ipaddresspool.metallb.io/example-pool created",
+        "{out}"
+    );
+    let (ok, out) = kubectl(&config, &["apply", "-f", &file("l2-config.yaml")]);
+    assert!(
+        ok && out.trim() == "l2advertisement.metallb.io/example created",
+        "{out}"
+    );
+    let (ok, out) = kubectl(&config, &["apply", "-f", &file("ip-pool.yaml")]);
+    assert!(
+        ok && out.trim() == "ipaddresspool.metallb.io/example-pool unchanged",
+        "{out}"
+    );
+    let stored = kube
+        .get(
+            "/apis/metallb.io/v1beta1/ipaddresspools",
+            "metallb-system",
+            "example-pool",
+        )
+        .expect("stored");
+    assert_eq!(
+        stored["spec"]["addresses"],
+        json!(["192.168.1.240-192.168.1.250"])
+    );
+
+    let (ok, out) = kubectl(&config, &["delete", "-f", &file("l2-config.yaml")]);
+    assert!(ok && out.contains("deleted"), "{out}");
+    assert!(
+        kube.get(
+            "/apis/metallb.io/v1beta1/l2advertisements",
+            "metallb-system",
+            "example"
+        )
+        .is_none()
+    );
+    let (ok, out) = kubectl(
+        &config,
+        &["apply", "--server-side", "-f", &file("l2-config.yaml")],
+    );
+    assert!(ok && out.contains("serverside-applied"), "{out}");
+    assert!(
+        kube.get(
+            "/apis/metallb.io/v1beta1/l2advertisements",
+            "metallb-system",
+            "example"
+        )
+        .is_some()
     );
 }

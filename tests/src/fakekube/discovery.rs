@@ -1,6 +1,8 @@
 //! API discovery as kubectl reads it: `/api`, `/apis` and each group version's resource list,
 //! for the built-in resources ferrolb's tests use and for every CustomResourceDefinition the
-//! server holds.
+//! server holds; and the OpenAPI v3 index (`/openapi/v3`, one document per group version) as far
+//! as kubectl reads it before `apply`: which kinds take the `fieldValidation` parameter, so that
+//! kubectl leaves validation to the server.
 
 use serde_json::{Value, json};
 
@@ -352,5 +354,65 @@ fn resource_list(group: &str, version: &str, all: &[Served]) -> Value {
         "apiVersion": "v1",
         "groupVersion": group_version,
         "resources": resources,
+    })
+}
+
+/// `/openapi/v3` or `/openapi/v3/api/v1`, `/openapi/v3/apis/G/V`.
+pub(super) fn openapi(path: &str, crds: &[Value]) -> Option<Value> {
+    let all = served(crds);
+    let gv_path = |s: &Served| {
+        if s.group.is_empty() {
+            format!("api/{}", s.version)
+        } else {
+            format!("apis/{}/{}", s.group, s.version)
+        }
+    };
+    let rest = path.strip_prefix("/openapi/v3")?;
+    if rest.is_empty() || rest == "/" {
+        let mut paths = serde_json::Map::new();
+        for s in &all {
+            let p = gv_path(s);
+            paths.insert(
+                p.clone(),
+                json!({"serverRelativeURL": format!("/openapi/v3/{p}")}),
+            );
+        }
+        return Some(json!({"paths": paths}));
+    }
+    let wanted = rest.trim_start_matches('/');
+    let mut paths = serde_json::Map::new();
+    for s in all.iter().filter(|s| gv_path(s) == wanted) {
+        let base = format!("/{}", gv_path(s));
+        let item = if s.namespaced {
+            format!("{base}/namespaces/{{namespace}}/{}/{{name}}", s.plural)
+        } else {
+            format!("{base}/{}/{{name}}", s.plural)
+        };
+        let gvk = json!({"group": s.group, "version": s.version, "kind": s.kind});
+        let validation = json!([{
+            "name": "fieldValidation", "in": "query",
+            "schema": {"type": "string", "uniqueItems": true},
+        }]);
+        let op = |action: &str| {
+            json!({
+                "operationId": format!("{action}{}", s.kind),
+                "x-kubernetes-action": action,
+                "x-kubernetes-group-version-kind": gvk,
+                "parameters": validation,
+                "responses": {"200": {"description": "OK"}},
+            })
+        };
+        paths.insert(
+            item,
+            json!({"patch": op("patch"), "put": op("put"), "get": op("get")}),
+        );
+    }
+    (!paths.is_empty()).then(|| {
+        json!({
+            "openapi": "3.0.0",
+            "info": {"title": "Kubernetes", "version": "v1.32.0"},
+            "paths": paths,
+            "components": {"schemas": {}},
+        })
     })
 }
