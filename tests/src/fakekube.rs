@@ -11,8 +11,9 @@
 //! CLUSTER-IP EXTERNAL-IP PORT(S) AGE, a CRD's `additionalPrinterColumns`). Its OpenAPI index
 //! tells kubectl that every kind takes `fieldValidation`, so `kubectl apply` (client-side and
 //! `--server-side`) and `kubectl delete` work. It speaks JSON only: kubectl's typed commands
-//! (`create namespace`, `create deployment`, `expose`) send protobuf and get 415. It does not
-//! validate objects against their schemas.
+//! (`create namespace`, `create deployment`, `expose`) send protobuf and get 415. A new Service
+//! gets a ClusterIP (10.96.0.0/12, from 10.96.0.10) and node ports, as the real server gives them.
+//! It does not validate objects against their schemas.
 
 mod discovery;
 mod table;
@@ -54,6 +55,9 @@ struct State {
     /// Events older than this are forgotten: watches from before it get 410 Gone.
     compacted: u64,
     uid: u64,
+    /// The last ClusterIP (in 10.96.0.0/12, from 10.96.0.10) and node port handed out.
+    cluster_ips: u32,
+    node_ports: u16,
     /// Tokens TokenReview authenticates: token → (username, node, audiences).
     tokens: BTreeMap<String, (String, Option<String>, Vec<String>)>,
     /// Every PATCH: (path, patch type, field manager).
@@ -393,6 +397,9 @@ impl FakeKube {
             obj["metadata"]["uid"] = json!(format!("00000000-0000-0000-0000-{:012}", s.uid));
             obj["metadata"]["creationTimestamp"] =
                 json!(table::timestamp(std::time::SystemTime::now()));
+            if key.collection == "/api/v1/services" {
+                allocate_service_addresses(s, &mut obj);
+            }
         }
         if !key.namespace.is_empty() {
             obj["metadata"]["namespace"] = json!(key.namespace);
@@ -727,6 +734,30 @@ impl FakeKube {
                 stream.map(Ok::<_, std::convert::Infallible>),
             ))
             .expect("a streaming response")
+    }
+}
+
+/// What the real API server gives a new Service: a ClusterIP from the service CIDR (unless it
+/// names one, or is headless or an ExternalName), and node ports for NodePort and LoadBalancer
+/// Services (unless `allocateLoadBalancerNodePorts: false`).
+fn allocate_service_addresses(s: &mut State, svc: &mut Value) {
+    let spec = &mut svc["spec"];
+    let kind = spec["type"].as_str().unwrap_or("ClusterIP").to_string();
+    if kind != "ExternalName" && spec["clusterIP"].is_null() {
+        s.cluster_ips += 1;
+        let n = 9 + s.cluster_ips;
+        let ip = format!("10.96.{}.{}", n / 256, n % 256);
+        spec["clusterIP"] = json!(ip);
+        spec["clusterIPs"] = json!([ip]);
+    }
+    let node_ports = kind == "NodePort"
+        || (kind == "LoadBalancer"
+            && spec["allocateLoadBalancerNodePorts"].as_bool() != Some(false));
+    if node_ports && let Some(ports) = spec["ports"].as_array_mut() {
+        for p in ports.iter_mut().filter(|p| p["nodePort"].is_null()) {
+            s.node_ports += 1;
+            p["nodePort"] = json!(30_000 + (s.node_ports % 2768));
+        }
     }
 }
 

@@ -43,7 +43,7 @@ async fn kubectl_finds_built_in_resources_and_metallb_kinds() {
         "/api/v1/services",
         json!({"apiVersion": "v1", "kind": "Service",
                "metadata": {"name": "nginx", "namespace": "default"},
-               "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.10",
+               "spec": {"type": "LoadBalancer",
                         "ports": [{"port": 80, "protocol": "TCP"}]}}),
     );
     let (ok, out) = kubectl(&config, &["get", "services", "-o", "name"]);
@@ -67,9 +67,16 @@ async fn kubectl_finds_built_in_resources_and_metallb_kinds() {
         ],
         "{out}"
     );
+    // A ClusterIP and a node port, as the real server hands them out.
     assert_eq!(
         lines[1][..5],
-        ["nginx", "LoadBalancer", "10.96.0.10", "<pending>", "80/TCP"],
+        [
+            "nginx",
+            "LoadBalancer",
+            "10.96.0.10",
+            "<pending>",
+            "80:30001/TCP"
+        ],
         "{out}"
     );
     let mut svc = kube.get("/api/v1/services", "default", "nginx").unwrap();
