@@ -10,12 +10,14 @@
 //! resolves `svc` or `ipaddresspools`, and prints server-side (Tables: a Service's NAME TYPE
 //! CLUSTER-IP EXTERNAL-IP PORT(S) AGE, a CRD's `additionalPrinterColumns`). Its OpenAPI index
 //! tells kubectl that every kind takes `fieldValidation`, so `kubectl apply` (client-side and
-//! `--server-side`) and `kubectl delete` work. It speaks JSON only: kubectl's typed commands
-//! (`create namespace`, `create deployment`, `expose`) send protobuf and get 415. A new Service
+//! `--server-side`) and `kubectl delete` work. It keeps and answers JSON, and reads the protobuf
+//! kubectl's typed commands send (`create namespace`, `create deployment`, `expose`) for those
+//! kinds; other protobuf bodies get 415. A new Service
 //! gets a ClusterIP (10.96.0.0/12, from 10.96.0.10) and node ports, as the real server gives them.
 //! It does not validate objects against their schemas.
 
 mod discovery;
+mod protobuf;
 mod table;
 
 use std::collections::BTreeMap;
@@ -437,21 +439,20 @@ impl FakeKube {
         };
         let q = query(&uri);
         let as_table = table::wanted(headers.get("accept").and_then(|a| a.to_str().ok()));
-        // JSON only: a client that sends protobuf (kubectl's typed commands) is told so, and
-        // sends JSON again.
-        if headers
-            .get("content-type")
-            .and_then(|c| c.to_str().ok())
-            .is_some_and(|c| c.contains("protobuf"))
-        {
-            return status(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "UnsupportedMediaType",
-                "the lab API server speaks JSON only",
-            );
-        }
         let body: Value = if body.is_empty() {
             Value::Null
+        } else if protobuf::is_protobuf(&body) {
+            // kubectl's typed commands (create, expose) write protobuf.
+            match protobuf::to_json(&body) {
+                Ok(v) => v,
+                Err(e) => {
+                    return status(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        "UnsupportedMediaType",
+                        e,
+                    );
+                }
+            }
         } else {
             match serde_json::from_slice(&body) {
                 Ok(v) => v,

@@ -1,6 +1,7 @@
 //! The real kubectl against the lab's Kubernetes API server: discovery resolves built-in
 //! resources by name and short name, and MetalLB's kinds once their CRDs are stored; the server
-//! prints Services in the walk-through's columns and MetalLB's objects in their CRDs' columns.
+//! prints Services in the walk-through's columns and MetalLB's objects in their CRDs' columns;
+//! `kubectl apply`, `delete`, `create deployment` and `expose` run as the walk-through runs them.
 #![allow(clippy::unwrap_used)]
 
 use std::process::Command;
@@ -20,6 +21,16 @@ fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String) {
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
+
+/// `kubectl get svc`'s row for the walk-through's Service before it has an address: the
+/// ClusterIP and node port the server hands out first.
+const PENDING: [&str; 5] = [
+    "nginx",
+    "LoadBalancer",
+    "10.96.0.10",
+    "<pending>",
+    "80:30001/TCP",
+];
 
 /// A lab API server, a directory, and a kubeconfig in it that points kubectl at the server.
 async fn server() -> (FakeKube, TempDir, std::path::PathBuf) {
@@ -68,17 +79,7 @@ async fn kubectl_finds_built_in_resources_and_metallb_kinds() {
         "{out}"
     );
     // A ClusterIP and a node port, as the real server hands them out.
-    assert_eq!(
-        lines[1][..5],
-        [
-            "nginx",
-            "LoadBalancer",
-            "10.96.0.10",
-            "<pending>",
-            "80:30001/TCP"
-        ],
-        "{out}"
-    );
+    assert_eq!(lines[1][..5], PENDING, "{out}");
     let mut svc = kube.get("/api/v1/services", "default", "nginx").unwrap();
     svc["status"] = json!({"loadBalancer": {"ingress": [{"ip": "192.168.1.240"}]}});
     kube.put("/api/v1/services", svc);
@@ -239,4 +240,54 @@ async fn the_walk_through_files_apply_with_kubectl() {
         )
         .is_some()
     );
+}
+
+/// The walk-through's typed commands, which kubectl sends in protobuf: `create deployment`,
+/// `expose deployment` (it reads the Deployment's selector), then `get svc` shows the Service
+/// pending, with the ClusterIP and node port the server gave it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_create_deployment_and_expose_it() {
+    let (kube, _dir, config) = server().await;
+    let (ok, out) = kubectl(&config, &["create", "namespace", "metallb-system"]);
+    assert!(
+        ok && out.trim() == "namespace/metallb-system created",
+        "{out}"
+    );
+    let (ok, out) = kubectl(&config, &["create", "deployment", "nginx", "--image=nginx"]);
+    assert!(ok && out.trim() == "deployment.apps/nginx created", "{out}");
+    let deployment = kube
+        .get("/apis/apps/v1/deployments", "default", "nginx")
+        .expect("stored");
+    assert_eq!(
+        deployment["spec"]["selector"]["matchLabels"],
+        json!({"app": "nginx"})
+    );
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["containers"][0]["image"],
+        "nginx"
+    );
+    let (ok, out) = kubectl(
+        &config,
+        &[
+            "expose",
+            "deployment",
+            "nginx",
+            "--type=LoadBalancer",
+            "--port=80",
+        ],
+    );
+    assert!(ok && out.trim() == "service/nginx exposed", "{out}");
+    let svc = kube
+        .get("/api/v1/services", "default", "nginx")
+        .expect("stored");
+    assert_eq!(svc["spec"]["selector"], json!({"app": "nginx"}));
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], 80);
+    let (ok, out) = kubectl(&config, &["get", "svc"]);
+    let row: Vec<&str> = out
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert!(ok && row[..5] == PENDING, "{out}");
 }
