@@ -14,10 +14,14 @@
 //! kubectl's typed commands send (`create namespace`, `create deployment`, `expose`) for those
 //! kinds; other protobuf bodies get 415. A new Service
 //! gets a ClusterIP (10.96.0.0/12, from 10.96.0.10) and node ports, as the real server gives them.
-//! It does not validate objects against their schemas.
+//! Objects written over HTTP to a collection a stored CRD serves are pruned (refused with 400 under
+//! `fieldValidation=Strict`), defaulted and checked against its schema (422 naming the field);
+//! [`FakeKube::put`] stores as given, for tests that need an object no schema would pass. Not
+//! modelled: admission webhooks, built-in kinds' validation, CEL rules, patterns.
 
 mod discovery;
 mod protobuf;
+mod schema;
 mod table;
 
 use std::collections::BTreeMap;
@@ -421,8 +425,9 @@ impl FakeKube {
     }
 
     async fn handle(&self, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+        // The CRDs before any lock is taken: the schemas, discovery and printing read them.
+        let crds = self.crds();
         if method == Method::GET {
-            let crds = self.list("/apis/apiextensions.k8s.io/v1/customresourcedefinitions");
             let server = self.url.trim_start_matches("http://");
             if let Some(doc) = discovery::document(uri.path(), &crds, server)
                 .or_else(|| discovery::openapi(uri.path(), &crds))
@@ -504,8 +509,13 @@ impl FakeKube {
                         "metadata.name is required",
                     );
                 };
-                let mut s = self.state.lock().expect("state");
                 let k = key(&t, &name);
+                let mut obj = body;
+                obj["metadata"]["name"] = json!(name);
+                if let Some(refused) = admit(&t, &mut obj, &q, &crds) {
+                    return refused;
+                }
+                let mut s = self.state.lock().expect("state");
                 if s.objects.contains_key(&k) {
                     return status(
                         StatusCode::CONFLICT,
@@ -513,8 +523,6 @@ impl FakeKube {
                         format!("{name} already exists"),
                     );
                 }
-                let mut obj = body;
-                obj["metadata"]["name"] = json!(name);
                 ok(StatusCode::CREATED, &self.store(&mut s, k, obj, "ADDED"))
             }
             (Method::PUT, Some(name)) => {
@@ -550,6 +558,9 @@ impl FakeKube {
                 };
                 obj["metadata"]["uid"] = old["metadata"]["uid"].clone();
                 obj["metadata"]["creationTimestamp"] = old["metadata"]["creationTimestamp"].clone();
+                if let Some(refused) = admit(&t, &mut obj, &q, &crds) {
+                    return refused;
+                }
                 ok(StatusCode::OK, &self.store(&mut s, k, obj, "MODIFIED"))
             }
             (Method::PATCH, Some(name)) => {
@@ -607,6 +618,9 @@ impl FakeKube {
                 }
                 let mut obj = old.clone();
                 merge(&mut obj, &patch);
+                if let Some(refused) = admit(&t, &mut obj, &q, &crds) {
+                    return refused;
+                }
                 let kind = if s.objects.contains_key(&k) {
                     "MODIFIED"
                 } else {
@@ -636,9 +650,13 @@ impl FakeKube {
         }
     }
 
+    fn crds(&self) -> Vec<Value> {
+        self.list("/apis/apiextensions.k8s.io/v1/customresourcedefinitions")
+    }
+
     /// `objects` of `t`'s collection as a Table, for kubectl's printing.
     fn table(&self, t: &Target, objects: &[Value]) -> Value {
-        let crds = self.list("/apis/apiextensions.k8s.io/v1/customresourcedefinitions");
+        let crds = self.crds();
         let rv = self.state.lock().expect("state").rv;
         table::of(&t.collection, objects, &crds, rv)
     }
@@ -758,6 +776,25 @@ fn allocate_service_addresses(s: &mut State, svc: &mut Value) {
         for p in ports.iter_mut().filter(|p| p["nodePort"].is_null()) {
             s.node_ports += 1;
             p["nodePort"] = json!(30_000 + (s.node_ports % 2768));
+        }
+    }
+}
+
+/// Makes an object written to `t`'s collection what its CRD's schema says (pruned, defaulted),
+/// or gives the API server's refusal.
+fn admit(
+    t: &Target,
+    obj: &mut Value,
+    q: &BTreeMap<String, String>,
+    crds: &[Value],
+) -> Option<Response> {
+    let served = schema::served(&t.collection, crds)?;
+    let strict = q.get("fieldValidation").is_some_and(|v| v == "Strict");
+    match served.admit(obj, strict) {
+        Ok(()) => None,
+        Err(schema::Refusal::Unknown(m)) => Some(status(StatusCode::BAD_REQUEST, "BadRequest", m)),
+        Err(schema::Refusal::Invalid(m)) => {
+            Some(status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", m))
         }
     }
 }

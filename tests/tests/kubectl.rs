@@ -1,7 +1,8 @@
 //! The real kubectl against the lab's Kubernetes API server: discovery resolves built-in
 //! resources by name and short name, and MetalLB's kinds once their CRDs are stored; the server
 //! prints Services in the walk-through's columns and MetalLB's objects in their CRDs' columns;
-//! `kubectl apply`, `delete`, `create deployment` and `expose` run as the walk-through runs them.
+//! `kubectl apply`, `delete`, `create deployment` and `expose` run as the walk-through runs them;
+//! the CRDs' schemas refuse bad objects with the field named and fill in MetalLB's defaults.
 #![allow(clippy::unwrap_used)]
 
 use std::process::Command;
@@ -290,4 +291,79 @@ async fn kubectl_create_deployment_and_expose_it() {
         .split_whitespace()
         .collect();
     assert!(ok && row[..5] == PENDING, "{out}");
+}
+
+/// The CRDs' schemas hold at `kubectl apply`: a wrong type, an unknown field and a missing
+/// required field are refused with the field named, and nothing is stored; MetalLB's defaults
+/// appear in what is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_crd_schemas_refuse_bad_pools_and_fill_in_defaults() {
+    let (kube, dir, config) = server().await;
+    let crds = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/crds/metallb.io.yaml")
+        .display()
+        .to_string();
+    let (ok, out) = kubectl(&config, &["apply", "-f", &crds]);
+    assert!(ok, "{out}");
+    let pool = |name: &str, spec: &str| {
+        let f = dir.0.join(format!("{name}.yaml"));
+        std::fs::write(
+            &f,
+            format!(
+                "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata:\n  name: {name}\n  \
+                 namespace: metallb-system\nspec:\n{spec}"
+            ),
+        )
+        .unwrap();
+        f.display().to_string()
+    };
+    let cases = [
+        (
+            "wrong-type",
+            "  addresses: [192.168.1.240/28]\n  autoAssign: \"yes\"\n",
+            "spec.autoAssign in body must be of type boolean",
+        ),
+        (
+            "unknown-field",
+            "  addresses: [192.168.1.240/28]\n  autoAsign: true\n",
+            "unknown field \"spec.autoAsign\"",
+        ),
+        (
+            "no-addresses",
+            "  autoAssign: true\n",
+            "spec.addresses: Required value",
+        ),
+    ];
+    for (name, spec, said) in cases {
+        let (ok, out) = kubectl(&config, &["apply", "-f", &pool(name, spec)]);
+        assert!(!ok && out.contains(said), "{name}: {out}");
+        assert!(
+            kube.get(
+                "/apis/metallb.io/v1beta1/ipaddresspools",
+                "metallb-system",
+                name
+            )
+            .is_none(),
+            "{name} was stored"
+        );
+    }
+    let good = pool("good", "  addresses: [192.168.1.240/28]\n");
+    let (ok, out) = kubectl(&config, &["apply", "-f", &good]);
+    assert!(ok, "{out}");
+    let (ok, out) = kubectl(
+        &config,
+        &[
+            "get",
+            "ipaddresspool",
+            "good",
+            "-n",
+            "metallb-system",
+            "-o",
+            "yaml",
+        ],
+    );
+    assert!(
+        ok && out.contains("autoAssign: true") && out.contains("avoidBuggyIPs: false"),
+        "{out}"
+    );
 }

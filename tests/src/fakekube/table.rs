@@ -122,7 +122,7 @@ fn columns(collection: &str, crds: &[Value]) -> Vec<Column> {
         ];
     }
     let mut out = vec![Column::new("Name", "string", Cell::Name)];
-    match printer_columns(collection, crds) {
+    match super::schema::served(collection, crds).map(|s| s.columns) {
         Some(cols) if !cols.is_empty() => {
             for c in cols {
                 let kind = match c["type"].as_str() {
@@ -144,28 +144,6 @@ fn columns(collection: &str, crds: &[Value]) -> Vec<Column> {
         _ => out.push(Column::new("Age", "date", Cell::Age)),
     }
     out
-}
-
-/// The `additionalPrinterColumns` of the CRD version that serves `collection`, if any.
-fn printer_columns(collection: &str, crds: &[Value]) -> Option<Vec<Value>> {
-    let segs: Vec<&str> = collection.trim_matches('/').split('/').collect();
-    let ["apis", group, version, plural] = segs.as_slice() else {
-        return None;
-    };
-    let crd = crds.iter().find(|c| {
-        c["spec"]["group"].as_str() == Some(group)
-            && c["spec"]["names"]["plural"].as_str() == Some(plural)
-    })?;
-    let served = crd["spec"]["versions"]
-        .as_array()?
-        .iter()
-        .find(|v| v["name"].as_str() == Some(version))?;
-    Some(
-        served["additionalPrinterColumns"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default(),
-    )
 }
 
 /// A Service's EXTERNAL-IP as kubectl shows it.
