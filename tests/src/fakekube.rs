@@ -7,8 +7,9 @@
 //! recorders and leases, not a mock of them. It answers kubectl's discovery (`/api`, `/apis`,
 //! each group version's resources with their kinds, short names and scope) for the built-in
 //! resources ferrolb touches and every CustomResourceDefinition it holds, so `kubectl get`
-//! resolves `svc` or `ipaddresspools`, and prints server-side (Tables: a Service's NAME TYPE
-//! CLUSTER-IP EXTERNAL-IP PORT(S) AGE, a CRD's `additionalPrinterColumns`). Its OpenAPI index
+//! resolves `svc` or `ipaddresspools`, and prints server-side (Tables, in lists and in `get -w`
+//! watches: a Service's NAME TYPE CLUSTER-IP EXTERNAL-IP PORT(S) AGE, a CRD's
+//! `additionalPrinterColumns`). Its OpenAPI index
 //! tells kubectl that every kind takes `fieldValidation`, so `kubectl apply` (client-side and
 //! `--server-side`) and `kubectl delete` work. It keeps and answers JSON, and reads the protobuf
 //! kubectl's typed commands send (`create namespace`, `create deployment`, `expose`) for those
@@ -471,7 +472,7 @@ impl FakeKube {
         }
         match (method, &t.name) {
             (Method::GET, None) if q.get("watch").is_some_and(|w| w == "true" || w == "1") => {
-                self.watch(t, q)
+                self.watch(t, q, as_table.then_some(crds))
             }
             (Method::GET, None) => self.list_response(&t, &q, as_table),
             (Method::GET, Some(name)) => {
@@ -684,7 +685,14 @@ impl FakeKube {
         ok(StatusCode::OK, &list)
     }
 
-    fn watch(&self, t: Target, q: BTreeMap<String, String>) -> Response {
+    /// A watch; with `tables` (the CRDs, for kubectl's `get -w`), each event carries its object
+    /// as a one-row Table, the first one with the column definitions.
+    fn watch(
+        &self,
+        t: Target,
+        q: BTreeMap<String, String>,
+        tables: Option<Vec<Value>>,
+    ) -> Response {
         let from: u64 = q
             .get("resourceVersion")
             .and_then(|r| r.parse().ok())
@@ -712,7 +720,22 @@ impl FakeKube {
                     && fields_selected(&c.object, fields.as_ref())
             }
         };
-        let line = |c: &Change| format!("{}\n", json!({"type": c.kind, "object": c.object}));
+        let collection = t.collection.clone();
+        let mut first = true;
+        let mut line = move |c: &Change| {
+            let object = match &tables {
+                Some(crds) => {
+                    let mut table =
+                        table::of(&collection, std::slice::from_ref(&c.object), crds, c.rv);
+                    if !std::mem::take(&mut first) {
+                        table["columnDefinitions"] = json!([]);
+                    }
+                    table
+                }
+                None => c.object.clone(),
+            };
+            format!("{}\n", json!({"type": c.kind, "object": object}))
+        };
         let stream = async_stream(move |tx| async move {
             if gone {
                 let err = json!({"type": "ERROR", "object": {

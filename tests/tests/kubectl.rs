@@ -291,6 +291,29 @@ async fn kubectl_create_deployment_and_expose_it() {
         .split_whitespace()
         .collect();
     assert!(ok && row[..5] == PENDING, "{out}");
+
+    // `kubectl get svc -w` shows the address arrive, in the same columns.
+    let mut watch = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&config)
+        .args(["get", "svc", "-w"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let mut svc = kube.get("/api/v1/services", "default", "nginx").unwrap();
+    svc["status"] = json!({"loadBalancer": {"ingress": [{"ip": "192.168.1.240"}]}});
+    kube.put("/api/v1/services", svc);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let _ = watch.kill();
+    let out = String::from_utf8_lossy(&watch.wait_with_output().unwrap().stdout).to_string();
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 3, "{out}");
+    assert_eq!(rows[1][..5], PENDING, "{out}");
+    assert_eq!(rows[2][3], "192.168.1.240", "{out}");
 }
 
 /// The CRDs' schemas hold at `kubectl apply`: a wrong type, an unknown field and a missing
