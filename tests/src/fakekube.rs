@@ -15,8 +15,10 @@
 //! kubectl's typed commands send (`create namespace`, `create deployment`, `expose`) for those
 //! kinds; other protobuf bodies get 415. A new Service
 //! gets a ClusterIP (10.96.0.0/12, from 10.96.0.10) and node ports, as the real server gives them.
-//! Objects written over HTTP to a collection a stored CRD serves are pruned (refused with 400 under
-//! `fieldValidation=Strict`), defaulted and checked against its schema (422 naming the field);
+//! [`FakeKube::start`] installs MetalLB's CRDs (`start_empty` does not). Objects written over
+//! HTTP to a collection a stored CRD serves are pruned (refused with 400 under
+//! `fieldValidation=Strict`), defaulted and checked against its schema (422 naming the field; a
+//! status write is checked in its status only, as validation ratcheting lets the rest stand);
 //! [`FakeKube::put`] stores as given, for tests that need an object no schema would pass. Not
 //! modelled: admission webhooks, built-in kinds' validation, CEL rules, patterns.
 
@@ -216,12 +218,39 @@ fn fields_selected(obj: &Value, selector: Option<&String>) -> bool {
 }
 
 impl FakeKube {
-    /// Starts the server on a free port of 127.0.0.1.
+    /// Starts the server on a free port of 127.0.0.1, with MetalLB's CRDs installed (as after
+    /// `kubectl apply -f deploy/ferrolb-native.yaml`): what is written over HTTP meets their
+    /// schemas.
     pub async fn start() -> FakeKube {
+        let kube = FakeKube::start_empty().await;
+        kube.install_crds();
+        kube
+    }
+
+    /// Starts the server with nothing in it, not even MetalLB's CRDs.
+    pub async fn start_empty() -> FakeKube {
         FakeKube::start_on("127.0.0.1:0").await
     }
 
-    /// Starts the server on `addr`.
+    /// Stores MetalLB's CRDs, from `deploy/crds/metallb.io.yaml`.
+    pub fn install_crds(&self) {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/crds/metallb.io.yaml");
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let crd: Value = serde::Deserialize::deserialize(doc)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            if !crd.is_null() {
+                self.put(
+                    "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+                    crd,
+                );
+            }
+        }
+    }
+
+    /// Starts the server on `addr`, empty.
     pub async fn start_on(addr: &str) -> FakeKube {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -813,7 +842,7 @@ fn admit(
 ) -> Option<Response> {
     let served = schema::served(&t.collection, crds)?;
     let strict = q.get("fieldValidation").is_some_and(|v| v == "Strict");
-    match served.admit(obj, strict) {
+    match served.admit(obj, strict, t.status) {
         Ok(()) => None,
         Err(schema::Refusal::Unknown(m)) => Some(status(StatusCode::BAD_REQUEST, "BadRequest", m)),
         Err(schema::Refusal::Invalid(m)) => {

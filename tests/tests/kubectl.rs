@@ -9,7 +9,7 @@ use std::process::Command;
 
 use ferrolb_e2e::TempDir;
 use ferrolb_e2e::fakekube::FakeKube;
-use serde_json::{Value, json};
+use serde_json::json;
 
 fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String) {
     let out = Command::new("kubectl")
@@ -35,7 +35,7 @@ const PENDING: [&str; 5] = [
 
 /// A lab API server, a directory, and a kubeconfig in it that points kubectl at the server.
 async fn server() -> (FakeKube, TempDir, std::path::PathBuf) {
-    let kube = FakeKube::start().await;
+    let kube = FakeKube::start_empty().await;
     let dir = TempDir::new("ferrolb-kubectl");
     let config = dir.0.join("kubeconfig");
     kube.kubeconfig(&config);
@@ -99,19 +99,7 @@ async fn kubectl_finds_built_in_resources_and_metallb_kinds() {
         !ok && out.contains("doesn't have a resource type \"ipaddresspools\""),
         "{out}"
     );
-    let crds = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/crds/metallb.io.yaml"),
-    )
-    .unwrap();
-    for doc in serde_yaml::Deserializer::from_str(&crds) {
-        let crd: Value = serde::Deserialize::deserialize(doc).unwrap();
-        if !crd.is_null() {
-            kube.put(
-                "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
-                crd,
-            );
-        }
-    }
+    kube.install_crds();
     kube.put(
         "/apis/metallb.io/v1beta1/ipaddresspools",
         json!({"apiVersion": "metallb.io/v1beta1", "kind": "IPAddressPool",

@@ -18,6 +18,7 @@ async fn main() {
         std::process::exit(2);
     };
     let kube = FakeKube::start_on(&addr).await;
+    kube.install_crds();
     let lines = tokio::task::spawn_blocking(move || {
         let stdin = std::io::stdin();
         for line in stdin.lock().lines() {

@@ -49,23 +49,38 @@ pub(super) enum Refusal {
 }
 
 impl Served {
-    /// Prunes, defaults and checks `obj` in place.
-    pub(super) fn admit(&self, obj: &mut Value, strict: bool) -> Result<(), Refusal> {
+    /// Prunes, defaults and checks `obj` in place. A write to the status subresource
+    /// (`status_only`) is checked in its status alone, as the API server's validation ratcheting
+    /// lets what did not change stand.
+    pub(super) fn admit(
+        &self,
+        obj: &mut Value,
+        strict: bool,
+        status_only: bool,
+    ) -> Result<(), Refusal> {
+        let mut schema = self.schema.clone();
+        if status_only && let Some(p) = schema["properties"].as_object_mut() {
+            p.retain(|k, _| k == "status");
+            schema["required"] = Value::Null;
+        }
         let mut unknown = Vec::new();
         if let Some(m) = obj.as_object_mut() {
             for (k, v) in m.iter_mut() {
                 // Every object has these; the schema describes the rest.
-                if matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
+                if matches!(k.as_str(), "apiVersion" | "kind" | "metadata")
+                    || (status_only && k != "status")
+                {
                     continue;
                 }
-                match self.schema["properties"].get(k) {
+                match schema["properties"].get(k) {
                     Some(s) => prune(v, s, k, &mut unknown),
                     None => unknown.push(k.clone()),
                 }
             }
             m.retain(|k, _| {
                 matches!(k.as_str(), "apiVersion" | "kind" | "metadata")
-                    || self.schema["properties"].get(k).is_some()
+                    || (status_only && k != "status")
+                    || schema["properties"].get(k).is_some()
             });
         }
         if strict && !unknown.is_empty() {
@@ -80,15 +95,15 @@ impl Served {
                 v = self.version,
             )));
         }
-        default(obj, &self.schema);
+        default(obj, &schema);
         let mut errors = Vec::new();
         if let Some(m) = obj.as_object() {
             for (k, v) in m {
-                if let Some(s) = self.schema["properties"].get(k) {
+                if let Some(s) = schema["properties"].get(k) {
                     check(v, s, k, &mut errors);
                 }
             }
-            for r in self.schema["required"].as_array().into_iter().flatten() {
+            for r in schema["required"].as_array().into_iter().flatten() {
                 if let Some(r) = r.as_str()
                     && !m.contains_key(r)
                 {
@@ -328,13 +343,13 @@ mod tests {
     #[test]
     fn defaults_and_pruning() {
         let mut o = obj(json!({"addresses": ["10.0.0.0/24"], "extra": 1}));
-        assert!(pool_schema().admit(&mut o, false).is_ok());
+        assert!(pool_schema().admit(&mut o, false, false).is_ok());
         assert_eq!(
             o["spec"],
             json!({"addresses": ["10.0.0.0/24"], "autoAssign": true})
         );
         let mut o = obj(json!({"addresses": [], "extra": 1}));
-        match pool_schema().admit(&mut o, true) {
+        match pool_schema().admit(&mut o, true, false) {
             Err(Refusal::Unknown(m)) => assert!(m.contains("unknown field \"spec.extra\""), "{m}"),
             _ => panic!("strict validation let an unknown field through"),
         }
@@ -362,7 +377,7 @@ mod tests {
         ];
         for (spec, want) in cases {
             let mut o = obj(spec);
-            match pool_schema().admit(&mut o, true) {
+            match pool_schema().admit(&mut o, true, false) {
                 Err(Refusal::Invalid(m)) => assert!(m.contains(want), "{m} lacks {want}"),
                 _ => panic!("{want}: admitted"),
             }
