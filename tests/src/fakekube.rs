@@ -19,9 +19,13 @@
 //! HTTP to a collection a stored CRD serves are pruned (refused with 400 under
 //! `fieldValidation=Strict`), defaulted and checked against its schema (422 naming the field; a
 //! status write is checked in its status only, as validation ratcheting lets the rest stand);
-//! [`FakeKube::put`] stores as given, for tests that need an object no schema would pass. Not
-//! modelled: admission webhooks, built-in kinds' validation, CEL rules, patterns.
+//! [`FakeKube::put`] stores as given, for tests that need an object no schema would pass. Writes
+//! over HTTP then go to the validating webhooks that ValidatingWebhookConfigurations register
+//! (HTTPS, checked against their caBundle; a denial or, under failurePolicy Fail, an unreachable
+//! webhook refuses the write). Not modelled: mutating webhooks, built-in kinds' validation, CEL
+//! rules, patterns.
 
+mod admission;
 mod discovery;
 mod protobuf;
 mod schema;
@@ -455,8 +459,11 @@ impl FakeKube {
     }
 
     async fn handle(&self, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
-        // The CRDs before any lock is taken: the schemas, discovery and printing read them.
+        // The CRDs and webhooks before any lock is taken: the schemas, discovery, printing and
+        // admission read them.
         let crds = self.crds();
+        let webhooks =
+            self.list("/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations");
         if method == Method::GET {
             let server = self.url.trim_start_matches("http://");
             if let Some(doc) = discovery::document(uri.path(), &crds, server)
@@ -545,6 +552,9 @@ impl FakeKube {
                 if let Some(refused) = admit(&t, &mut obj, &q, &crds) {
                     return refused;
                 }
+                if let Some(refused) = ask_webhooks(&webhooks, &t, "CREATE", &obj, None).await {
+                    return refused;
+                }
                 let mut s = self.state.lock().expect("state");
                 if s.objects.contains_key(&k) {
                     return status(
@@ -556,9 +566,9 @@ impl FakeKube {
                 ok(StatusCode::CREATED, &self.store(&mut s, k, obj, "ADDED"))
             }
             (Method::PUT, Some(name)) => {
-                let mut s = self.state.lock().expect("state");
                 let k = key(&t, name);
-                let Some(old) = s.objects.get(&k).cloned() else {
+                let existing = self.state.lock().expect("state").objects.get(&k).cloned();
+                let Some(old) = existing else {
                     return status(
                         StatusCode::NOT_FOUND,
                         "NotFound",
@@ -591,6 +601,11 @@ impl FakeKube {
                 if let Some(refused) = admit(&t, &mut obj, &q, &crds) {
                     return refused;
                 }
+                if let Some(refused) = ask_webhooks(&webhooks, &t, "UPDATE", &obj, Some(&old)).await
+                {
+                    return refused;
+                }
+                let mut s = self.state.lock().expect("state");
                 ok(StatusCode::OK, &self.store(&mut s, k, obj, "MODIFIED"))
             }
             (Method::PATCH, Some(name)) => {
@@ -605,7 +620,6 @@ impl FakeKube {
                         "JSON patches are not supported here",
                     );
                 }
-                let mut s = self.state.lock().expect("state");
                 let k = key(&t, name);
                 let apply = content.contains("apply-patch");
                 let kind = if apply {
@@ -615,12 +629,17 @@ impl FakeKube {
                 } else {
                     "merge"
                 };
-                s.patches.push(Patched {
-                    path: uri.path().to_string(),
-                    kind: kind.into(),
-                    manager: q.get("fieldManager").cloned().unwrap_or_default(),
-                });
-                let old = match s.objects.get(&k).cloned() {
+                let existing = {
+                    let mut s = self.state.lock().expect("state");
+                    s.patches.push(Patched {
+                        path: uri.path().to_string(),
+                        kind: kind.into(),
+                        manager: q.get("fieldManager").cloned().unwrap_or_default(),
+                    });
+                    s.objects.get(&k).cloned()
+                };
+                let existed = existing.is_some();
+                let old = match existing {
                     Some(o) => o,
                     None if apply => {
                         json!({"apiVersion": body["apiVersion"], "kind": body["kind"], "metadata": {"name": name}})
@@ -651,6 +670,15 @@ impl FakeKube {
                 if let Some(refused) = admit(&t, &mut obj, &q, &crds) {
                     return refused;
                 }
+                let (op, before) = if existed {
+                    ("UPDATE", Some(&old))
+                } else {
+                    ("CREATE", None)
+                };
+                if let Some(refused) = ask_webhooks(&webhooks, &t, op, &obj, before).await {
+                    return refused;
+                }
+                let mut s = self.state.lock().expect("state");
                 let kind = if s.objects.contains_key(&k) {
                     "MODIFIED"
                 } else {
@@ -849,6 +877,41 @@ fn admit(
             Some(status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", m))
         }
     }
+}
+
+/// The validating webhooks' verdict on a write to `t`'s collection (the status subresource is
+/// not reviewed), or the API server's refusal.
+async fn ask_webhooks(
+    webhooks: &[Value],
+    t: &Target,
+    operation: &'static str,
+    object: &Value,
+    old: Option<&Value>,
+) -> Option<Response> {
+    if webhooks.is_empty() || t.status {
+        return None;
+    }
+    let segs: Vec<&str> = t.collection.trim_matches('/').split('/').collect();
+    let (group, version, resource) = match segs.as_slice() {
+        ["api", v, r] => ("", *v, *r),
+        ["apis", g, v, r] => (*g, *v, *r),
+        _ => return None,
+    };
+    let write = admission::Write {
+        operation,
+        group,
+        version,
+        resource,
+        object,
+        old,
+    };
+    let (code, message) = admission::review(webhooks, &write).await?;
+    let code = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST);
+    Some(status(
+        code,
+        code.canonical_reason().unwrap_or("Invalid"),
+        message,
+    ))
 }
 
 fn key(t: &Target, name: &str) -> Key {

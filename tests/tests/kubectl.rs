@@ -378,3 +378,115 @@ async fn the_crd_schemas_refuse_bad_pools_and_fill_in_defaults() {
         "{out}"
     );
 }
+
+/// A validating webhook over HTTPS, as the lab's API server calls it: it refuses pools whose
+/// name starts with `bad` with MetalLB's kind of message, and lets the rest through.
+async fn webhook() -> (u16, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let files = ferrolb_e2e::test_pki().files("allocator");
+    let creds = ferrolb_common::tls::Credentials::load(files).unwrap();
+    let config = ferrolb_common::tls::bootstrap_server_config(&creds).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let Ok(mut tls) = acceptor.accept(tcp).await else {
+                continue;
+            };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 65536];
+            // Headers, then as many body bytes as Content-Length says.
+            let body = loop {
+                let n = tls.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 {
+                    break None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length: usize = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + length {
+                        break Some(buf[end + 4..end + 4 + length].to_vec());
+                    }
+                }
+            };
+            let Some(body) = body else { continue };
+            let review: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let name = review["request"]["object"]["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default();
+            let response = if name.starts_with("bad") {
+                json!({"uid": review["request"]["uid"], "allowed": false,
+                       "status": {"code": 422, "message": format!("invalid pool {name}: overlaps with pool good")}})
+            } else {
+                json!({"uid": review["request"]["uid"], "allowed": true})
+            };
+            let out = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}).to_string();
+            let _ = tls
+                .write_all(format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{out}", out.len()).as_bytes())
+                .await;
+            let _ = tls.shutdown().await;
+        }
+    });
+    (port, task)
+}
+
+/// A ValidatingWebhookConfiguration is called at `kubectl apply` time: a refused object fails
+/// with the webhook's message and is not stored, a good one goes through, and with the webhook
+/// gone (failurePolicy Fail) writes are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_apply_meets_the_validating_webhook() {
+    let (kube, dir, config) = server().await;
+    kube.install_crds();
+    let (port, hook) = webhook().await;
+    let ca = std::fs::read(ferrolb_e2e::test_pki().ca_path()).unwrap();
+    kube.put(
+        "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations",
+        json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+               "metadata": {"name": "metallb-webhook-configuration"},
+               "webhooks": [{
+                   "name": "ipaddresspoolvalidationwebhook.metallb.io",
+                   "clientConfig": {"url": format!("https://127.0.0.1:{port}/validate-metallb-io-v1beta1-ipaddresspool"),
+                                    "caBundle": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &ca)},
+                   "rules": [{"apiGroups": ["metallb.io"], "apiVersions": ["v1beta1"],
+                              "operations": ["CREATE", "UPDATE"], "resources": ["ipaddresspools"]}],
+                   "failurePolicy": "Fail", "sideEffects": "None", "admissionReviewVersions": ["v1"],
+               }]}),
+    );
+    let pool = |name: &str| {
+        let f = dir.0.join(format!("{name}.yaml"));
+        std::fs::write(
+            &f,
+            format!("apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata:\n  name: {name}\n  namespace: metallb-system\nspec:\n  addresses: [192.168.1.240/28]\n"),
+        )
+        .unwrap();
+        f.display().to_string()
+    };
+    let (ok, out) = kubectl(&config, &["apply", "-f", &pool("bad-pool")]);
+    assert!(
+        !ok && out.contains("admission webhook \"ipaddresspoolvalidationwebhook.metallb.io\" denied the request: invalid pool bad-pool: overlaps with pool good"),
+        "{out}"
+    );
+    assert!(
+        kube.get(
+            "/apis/metallb.io/v1beta1/ipaddresspools",
+            "metallb-system",
+            "bad-pool"
+        )
+        .is_none()
+    );
+    let (ok, out) = kubectl(&config, &["apply", "-f", &pool("good")]);
+    assert!(ok && out.contains("created"), "{out}");
+    hook.abort();
+    let _ = hook.await;
+    let (ok, out) = kubectl(&config, &["apply", "-f", &pool("later")]);
+    assert!(!ok && out.contains("failed calling webhook"), "{out}");
+}
