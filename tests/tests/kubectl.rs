@@ -33,6 +33,15 @@ const PENDING: [&str; 5] = [
     "80:30001/TCP",
 ];
 
+/// A file of this repository, by its path from the top.
+fn in_repo(path: &str) -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+        .display()
+        .to_string()
+}
+
 /// A lab API server, a directory, and a kubeconfig in it that points kubectl at the server.
 async fn server() -> (FakeKube, TempDir, std::path::PathBuf) {
     let kube = FakeKube::start_empty().await;
@@ -156,13 +165,9 @@ async fn kubectl_finds_built_in_resources_and_metallb_kinds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_walk_through_files_apply_with_kubectl() {
     let (kube, dir, config) = server().await;
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let scenarios = ferrolb_e2e::home::scenarios();
     let file = |name: &str| scenarios.join(name).display().to_string();
-    let crds = root
-        .join("deploy/crds/metallb.io.yaml")
-        .display()
-        .to_string();
+    let crds = in_repo("deploy/crds/metallb.io.yaml");
 
     let (ok, out) = kubectl(&config, &["apply", "-f", &crds]);
     assert!(
@@ -310,11 +315,10 @@ async fn kubectl_create_deployment_and_expose_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_crd_schemas_refuse_bad_pools_and_fill_in_defaults() {
     let (kube, dir, config) = server().await;
-    let crds = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../deploy/crds/metallb.io.yaml")
-        .display()
-        .to_string();
-    let (ok, out) = kubectl(&config, &["apply", "-f", &crds]);
+    let (ok, out) = kubectl(
+        &config,
+        &["apply", "-f", &in_repo("deploy/crds/metallb.io.yaml")],
+    );
     assert!(ok, "{out}");
     let pool = |name: &str, spec: &str| {
         let f = dir.0.join(format!("{name}.yaml"));
@@ -489,4 +493,27 @@ async fn kubectl_apply_meets_the_validating_webhook() {
     let _ = hook.await;
     let (ok, out) = kubectl(&config, &["apply", "-f", &pool("later")]);
     assert!(!ok && out.contains("failed calling webhook"), "{out}");
+}
+
+/// The install file applies cleanly with kubectl: every object created the first time (CRDs,
+/// RBAC, workloads, the rest), and applied again, nothing new and nothing refused. (kubectl
+/// reports the PodDisruptionBudget `configured` then: the lab's OpenAPI carries no patch
+/// strategies, so it sends the selector it would replace.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_install_file_applies_cleanly() {
+    let (_kube, _dir, config) = server().await;
+    let install = in_repo("deploy/ferrolb-native.yaml");
+    let (ok, out) = kubectl(&config, &["apply", "-f", &install]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(ok && lines.len() >= 30, "{out}");
+    assert!(lines.iter().all(|l| l.ends_with(" created")), "{out}");
+    let first = lines.len();
+    let (ok, out) = kubectl(&config, &["apply", "-f", &install]);
+    assert!(
+        ok && out.lines().count() == first
+            && out
+                .lines()
+                .all(|l| l.ends_with(" unchanged") || l.ends_with(" configured")),
+        "{out}"
+    );
 }
