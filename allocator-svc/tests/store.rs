@@ -945,3 +945,16 @@ async fn a_failed_commit_leaves_no_ghost_lease() {
         .expect("the acknowledged lease is in the database");
     assert_eq!(stored.ips(), vec![ip(&ghost)]);
 }
+
+/// The embedded store's writable flag stays open and true: a health loop that waits on it waits,
+/// rather than waking at once forever on a closed channel.
+#[tokio::test]
+async fn the_embedded_store_is_writable_and_its_flag_waits() {
+    let db = common::sqlite_db();
+    let store = common::open(&db).await;
+    let mut writable = store.writable();
+    assert!(*writable.borrow());
+    let woke =
+        tokio::time::timeout(std::time::Duration::from_millis(200), writable.changed()).await;
+    assert!(woke.is_err(), "the flag changed or closed: {woke:?}");
+}

@@ -276,6 +276,9 @@ pub struct Core {
     pub(super) changes: watch::Sender<u64>,
     /// Cluster state and announcer sessions: moves on every change, from any replica.
     pub(super) cluster_changes: watch::Sender<u64>,
+    /// Always true: the embedded store takes writes while it is open (PostgreSQL's flag is the
+    /// primary's). Kept here so that its receivers wait instead of seeing a closed channel.
+    embedded_writable: watch::Sender<bool>,
 }
 
 /// Runs `$body` (an async block using `$conn`) in a transaction, again on races, and commits.
@@ -404,6 +407,7 @@ impl Core {
             sealer: Arc::clone(&opts.sealer),
             changes,
             cluster_changes,
+            embedded_writable: watch::channel(true).0,
         }))
     }
 
@@ -442,7 +446,7 @@ impl Core {
     pub fn writable(&self) -> watch::Receiver<bool> {
         match &self.primary {
             Some(p) => p.writable(),
-            None => watch::channel(true).1,
+            None => self.embedded_writable.subscribe(),
         }
     }
 }
