@@ -139,6 +139,33 @@ pub fn issue_for_key(
     Ok(params.signed_by(public_key, &issuer)?.pem())
 }
 
+/// Issues a server certificate for DNS names (a Kubernetes webhook's Service names), with a new
+/// key, signed by `ca`.
+pub fn issue_server(
+    ca: &Issued,
+    dns_names: &[String],
+    validity: Validity,
+) -> Result<Issued, PkiError> {
+    let ca_key = KeyPair::from_pem(ca.key.expose())?;
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert, ca_key)?;
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(dns_names.to_vec())?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    if let Some(first) = dns_names.first() {
+        params.distinguished_name.push(DnType::CommonName, first);
+    }
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = validity.not_before.into();
+    params.not_after = validity.not_after.into();
+    params.serial_number = Some(serial());
+    Ok(Issued {
+        cert: params.signed_by(&key, &issuer)?.pem(),
+        key: Secret::new(key.serialize_pem()),
+    })
+}
+
 fn serial() -> rcgen::SerialNumber {
     let mut bytes = [0u8; 16];
     // A random positive serial (RFC 5280 §4.1.2.2: unique per CA, at most 20 octets).

@@ -11,6 +11,7 @@ pub mod nodes;
 pub mod pool_usage;
 pub mod service;
 pub mod status;
+pub mod webhook;
 
 /// MetalLB's custom resources, from the MetalLB model.
 pub use ferrolb_metallb::crd;

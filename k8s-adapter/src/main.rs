@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use ferrolb_k8s_adapter::controller::{self, Settings};
 use ferrolb_k8s_adapter::metrics::Metrics;
+use ferrolb_k8s_adapter::webhook;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -45,6 +46,35 @@ struct Args {
     /// Prometheus metrics address (`/metrics`); `off` disables it.
     #[arg(long, env = "FERROLB_METRICS_LISTEN", default_value = "127.0.0.1:7473")]
     metrics_listen: String,
+    /// The validating webhook's HTTPS address (deploy/ serves it on 0.0.0.0:9443); `off`
+    /// disables it, and bad objects are then reported only in their conditions and events.
+    #[arg(long, env = "FERROLB_WEBHOOK_LISTEN", default_value = "off")]
+    webhook_listen: String,
+    /// The webhook Service's DNS name, which its certificate is made for.
+    #[arg(
+        long,
+        env = "FERROLB_WEBHOOK_SERVICE",
+        default_value = "ferrolb-webhook.ferrolb-system.svc"
+    )]
+    webhook_service: String,
+    /// The Secret (in --namespace) where the replicas keep the webhook's certificate and CA.
+    #[arg(
+        long,
+        env = "FERROLB_WEBHOOK_SECRET",
+        default_value = "ferrolb-webhook-cert"
+    )]
+    webhook_secret: String,
+    /// The ValidatingWebhookConfiguration whose caBundle the adapter keeps current.
+    #[arg(
+        long,
+        env = "FERROLB_WEBHOOK_CONFIGURATION",
+        default_value = "ferrolb-webhook-configuration"
+    )]
+    webhook_configuration: String,
+    /// Seconds the webhook's certificate lasts; it is renewed with a third left, and its CA
+    /// lasts ten times as long.
+    #[arg(long, env = "FERROLB_WEBHOOK_CERT_SECONDS", default_value_t = 90 * 86_400)]
+    webhook_cert_seconds: u64,
     /// Log filter (tracing's env-filter syntax).
     #[arg(long, env = "FERROLB_LOG", default_value = "info")]
     log: String,
@@ -53,6 +83,12 @@ struct Args {
 fn fail(msg: impl std::fmt::Display) -> ! {
     eprintln!("ferrolb-k8s-adapter: {msg}");
     std::process::exit(2)
+}
+
+/// A part the adapter cannot work without is gone.
+fn stop(why: &str) -> ! {
+    eprintln!("ferrolb-k8s-adapter: {why}");
+    std::process::exit(1)
 }
 
 impl Args {
@@ -85,6 +121,36 @@ impl Args {
         }
     }
 
+    /// The webhook's settings, unless it is off.
+    fn webhook(&self) -> Option<webhook::Settings> {
+        if self.webhook_listen == "off" {
+            return None;
+        }
+        let listen = self.webhook_listen.parse().unwrap_or_else(|_| {
+            fail(format!(
+                "--webhook-listen {:?} is not an address or off",
+                self.webhook_listen
+            ))
+        });
+        let service = self.webhook_service.trim_end_matches('.');
+        let mut dns_names = vec![service.to_string()];
+        if let Some(short) = service.strip_suffix(".svc") {
+            dns_names.push(format!("{service}.cluster.local"));
+            dns_names.push(short.to_string());
+        }
+        Some(webhook::Settings {
+            listen,
+            namespace: self.namespace.clone(),
+            cert: webhook::cert::Place {
+                namespace: self.namespace.clone(),
+                secret: self.webhook_secret.clone(),
+                configuration: self.webhook_configuration.clone(),
+                dns_names,
+                lifetime: Duration::from_secs(self.webhook_cert_seconds.max(3)),
+            },
+        })
+    }
+
     /// Leadership of the Lease `ferrolb-k8s-adapter`, once held; None without leader election.
     async fn lead(&self, client: &kube::Client) -> Option<ferrolb_k8s_adapter::leader::Leadership> {
         if self.lease_seconds == 0 {
@@ -112,7 +178,20 @@ async fn main() {
     let client = kube::Client::try_default()
         .await
         .unwrap_or_else(|e| fail(format!("no Kubernetes API (in-cluster or KUBECONFIG): {e}")));
-    let leadership = args.lead(&client).await;
+    // Every replica serves the webhook, leader or not.
+    let critical = ferrolb_common::process::Critical::new();
+    if let Some(hook) = args.webhook() {
+        let (client, metrics) = (client.clone(), Arc::clone(&metrics));
+        critical.spawn("the validating webhook", async move {
+            if let Err(e) = webhook::serve(client, hook, metrics).await {
+                tracing::error!(error = %e, "the validating webhook stopped");
+            }
+        });
+    }
+    let leadership = tokio::select! {
+        l = args.lead(&client) => l,
+        why = critical.failed() => stop(&why),
+    };
     let settings = Settings {
         cluster: args.cluster,
         namespace: args.namespace,
@@ -140,6 +219,7 @@ async fn main() {
                 std::process::exit(1);
             }
         }
+        why = critical.failed() => stop(&why),
         why = lost => {
             tracing::error!(reason = %why, "leadership lost: stopping");
             eprintln!("ferrolb-k8s-adapter: leadership lost: {why}");

@@ -11,8 +11,15 @@ struct KindLabel {
     kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReviewLabels {
+    kind: String,
+    verdict: String,
+}
+
 pub struct Metrics {
     registry: Registry,
+    reviews: Family<ReviewLabels, Counter>,
     rejected: Family<KindLabel, Gauge>,
     reconcile_errors: Family<KindLabel, Counter>,
 }
@@ -38,8 +45,15 @@ impl Metrics {
             "Service reconciles that failed and were queued again, by kind of error",
             reconcile_errors.clone(),
         );
+        let reviews = Family::<ReviewLabels, Counter>::default();
+        registry.register(
+            "webhook_reviews",
+            "Admission reviews the validating webhook answered, by kind and verdict (allowed, refused, error)",
+            reviews.clone(),
+        );
         Metrics {
             registry,
+            reviews,
             rejected,
             reconcile_errors,
         }
@@ -49,6 +63,16 @@ impl Metrics {
     pub fn reconcile_failed(&self, kind: &str) {
         self.reconcile_errors
             .get_or_create(&KindLabel { kind: kind.into() })
+            .inc();
+    }
+
+    /// The webhook answered a review of a `kind` object.
+    pub fn webhook_reviewed(&self, kind: &str, verdict: &str) {
+        self.reviews
+            .get_or_create(&ReviewLabels {
+                kind: kind.into(),
+                verdict: verdict.into(),
+            })
             .inc();
     }
 

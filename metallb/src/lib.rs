@@ -6,6 +6,7 @@
 //!
 //! No I/O, no async: the crate is rules and types only.
 
+pub mod admission;
 pub mod annotations;
 pub mod convert;
 pub mod crd;

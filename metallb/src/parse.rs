@@ -226,6 +226,16 @@ pub enum Family {
 pub struct Entry {
     pub family: Family,
     pub shortest_prefix: u8,
+    /// The first and last address the entry covers, as numbers of its family.
+    pub first: u128,
+    pub last: u128,
+}
+
+impl Entry {
+    /// Whether the two entries have an address in common.
+    pub fn overlaps(&self, other: &Entry) -> bool {
+        self.family == other.family && self.first <= other.last && other.first <= self.last
+    }
 }
 
 /// Reads a pool entry as MetalLB's `ParseCIDR` does: `net.ParseCIDR` (host bits allowed), or
@@ -242,9 +252,14 @@ pub fn address_entry(entry: &str) -> Result<Entry, String> {
             .filter(|l| *l <= bits(ip))
             .filter(|_| len.bytes().all(|b| b.is_ascii_digit()))
             .ok_or_else(|| format!("invalid CIDR {entry:?}"))?;
+        let host_bits = u32::from(bits(ip) - len);
+        let host_mask = 1u128.checked_shl(host_bits).map_or(u128::MAX, |b| b - 1);
+        let first = number(ip) & !host_mask;
         return Ok(Entry {
             family: family(ip),
             shortest_prefix: len,
+            first,
+            last: first | host_mask,
         });
     };
     let (a, b) = (start.trim(), end.trim());
@@ -255,8 +270,7 @@ pub fn address_entry(entry: &str) -> Result<Entry, String> {
         .parse()
         .map_err(|_| format!("invalid IP range {entry:?}: invalid end IP {b:?}"))?;
     let (lo, hi) = match (a, b) {
-        (IpAddr::V4(a), IpAddr::V4(b)) => (u128::from(u32::from(a)), u128::from(u32::from(b))),
-        (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a), u128::from(b)),
+        (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => (number(a), number(b)),
         _ => {
             return Err(format!(
                 "invalid IP range {entry:?}: start and end are of different families"
@@ -271,7 +285,16 @@ pub fn address_entry(entry: &str) -> Result<Entry, String> {
     Ok(Entry {
         family: family(a),
         shortest_prefix: widest_block(lo, hi, bits(a)),
+        first: lo,
+        last: hi,
     })
+}
+
+fn number(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    }
 }
 
 fn bits(ip: IpAddr) -> u8 {
@@ -414,6 +437,13 @@ mod tests {
         assert_eq!(e("10.0.1.0-10.0.1.127").shortest_prefix, 25);
         assert_eq!(e("10.0.1.1-10.0.1.6").shortest_prefix, 31);
         assert_eq!(e("10.0.1.1 - 10.0.1.1").shortest_prefix, 32);
+        // Spans: a CIDR's host bits do not count; a range is as written.
+        assert!(e("10.0.0.5/24").overlaps(&e("10.0.0.255-10.0.1.3")));
+        assert!(!e("10.0.0.0/25").overlaps(&e("10.0.0.128/25")));
+        assert!(e("0.0.0.0/0").overlaps(&e("255.255.255.255/32")));
+        assert!(e("::/0").overlaps(&e("fd00::1/128")));
+        // Families never overlap, whatever their numbers.
+        assert!(!e("0.0.0.0/0").overlaps(&e("::/96")));
         assert_eq!(e("0.0.0.0-255.255.255.255").shortest_prefix, 0);
         assert_eq!(
             e("::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff").shortest_prefix,
@@ -423,7 +453,9 @@ mod tests {
             e("fd00::-fd00::ff"),
             Entry {
                 family: Family::V6,
-                shortest_prefix: 120
+                shortest_prefix: 120,
+                first: 0xfd00 << 112,
+                last: (0xfd00 << 112) | 0xff,
             }
         );
         for (bad, why) in [

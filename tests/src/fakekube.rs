@@ -20,7 +20,7 @@
 //! `fieldValidation=Strict`), defaulted and checked against its schema (422 naming the field; a
 //! status write is checked in its status only, as validation ratcheting lets the rest stand);
 //! [`FakeKube::put`] stores as given, for tests that need an object no schema would pass. Writes
-//! over HTTP then go to the validating webhooks that ValidatingWebhookConfigurations register
+//! and deletes over HTTP then go to the validating webhooks that ValidatingWebhookConfigurations register
 //! (HTTPS, checked against their caBundle; a denial or, under failurePolicy Fail, an unreachable
 //! webhook refuses the write). Not modelled: mutating webhooks, built-in kinds' validation, CEL
 //! rules, patterns.
@@ -689,6 +689,12 @@ impl FakeKube {
             (Method::DELETE, Some(name)) => {
                 let k = key(&t, name);
                 let old = self.state.lock().expect("state").objects.get(&k).cloned();
+                if let Some(o) = &old
+                    && let Some(refused) =
+                        ask_webhooks(&webhooks, &t, "DELETE", &Value::Null, Some(o)).await
+                {
+                    return refused;
+                }
                 match old {
                     Some(o) if self.delete(&k.collection, &k.namespace, &k.name) => {
                         ok(StatusCode::OK, &o)

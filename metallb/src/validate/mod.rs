@@ -18,6 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 pub use bgp_advertisement::{Misfit, aggregation_misfit, covers};
 pub use peer::{FRR_ONLY, password};
+pub use pool::overlaps;
 
 use crate::crd::Unknown;
 use crate::object::{Config, Object, Rejection};

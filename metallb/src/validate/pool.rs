@@ -79,6 +79,50 @@ fn excluded_addresses(p: &Object<IPAddressPoolSpec>, out: &mut Vec<Rejection>) {
     }
 }
 
+/// MetalLB's overlap rule, for a pool being admitted: no entry of `new` may share an address
+/// with another of its entries or with any entry of `others` (the pools already there; `new`'s
+/// own earlier version among them is skipped). The allocator applies the same rule across every
+/// cluster's pools when the pool is applied.
+pub fn overlaps(
+    new: &Object<IPAddressPoolSpec>,
+    others: &[Object<IPAddressPoolSpec>],
+) -> Vec<Rejection> {
+    let entries = |p: &Object<IPAddressPoolSpec>| -> Vec<(String, parse::Entry)> {
+        p.spec
+            .addresses
+            .iter()
+            .filter_map(|a| Some((a.clone(), parse::address_entry(a).ok()?)))
+            .collect()
+    };
+    let mine = entries(new);
+    let mut out = vec![];
+    let mut reject = |i: usize, a: &str, b: &str| {
+        out.push(Rejection::new(
+            POOL,
+            &new.name,
+            &format!("spec.addresses[{i}]"),
+            format!(
+                "CIDR {a:?} in pool {:?} overlaps with already defined CIDR {b:?}",
+                new.name
+            ),
+        ));
+    };
+    for (i, (a, ea)) in mine.iter().enumerate() {
+        if let Some((b, _)) = mine[..i].iter().find(|(_, eb)| ea.overlaps(eb)) {
+            reject(i, a, b);
+            continue;
+        }
+        let theirs = others
+            .iter()
+            .filter(|o| o.name != new.name)
+            .flat_map(entries);
+        if let Some((b, _)) = theirs.into_iter().find(|(_, eb)| ea.overlaps(eb)) {
+            reject(i, a, &b);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::fixtures::*;
@@ -124,5 +168,35 @@ mod tests {
         assert_eq!(all[0].message, "pool has no prefixes defined");
         assert_eq!(all[1].message, "invalid CIDR \"10.0.0.0/33\"");
         assert_eq!(all[2].message, "duplicate definition of namespace \"a\"");
+    }
+
+    #[test]
+    fn an_admitted_pool_overlaps_neither_itself_nor_another() {
+        let others = [
+            pool("lan", &["192.168.1.240-192.168.1.250"]),
+            pool("v6", &["fd00::/120"]),
+        ];
+        let new = pool(
+            "new",
+            &[
+                "10.0.0.0/24",
+                "10.0.0.128/25",
+                "192.168.1.250/32",
+                "fd00:1::/120",
+            ],
+        );
+        let found: Vec<String> = super::overlaps(&new, &others)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            found,
+            [
+                "IPAddressPool \"new\": spec.addresses[1]: CIDR \"10.0.0.128/25\" in pool \"new\" overlaps with already defined CIDR \"10.0.0.0/24\"",
+                "IPAddressPool \"new\": spec.addresses[2]: CIDR \"192.168.1.250/32\" in pool \"new\" overlaps with already defined CIDR \"192.168.1.240-192.168.1.250\"",
+            ]
+        );
+        // Its own earlier version is not another pool.
+        assert_eq!(super::overlaps(&others[0], &others), vec![]);
     }
 }

@@ -3,7 +3,8 @@
 //! object its rules cover, with an AdmissionReview (admission.k8s.io/v1); a denial refuses the
 //! write with the webhook's message, and a webhook that cannot be reached refuses it too unless
 //! its `failurePolicy` is `Ignore`. Webhooks are reached by `clientConfig.url`; a `service`
-//! reference is resolved to `https://127.0.0.1:<port><path>`, the lab's one host.
+//! reference is reached at `https://127.0.0.1:<port><path>`, the lab's one host, and its
+//! certificate checked against `<name>.<namespace>.svc`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,19 +73,29 @@ fn covers(hook: &Value, w: &Write<'_>) -> bool {
 /// The webhook's `response`.
 async fn call(hook: &Value, w: &Write<'_>) -> Result<Value, String> {
     let cc = &hook["clientConfig"];
-    let url = match cc["url"].as_str() {
-        Some(u) => u.to_string(),
-        None => format!(
-            "https://127.0.0.1:{}{}",
-            cc["service"]["port"].as_u64().unwrap_or(443),
-            cc["service"]["path"].as_str().unwrap_or("/")
-        ),
+    // A `url` is reached and checked as written; a `service` reference is reached on the
+    // lab's one host and checked against the Service's DNS name, as the API server checks it.
+    let (authority, host, path) = match cc["url"].as_str() {
+        Some(url) => {
+            let rest = url
+                .strip_prefix("https://")
+                .ok_or("the webhook is not HTTPS")?;
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+            (authority.to_string(), host.to_string(), path.to_string())
+        }
+        None => {
+            let svc = &cc["service"];
+            let port = svc["port"].as_u64().unwrap_or(443);
+            let host = format!(
+                "{}.{}.svc",
+                svc["name"].as_str().unwrap_or_default(),
+                svc["namespace"].as_str().unwrap_or_default()
+            );
+            let path = svc["path"].as_str().unwrap_or("/").to_string();
+            (format!("127.0.0.1:{port}"), host, path)
+        }
     };
-    let rest = url
-        .strip_prefix("https://")
-        .ok_or("the webhook is not HTTPS")?;
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
     let pem = base64::Engine::decode(
         &base64::engine::general_purpose::STANDARD,
         cc["caBundle"].as_str().unwrap_or_default(),
@@ -103,15 +114,20 @@ async fn call(hook: &Value, w: &Write<'_>) -> Result<Value, String> {
     .map_err(|e| e.to_string())?
     .with_root_certificates(roots)
     .with_no_client_auth();
+    // A delete sends no object, only the one being deleted.
+    let subject = match w.object {
+        Value::Null => w.old.unwrap_or(w.object),
+        o => o,
+    };
     let review = json!({
         "apiVersion": "admission.k8s.io/v1",
         "kind": "AdmissionReview",
         "request": {
             "uid": "00000000-0000-0000-0000-000000000001",
-            "kind": {"group": w.group, "version": w.version, "kind": w.object["kind"]},
+            "kind": {"group": w.group, "version": w.version, "kind": subject["kind"]},
             "resource": {"group": w.group, "version": w.version, "resource": w.resource},
-            "name": w.object["metadata"]["name"],
-            "namespace": w.object["metadata"]["namespace"],
+            "name": subject["metadata"]["name"],
+            "namespace": subject["metadata"]["namespace"],
             "operation": w.operation,
             "object": w.object,
             "oldObject": w.old.cloned().unwrap_or(Value::Null),
@@ -121,10 +137,10 @@ async fn call(hook: &Value, w: &Write<'_>) -> Result<Value, String> {
     });
     let timeout = Duration::from_secs(hook["timeoutSeconds"].as_u64().unwrap_or(10));
     let exchange = async {
-        let tcp = tokio::net::TcpStream::connect(authority)
+        let tcp = tokio::net::TcpStream::connect(&authority)
             .await
             .map_err(|e| e.to_string())?;
-        let name = ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
+        let name = ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
         let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
             .connect(name, tcp)
             .await
@@ -134,8 +150,8 @@ async fn call(hook: &Value, w: &Write<'_>) -> Result<Value, String> {
                 .await
                 .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
-        let req = axum::http::Request::post(path)
-            .header("host", authority)
+        let req = axum::http::Request::post(path.as_str())
+            .header("host", authority.as_str())
             .header("content-type", "application/json")
             .body(Body::from(review.to_string()))
             .map_err(|e| e.to_string())?;
