@@ -200,12 +200,14 @@ fn deletions(client: &Client) -> Arc<Notify> {
     let wake = Arc::clone(&deleted);
     let services = Api::<Service>::all(client.clone());
     tokio::spawn(
-        watcher(services, watcher::Config::default()).for_each(move |ev| {
-            if let Ok(watcher::Event::Delete(_)) = ev {
-                wake.notify_one();
-            }
-            async {}
-        }),
+        watcher(services, watcher::Config::default())
+            .default_backoff()
+            .for_each(move |ev| {
+                if let Ok(watcher::Event::Delete(_)) = ev {
+                    wake.notify_one();
+                }
+                async {}
+            }),
     );
     deleted
 }
@@ -300,10 +302,13 @@ fn index_slices(
 ) -> impl futures::Stream<Item = ObjectRef<Service>> + Send + 'static {
     let (tx, rx) = mpsc::channel(1024);
     critical.spawn("the EndpointSlice index", async move {
-        let mut events = std::pin::pin!(watcher(
-            Api::<EndpointSlice>::all(client),
-            watcher::Config::default()
-        ));
+        let mut events = std::pin::pin!(
+            watcher(
+                Api::<EndpointSlice>::all(client),
+                watcher::Config::default()
+            )
+            .default_backoff()
+        );
         while let Some(ev) = events.next().await {
             let ev = match ev {
                 Ok(ev) => ev,
@@ -489,12 +494,15 @@ where
 {
     let (store, writer) = reflector::store();
     tokio::spawn(
-        reflector::reflector(writer, watcher(api, watcher::Config::default()))
-            .touched_objects()
-            .for_each(move |_| {
-                changed.notify_one();
-                async {}
-            }),
+        reflector::reflector(
+            writer,
+            watcher(api, watcher::Config::default()).default_backoff(),
+        )
+        .touched_objects()
+        .for_each(move |_| {
+            changed.notify_one();
+            async {}
+        }),
     );
     store
 }

@@ -318,6 +318,16 @@ impl Drop for TempDir {
     }
 }
 
+/// A child process that is killed and reaped with its guard, so a failing test leaves none behind.
+pub struct Process(pub Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The shared test PostgreSQL server; `FERROLB_TEST_PG` overrides it.
 pub fn pg_base() -> String {
     std::env::var("FERROLB_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())

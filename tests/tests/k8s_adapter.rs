@@ -252,9 +252,12 @@ async fn scenario_yaml_gives_home_nginx_its_address() {
         pool_status.contains(&apply("ferrolb-conditions")),
         "{patches:?}"
     );
+    // Events are the exception: a repeated event is counted in its series by a merge patch, as
+    // the event recorder of client-go and kube-rs does.
     assert!(
         patches
             .iter()
+            .filter(|p| !p.path.starts_with("/apis/events.k8s.io/"))
             .all(|p| p.kind == "apply" && p.manager.starts_with("ferrolb")),
         "{patches:?}"
     );

@@ -517,3 +517,198 @@ async fn the_install_file_applies_cleanly() {
         "{out}"
     );
 }
+
+/// The adapter's own webhook, registered as deploy/ registers it (a Service reference, no
+/// caBundle: the adapter makes its certificate and publishes its CA): `kubectl apply` of each of
+/// MetalLB's refusals the adapter knows fails with the message the object's condition would
+/// show and stores nothing; a good object after a bad one goes through; a BFDProfile a BGPPeer
+/// names is not deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_adapters_webhook_refuses_bad_objects_at_apply_time() {
+    let (kube, dir, config) = server().await;
+    kube.install_crds();
+    let alloc = ferrolb_e2e::Allocator::start(None, &[]);
+    let port = ferrolb_e2e::free_port();
+    let hooks: Vec<_> = [
+        ("ipaddresspools", "v1beta1"),
+        ("l2advertisements", "v1beta1"),
+        ("bgpadvertisements", "v1beta1"),
+        ("bgppeers", "v1beta2"),
+        ("communities", "v1beta1"),
+        ("bfdprofiles", "v1beta1"),
+    ]
+    .iter()
+    .map(|(resource, version)| {
+        json!({"name": format!("{resource}.validation.ferrolb.io"),
+               "clientConfig": {"service": {"namespace": "ferrolb-system", "name": "ferrolb-webhook",
+                                            "port": port, "path": "/validate-metallb-io"}},
+               "rules": [{"apiGroups": ["metallb.io"], "apiVersions": [version],
+                          "operations": ["CREATE", "UPDATE", "DELETE"], "resources": [resource]}],
+               "failurePolicy": "Fail", "sideEffects": "None", "admissionReviewVersions": ["v1"]})
+    })
+    .collect();
+    let vwc = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations";
+    kube.put(
+        vwc,
+        json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+               "metadata": {"name": "ferrolb-webhook-configuration"}, "webhooks": hooks}),
+    );
+    let _adapter = ferrolb_e2e::Process(
+        Command::new(ferrolb_e2e::bin("ferrolb-k8s-adapter"))
+            .args(["--allocator", &alloc.url(), "--cluster", "home"])
+            .args(ferrolb_e2e::test_pki().args("cluster/home"))
+            .args(["--metrics-listen", "off", "--lease-seconds", "0"])
+            .args(["--webhook-listen", &format!("127.0.0.1:{port}")])
+            .env("KUBECONFIG", &config)
+            .env("FERROLB_LOG", "warn")
+            .spawn()
+            .expect("start ferrolb-k8s-adapter"),
+    );
+    let start = std::time::Instant::now();
+    // Served once the CA is in the configuration.
+    while kube.get(vwc, "", "ferrolb-webhook-configuration").unwrap()["webhooks"][5]["clientConfig"]
+        ["caBundle"]
+        .is_null()
+    {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "the adapter published no CA bundle"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let secret = kube
+        .get("/api/v1/secrets", "metallb-system", "ferrolb-webhook-cert")
+        .expect("the certificate's Secret");
+    assert_eq!(secret["type"], "kubernetes.io/tls", "{secret}");
+
+    let file = |name: &str, text: &str| {
+        let f = dir.0.join(format!("{name}.yaml"));
+        std::fs::write(&f, text).unwrap();
+        f.display().to_string()
+    };
+    let pool = |name: &str, ns: &str, cidr: &str| {
+        file(
+            name,
+            &format!(
+                "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  addresses: [\"{cidr}\"]\n"
+            ),
+        )
+    };
+    let refused = |path: String, hook: &str, message: &str| {
+        let (ok, out) = kubectl(&config, &["apply", "-f", &path]);
+        assert!(
+            !ok && out.contains(&format!(
+                "admission webhook \"{hook}.validation.ferrolb.io\" denied the request: {message}"
+            )),
+            "{out}"
+        );
+    };
+    let pools = "/apis/metallb.io/v1beta1/ipaddresspools";
+    refused(
+        pool("bad", "metallb-system", "192.168.1.300/32"),
+        "ipaddresspools",
+        "IPAddressPool \"bad\": spec.addresses[0]: invalid CIDR \"192.168.1.300/32\"",
+    );
+    assert!(kube.get(pools, "metallb-system", "bad").is_none());
+    refused(
+        pool("elsewhere", "default", "10.1.0.0/24"),
+        "ipaddresspools",
+        "IPAddressPool \"elsewhere\": metadata.namespace: resource must be created in metallb-system namespace",
+    );
+    let (ok, out) = kubectl(
+        &config,
+        &[
+            "apply",
+            "-f",
+            &pool("lan", "metallb-system", "192.168.1.240/28"),
+        ],
+    );
+    assert!(ok && out.contains("created"), "{out}");
+    refused(
+        pool("other", "metallb-system", "192.168.1.248/29"),
+        "ipaddresspools",
+        "IPAddressPool \"other\": spec.addresses[0]: CIDR \"192.168.1.248/29\" in pool \"other\" overlaps with already defined CIDR \"192.168.1.240/28\"",
+    );
+    assert!(kube.get(pools, "metallb-system", "other").is_none());
+    let ad = |name: &str, spec: &str| {
+        file(
+            name,
+            &format!(
+                "apiVersion: metallb.io/v1beta1\nkind: BGPAdvertisement\nmetadata:\n  name: {name}\n  namespace: metallb-system\nspec:\n{spec}"
+            ),
+        )
+    };
+    refused(
+        ad("legacy", "  communities: [\"99999999:1\"]\n"),
+        "bgpadvertisements",
+        "BGPAdvertisement \"legacy\": spec.communities[0]:",
+    );
+    refused(
+        ad(
+            "selectors",
+            "  aggregationLength: 24\n  ipAddressPools: [lan]\n",
+        ),
+        "bgpadvertisements",
+        "BGPAdvertisement \"selectors\": spec.aggregationLength:",
+    );
+    let peer = |name: &str, extra: &str| {
+        file(
+            name,
+            &format!(
+                "apiVersion: metallb.io/v1beta2\nkind: BGPPeer\nmetadata:\n  name: {name}\n  namespace: metallb-system\nspec:\n  myASN: 64512\n  peerASN: 64513\n  peerAddress: {extra}\n"
+            ),
+        )
+    };
+    refused(
+        peer("typo", "10.100.1"),
+        "bgppeers",
+        "BGPPeer \"typo\": spec.peerAddress: invalid BGPPeer address",
+    );
+    refused(
+        file(
+            "slow",
+            "apiVersion: metallb.io/v1beta2\nkind: BGPPeer\nmetadata:\n  name: slow\n  namespace: metallb-system\nspec:\n  myASN: 64512\n  peerASN: 64513\n  peerAddress: 10.0.0.9\n  holdTime: 99999999999999999999h\n",
+        ),
+        "bgppeers",
+        "BGPPeer \"slow\": spec.holdTime:",
+    );
+    // A good object after the bad ones.
+    let (ok, out) = kubectl(&config, &["apply", "-f", &peer("router", "10.0.0.1")]);
+    assert!(ok && out.contains("created"), "{out}");
+    refused(
+        peer("twin", "10.0.0.1"),
+        "bgppeers",
+        "BGPPeer \"twin\": spec: peer twin already exists (same as \"router\")",
+    );
+
+    // A BFDProfile a BGPPeer names stays (stored directly: ferrolb refuses the peer itself
+    // until it runs BFD).
+    kube.put(
+        "/apis/metallb.io/v1beta1/bfdprofiles",
+        json!({"apiVersion": "metallb.io/v1beta1", "kind": "BFDProfile",
+               "metadata": {"name": "fast", "namespace": "metallb-system"}, "spec": {}}),
+    );
+    kube.put(
+        "/apis/metallb.io/v1beta2/bgppeers",
+        json!({"apiVersion": "metallb.io/v1beta2", "kind": "BGPPeer",
+               "metadata": {"name": "bfd", "namespace": "metallb-system"},
+               "spec": {"myASN": 64512, "peerASN": 64513, "peerAddress": "10.0.0.2", "bfdProfile": "fast"}}),
+    );
+    let (ok, out) = kubectl(
+        &config,
+        &["delete", "bfdprofile", "fast", "-n", "metallb-system"],
+    );
+    assert!(
+        !ok && out.contains("failed to delete BFDProfile fast, used by BGPPeer bfd"),
+        "{out}"
+    );
+    let (ok, out) = kubectl(
+        &config,
+        &[
+            "delete",
+            "-f",
+            &pool("lan", "metallb-system", "192.168.1.240/28"),
+        ],
+    );
+    assert!(ok && out.contains("deleted"), "{out}");
+}
