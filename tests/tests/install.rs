@@ -202,3 +202,109 @@ fn the_restricted_checks_catch_what_they_check() {
         );
     }
 }
+
+/// The webhook's registration reaches the adapter: its Service selects the adapter's pods on a
+/// port the adapter serves and its NetworkPolicy admits, and the adapter may renew what the
+/// registration and its certificate need, and nothing else of their kind.
+#[test]
+fn the_webhook_reaches_the_adapter() {
+    let docs = install();
+    let find = |kind: &str, name: &str| {
+        docs.iter()
+            .find(|d| {
+                d["kind"].as_str() == Some(kind) && d["metadata"]["name"].as_str() == Some(name)
+            })
+            .unwrap_or_else(|| panic!("no {kind} {name}"))
+    };
+    let vwc = find(
+        "ValidatingWebhookConfiguration",
+        "ferrolb-webhook-configuration",
+    );
+    let hooks = vwc["webhooks"].as_sequence().unwrap();
+    let resources: Vec<&str> = hooks
+        .iter()
+        .map(|h| h["rules"][0]["resources"][0].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        resources,
+        [
+            "ipaddresspools",
+            "l2advertisements",
+            "bgpadvertisements",
+            "bgppeers",
+            "communities",
+            "bfdprofiles"
+        ]
+    );
+    for h in hooks {
+        let svc = &h["clientConfig"]["service"];
+        assert_eq!(svc["name"].as_str(), Some("ferrolb-webhook"));
+        assert_eq!(svc["namespace"].as_str(), Some("ferrolb-system"));
+        assert_eq!(svc["port"].as_u64(), Some(443));
+        assert_eq!(h["failurePolicy"].as_str(), Some("Fail"));
+        assert_eq!(h["sideEffects"].as_str(), Some("None"));
+    }
+    let service = find("Service", "ferrolb-webhook");
+    let adapter = find("Deployment", "ferrolb-k8s-adapter");
+    assert_eq!(
+        service["spec"]["selector"],
+        adapter["spec"]["template"]["metadata"]["labels"]
+    );
+    let target = service["spec"]["ports"][0]["targetPort"].as_str().unwrap();
+    let container = &adapter["spec"]["template"]["spec"]["containers"][0];
+    let port = container["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"].as_str() == Some(target))
+        .unwrap()["containerPort"]
+        .as_u64()
+        .unwrap();
+    let listen = container["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"].as_str() == Some("FERROLB_WEBHOOK_LISTEN"))
+        .unwrap()["value"]
+        .as_str()
+        .unwrap();
+    assert_eq!(listen, format!("0.0.0.0:{port}"));
+    let policy = find("NetworkPolicy", "ferrolb-k8s-adapter");
+    assert_eq!(
+        policy["spec"]["ingress"][0]["ports"][0]["port"].as_u64(),
+        Some(port)
+    );
+
+    let rules = |kind: &str, name: &str| find(kind, name)["rules"].as_sequence().unwrap().clone();
+    let may = |rules: &[Value], resource: &str, verb: &str| -> Vec<Value> {
+        rules
+            .iter()
+            .filter(|r| {
+                r["resources"]
+                    .as_sequence()
+                    .unwrap()
+                    .iter()
+                    .any(|x| x.as_str() == Some(resource))
+                    && r["verbs"]
+                        .as_sequence()
+                        .unwrap()
+                        .iter()
+                        .any(|x| x.as_str() == Some(verb))
+            })
+            .map(|r| r["resourceNames"].clone())
+            .collect()
+    };
+    let cluster = rules("ClusterRole", "ferrolb-k8s-adapter");
+    for verb in ["get", "update"] {
+        assert_eq!(
+            may(&cluster, "validatingwebhookconfigurations", verb),
+            [serde_yaml::from_str::<Value>("[ferrolb-webhook-configuration]").unwrap()],
+            "{verb}"
+        );
+    }
+    let metallb = rules("Role", "ferrolb-k8s-adapter");
+    assert_eq!(
+        may(&metallb, "secrets", "update"),
+        [serde_yaml::from_str::<Value>("[ferrolb-webhook-cert]").unwrap()]
+    );
+}

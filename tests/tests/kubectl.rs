@@ -529,30 +529,22 @@ async fn the_adapters_webhook_refuses_bad_objects_at_apply_time() {
     kube.install_crds();
     let alloc = ferrolb_e2e::Allocator::start(None, &[]);
     let port = ferrolb_e2e::free_port();
-    let hooks: Vec<_> = [
-        ("ipaddresspools", "v1beta1"),
-        ("l2advertisements", "v1beta1"),
-        ("bgpadvertisements", "v1beta1"),
-        ("bgppeers", "v1beta2"),
-        ("communities", "v1beta1"),
-        ("bfdprofiles", "v1beta1"),
-    ]
-    .iter()
-    .map(|(resource, version)| {
-        json!({"name": format!("{resource}.validation.ferrolb.io"),
-               "clientConfig": {"service": {"namespace": "ferrolb-system", "name": "ferrolb-webhook",
-                                            "port": port, "path": "/validate-metallb-io"}},
-               "rules": [{"apiGroups": ["metallb.io"], "apiVersions": [version],
-                          "operations": ["CREATE", "UPDATE", "DELETE"], "resources": [resource]}],
-               "failurePolicy": "Fail", "sideEffects": "None", "admissionReviewVersions": ["v1"]})
-    })
-    .collect();
+    // The registration deploy/ ships, its Service port moved to where this adapter listens.
+    let mut registration: serde_json::Value = {
+        let text = std::fs::read_to_string(in_repo("deploy/base/webhook.yaml")).unwrap();
+        serde_yaml::Deserializer::from_str(&text)
+            .map(|d| serde::Deserialize::deserialize(d).unwrap())
+            .find(|v: &serde_json::Value| v["kind"] == "ValidatingWebhookConfiguration")
+            .unwrap()
+    };
+    let hooks = registration["webhooks"].as_array_mut().unwrap();
+    assert_eq!(hooks.len(), 6, "one webhook per MetalLB kind");
+    for hook in hooks {
+        assert_eq!(hook["failurePolicy"], "Fail");
+        hook["clientConfig"]["service"]["port"] = json!(port);
+    }
     let vwc = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations";
-    kube.put(
-        vwc,
-        json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
-               "metadata": {"name": "ferrolb-webhook-configuration"}, "webhooks": hooks}),
-    );
+    kube.put(vwc, registration);
     let _adapter = ferrolb_e2e::Process(
         Command::new(ferrolb_e2e::bin("ferrolb-k8s-adapter"))
             .args(["--allocator", &alloc.url(), "--cluster", "home"])
