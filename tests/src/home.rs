@@ -274,18 +274,107 @@ impl HomeLab {
 
     /// The Kubernetes adapter in the router, for cluster `home`, against the lab's API server.
     pub fn start_adapter(&self) -> Child {
+        self.start_adapter_with(&[])
+    }
+
+    /// The adapter with more flags (`--webhook-listen 127.0.0.1:443`: the address the lab's API
+    /// server reaches the Service `ferrolb-webhook` at).
+    pub fn start_adapter_with(&self, extra: &[&str]) -> Child {
         let log = std::fs::File::create(self.dir.0.join("adapter.log")).expect("adapter log");
         Command::new("ip")
             .args(["netns", "exec", &format!("{}-router", self.lab.0)])
             .arg(bin("ferrolb-k8s-adapter"))
             .args(["--allocator", SERVER, "--cluster", CLUSTER])
             .args(test_pki().args(&format!("cluster/{CLUSTER}")))
+            .args(extra)
             .env("KUBECONFIG", self.dir.0.join("kubeconfig"))
             .env("FERROLB_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start ferrolb-k8s-adapter")
+    }
+
+    /// The real kubectl in the router, against the lab's API server (after `start_kube`):
+    /// whether it succeeded, and what it printed (standard output, then standard error).
+    pub fn kubectl(&self, args: &[&str]) -> (bool, String) {
+        let config = self.dir.0.join("kubeconfig").to_string_lossy().to_string();
+        let mut cmd = vec!["kubectl", "--kubeconfig", &config];
+        cmd.extend_from_slice(args);
+        let o = self.lab.run("router", &cmd);
+        (o.status.success(), text(&o))
+    }
+
+    /// What the endpoint controller writes for Service `default/<name>` whose pods run on
+    /// `nodes`: one EndpointSlice owned by the Service, its endpoints ready, each with its node
+    /// and Pod. The lab's pods are its web servers, on their nodes' network, so a pod's address
+    /// is its node's.
+    pub fn write_endpoints(&self, kube: &mut LabKube, name: &str, nodes: &[&str]) {
+        let svc = kube.get("/api/v1/services", "default", name);
+        let uid = svc["metadata"]["uid"].clone();
+        assert!(!uid.is_null(), "no Service default/{name}: {svc}");
+        let endpoints: Vec<Value> = nodes
+            .iter()
+            .map(|n| {
+                serde_json::json!({
+                    "addresses": [node_address(n)],
+                    "conditions": {"ready": true, "serving": true, "terminating": false},
+                    "nodeName": n,
+                    "targetRef": {"kind": "Pod", "namespace": "default", "name": format!("{name}-{n}")},
+                })
+            })
+            .collect();
+        let ports: Vec<Value> = svc["spec"]["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                serde_json::json!({"name": p["name"].as_str().unwrap_or(""),
+                    "port": p["targetPort"].as_u64().or(p["port"].as_u64()),
+                    "protocol": p["protocol"].as_str().unwrap_or("TCP")})
+            })
+            .collect();
+        let slice = serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {
+                "name": format!("{name}-lab01"), "namespace": "default",
+                "labels": {"kubernetes.io/service-name": name,
+                           "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"},
+                "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": name, "uid": uid,
+                                     "controller": true, "blockOwnerDeletion": true}],
+            },
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": ports,
+        });
+        kube.put("/apis/discovery.k8s.io/v1/endpointslices", &slice);
+    }
+
+    /// Waits until an adapter has written its CA into every webhook of the install file's
+    /// ValidatingWebhookConfiguration, so that MetalLB's objects can be applied.
+    pub fn wait_webhook(&self, kube: &mut LabKube) {
+        let start = Instant::now();
+        loop {
+            let vwc = kube.get(
+                "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations",
+                "",
+                "ferrolb-webhook-configuration",
+            );
+            let hooks = vwc["webhooks"].as_array().cloned().unwrap_or_default();
+            if !hooks.is_empty()
+                && hooks
+                    .iter()
+                    .all(|h| h["clientConfig"]["caBundle"].is_string())
+            {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the adapter published no webhook CA: {vwc}\n{}",
+                self.log("adapter")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// SIGKILL of the allocator.

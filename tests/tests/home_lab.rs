@@ -376,79 +376,149 @@ fn malformed_frames_are_dropped_and_counted() {
     );
 }
 
-/// The whole path: MetalLB's YAML and a Service created through the Kubernetes API, the adapter,
-/// the allocator and the announcers: the Service's status shows 192.168.1.240 and the client
-/// reaches it.
+/// MetalLB's walk-through, typed into the real kubectl against the lab's API server, with the
+/// real adapter (its webhook registered by the install file), allocator and announcers:
+/// `kubectl expose` leaves the Service `<pending>` while there is no pool, the walk-through's two
+/// files turn it into 192.168.1.240, `kubectl get ipaddresspools` prints MetalLB's columns, and
+/// the client's curl gets the page. Where it is announced follows the announcers.
 #[test]
-fn a_service_created_through_kubernetes_answers_on_the_lan() {
+fn metallbs_walk_through_in_kubectl_answers_on_the_lan() {
     let mut lab = HomeLab::up("kb", Options::default());
     let mut kube = lab.start_kube();
-    let mut adapter = lab.start_adapter();
-    let file =
-        std::fs::read_to_string(ferrolb_e2e::home::scenarios().join("home-ip-pool.yaml")).unwrap();
-    for doc in file.split("\n---") {
-        let v: serde_json::Value = serde_yaml::from_str(doc).unwrap();
-        let collection = match v["kind"].as_str() {
-            Some("IPAddressPool") => "/apis/metallb.io/v1beta1/ipaddresspools",
-            Some("L2Advertisement") => "/apis/metallb.io/v1beta1/l2advertisements",
-            other => panic!("unexpected kind {other:?}"),
-        };
-        kube.put(collection, &v);
-    }
-    let svc = serde_json::json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": "home-nginx", "namespace": "default"},
-        "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
-                 "selector": {"app": "nginx"}, "ports": [{"port": 80, "protocol": "TCP"}]},
-    });
-    kube.put("/api/v1/services", &svc);
-    let slice = serde_json::json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": "home-nginx-1", "namespace": "default",
-                     "labels": {"kubernetes.io/service-name": "home-nginx"}},
-        "addressType": "IPv4",
-        "endpoints": NODES.iter().map(|n| serde_json::json!({
-            "addresses": ["10.244.0.10"], "conditions": {"ready": true}, "nodeName": n,
-        })).collect::<Vec<_>>(),
-    });
-    kube.put("/apis/discovery.k8s.io/v1/endpointslices", &slice);
+    let kubectl = |args: &[&str]| {
+        let (ok, out) = lab.kubectl(args);
+        assert!(ok, "kubectl {args:?}: {out}\n{}", lab.logs());
+        out
+    };
+    let install = format!(
+        "{}/../deploy/ferrolb-native.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let out = kubectl(&["apply", "-f", &install]);
+    assert!(
+        out.contains("validatingwebhookconfiguration.admissionregistration.k8s.io/ferrolb-webhook-configuration created"),
+        "{out}"
+    );
+    let _adapter =
+        ferrolb_e2e::Process(lab.start_adapter_with(&["--webhook-listen", "127.0.0.1:443"]));
+    lab.wait_webhook(&mut kube);
 
+    kubectl(&["create", "deployment", "nginx", "--image=nginx"]);
+    let out = kubectl(&[
+        "expose",
+        "deployment",
+        "nginx",
+        "--type=LoadBalancer",
+        "--port=80",
+    ]);
+    assert_eq!(out.trim(), "service/nginx exposed");
+    lab.write_endpoints(&mut kube, "nginx", &NODES);
+    // `kubectl get svc`'s row for nginx: NAME TYPE CLUSTER-IP EXTERNAL-IP PORT(S) AGE.
+    let row = |out: &str| -> Vec<String> {
+        out.lines()
+            .find(|l| l.starts_with("nginx "))
+            .unwrap_or_else(|| panic!("no nginx in {out}"))
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    };
+    let get_svc = || kubectl(&["get", "svc"]);
+    // No pool yet: the adapter has tried the Service, said why it failed, and left it pending.
+    let start = std::time::Instant::now();
+    while !kube
+        .list("/apis/events.k8s.io/v1/events")
+        .iter()
+        .any(|e| e["regarding"]["name"] == "nginx" && e["reason"] == "AllocationFailed")
+    {
+        assert!(start.elapsed() < 10 * SECOND, "{}", lab.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = get_svc();
+    assert!(out.starts_with("NAME "), "{out}");
+    let pending = row(&out);
+    assert_eq!(
+        pending[1..4],
+        ["LoadBalancer", pending[2].as_str(), "<pending>"],
+        "{out}"
+    );
+    assert!(
+        pending[4].starts_with("80:") && pending[4].ends_with("/TCP"),
+        "{out}"
+    );
+
+    let scenarios = ferrolb_e2e::home::scenarios();
+    let out = kubectl(&[
+        "apply",
+        "-f",
+        &scenarios.join("ip-pool.yaml").to_string_lossy(),
+    ]);
+    assert_eq!(out.trim(), "ipaddresspool.metallb.io/example-pool created");
+    let out = kubectl(&[
+        "apply",
+        "-f",
+        &scenarios.join("l2-config.yaml").to_string_lossy(),
+    ]);
+    assert_eq!(out.trim(), "l2advertisement.metallb.io/example created");
     let start = std::time::Instant::now();
     loop {
-        let s = kube.get("/api/v1/services", "default", "home-nginx");
-        if s["status"]["loadBalancer"]["ingress"][0]["ip"] == VIP {
+        let out = get_svc();
+        let r = row(&out);
+        if r[3] == VIP {
+            assert_eq!(r[..3], pending[..3], "{out}");
+            assert_eq!(r[4], pending[4], "{out}");
             break;
         }
-        assert!(
-            start.elapsed() < 20 * SECOND,
-            "no ingress: {s}\n{}",
-            lab.logs()
-        );
-        std::thread::sleep(Duration::from_millis(50));
+        assert!(start.elapsed() < 20 * SECOND, "{out}\n{}", lab.logs());
+        std::thread::sleep(Duration::from_millis(200));
     }
+    let out = kubectl(&["get", "ipaddresspools", "-n", "metallb-system"]);
+    let lines: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        lines[0],
+        [
+            "NAME",
+            "AUTO",
+            "ASSIGN",
+            "AVOID",
+            "BUGGY",
+            "IPS",
+            "ADDRESSES"
+        ],
+        "{out}"
+    );
+    assert_eq!(
+        lines[1],
+        [
+            "example-pool",
+            "true",
+            "false",
+            "[\"192.168.1.240-192.168.1.250\"]"
+        ],
+        "{out}"
+    );
+
     let owner = lab.wait_owner(VIP, 10 * SECOND, Result::is_ok).unwrap();
     assert_eq!(lab.curl_until(VIP, 10 * SECOND, |_| true), owner);
     arping_settles(&lab, VIP, Some(&owner));
     // Where it is announced, as `kubectl get servicel2statuses -A` shows it.
-    let st = l2_status_names(&mut kube, &owner, 10 * SECOND);
-    assert_eq!(
-        st["metadata"]["labels"]["metallb.io/service-name"],
-        "home-nginx"
-    );
+    let st = l2_status_names(&mut kube, "nginx", &owner, 10 * SECOND);
+    assert_eq!(st["metadata"]["labels"]["metallb.io/service-name"], "nginx");
     // The status follows the allocator's announcements as they change: after the owner's
     // announcer dies, the object names the node that took over, within a couple of seconds.
     lab.kill_announcer(&owner);
     let next = lab
         .wait_owner(VIP, 10 * SECOND, |o| o.as_ref().is_ok_and(|n| *n != owner))
         .unwrap();
-    l2_status_names(&mut kube, &next, 3 * SECOND);
-    let _ = adapter.kill();
-    let _ = adapter.wait();
+    l2_status_names(&mut kube, "nginx", &next, 3 * SECOND);
 }
 
-/// Waits until home-nginx's ServiceL2Status names `node`; returns the object.
+/// Waits until the ServiceL2Status of Service `default/<service>` names `node`; returns it.
 fn l2_status_names(
     kube: &mut ferrolb_e2e::home::LabKube,
+    service: &str,
     node: &str,
     within: Duration,
 ) -> serde_json::Value {
@@ -457,7 +527,7 @@ fn l2_status_names(
         let st = kube.get(
             "/apis/metallb.io/v1beta1/servicel2statuses",
             "metallb-system",
-            "l2-default-home-nginx",
+            &format!("l2-default-{service}"),
         );
         if st["status"]["node"] == node {
             return st;
