@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -243,12 +243,23 @@ impl HomeLab {
         self.allocator = Some(child);
     }
 
-    /// The fake Kubernetes API server on 10.250.0.1:6443 in the router, and a kubeconfig for it.
+    /// The fake Kubernetes API server on 10.250.0.1:6443 in the router, MetalLB's CRDs
+    /// installed, and a kubeconfig for it.
     pub fn start_kube(&self) -> LabKube {
+        self.start_kube_with(&[])
+    }
+
+    /// The same with nothing installed, for `kubectl apply -f deploy/ferrolb-native.yaml`.
+    pub fn start_kube_empty(&self) -> LabKube {
+        self.start_kube_with(&["--empty"])
+    }
+
+    fn start_kube_with(&self, args: &[&str]) -> LabKube {
         let mut child = Command::new("ip")
             .args(["netns", "exec", &format!("{}-router", self.lab.0)])
             .arg(bin("fake-kube"))
             .arg("10.250.0.1:6443")
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -298,10 +309,24 @@ impl HomeLab {
     /// The real kubectl in the router, against the lab's API server (after `start_kube`):
     /// whether it succeeded, and what it printed (standard output, then standard error).
     pub fn kubectl(&self, args: &[&str]) -> (bool, String) {
-        let config = self.dir.0.join("kubeconfig").to_string_lossy().to_string();
-        let mut cmd = vec!["kubectl", "--kubeconfig", &config];
-        cmd.extend_from_slice(args);
-        let o = self.lab.run("router", &cmd);
+        self.kubectl_in(Path::new("."), args)
+    }
+
+    /// The same, run in directory `dir` (so that file names are printed as the user typed them).
+    pub fn kubectl_in(&self, dir: &Path, args: &[&str]) -> (bool, String) {
+        let o = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &format!("{}-router", self.lab.0),
+                "kubectl",
+            ])
+            .arg("--kubeconfig")
+            .arg(self.dir.0.join("kubeconfig"))
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("kubectl must be installed (scripts/test installs it where it is missing)");
         (o.status.success(), text(&o))
     }
 

@@ -384,7 +384,7 @@ fn malformed_frames_are_dropped_and_counted() {
 #[test]
 fn metallbs_walk_through_in_kubectl_answers_on_the_lan() {
     let mut lab = HomeLab::up("kb", Options::default());
-    let mut kube = lab.start_kube();
+    let mut kube = lab.start_kube_empty();
     let kubectl = |args: &[&str]| {
         let (ok, out) = lab.kubectl(args);
         assert!(ok, "kubectl {args:?}: {out}\n{}", lab.logs());

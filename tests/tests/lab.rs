@@ -65,8 +65,23 @@ fn the_demo_runs_to_its_end() {
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("served by"), "{text}");
+    // The walk-through's story, typed into kubectl: <pending>, then the address.
+    let pending = text
+        .find("<pending>")
+        .expect("kubectl get svc showed <pending>");
+    let applied = text
+        .find("ipaddresspool.metallb.io/example-pool created")
+        .expect("ip-pool.yaml applied");
+    let served = text
+        .find("192.168.1.240   80:")
+        .expect("kubectl get svc showed 192.168.1.240");
+    assert!(pending < applied && applied < served, "{text}");
     assert!(
-        text.contains("demo done: 192.168.1.240 answered from"),
+        text.contains("denied the request: IPAddressPool \"more-ips\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("demo done: nginx got 192.168.1.240; it answered from"),
         "{text}"
     );
     // The company scenario: the /32 over the two live nodes, one ECMP route at the router.

@@ -1,6 +1,7 @@
 //! The fake Kubernetes API server as a process, for labs whose namespaces the test cannot reach
-//! over TCP: `fake-kube ADDR` serves on ADDR and takes commands on standard input, one per line,
-//! answering each with one line of JSON:
+//! over TCP: `fake-kube ADDR [--empty]` serves on ADDR (with MetalLB's CRDs installed, unless
+//! `--empty`: then an install file brings them) and takes commands on standard input, one per
+//! line, answering each with one line of JSON:
 //!   put COLLECTION JSON         create or replace an object → the stored object
 //!   get COLLECTION NS NAME      → the object, or null
 //!   delete COLLECTION NS NAME   → true or false
@@ -14,11 +15,13 @@ use serde_json::Value;
 #[tokio::main]
 async fn main() {
     let Some(addr) = std::env::args().nth(1) else {
-        eprintln!("usage: fake-kube ADDR");
+        eprintln!("usage: fake-kube ADDR [--empty]");
         std::process::exit(2);
     };
     let kube = FakeKube::start_on(&addr).await;
-    kube.install_crds();
+    if std::env::args().nth(2).as_deref() != Some("--empty") {
+        kube.install_crds();
+    }
     let lines = tokio::task::spawn_blocking(move || {
         let stdin = std::io::stdin();
         for line in stdin.lock().lines() {
