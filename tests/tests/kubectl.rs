@@ -496,7 +496,8 @@ async fn kubectl_apply_meets_the_validating_webhook() {
 }
 
 /// The install file applies cleanly with kubectl: every object created the first time (CRDs,
-/// RBAC, workloads, the rest), and applied again, nothing new and nothing refused. (kubectl
+/// RBAC, workloads, the webhook's registration), and applied again, or as `kubectl apply -k
+/// deploy/base`, nothing new and nothing refused. (kubectl
 /// reports the PodDisruptionBudget `configured` then: the lab's OpenAPI carries no patch
 /// strategies, so it sends the selector it would replace.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -509,6 +510,15 @@ async fn the_install_file_applies_cleanly() {
     assert!(lines.iter().all(|l| l.ends_with(" created")), "{out}");
     let first = lines.len();
     let (ok, out) = kubectl(&config, &["apply", "-f", &install]);
+    assert!(
+        ok && out.lines().count() == first
+            && out
+                .lines()
+                .all(|l| l.ends_with(" unchanged") || l.ends_with(" configured")),
+        "{out}"
+    );
+    // The kustomization itself, as `kubectl apply -k deploy/base` builds it: the same objects.
+    let (ok, out) = kubectl(&config, &["apply", "-k", &in_repo("deploy/base")]);
     assert!(
         ok && out.lines().count() == first
             && out
