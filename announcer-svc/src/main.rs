@@ -248,14 +248,23 @@ async fn main() {
             Some((parts.remove(i).0, ended))
         }
     };
-    // One part's end can end another (the stream stops when the agent's input closes): a part
-    // that has panicked meanwhile is the one to name.
-    if let Some((_, Ok(()))) = &lost
-        && let Some(i) = parts.iter().position(|(_, h)| h.is_finished())
-    {
-        let (part, handle) = parts.remove(i);
-        if let Err(e) = handle.await {
-            lost = Some((part, Err(e)));
+    // One part's end can end another (the stream stops when the agent's input closes), and the
+    // one that ended in turn may be seen first, while the panicking part still unwinds: a part
+    // that panics within half a second is the one to name.
+    if let Some((_, Ok(()))) = &lost {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+        let mut i = 0;
+        while i < parts.len() {
+            match tokio::time::timeout_at(deadline, &mut parts[i].1).await {
+                Ok(Err(e)) => {
+                    lost = Some((parts.remove(i).0, Err(e)));
+                    break;
+                }
+                Ok(Ok(())) => {
+                    parts.remove(i);
+                }
+                Err(_) => i += 1,
+            }
         }
     }
     if let Some((part, ended)) = &lost {
