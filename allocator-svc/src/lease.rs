@@ -324,6 +324,9 @@ pub struct PoolStats {
     pub in_use: u128,
     pub leases: u64,
     pub stranded: u64,
+    /// Services (not other clients) whose primary address is of this family: summed over a
+    /// pool's families, the Services it serves.
+    pub services: u64,
 }
 
 /// A Service's lease in `cluster`, namespace `default`, of `ips` from `pool`, for tests.

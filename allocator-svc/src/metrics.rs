@@ -1,4 +1,6 @@
-//! Prometheus metrics of the allocator, named `ferrolb_allocator_<what>_<unit>`.
+//! Prometheus metrics of the allocator, named `ferrolb_allocator_<what>_<unit>`, and the pool
+//! gauges of MetalLB's controller under MetalLB's names (`metallb_allocator_*`, by `pool`), so
+//! that MetalLB users' alerts and dashboards work unchanged.
 
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -32,11 +34,109 @@ pub struct PoolLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabel {
+    pub pool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
 }
 
 type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// MetalLB's `metallb_allocator_*` gauges, by pool.
+#[derive(Default)]
+struct MetallbPools {
+    addresses: Family<PoolLabel, FloatGauge>,
+    in_use: Family<PoolLabel, FloatGauge>,
+    v4_addresses: Family<PoolLabel, FloatGauge>,
+    v4_in_use: Family<PoolLabel, FloatGauge>,
+    v6_addresses: Family<PoolLabel, FloatGauge>,
+    v6_in_use: Family<PoolLabel, FloatGauge>,
+    services: Family<PoolLabel, FloatGauge>,
+}
+
+impl MetallbPools {
+    fn register(&self, r: &mut Registry) {
+        let gauges = [
+            (
+                "addresses_total",
+                "Number of usable IP addresses, per pool",
+                &self.addresses,
+            ),
+            (
+                "addresses_in_use_total",
+                "Number of IP addresses in use, per pool",
+                &self.in_use,
+            ),
+            (
+                "ipv4_addresses_total",
+                "Number of usable IPV4 addresses, per pool",
+                &self.v4_addresses,
+            ),
+            (
+                "ipv4_addresses_in_use_total",
+                "Number of IPV4 addresses in use, per pool",
+                &self.v4_in_use,
+            ),
+            (
+                "ipv6_addresses_total",
+                "Number of usable IPV6 addresses, per pool",
+                &self.v6_addresses,
+            ),
+            (
+                "ipv6_addresses_in_use_total",
+                "Number of IPV6 addresses in use, per pool",
+                &self.v6_in_use,
+            ),
+            (
+                "services_allocated_total",
+                "Number of services allocated, per pool",
+                &self.services,
+            ),
+        ];
+        for (name, help, family) in gauges {
+            r.register(name, help, family.clone());
+        }
+    }
+
+    fn set(&self, stats: &[PoolStats]) {
+        let all = [
+            &self.addresses,
+            &self.in_use,
+            &self.v4_addresses,
+            &self.v4_in_use,
+            &self.v6_addresses,
+            &self.v6_in_use,
+            &self.services,
+        ];
+        for family in all {
+            family.clear();
+        }
+        for s in stats {
+            let pool = PoolLabel {
+                pool: s.pool.clone(),
+            };
+            // Every gauge of a pool exists, 0 for a family it does not have (as MetalLB's).
+            for family in all {
+                let _ = family.get_or_create(&pool);
+            }
+            let add = |family: &Family<PoolLabel, FloatGauge>, n: f64| {
+                family.get_or_create(&pool).inc_by(n);
+            };
+            let (addresses, in_use) = match s.family {
+                IpFamily::V4 => (&self.v4_addresses, &self.v4_in_use),
+                IpFamily::V6 => (&self.v6_addresses, &self.v6_in_use),
+            };
+            add(&self.addresses, s.capacity as f64);
+            add(&self.in_use, s.in_use as f64);
+            add(addresses, s.capacity as f64);
+            add(in_use, s.in_use as f64);
+            add(&self.services, s.services as f64);
+        }
+    }
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -55,6 +155,7 @@ pub struct Metrics {
     pub denied: Family<MethodLabels, Counter>,
     /// ServiceAccount tokens refused at the bootstrap port, by reason.
     pub tokens_refused: Family<ReasonLabels, Counter>,
+    metallb: MetallbPools,
 }
 
 fn latency_histogram() -> Histogram {
@@ -70,7 +171,7 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("ferrolb_allocator");
+        let mut root = Registry::default();
         let m = Metrics {
             registry: Registry::default(),
             allocations: Counter::default(),
@@ -84,7 +185,11 @@ impl Metrics {
             tls_refused: Family::default(),
             denied: Family::default(),
             tokens_refused: Family::default(),
+            metallb: MetallbPools::default(),
         };
+        m.metallb
+            .register(root.sub_registry_with_prefix("metallb_allocator"));
+        let registry = root.sub_registry_with_prefix("ferrolb_allocator");
         registry.register(
             "tokens_refused",
             "ServiceAccount tokens refused at the bootstrap port, by reason",
@@ -136,7 +241,10 @@ impl Metrics {
             "Leases whose address their pool no longer covers",
             m.stranded.clone(),
         );
-        Metrics { registry, ..m }
+        Metrics {
+            registry: root,
+            ..m
+        }
     }
 
     /// Records one call.
@@ -158,6 +266,7 @@ impl Metrics {
 
     /// Replaces the pool gauges with fresh statistics.
     pub fn set_pools(&self, stats: &[PoolStats]) {
+        self.metallb.set(stats);
         self.capacity.clear();
         self.in_use.clear();
         self.stranded.clear();
@@ -202,14 +311,26 @@ mod tests {
             Duration::from_millis(2),
             Some(&Error::Exhausted("full".into())),
         );
-        m.set_pools(&[PoolStats {
-            pool: "home".into(),
-            family: IpFamily::V4,
-            capacity: 6,
-            in_use: 2,
-            leases: 2,
-            stranded: 1,
-        }]);
+        m.set_pools(&[
+            PoolStats {
+                pool: "home".into(),
+                family: IpFamily::V4,
+                capacity: 6,
+                in_use: 2,
+                leases: 2,
+                stranded: 1,
+                services: 1,
+            },
+            PoolStats {
+                pool: "home".into(),
+                family: IpFamily::V6,
+                capacity: 16,
+                in_use: 1,
+                leases: 1,
+                stranded: 0,
+                services: 1,
+            },
+        ]);
         let text = m.encode();
         for want in [
             "ferrolb_allocator_allocations_total 1",
@@ -218,6 +339,15 @@ mod tests {
             "ferrolb_allocator_pool_capacity_addresses{pool=\"home\",family=\"ipv4\"} 6",
             "ferrolb_allocator_pool_in_use_addresses{pool=\"home\",family=\"ipv4\"} 2",
             "ferrolb_allocator_pool_stranded_leases{pool=\"home\",family=\"ipv4\"} 1",
+            // MetalLB's names: both families together, and each.
+            "# TYPE metallb_allocator_addresses_total gauge",
+            "metallb_allocator_addresses_total{pool=\"home\"} 22.0",
+            "metallb_allocator_addresses_in_use_total{pool=\"home\"} 3.0",
+            "metallb_allocator_ipv4_addresses_total{pool=\"home\"} 6.0",
+            "metallb_allocator_ipv4_addresses_in_use_total{pool=\"home\"} 2.0",
+            "metallb_allocator_ipv6_addresses_total{pool=\"home\"} 16.0",
+            "metallb_allocator_ipv6_addresses_in_use_total{pool=\"home\"} 1.0",
+            "metallb_allocator_services_allocated_total{pool=\"home\"} 2.0",
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }

@@ -350,7 +350,10 @@ async fn pool_edits_strand_never_move(store: SqlStore) {
         .expect("list");
     assert_eq!(stranded.leases.len(), 1);
     let st = store.stats(Some("p")).await.expect("stats");
-    assert_eq!((st[0].capacity, st[0].in_use, st[0].stranded), (2, 2, 1));
+    assert_eq!(
+        (st[0].capacity, st[0].in_use, st[0].stranded, st[0].services),
+        (2, 2, 1, 3)
+    );
     // The owner asking again keeps it.
     assert_eq!(first_ip(&store, svc("d", "c")).await, "10.0.0.2");
     // Only an operator moves it, and only where there is room.
@@ -528,12 +531,12 @@ async fn ipv6_48_pool_and_exact_stats(store: SqlStore) {
         .find(|s| s.family == Family::V6)
         .expect("v6 stats");
     assert_eq!(s6.capacity, 1u128 << 80);
-    assert_eq!(s6.in_use, 2);
+    assert_eq!((s6.in_use, s6.services), (2, 2));
     let s4 = stats
         .iter()
         .find(|s| s.family == Family::V4)
         .expect("v4 stats");
-    assert_eq!((s4.capacity, s4.in_use), (256, 0));
+    assert_eq!((s4.capacity, s4.in_use, s4.services), (256, 0, 0));
 }
 
 async fn pagination(store: SqlStore) {

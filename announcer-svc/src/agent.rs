@@ -287,10 +287,14 @@ impl Agent {
         }
         let mut answer = plan.answer;
         self.bind(plan.unbind, plan.bind, &mut answer).await;
+        let served: BTreeSet<IpAddr> = plan.desired.keys().copied().collect();
         for (i, r) in self.responders.iter_mut() {
             let set = answer.remove(i).unwrap_or_default();
             r.set_groups(&set);
-            let _ = r.commands.send(Command::Answer(set));
+            let _ = r.commands.send(Command::Answer(l2::Addresses {
+                answer: set,
+                served: served.clone(),
+            }));
         }
         // Gratuitous announcements for what is new on an interface.
         let now = Instant::now();

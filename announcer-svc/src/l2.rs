@@ -21,6 +21,7 @@ use pnet_datalink::{Channel, Config, DataLinkReceiver, DataLinkSender, NetworkIn
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
+use crate::metrics::BareCounter;
 use crate::packet::arp::{self, Arp};
 use crate::packet::ndp::{Message, Ndp};
 use crate::packet::{Mac, arp::ETHERTYPE as ARP, ndp::ETHERTYPE as IPV6};
@@ -40,6 +41,41 @@ pub struct Counters {
     pub malformed: Counter,
     /// Assignments refused by the node's own policy, by reason.
     pub refused: Family<RefusalLabels, Counter>,
+    /// MetalLB's per-address counters: requests for an address this node owns, the answers
+    /// the userspace responder sent, and gratuitous rounds.
+    pub requests_for: Family<IpLabel, BareCounter>,
+    pub responses_for: Family<IpLabel, BareCounter>,
+    pub gratuitous_for: Family<IpLabel, BareCounter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct IpLabel {
+    pub ip: String,
+}
+
+fn ip_label(ip: IpAddr) -> IpLabel {
+    IpLabel { ip: ip.to_string() }
+}
+
+impl Counters {
+    /// `metallb_layer2_requests_received`, `…_responses_sent`, `…_gratuitous_sent`, by `ip`.
+    pub fn register_metallb(&self, r: &mut prometheus_client::registry::Registry) {
+        r.register(
+            "requests_received",
+            "Number of layer2 requests received for owned IPs",
+            self.requests_for.clone(),
+        );
+        r.register(
+            "responses_sent",
+            "Number of layer2 responses sent for owned IPs in response to requests",
+            self.responses_for.clone(),
+        );
+        r.register(
+            "gratuitous_sent",
+            "Number of gratuitous layer2 packets sent for owned IPs as a result of failovers",
+            self.gratuitous_for.clone(),
+        );
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
@@ -120,10 +156,20 @@ impl Link {
 /// What the control loop tells a responder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// Answer ARP and NDP for exactly these addresses from now on.
-    Answer(BTreeSet<IpAddr>),
+    /// The addresses to answer ARP and NDP for, and those to count requests for, from now on.
+    Answer(Addresses),
     /// Send a gratuitous ARP or unsolicited NA for this address now.
     Announce(IpAddr),
+}
+
+/// What a responder does for which address.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Addresses {
+    /// Answered by the userspace responder.
+    pub answer: BTreeSet<IpAddr>,
+    /// Every address this node announces (the kernel answers those bound to it): requests for
+    /// them are counted.
+    pub served: BTreeSet<IpAddr>,
 }
 
 /// Serves `link` until the sender side of `commands` is dropped.
@@ -139,7 +185,7 @@ pub fn serve(
     // The first socket must open (else the caller hears why); later ones are retried, since a
     // socket fails for as long as its link is down and works again once it is up.
     let mut socket = Some(link.channel(promiscuous, POLL)?);
-    let mut owned: BTreeSet<IpAddr> = BTreeSet::new();
+    let mut owned = Addresses::default();
     loop {
         let Some((tx, rx)) = socket.as_mut() else {
             std::thread::sleep(POLL);
@@ -186,12 +232,18 @@ fn send(tx: &mut dyn DataLinkSender, frame: &[u8]) {
 }
 
 /// The reply a frame calls for, if any. Pure: the tests drive it with captured frames.
-pub fn answer(
-    frame: &[u8],
-    mac: Mac,
-    owned: &BTreeSet<IpAddr>,
-    counters: &Counters,
-) -> Option<Vec<u8>> {
+pub fn answer(frame: &[u8], mac: Mac, owned: &Addresses, counters: &Counters) -> Option<Vec<u8>> {
+    // MetalLB's per-address counts: a request for an address of this node, and an answer.
+    let asked = |ip: IpAddr| {
+        if owned.served.contains(&ip) || owned.answer.contains(&ip) {
+            counters.requests_for.get_or_create(&ip_label(ip)).inc();
+        }
+        let answered = owned.answer.contains(&ip);
+        if answered {
+            counters.responses_for.get_or_create(&ip_label(ip)).inc();
+        }
+        answered
+    };
     if frame.len() < 14 {
         return None;
     }
@@ -208,10 +260,8 @@ pub fn answer(
                 counters.arp_requests.inc();
             }
             let for_us = req.eth_dst == Mac::BROADCAST || req.eth_dst == mac;
-            (req.operation == arp::Operation::Request
-                && for_us
-                && owned.contains(&IpAddr::V4(req.target_ip)))
-            .then(|| req.reply(mac).encode())
+            (req.operation == arp::Operation::Request && for_us && asked(IpAddr::V4(req.target_ip)))
+                .then(|| req.reply(mac).encode())
         }
         IPV6 => {
             // Only ICMPv6 neighbor messages concern us; other IPv6 traffic is not ours to judge.
@@ -238,7 +288,7 @@ pub fn answer(
             else {
                 return None;
             };
-            owned.contains(&IpAddr::V6(target)).then(|| {
+            asked(IpAddr::V6(target)).then(|| {
                 Ndp {
                     eth_dst: asker,
                     eth_src: mac,
@@ -275,6 +325,7 @@ pub fn announce(tx: &mut dyn DataLinkSender, link: &Link, ip: IpAddr, counters: 
         }
     }
     counters.gratuitous.inc();
+    counters.gratuitous_for.get_or_create(&ip_label(ip)).inc();
 }
 
 #[cfg(test)]
@@ -286,11 +337,44 @@ mod tests {
     const ME: Mac = Mac([2, 0xfa, 0, 0, 0, 0x11]);
     const ASKER: Mac = Mac([2, 0xfa, 0, 0, 1, 0]);
 
-    fn owned() -> BTreeSet<IpAddr> {
-        ["10.250.0.200", "fd00:250::200"]
+    fn owned() -> Addresses {
+        let set: BTreeSet<IpAddr> = ["10.250.0.200", "fd00:250::200"]
             .iter()
             .map(|s| s.parse().expect("test address"))
-            .collect()
+            .collect();
+        Addresses {
+            answer: set.clone(),
+            served: set,
+        }
+    }
+
+    /// MetalLB's counters, by address: requests for the node's addresses whoever answers
+    /// them (the kernel, by default), answers only where the responder sent them.
+    #[test]
+    fn requests_and_answers_are_counted_by_address() {
+        let c = Counters::default();
+        let kernel = Addresses {
+            answer: BTreeSet::new(),
+            served: owned().served,
+        };
+        assert_eq!(answer(&who_has("10.250.0.200"), ME, &kernel, &c), None);
+        assert!(answer(&who_has("10.250.0.200"), ME, &owned(), &c).is_some());
+        assert_eq!(answer(&who_has("10.250.0.9"), ME, &owned(), &c), None);
+        let label = ip_label("10.250.0.200".parse().expect("address"));
+        assert_eq!(c.requests_for.get_or_create(&label).get(), 2);
+        assert_eq!(c.responses_for.get_or_create(&label).get(), 1);
+        let mut r = prometheus_client::registry::Registry::default();
+        c.register_metallb(r.sub_registry_with_prefix("metallb_layer2"));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &r).expect("encodes");
+        for want in [
+            "# TYPE metallb_layer2_requests_received unknown",
+            "metallb_layer2_requests_received{ip=\"10.250.0.200\"} 2",
+            "metallb_layer2_responses_sent{ip=\"10.250.0.200\"} 1",
+        ] {
+            assert!(text.contains(want), "{want} in {text}");
+        }
+        assert!(!text.contains("10.250.0.9"), "{text}");
     }
 
     fn who_has(target: &str) -> Vec<u8> {

@@ -1,10 +1,14 @@
-//! Prometheus metrics of the announcer, named `ferrolb_announcer_<what>`.
+//! Prometheus metrics of the announcer, named `ferrolb_announcer_<what>`, and those of MetalLB's
+//! speaker under MetalLB's names (`metallb_bgp_*` by `peer`, `metallb_layer2_*` by `ip`), so
+//! that MetalLB users' alerts and dashboards work unchanged.
 
 use std::sync::Arc;
 
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use crate::bgp::fsm::State;
@@ -14,6 +18,36 @@ type PeerLabel = Vec<(&'static str, String)>;
 
 fn peer(label: &str) -> PeerLabel {
     vec![("peer", label.to_string())]
+}
+
+/// A counter exposed under its bare name, as MetalLB's Go counters without a `_total` suffix
+/// are (`metallb_layer2_requests_received`): of type `unknown`, since OpenMetrics gives a
+/// counter's samples the suffix. `rate()` reads it as any counter.
+#[derive(Clone, Debug, Default)]
+pub struct BareCounter(Counter);
+
+impl BareCounter {
+    pub fn inc(&self) {
+        self.0.inc();
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.get()
+    }
+}
+
+impl TypedMetric for BareCounter {
+    const TYPE: MetricType = MetricType::Unknown;
+}
+
+impl EncodeMetric for BareCounter {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_gauge(&i64::try_from(self.0.get()).unwrap_or(i64::MAX))
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
 }
 
 /// Per BGP session, labelled `peer="addr:port"` as MetalLB's.
@@ -27,16 +61,20 @@ pub struct BgpMetrics {
     notifications_sent: Family<PeerLabel, Counter>,
     notifications_received: Family<PeerLabel, Counter>,
     malformed: Family<PeerLabel, Counter>,
+    /// MetalLB's `metallb_bgp_pending_prefixes_total`: what the session should advertise.
+    pending: Family<PeerLabel, Gauge>,
 }
 
 impl BgpMetrics {
-    pub fn set_state(&self, label: &str, state: State, advertised: usize) {
+    /// The session's state, the prefixes the peer holds from it and those it should hold.
+    pub fn set_state(&self, label: &str, state: State, advertised: usize, wanted: usize) {
         let l = peer(label);
         self.session_up
             .get_or_create(&l)
             .set(i64::from(state == State::Established));
         self.session_state.get_or_create(&l).set(state.number());
         self.prefixes.get_or_create(&l).set(advertised as i64);
+        self.pending.get_or_create(&l).set(wanted as i64);
     }
 
     /// The session is gone: its gauges go (counters stay, as Prometheus expects).
@@ -45,6 +83,7 @@ impl BgpMetrics {
         self.session_up.remove(&l);
         self.session_state.remove(&l);
         self.prefixes.remove(&l);
+        self.pending.remove(&l);
     }
 
     pub fn update_sent(&self, label: &str) {
@@ -107,6 +146,30 @@ impl BgpMetrics {
             self.malformed.clone(),
         );
     }
+
+    /// MetalLB's native speaker's set, sharing the series above.
+    fn register_metallb(&self, r: &mut Registry) {
+        r.register(
+            "session_up",
+            "BGP session state (1 is up, 0 is down)",
+            self.session_up.clone(),
+        );
+        r.register(
+            "updates",
+            "Number of BGP UPDATE messages sent",
+            self.updates_sent.clone(),
+        );
+        r.register(
+            "announced_prefixes_total",
+            "Number of prefixes currently being advertised on the BGP session",
+            self.prefixes.clone(),
+        );
+        r.register(
+            "pending_prefixes_total",
+            "Number of prefixes that should be advertised on the BGP session",
+            self.pending.clone(),
+        );
+    }
 }
 
 pub struct Metrics {
@@ -120,7 +183,7 @@ pub struct Metrics {
 impl Metrics {
     /// Registers the stream gauges and the responders' counters.
     pub fn new(l2: &Arc<Counters>) -> Metrics {
-        let mut registry = Registry::with_prefix("ferrolb_announcer");
+        let mut root = Registry::default();
         let m = Metrics {
             registry: Registry::default(),
             stream_connected: Gauge::default(),
@@ -128,7 +191,11 @@ impl Metrics {
             addresses: Gauge::default(),
             bgp: Arc::new(BgpMetrics::default()),
         };
-        m.bgp.register(&mut registry);
+        m.bgp
+            .register_metallb(root.sub_registry_with_prefix("metallb_bgp"));
+        l2.register_metallb(root.sub_registry_with_prefix("metallb_layer2"));
+        let registry = root.sub_registry_with_prefix("ferrolb_announcer");
+        m.bgp.register(registry);
         registry.register(
             "stream_connected",
             "1 while the assignment stream to an allocator is open",
@@ -174,7 +241,10 @@ impl Metrics {
             "Addresses and prefixes from the allocator this node refused to announce, by reason",
             l2.refused.clone(),
         );
-        Metrics { registry, ..m }
+        Metrics {
+            registry: root,
+            ..m
+        }
     }
 
     pub fn encode(&self) -> String {
@@ -183,5 +253,31 @@ impl Metrics {
             tracing::error!(error = %e, "encoding metrics failed");
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A session's figures under ferrolb's names and MetalLB's.
+    #[test]
+    fn bgp_sessions_under_both_names() {
+        let m = Metrics::new(&Arc::default());
+        m.bgp.set_state("10.0.0.1:179", State::Established, 2, 3);
+        m.bgp.update_sent("10.0.0.1:179");
+        let text = m.encode();
+        for want in [
+            "ferrolb_announcer_bgp_session_up{peer=\"10.0.0.1:179\"} 1",
+            "ferrolb_announcer_bgp_announced_prefixes{peer=\"10.0.0.1:179\"} 2",
+            "metallb_bgp_session_up{peer=\"10.0.0.1:179\"} 1",
+            "metallb_bgp_updates_total{peer=\"10.0.0.1:179\"} 1",
+            "metallb_bgp_announced_prefixes_total{peer=\"10.0.0.1:179\"} 2",
+            "metallb_bgp_pending_prefixes_total{peer=\"10.0.0.1:179\"} 3",
+        ] {
+            assert!(text.contains(want), "{want} in\n{text}");
+        }
+        m.bgp.forget("10.0.0.1:179");
+        assert!(!m.encode().contains("metallb_bgp_session_up{"));
     }
 }

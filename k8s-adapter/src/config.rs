@@ -116,7 +116,10 @@ pub(crate) async fn sync(
             .map(|n| n.labels().clone())
             .collect();
         let cfg = watched.config(nodes, secrets.clone());
-        let rejected = match push(&ctx, &cfg).await {
+        let pushed = push(&ctx, &cfg).await;
+        ctx.metrics
+            .config_pushed(pushed.as_ref().ok().map(Vec::len));
+        let rejected = match pushed {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot push the configuration; trying again");

@@ -329,6 +329,7 @@ fn index_slices(
 }
 
 async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    ctx.metrics.reconciled();
     let ns = svc.namespace().unwrap_or_default();
     let decision = decide(&ctx, &svc);
     let resync = Action::requeue(ctx.settings.resync);

@@ -1,4 +1,6 @@
-//! Prometheus metrics of the adapter, named `ferrolb_adapter_<what>`.
+//! Prometheus metrics of the adapter, named `ferrolb_adapter_<what>`, and those of MetalLB's
+//! Kubernetes client under MetalLB's names (`metallb_k8s_client_*`), so that MetalLB users'
+//! alerts and dashboards work unchanged.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -22,6 +24,15 @@ pub struct Metrics {
     reviews: Family<ReviewLabels, Counter>,
     rejected: Family<KindLabel, Gauge>,
     reconcile_errors: Family<KindLabel, Counter>,
+    /// MetalLB's: 1 once a configuration reached the allocator.
+    config_loaded: Gauge,
+    /// MetalLB's: 1 while the configuration in the API is not the one served (an object
+    /// rejected, or the last push failed).
+    config_stale: Gauge,
+    /// MetalLB's: object updates handled (Services reconciled, configurations pushed), and
+    /// those that failed.
+    updates: Counter,
+    update_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -32,7 +43,31 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("ferrolb_adapter");
+        let mut root = Registry::default();
+        let (config_loaded, config_stale) = (Gauge::default(), Gauge::default());
+        let (updates, update_errors) = (Counter::default(), Counter::default());
+        let metallb = root.sub_registry_with_prefix("metallb_k8s_client");
+        metallb.register(
+            "config_loaded_bool",
+            "1 if the MetalLB configuration was successfully loaded at least once.",
+            config_loaded.clone(),
+        );
+        metallb.register(
+            "config_stale_bool",
+            "1 if running on a stale configuration, because the latest config failed to load.",
+            config_stale.clone(),
+        );
+        metallb.register(
+            "updates",
+            "Number of k8s object updates that have been processed.",
+            updates.clone(),
+        );
+        metallb.register(
+            "update_errors",
+            "Number of k8s object updates that failed for some reason.",
+            update_errors.clone(),
+        );
+        let registry = root.sub_registry_with_prefix("ferrolb_adapter");
         let rejected = Family::<KindLabel, Gauge>::default();
         registry.register(
             "rejected_objects",
@@ -52,10 +87,14 @@ impl Metrics {
             reviews.clone(),
         );
         Metrics {
-            registry,
+            registry: root,
             reviews,
             rejected,
             reconcile_errors,
+            config_loaded,
+            config_stale,
+            updates,
+            update_errors,
         }
     }
 
@@ -64,6 +103,27 @@ impl Metrics {
         self.reconcile_errors
             .get_or_create(&KindLabel { kind: kind.into() })
             .inc();
+        self.update_errors.inc();
+    }
+
+    /// A Service was reconciled.
+    pub fn reconciled(&self) {
+        self.updates.inc();
+    }
+
+    /// A configuration was pushed to the allocator (`Some(rejected objects)`), or could not be.
+    pub fn config_pushed(&self, rejected: Option<usize>) {
+        self.updates.inc();
+        match rejected {
+            Some(n) => {
+                self.config_loaded.set(1);
+                self.config_stale.set(i64::from(n > 0));
+            }
+            None => {
+                self.update_errors.inc();
+                self.config_stale.set(1);
+            }
+        }
     }
 
     /// The webhook answered a review of a `kind` object.
@@ -107,5 +167,32 @@ mod tests {
             ),
             "{text}"
         );
+        assert!(
+            text.contains("metallb_k8s_client_update_errors_total 2"),
+            "{text}"
+        );
+    }
+
+    /// MetalLB's configuration gauges: loaded once a push got through, stale while an
+    /// object is rejected or the last push failed.
+    #[test]
+    fn configuration_loaded_and_stale() {
+        let m = Metrics::new();
+        let has = |want: &str| {
+            let text = m.encode();
+            assert!(text.contains(want), "{want} in\n{text}");
+        };
+        has("metallb_k8s_client_config_loaded_bool 0");
+        m.config_pushed(None);
+        has("metallb_k8s_client_config_loaded_bool 0");
+        has("metallb_k8s_client_config_stale_bool 1");
+        m.config_pushed(Some(1));
+        has("metallb_k8s_client_config_loaded_bool 1");
+        has("metallb_k8s_client_config_stale_bool 1");
+        m.config_pushed(Some(0));
+        has("metallb_k8s_client_config_stale_bool 0");
+        m.reconciled();
+        has("metallb_k8s_client_updates_total 4");
+        has("metallb_k8s_client_update_errors_total 1");
     }
 }

@@ -189,6 +189,18 @@ fn company_scenario_against_bird() {
         "ferrolb_announcer_bgp_session_up{peer=\"10.250.0.1:179\"}",
     );
     assert_eq!(up, 1);
+    // And under MetalLB's names: up, UPDATEs sent (the announcement and the withdrawal).
+    let metallb = |name: &str| {
+        lab.announcer_metric(
+            "n1",
+            &format!("metallb_bgp_{name}{{peer=\"10.250.0.1:179\"}}"),
+        )
+    };
+    assert_eq!(metallb("session_up"), 1);
+    assert!(metallb("updates_total") >= 2);
+    // What the session should advertise includes what it holds (and a prefix of a family the
+    // session cannot carry, which stays pending).
+    assert!(metallb("pending_prefixes_total") >= metallb("announced_prefixes_total"));
 }
 
 #[test]

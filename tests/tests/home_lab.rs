@@ -503,6 +503,11 @@ fn metallbs_walk_through_in_kubectl_answers_on_the_lan() {
     let owner = lab.wait_owner(VIP, 10 * SECOND, Result::is_ok).unwrap();
     assert_eq!(lab.curl_until(VIP, 10 * SECOND, |_| true), owner);
     arping_settles(&lab, VIP, Some(&owner));
+    // MetalLB's speaker metrics, by address: the client's requests (the kernel answered them)
+    // and the announcement.
+    let metric = |name: &str| lab.announcer_metric(&owner, &format!("{name}{{ip=\"{VIP}\"}}"));
+    assert!(metric("metallb_layer2_requests_received") >= 1);
+    assert!(metric("metallb_layer2_gratuitous_sent") >= 1);
     // Where it is announced, as `kubectl get servicel2statuses -A` shows it.
     let st = l2_status_names(&mut kube, "nginx", &owner, 10 * SECOND);
     assert_eq!(st["metadata"]["labels"]["metallb.io/service-name"], "nginx");

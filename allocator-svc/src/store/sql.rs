@@ -490,7 +490,8 @@ impl LeaseStore for SqlStore {
             let rows = sqlx::query(
                 "SELECT family, COUNT(*) AS leases, \
                  COUNT(DISTINCT CASE WHEN stranded = 0 THEN addr END) AS in_use, \
-                 COUNT(CASE WHEN stranded <> 0 THEN 1 END) AS stranded \
+                 COUNT(CASE WHEN stranded <> 0 THEN 1 END) AS stranded, \
+                 COUNT(CASE WHEN primary_rank = 0 AND client = '' THEN 1 END) AS services \
                  FROM leases WHERE pool = $1 GROUP BY family",
             )
             .bind(pool.name().to_string())
@@ -515,6 +516,7 @@ impl LeaseStore for SqlStore {
                     in_use: get("in_use")? as u128,
                     leases: get("leases")? as u64,
                     stranded: get("stranded")? as u64,
+                    services: get("services")? as u64,
                 });
             }
         }

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use ferrolb_announcer::l2::{Counters, answer};
+use ferrolb_announcer::l2::{Addresses, Counters, answer};
 use ferrolb_announcer::packet::Mac;
 use ferrolb_announcer::packet::arp::Arp;
 use ferrolb_announcer::packet::ndp::Ndp;
@@ -18,5 +18,9 @@ fuzz_target!(|frame: &[u8]| {
         .iter()
         .filter_map(|s| s.parse().ok())
         .collect();
+    let owned = Addresses {
+        answer: owned.clone(),
+        served: owned,
+    };
     let _ = answer(frame, Mac([2, 0xfa, 0, 0, 0, 0x11]), &owned, &Counters::default());
 });

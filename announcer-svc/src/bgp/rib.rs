@@ -53,6 +53,11 @@ impl Rib {
         self.sent.len()
     }
 
+    /// Prefixes the session should advertise (sent or not yet).
+    pub fn wanted(&self) -> usize {
+        self.desired.len()
+    }
+
     /// The session is new: nothing has been sent on it.
     pub fn reset(&mut self) {
         self.sent.clear();

@@ -246,6 +246,7 @@ impl Shell {
             next = commands.try_recv().ok();
         }
         self.flush_or_fail().await;
+        self.report();
         false
     }
 
@@ -363,8 +364,7 @@ impl Shell {
             }
         }
         let after = self.fsm.state();
-        self.metrics
-            .set_state(&self.label, after, self.rib.advertised());
+        self.report();
         if !ok && after != State::Idle {
             Box::pin(self.step(Event::TcpConnectionFails)).await;
         }
@@ -385,9 +385,18 @@ impl Shell {
             .map(Message::Update)
             .collect();
         let ok = self.send(&updates).await;
-        self.metrics
-            .set_state(&self.label, State::Established, self.rib.advertised());
+        self.report();
         ok
+    }
+
+    /// The session's state and prefix counts, to the metrics.
+    fn report(&self) {
+        self.metrics.set_state(
+            &self.label,
+            self.fsm.state(),
+            self.rib.advertised(),
+            self.rib.wanted(),
+        );
     }
 
     /// Sends the pending route changes and tells the state machine if the connection broke.

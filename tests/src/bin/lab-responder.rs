@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use ferrolb_announcer::l2::{Command, Counters, Link, serve};
+use ferrolb_announcer::l2::{Addresses, Command, Counters, Link, serve};
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -31,7 +31,13 @@ fn main() {
         .iter()
         .map(|a| Command::Announce(*a))
         .collect::<Vec<_>>();
-    queued.insert(0, Command::Answer(addrs.clone()));
+    queued.insert(
+        0,
+        Command::Answer(Addresses {
+            answer: addrs.clone(),
+            served: addrs.clone(),
+        }),
+    );
     for c in queued {
         if commands.send(c).is_err() {
             std::process::exit(1);
