@@ -308,3 +308,79 @@ fn the_webhook_reaches_the_adapter() {
         [serde_yaml::from_str::<Value>("[ferrolb-webhook-cert]").unwrap()]
     );
 }
+
+/// `deploy/with-monitoring` (the installation and the monitoring component) builds with
+/// kubectl's kustomize, and each PodMonitor finds its pods on a port they serve: the
+/// announcers' and the allocator's metrics ports, and the adapter's, which the component opens on
+/// the pod's address and admits in a NetworkPolicy.
+#[test]
+fn the_monitoring_component_scrapes_every_part() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/with-monitoring");
+    let out = std::process::Command::new("kubectl")
+        .args(["kustomize"])
+        .arg(&dir)
+        .output()
+        .expect("kubectl must be installed (scripts/test installs it where it is missing)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| Value::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect();
+    let monitors: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"].as_str() == Some("PodMonitor"))
+        .collect();
+    assert_eq!(monitors.len(), 3);
+    for m in monitors {
+        let wanted = &m["spec"]["selector"]["matchLabels"];
+        let ns = m["metadata"]["namespace"].as_str();
+        let workload = docs
+            .iter()
+            .find(|d| {
+                matches!(d["kind"].as_str(), Some("Deployment" | "DaemonSet"))
+                    && d["metadata"]["namespace"].as_str() == ns
+                    && &d["spec"]["template"]["metadata"]["labels"] == wanted
+            })
+            .unwrap_or_else(|| panic!("no pods for {:?}", m["metadata"]["name"]));
+        let port = m["spec"]["podMetricsEndpoints"][0]["port"]
+            .as_str()
+            .unwrap();
+        let container = &workload["spec"]["template"]["spec"]["containers"][0];
+        let number =
+            container["ports"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"].as_str() == Some(port))
+                .unwrap_or_else(|| panic!("no port {port} in {:?}", workload["metadata"]["name"]))
+                ["containerPort"]
+                .as_u64()
+                .unwrap();
+        if workload["metadata"]["name"].as_str() == Some("ferrolb-k8s-adapter") {
+            let listen = container["env"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .find(|e| e["name"].as_str() == Some("FERROLB_METRICS_LISTEN"))
+                .unwrap()["value"]
+                .as_str()
+                .unwrap();
+            assert_eq!(listen, format!("0.0.0.0:{number}"));
+            let admitted = docs.iter().any(|d| {
+                d["kind"].as_str() == Some("NetworkPolicy")
+                    && &d["spec"]["podSelector"]["matchLabels"] == wanted
+                    && d["spec"]["ingress"][0]["ports"][0]["port"].as_u64() == Some(number)
+            });
+            assert!(admitted, "no NetworkPolicy admits the adapter's metrics");
+        }
+    }
+    assert!(
+        docs.iter()
+            .any(|d| d["kind"].as_str() == Some("PrometheusRule"))
+    );
+}
