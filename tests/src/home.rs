@@ -514,18 +514,24 @@ impl HomeLab {
     pub fn serve_home_nginx(&self, nodes: &[&str], local: bool) {
         let file = scenarios().join("home-ip-pool.yaml");
         self.ctl(&["apply", "-f", &file.to_string_lossy(), "--cluster", CLUSTER]);
-        self.ctl(&[
+        self.allocate("home-nginx", &["--port", "tcp/80"]);
+        self.set_endpoints("home-nginx", nodes, local);
+    }
+
+    /// `ferrolbctl allocate` for Service `default/<name>` of the lab's cluster, with `more`
+    /// flags; what it printed.
+    pub fn allocate(&self, name: &str, more: &[&str]) -> String {
+        let mut args = vec![
             "allocate",
             "--cluster",
             CLUSTER,
             "--namespace",
             "default",
             "--name",
-            "home-nginx",
-            "--port",
-            "tcp/80",
-        ]);
-        self.set_endpoints("home-nginx", nodes, local);
+            name,
+        ];
+        args.extend_from_slice(more);
+        self.ctl(&args)
     }
 
     /// An IPv6 pool on the lab's own prefix with its L2Advertisement, and a Service `web6` on

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use ferrolb_e2e::home::{CLUSTER, HomeLab, NODES, Options, node_address};
+use ferrolb_e2e::home::{HomeLab, NODES, Options, node_address};
 use serde_json::Value;
 
 const PROMETHEUS: &str = "10.250.0.1:9090";
@@ -205,20 +205,7 @@ fn prometheus_scrapes_the_lab_and_the_alerts_hold() {
     assert!(alerts("FerrolbPoolExhausted").is_empty());
 
     // The pool fills: half of it is not "nearly full", all of it is exhausted.
-    let allocate = |name: &str| {
-        lab.ctl(&[
-            "allocate",
-            "--cluster",
-            CLUSTER,
-            "--namespace",
-            "default",
-            "--name",
-            name,
-            "--pool",
-            "tiny",
-        ])
-    };
-    allocate("first");
+    lab.allocate("first", &["--pool", "tiny"]);
     eventually("one address in use", || {
         let v = query(
             &lab,
@@ -229,7 +216,7 @@ fn prometheus_scrapes_the_lab_and_the_alerts_hold() {
     std::thread::sleep(Duration::from_secs(2));
     assert!(alerts("FerrolbPoolNearlyFull").is_empty());
     assert!(alerts("FerrolbPoolExhausted").is_empty());
-    allocate("second");
+    lab.allocate("second", &["--pool", "tiny"]);
     let fired = eventually("FerrolbPoolExhausted", || {
         alerts("FerrolbPoolExhausted").into_iter().next()
     });
