@@ -204,6 +204,36 @@ pub async fn renew(
     Ok(())
 }
 
+/// A pool's use as a bar of 20 cells and a percentage: `[#####...............] 25%`. Counts
+/// are decimal strings (an IPv6 pool's exceed every integer type but u128); a pool with no
+/// capacity shows an empty bar. Any use at all fills at least one cell, and a pool is 100% only
+/// when full.
+fn use_bar(in_use: &str, capacity: &str) -> String {
+    const CELLS: usize = 20;
+    let (used, cap) = (
+        in_use.parse::<u128>().unwrap_or(0),
+        capacity.parse::<u128>().unwrap_or(0),
+    );
+    if cap == 0 {
+        return format!("[{}]   -", ".".repeat(CELLS));
+    }
+    let share = used.min(cap) as f64 / cap as f64;
+    let mut filled = (share * CELLS as f64).round() as usize;
+    let mut percent = (share * 100.0).floor() as u32;
+    if used > 0 {
+        filled = filled.max(1);
+    }
+    if used < cap {
+        filled = filled.min(CELLS - 1);
+        percent = percent.min(99);
+    }
+    format!(
+        "[{}{}] {percent:>3}%",
+        "#".repeat(filled),
+        ".".repeat(CELLS - filled)
+    )
+}
+
 /// Capacity and use per pool and family.
 pub async fn stats(client: &mut Client, pool: String, out: Output) -> Result<(), String> {
     let r = client
@@ -223,6 +253,7 @@ pub async fn stats(client: &mut Client, pool: String, out: Output) -> Result<(),
                 s.available.clone(),
                 s.leases.to_string(),
                 s.stranded_leases.to_string(),
+                use_bar(&s.in_use, &s.capacity),
             ]
         })
         .collect();
@@ -245,6 +276,7 @@ pub async fn stats(client: &mut Client, pool: String, out: Output) -> Result<(),
                 "AVAILABLE",
                 "LEASES",
                 "STRANDED",
+                "USE",
             ],
             &rows,
         )
@@ -323,4 +355,23 @@ pub async fn allowances(
         },
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::use_bar;
+
+    #[test]
+    fn use_bars() {
+        assert_eq!(use_bar("0", "10"), "[....................]   0%");
+        assert_eq!(use_bar("5", "20"), "[#####...............]  25%");
+        assert_eq!(use_bar("10", "10"), "[####################] 100%");
+        // Nearly full is not full, and a little is not nothing.
+        assert_eq!(use_bar("999", "1000"), "[###################.]  99%");
+        assert_eq!(
+            use_bar("2", "1208925819614629174706176"),
+            "[#...................]   0%"
+        );
+        assert_eq!(use_bar("0", "0"), "[....................]   -");
+    }
 }

@@ -511,6 +511,12 @@ async fn reference_scenarios_through_ferrolbctl() {
         ok && out.contains("\"in_use\":\"6\"") && out.contains("\"available\":\"0\""),
         "{out}"
     );
+    // The table shows the full pool's use as a bar.
+    let (ok, out) = ctl(&a, &["stats"]);
+    assert!(
+        ok && out.contains("USE") && out.contains("[####################] 100%"),
+        "{out}"
+    );
     // company-bgp-pool.yaml's pool applies unchanged too.
     let (ok, out) = ctl(
         &a,
