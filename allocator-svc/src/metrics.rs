@@ -33,6 +33,14 @@ pub struct PoolLabels {
     pub family: String,
 }
 
+/// A tenant (`cluster/<c>`, `client/<x>`, `admin`, `allocator`, or `unauthenticated`) and
+/// the method it called.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabels {
+    pub tenant: String,
+    pub method: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabel {
     pub pool: String,
@@ -155,6 +163,10 @@ pub struct Metrics {
     pub denied: Family<MethodLabels, Counter>,
     /// ServiceAccount tokens refused at the bootstrap port, by reason.
     pub tokens_refused: Family<ReasonLabels, Counter>,
+    /// Calls by tenant and method, and those refused (not authenticated, not allowed, or an
+    /// object that is not the caller's).
+    pub tenant_calls: Family<TenantLabels, Counter>,
+    pub tenant_refusals: Family<TenantLabels, Counter>,
     metallb: MetallbPools,
 }
 
@@ -185,11 +197,23 @@ impl Metrics {
             tls_refused: Family::default(),
             denied: Family::default(),
             tokens_refused: Family::default(),
+            tenant_calls: Family::default(),
+            tenant_refusals: Family::default(),
             metallb: MetallbPools::default(),
         };
         m.metallb
             .register(root.sub_registry_with_prefix("metallb_allocator"));
         let registry = root.sub_registry_with_prefix("ferrolb_allocator");
+        registry.register(
+            "tenant_calls",
+            "Calls by tenant (cluster/<c>, client/<x>, admin, allocator, unauthenticated) and method",
+            m.tenant_calls.clone(),
+        );
+        registry.register(
+            "tenant_refusals",
+            "Calls refused by tenant and method: not authenticated, not allowed, or an object not the caller's",
+            m.tenant_refusals.clone(),
+        );
         registry.register(
             "tokens_refused",
             "ServiceAccount tokens refused at the bootstrap port, by reason",

@@ -360,6 +360,29 @@ async fn a_cluster_reaches_only_its_own() {
         .unwrap()
         .into_inner();
     assert_eq!(lease.ips, vec!["10.9.0.0".to_string()]);
+    // Each tenant's calls and refusals are counted as its own: a's two Release attempts on b's
+    // leases, y's on x's, and b's own call that went through.
+    until_metric(
+        &a,
+        "ferrolb_allocator_tenant_refusals_total{tenant=\"cluster/a\",method=\"Release\"} 2",
+    )
+    .await;
+    until_metric(
+        &a,
+        "ferrolb_allocator_tenant_refusals_total{tenant=\"client/y\",method=\"Release\"} 2",
+    )
+    .await;
+    until_metric(
+        &a,
+        "ferrolb_allocator_tenant_calls_total{tenant=\"cluster/b\",method=\"GetLease\"} 1",
+    )
+    .await;
+    assert!(
+        !a.metrics_text()
+            .contains("tenant_refusals_total{tenant=\"cluster/b\""),
+        "{}",
+        a.metrics_text()
+    );
 }
 
 /// Cluster a copies b's sharing key: it gets an address of its own, never b's.

@@ -24,7 +24,7 @@ use tonic::Status;
 use tonic::codegen::http;
 use tower::{Layer, Service};
 
-use crate::metrics::{MethodLabels, Metrics};
+use crate::metrics::{MethodLabels, Metrics, TenantLabels};
 
 /// The metadata key that named the caller before identities were verified; only the
 /// development plaintext mode still reads it.
@@ -145,7 +145,20 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let verdict = identify(&req).and_then(|who| {
+        let method = req
+            .uri()
+            .path()
+            .rsplit('/')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        let who = identify(&req);
+        let labels = TenantLabels {
+            tenant: who.as_ref().map_or("unauthenticated".into(), tenant),
+            method,
+        };
+        self.metrics.tenant_calls.get_or_create(&labels).inc();
+        let verdict = who.and_then(|who| {
             if allowed(&who, req.uri().path()) {
                 Ok(who)
             } else {
@@ -155,33 +168,52 @@ where
                 )))
             }
         });
+        let metrics = Arc::clone(&self.metrics);
         match verdict {
             Ok(who) => {
                 req.extensions_mut().insert(who);
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
-                Box::pin(async move { inner.call(req).await })
+                Box::pin(async move {
+                    let res = inner.call(req).await?;
+                    // A handler's refusal (an object not the caller's) ends the call at once,
+                    // its status in the headers.
+                    let code = res.headers().get("grpc-status").map(|v| v.as_bytes());
+                    if matches!(code, Some(b"7" | b"16")) {
+                        metrics.tenant_refusals.get_or_create(&labels).inc();
+                    }
+                    Ok(res)
+                })
             }
             Err(status) => {
-                let method = req
-                    .uri()
-                    .path()
-                    .rsplit('/')
-                    .next()
-                    .unwrap_or("")
-                    .to_string();
                 tracing::warn!(
                     path = req.uri().path(),
                     reason = status.message(),
                     "call refused"
                 );
-                self.metrics
+                metrics.tenant_refusals.get_or_create(&labels).inc();
+                metrics
                     .denied
-                    .get_or_create(&MethodLabels { method })
+                    .get_or_create(&MethodLabels {
+                        method: labels.method.clone(),
+                    })
                     .inc();
                 Box::pin(async move { Ok(status.into_http()) })
             }
         }
+    }
+}
+
+/// The tenant a caller belongs to, for the per-tenant metrics: its cluster for an adapter or a
+/// node.
+fn tenant(p: &Principal) -> String {
+    match p {
+        Principal::Admin(_) => "admin".into(),
+        Principal::Adapter { cluster } | Principal::Node { cluster, .. } => {
+            format!("cluster/{cluster}")
+        }
+        Principal::Client(c) => format!("client/{c}"),
+        Principal::Allocator => "allocator".into(),
     }
 }
 
