@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use ferrolb_common::process::Critical;
 use ferrolb_proto::v1 as pb;
@@ -414,6 +414,15 @@ async fn allocate(ctx: &Ctx, svc: &Service, req: pb::AllocateRequest) -> Result<
         let status = json!({"status": {"loadBalancer": service::ingress(&lease.ips)}});
         let status = apply_config::<Service>(&name, &ns, status);
         api.patch_status(&name, &pp, &Patch::Apply(&status)).await?;
+        // A Service's first address: how long after its creation it was shown.
+        if current.is_empty()
+            && let Some(created) = svc.metadata.creation_timestamp.as_ref()
+        {
+            let age = SystemTime::now()
+                .duration_since(SystemTime::from(created.0))
+                .unwrap_or_default();
+            ctx.metrics.service_addressed(age);
+        }
     }
     let annotated = svc.annotations().get(ALLOCATED_FROM_POOL);
     if annotated != Some(&lease.pool) {

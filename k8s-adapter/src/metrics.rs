@@ -6,6 +6,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -33,6 +34,8 @@ pub struct Metrics {
     /// those that failed.
     updates: Counter,
     update_errors: Counter,
+    /// From a Service's creation to its first address in its status.
+    addressed: Histogram,
 }
 
 impl Default for Metrics {
@@ -68,6 +71,14 @@ impl Metrics {
             update_errors.clone(),
         );
         let registry = root.sub_registry_with_prefix("ferrolb_adapter");
+        // 10 ms to about 3 minutes: a pool with room answers in milliseconds; a Service that
+        // waited for a pool waits as long as that took.
+        let addressed = Histogram::new(exponential_buckets(0.01, 2.0, 15));
+        registry.register(
+            "service_address_seconds",
+            "Time from a Service's creation to its first address in its status",
+            addressed.clone(),
+        );
         let rejected = Family::<KindLabel, Gauge>::default();
         registry.register(
             "rejected_objects",
@@ -95,7 +106,13 @@ impl Metrics {
             config_stale,
             updates,
             update_errors,
+            addressed,
         }
+    }
+
+    /// A Service got its first address, `age` after it was created.
+    pub fn service_addressed(&self, age: std::time::Duration) {
+        self.addressed.observe(age.as_secs_f64());
     }
 
     /// A Service reconcile failed with an error of `kind`.

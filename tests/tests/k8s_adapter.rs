@@ -171,7 +171,7 @@ async fn scenario_yaml_gives_home_nginx_its_address() {
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}}),
     );
     apply_file(&kube, "home-ip-pool.yaml");
-    let _adapter = Adapter::start(&kube, &alloc, &dir);
+    let adapter = Adapter::start(&kube, &alloc, &dir);
 
     // kubectl expose deployment nginx --type=LoadBalancer --port=80
     kube.put(SERVICES, service("home-nginx", &[(80, "TCP")]));
@@ -189,6 +189,14 @@ async fn scenario_yaml_gives_home_nginx_its_address() {
     })
     .await
     .unwrap();
+    // How long it took, from the Service's creation (one Service, well under 10 s).
+    wait_for(
+        "the time to address recorded",
+        Duration::from_secs(2),
+        || adapter.metric("ferrolb_adapter_service_address_seconds_count") == Some("1".into()),
+    );
+    let within_10s = adapter.metric("ferrolb_adapter_service_address_seconds_bucket{le=\"10.24\"}");
+    assert_eq!(within_10s.as_deref(), Some("1"));
     // MetalLB's annotation and event follow.
     let k = kube.clone();
     tokio::task::spawn_blocking(move || {
