@@ -9,7 +9,9 @@ use std::time::Duration;
 use ferrolb_metallb::crd;
 use ferrolb_proto::v1 as pb;
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, Patch};
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -68,6 +70,7 @@ pub(crate) async fn sync(ctx: Arc<Ctx>) {
     // Follow the allocator's announcements as they change; write the objects on every change,
     // and again now and then, so that one deleted or edited by hand comes back.
     let mut last: Option<pb::AnnouncementsUpdate> = None;
+    let mut announcing: Option<BTreeMap<String, String>> = None;
     loop {
         let watched = ctx.allocator.watch_announcements(&ctx.settings.cluster);
         let mut stream = match watched.await {
@@ -81,7 +84,10 @@ pub(crate) async fn sync(ctx: Arc<Ctx>) {
         loop {
             tokio::select! {
                 m = stream.next() => match m {
-                    Some(Ok(update)) => last = Some(update),
+                    Some(Ok(update)) => {
+                        tell_moves(&ctx, &mut announcing, &update.announcements).await;
+                        last = Some(update);
+                    }
                     None => break,
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "the announcement watch ended");
@@ -96,6 +102,57 @@ pub(crate) async fn sync(ctx: Arc<Ctx>) {
             }
         }
         tokio::time::sleep(RETRY).await;
+    }
+}
+
+/// MetalLB's `nodeAssigned` event on each Service whose layer-2 announcing node is new or
+/// changed since the last update (`before`: Service → node; nothing is told of the first
+/// update after a start, which only says where things already are).
+async fn tell_moves(
+    ctx: &Ctx,
+    before: &mut Option<BTreeMap<String, String>>,
+    list: &[pb::Announcement],
+) {
+    let now: BTreeMap<String, String> = list
+        .iter()
+        .filter(|a| !a.node.is_empty())
+        .flat_map(|a| a.services.iter().map(|s| (s.clone(), a.node.clone())))
+        .collect();
+    let Some(prev) = before.replace(now.clone()) else {
+        return;
+    };
+    for (svc, node) in &now {
+        let was = prev.get(svc);
+        if was == Some(node) {
+            continue;
+        }
+        let (ns, name) = svc.split_once('/').unwrap_or(("", svc));
+        let api: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
+        let Ok(Some(service)) = api.get_opt(name).await else {
+            continue;
+        };
+        let mut note = format!("announcing from node {node:?} with protocol \"layer2\"");
+        if let Some(was) = was {
+            note += &format!(", after node {was:?}");
+        }
+        // The node is the event's related object: a move to another node is an event of its
+        // own, a move back counts in that node's event series.
+        let node_ref = k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Node".into()),
+            name: Some(node.clone()),
+            ..Default::default()
+        };
+        let ev = Event {
+            type_: EventType::Normal,
+            reason: "nodeAssigned".into(),
+            note: Some(note),
+            action: "Announce".into(),
+            secondary: Some(node_ref),
+        };
+        if let Err(e) = ctx.recorder.publish(&ev, &service.object_ref(&())).await {
+            tracing::debug!(error = %e, "cannot record an event");
+        }
     }
 }
 

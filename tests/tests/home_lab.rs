@@ -518,6 +518,22 @@ fn metallbs_walk_through_in_kubectl_answers_on_the_lan() {
         .wait_owner(VIP, 10 * SECOND, |o| o.as_ref().is_ok_and(|n| *n != owner))
         .unwrap();
     l2_status_names(&mut kube, "nginx", &next, 3 * SECOND);
+    // And the Service's events tell both, in MetalLB's words.
+    let notes = |kube: &mut ferrolb_e2e::home::LabKube| -> Vec<String> {
+        kube.list("/apis/events.k8s.io/v1/events")
+            .iter()
+            .filter(|e| e["regarding"]["name"] == "nginx" && e["reason"] == "nodeAssigned")
+            .map(|e| e["note"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let first = format!("announcing from node \"{owner}\" with protocol \"layer2\"");
+    let moved =
+        format!("announcing from node \"{next}\" with protocol \"layer2\", after node \"{owner}\"");
+    let start = std::time::Instant::now();
+    while !(notes(&mut kube).contains(&first) && notes(&mut kube).contains(&moved)) {
+        assert!(start.elapsed() < 5 * SECOND, "{:?}", notes(&mut kube));
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Waits until the ServiceL2Status of Service `default/<service>` names `node`; returns it.
