@@ -82,6 +82,9 @@ pub enum Command {
     Announcements {
         #[arg(long)]
         cluster: String,
+        /// Show the list, then each change as it happens (until interrupted).
+        #[arg(long)]
+        watch: bool,
     },
     /// Which nodes advertise each address of a cluster over BGP, and to which peers.
     BgpAnnouncements {

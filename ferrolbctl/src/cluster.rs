@@ -1,6 +1,8 @@
 //! A cluster's nodes, endpoints, advertisements and announcements: the cluster state service's
 //! commands.
 
+use std::collections::BTreeMap;
+
 use ferrolb_proto::v1 as pb;
 use serde_json::{Value, json};
 
@@ -186,46 +188,129 @@ pub async fn announcements(
         .await
         .map_err(status_text)?
         .into_inner();
-    let rows: Vec<Vec<String>> = r
-        .announcements
-        .iter()
-        .map(|a| {
-            vec![
-                a.ip.clone(),
-                if a.node.is_empty() {
-                    "-".into()
-                } else {
-                    a.node.clone()
-                },
-                if a.interfaces.is_empty() {
-                    "*".into()
-                } else {
-                    a.interfaces.join(",")
-                },
-                a.services.join(","),
-                a.reason.clone(),
-            ]
-        })
-        .collect();
-    let j: Vec<Value> = r
-        .announcements
-        .iter()
-        .map(|a| {
-            json!({"ip": a.ip, "node": a.node, "interfaces": a.interfaces,
-            "services": a.services, "reason": a.reason})
-        })
-        .collect();
-    emit(
-        out,
-        json!({"version": r.version, "announcements": j}),
-        || {
-            table(
-                &["ADDRESS", "NODE", "INTERFACES", "SERVICES", "REASON"],
-                &rows,
-            )
-        },
-    );
+    print_announcements(out, r.version, &r.announcements);
     Ok(())
+}
+
+const ANNOUNCEMENT_HEADERS: [&str; 5] = ["ADDRESS", "NODE", "INTERFACES", "SERVICES", "REASON"];
+
+fn announcement_row(a: &pb::Announcement) -> Vec<String> {
+    vec![
+        a.ip.clone(),
+        if a.node.is_empty() {
+            "-".into()
+        } else {
+            a.node.clone()
+        },
+        if a.interfaces.is_empty() {
+            "*".into()
+        } else {
+            a.interfaces.join(",")
+        },
+        a.services.join(","),
+        a.reason.clone(),
+    ]
+}
+
+fn announcement_json(a: &pb::Announcement) -> Value {
+    json!({"ip": a.ip, "node": a.node, "interfaces": a.interfaces,
+        "services": a.services, "reason": a.reason})
+}
+
+fn print_announcements(out: Output, version: u64, list: &[pb::Announcement]) {
+    let rows: Vec<Vec<String>> = list.iter().map(announcement_row).collect();
+    let j: Vec<Value> = list.iter().map(announcement_json).collect();
+    emit(out, json!({"version": version, "announcements": j}), || {
+        table(&ANNOUNCEMENT_HEADERS, &rows)
+    });
+}
+
+/// The list, then one line per address whose announcement changed, with the time (UTC) it was
+/// seen and the node before: `12:00:03.120 192.168.1.240 n1 -> n3 default/nginx`.
+pub async fn watch_announcements(
+    client: &mut ClusterClient,
+    cluster: String,
+    out: Output,
+) -> Result<(), String> {
+    let mut stream = client
+        .watch_announcements(pb::ListAnnouncementsRequest { cluster })
+        .await
+        .map_err(status_text)?
+        .into_inner();
+    let mut before: Option<BTreeMap<String, pb::Announcement>> = None;
+    while let Some(update) = stream.message().await.map_err(status_text)? {
+        let now: BTreeMap<String, pb::Announcement> = update
+            .announcements
+            .iter()
+            .map(|a| (a.ip.clone(), a.clone()))
+            .collect();
+        match &before {
+            None => print_announcements(out, update.version, &update.announcements),
+            Some(prev) => {
+                for change in changes(prev, &now) {
+                    let (ip, was, is) = &change;
+                    let node = |a: Option<&pb::Announcement>| {
+                        a.filter(|a| !a.node.is_empty())
+                            .map_or("-".to_string(), |a| a.node.clone())
+                    };
+                    let j = json!({"time": clock(), "version": update.version, "ip": ip,
+                        "before": was.map(announcement_json), "now": is.map(announcement_json)});
+                    emit(out, j, || {
+                        let services = is
+                            .or(*was)
+                            .map(|a| a.services.join(","))
+                            .unwrap_or_default();
+                        let reason = is.map(|a| a.reason.clone()).unwrap_or("gone".into());
+                        format!(
+                            "{} {ip} {} -> {} {services} {reason}",
+                            clock(),
+                            node(*was),
+                            node(*is)
+                        )
+                        .trim_end()
+                        .to_string()
+                    });
+                }
+            }
+        }
+        before = Some(now);
+    }
+    Ok(())
+}
+
+type Change<'a> = (
+    &'a String,
+    Option<&'a pb::Announcement>,
+    Option<&'a pb::Announcement>,
+);
+
+/// The addresses whose announcement differs between two lists, with both sides.
+fn changes<'a>(
+    before: &'a BTreeMap<String, pb::Announcement>,
+    now: &'a BTreeMap<String, pb::Announcement>,
+) -> Vec<Change<'a>> {
+    let ips: std::collections::BTreeSet<&String> = before.keys().chain(now.keys()).collect();
+    ips.into_iter()
+        .filter_map(|ip| {
+            let (was, is) = (before.get(ip), now.get(ip));
+            (was != is).then_some((ip, was, is))
+        })
+        .collect()
+}
+
+/// The time of day in UTC, to the millisecond.
+fn clock() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let s = t.as_secs();
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        (s / 3600) % 24,
+        (s / 60) % 60,
+        s % 60,
+        t.subsec_millis()
+    )
 }
 
 pub async fn bgp_announcements(

@@ -103,8 +103,12 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Nodes(cmd) => cluster::nodes(&mut cluster_client, cmd, out).await,
         Command::Endpoints(cmd) => cluster::endpoints(&mut cluster_client, cmd).await,
         Command::L2(cmd) => cluster::l2(&mut cluster_client, cmd, out).await,
-        Command::Announcements { cluster } => {
-            cluster::announcements(&mut cluster_client, cluster, out).await
+        Command::Announcements { cluster, watch } => {
+            if watch {
+                cluster::watch_announcements(&mut cluster_client, cluster, out).await
+            } else {
+                cluster::announcements(&mut cluster_client, cluster, out).await
+            }
         }
         Command::BgpAnnouncements { cluster } => {
             cluster::bgp_announcements(&mut cluster_client, cluster, out).await

@@ -503,6 +503,20 @@ impl HomeLab {
         self.lab.run("router", &v)
     }
 
+    /// Starts ferrolbctl in the router's namespace, for a command that runs until it is killed
+    /// (`announcements --watch`); its standard output is piped.
+    pub fn ctl_spawn(&self, args: &[&str]) -> Child {
+        Command::new("ip")
+            .args(["netns", "exec", &format!("{}-router", self.lab.0)])
+            .arg(bin("ferrolbctl"))
+            .args(["--server", SERVER])
+            .args(test_pki().args("admin"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start ferrolbctl")
+    }
+
     /// Runs ferrolbctl in the router's namespace; fails the test if it fails.
     pub fn ctl(&self, args: &[&str]) -> String {
         let o = self.ctl_output(args);

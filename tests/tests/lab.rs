@@ -80,6 +80,13 @@ fn the_demo_runs_to_its_end() {
         text.contains("denied the request: IPAddressPool \"more-ips\""),
         "{text}"
     );
+    // `ferrolbctl announcements --watch` saw the address move off the dead node.
+    assert!(
+        text.lines().any(|l| l.contains(" 192.168.1.240 n1 -> n")
+            || l.contains(" 192.168.1.240 n2 -> n")
+            || l.contains(" 192.168.1.240 n3 -> n")),
+        "{text}"
+    );
     assert!(
         text.contains("demo done: nginx got 192.168.1.240; it answered from"),
         "{text}"

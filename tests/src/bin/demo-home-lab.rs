@@ -11,7 +11,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ferrolb_e2e::home::{HomeLab, LabKube, NODES, Options, VIP, mac, scenarios};
+use ferrolb_e2e::home::{CLUSTER, HomeLab, LabKube, NODES, Options, VIP, mac, scenarios};
 use ferrolb_e2e::routers::{BIRD_COMPANY, Bird, eventually};
 
 fn say(title: &str) {
@@ -147,11 +147,22 @@ fn main() {
     say(&format!(
         "{owner}, the announcing node, dies (processes killed, link down)"
     ));
+    // An operator following the announcements meanwhile.
+    let mut watch = lab.ctl_spawn(&["announcements", "--cluster", CLUSTER, "--watch"]);
+    std::thread::sleep(Duration::from_millis(500));
     let (took, next) = lab.failover(VIP, &owner, || lab.crash_node(&owner));
     println!(
         "(the client got its first answer through {next} {} ms after {owner} died)",
         took.as_millis()
     );
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = watch.kill();
+    let watched = watch
+        .wait_with_output()
+        .map(|o| o.stdout)
+        .unwrap_or_default();
+    println!("$ ferrolbctl announcements --cluster {CLUSTER} --watch   (meanwhile)");
+    print!("{}", String::from_utf8_lossy(&watched));
     client(&lab, &["curl", "-s", &format!("http://{VIP}")]);
     client(&lab, &["ip", "neigh", "show", VIP]);
     println!("({next} is {})", mac(&next));
