@@ -15,7 +15,10 @@ pub fn init_logging(filter: &str) {
         .init();
 }
 
-/// A router that answers `GET /metrics` with what `encode` writes (the Prometheus text format).
+/// The exposition format's content type.
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A router that answers `GET /metrics` with what `encode` writes (OpenMetrics text).
 pub fn metrics_router<F>(encode: F) -> axum::Router
 where
     F: Fn() -> String + Clone + Send + Sync + 'static,
@@ -24,7 +27,9 @@ where
         "/metrics",
         axum::routing::get(move || {
             let encode = encode.clone();
-            async move { encode() }
+            // What prometheus-client writes is OpenMetrics (`# EOF`, `unknown` types): said so,
+            // Prometheus parses it as such rather than as its older text format.
+            async move { ([(axum::http::header::CONTENT_TYPE, OPENMETRICS)], encode()) }
         }),
     )
 }

@@ -1,8 +1,9 @@
 //! A real Prometheus (Debian's `prometheus` and `promtool`) scrapes the lab's allocator,
 //! adapter and three announcers, and runs the alerts of `deploy/monitoring/prometheus-rule.yaml`:
 //! `promtool check rules` passes, every metric the alerts read has series in the live lab, and
-//! the pool alert fires when the test fills a pool. Needs root (the lab) and both programs
-//! (`scripts/test` installs them).
+//! the pool alert fires when the test fills a pool. Every query of the Grafana dashboard
+//! (`deploy/monitoring/grafana-dashboard.json`) returns series from the same lab. Needs root
+//! (the lab) and both programs (`scripts/test` installs them).
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
@@ -142,6 +143,12 @@ fn prometheus_scrapes_the_lab_and_the_alerts_hold() {
             "spec": {"addresses": ["192.168.1.240-192.168.1.241"]}}),
     );
     kube.put(
+        "/apis/metallb.io/v1beta1/l2advertisements",
+        &serde_json::json!({"apiVersion": "metallb.io/v1beta1", "kind": "L2Advertisement",
+            "metadata": {"name": "tiny", "namespace": "metallb-system"},
+            "spec": {"ipAddressPools": ["tiny"]}}),
+    );
+    kube.put(
         "/apis/metallb.io/v1beta2/bgppeers",
         &serde_json::json!({"apiVersion": "metallb.io/v1beta2", "kind": "BGPPeer",
             "metadata": {"name": "silent", "namespace": "metallb-system"},
@@ -205,7 +212,17 @@ fn prometheus_scrapes_the_lab_and_the_alerts_hold() {
     assert!(alerts("FerrolbPoolExhausted").is_empty());
 
     // The pool fills: half of it is not "nearly full", all of it is exhausted.
-    lab.allocate("first", &["--pool", "tiny"]);
+    let mut service = |name: &str| {
+        kube.put(
+            "/api/v1/services",
+            &serde_json::json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {"type": "LoadBalancer", "selector": {"app": name},
+                         "ports": [{"port": 80, "protocol": "TCP"}]}}),
+        );
+        lab.write_endpoints(&mut kube, name, &NODES);
+    };
+    service("first");
     eventually("one address in use", || {
         let v = query(
             &lab,
@@ -216,10 +233,53 @@ fn prometheus_scrapes_the_lab_and_the_alerts_hold() {
     std::thread::sleep(Duration::from_secs(2));
     assert!(alerts("FerrolbPoolNearlyFull").is_empty());
     assert!(alerts("FerrolbPoolExhausted").is_empty());
-    lab.allocate("second", &["--pool", "tiny"]);
+    service("second");
     let fired = eventually("FerrolbPoolExhausted", || {
         alerts("FerrolbPoolExhausted").into_iter().next()
     });
     assert_eq!(fired["labels"]["pool"], "tiny", "{fired}");
     assert_eq!(fired["labels"]["severity"], "critical", "{fired}");
+
+    // A call the cluster's identity may not make, refused and counted as the cluster's.
+    let tls = ferrolb_e2e::test_pki().args(&format!("cluster/{}", ferrolb_e2e::home::CLUSTER));
+    let ctl = ferrolb_e2e::bin("ferrolbctl")
+        .to_string_lossy()
+        .into_owned();
+    let mut refused = vec![ctl.as_str(), "--server", "https://10.250.0.1:7470"];
+    refused.extend(tls.iter().map(String::as_str));
+    refused.extend([
+        "allowances",
+        "set",
+        "--cluster",
+        "home",
+        "--range",
+        "10.0.0.0/8",
+    ]);
+    assert!(!lab.lab.run("router", &refused).status.success());
+
+    // With every kind of series present (MetalLB's bare-named counters among them), every
+    // scrape still parses.
+    assert_eq!(
+        query(&lab, "up == 1").len(),
+        targets.len(),
+        "{:?}",
+        query(&lab, "up")
+    );
+
+    // Every panel of the dashboard shows something.
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/monitoring/grafana-dashboard.json"
+    );
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 10, "{} panels", panels.len());
+    for panel in panels {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            eventually(&format!("series for {:?}: {expr}", panel["title"]), || {
+                (!query(&lab, expr).is_empty()).then_some(())
+            });
+        }
+    }
 }
