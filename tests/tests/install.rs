@@ -383,4 +383,21 @@ fn the_monitoring_component_scrapes_every_part() {
         docs.iter()
             .any(|d| d["kind"].as_str() == Some("PrometheusRule"))
     );
+    // The dashboard, for Grafana's sidecar, is the file the Prometheus test checks.
+    let dashboard = docs
+        .iter()
+        .find(|d| {
+            d["kind"].as_str() == Some("ConfigMap")
+                && d["metadata"]["name"].as_str() == Some("ferrolb-grafana-dashboard")
+        })
+        .expect("the dashboard's ConfigMap");
+    assert_eq!(
+        dashboard["metadata"]["labels"]["grafana_dashboard"].as_str(),
+        Some("1")
+    );
+    let file = std::fs::read_to_string(dir.join("../monitoring/grafana-dashboard.json")).unwrap();
+    assert_eq!(
+        dashboard["data"]["grafana-dashboard.json"].as_str(),
+        Some(file.as_str())
+    );
 }
