@@ -167,7 +167,16 @@ pub struct Metrics {
     /// object that is not the caller's).
     pub tenant_calls: Family<TenantLabels, Counter>,
     pub tenant_refusals: Family<TenantLabels, Counter>,
+    /// From the loss of an address's announcer to another node's report that it announces it
+    /// (after its gratuitous announcement), by reason.
+    failovers: Family<ReasonLabels, Histogram, fn() -> Histogram>,
     metallb: MetallbPools,
+}
+
+fn failover_histogram() -> Histogram {
+    // 5 ms to about 40 s: a crash moves an address in tens of milliseconds, a cut link in the
+    // heartbeat timeout.
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
 }
 
 fn latency_histogram() -> Histogram {
@@ -199,11 +208,17 @@ impl Metrics {
             tokens_refused: Family::default(),
             tenant_calls: Family::default(),
             tenant_refusals: Family::default(),
+            failovers: Family::new_with_constructor(failover_histogram),
             metallb: MetallbPools::default(),
         };
         m.metallb
             .register(root.sub_registry_with_prefix("metallb_allocator"));
         let registry = root.sub_registry_with_prefix("ferrolb_allocator");
+        registry.register(
+            "failover_seconds",
+            "Time from losing an address's announcer to another node announcing it, by reason (heartbeats_stopped, stream_ended, not_ready, protocol_error)",
+            m.failovers.clone(),
+        );
         registry.register(
             "tenant_calls",
             "Calls by tenant (cluster/<c>, client/<x>, admin, allocator, unauthenticated) and method",
@@ -286,6 +301,15 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// An address moved to another node, `took` after its announcer was lost for `reason`.
+    pub fn failed_over(&self, reason: &str, took: Duration) {
+        self.failovers
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .observe(took.as_secs_f64());
     }
 
     /// Replaces the pool gauges with fresh statistics.

@@ -214,6 +214,21 @@ fn failover_on_crash_and_on_link_cut() {
     assert!(took < 2 * SECOND, "link-cut failover took {took:?}");
     assert_ne!(next, first);
     assert_eq!(lab.client_neighbour(VIP).as_deref(), Some(mac(&next)));
+    // The allocator timed both failovers, each by its reason; the move back was none.
+    let start = std::time::Instant::now();
+    loop {
+        let m = lab.must("router", &["curl", "-s", "http://10.250.0.1:7471/metrics"]);
+        let count = |reason: &str| {
+            m.contains(&format!(
+                "ferrolb_allocator_failover_seconds_count{{reason=\"{reason}\"}} 1\n"
+            ))
+        };
+        if count("stream_ended") && count("heartbeats_stopped") {
+            break;
+        }
+        assert!(start.elapsed() < 3 * SECOND, "{m}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     lab.must(&first, &["ip", "link", "set", "eth0", "up"]);
     lab.wait_owner(VIP, 10 * SECOND, |o| o.as_deref() == Ok(first.as_str()))
         .unwrap();
@@ -518,6 +533,12 @@ fn metallbs_walk_through_in_kubectl_answers_on_the_lan() {
         .wait_owner(VIP, 10 * SECOND, |o| o.as_ref().is_ok_and(|n| *n != owner))
         .unwrap();
     l2_status_names(&mut kube, "nginx", &next, 3 * SECOND);
+    // The allocator timed the failover: from the dead stream to the new node's report.
+    let metrics = lab.must("router", &["curl", "-s", "http://10.250.0.1:7471/metrics"]);
+    assert!(
+        metrics.contains("ferrolb_allocator_failover_seconds_count{reason=\"stream_ended\"} 1"),
+        "{metrics}"
+    );
     // And the Service's events tell both, in MetalLB's words.
     let notes = |kube: &mut ferrolb_e2e::home::LabKube| -> Vec<String> {
         kube.list("/apis/events.k8s.io/v1/events")

@@ -116,7 +116,7 @@ fn prometheus_scrapes_the_lab_and_the_alerts_hold() {
             "{program} is missing: apt-get install prometheus (scripts/test installs it)"
         );
     }
-    let lab = HomeLab::up("pm", Options::default());
+    let mut lab = HomeLab::up("pm", Options::default());
     let (rules, exprs) = rule_file();
     let rules_path = lab.dir.0.join("rules.yml");
     std::fs::write(&rules_path, rules).unwrap();
@@ -192,14 +192,6 @@ fn prometheus_scrapes_the_lab_and_the_alerts_hold() {
         let up = try_query(&lab, "up == 1")?;
         (up.len() == targets.len()).then_some(())
     });
-    // No alert reads a metric that does not exist.
-    for expr in &exprs {
-        for name in metric_names(expr) {
-            eventually(&format!("series of {name}"), || {
-                (!query(&lab, &name).is_empty()).then_some(())
-            });
-        }
-    }
     let alerts = |name: &str| -> Vec<Value> {
         firing(&lab)
             .into_iter()
@@ -257,11 +249,26 @@ fn prometheus_scrapes_the_lab_and_the_alerts_hold() {
     ]);
     assert!(!lab.lab.run("router", &refused).status.success());
 
+    // The first address's node dies: the failover is timed.
+    let owner = lab.owner("192.168.1.240").unwrap();
+    lab.kill_announcer(&owner);
+    eventually("a failover timed", || {
+        (!query(&lab, "ferrolb_allocator_failover_seconds_count >= 1").is_empty()).then_some(())
+    });
+    // No alert reads a metric that does not exist.
+    for expr in &exprs {
+        for name in metric_names(expr) {
+            eventually(&format!("series of {name}"), || {
+                (!query(&lab, &name).is_empty()).then_some(())
+            });
+        }
+    }
+
     // With every kind of series present (MetalLB's bare-named counters among them), every
-    // scrape still parses.
+    // scrape still parses, but the killed announcer's.
     assert_eq!(
         query(&lab, "up == 1").len(),
-        targets.len(),
+        targets.len() - 1,
         "{:?}",
         query(&lab, "up")
     );

@@ -44,7 +44,15 @@ pub struct Announcers {
     liveness: Liveness,
     /// The stream this replica serves for each node: a newer one ends it.
     streams: std::sync::Mutex<BTreeMap<(String, String), Serving>>,
+    /// Addresses whose announcer this replica lost, by cluster and address: when, and why.
+    lost: std::sync::Mutex<BTreeMap<(String, String), Lost>>,
 }
+
+/// When an address lost its announcer, and why.
+type Lost = (Instant, &'static str);
+
+/// How long a lost address waits for a new announcer to be timed as a failover.
+const FAILOVER_WINDOW: Duration = Duration::from_secs(60);
 
 /// A node's stream on this replica: its session id, and what ends it.
 type Serving = (i64, tokio::sync::oneshot::Sender<()>);
@@ -64,6 +72,7 @@ impl Announcers {
             replica,
             liveness,
             streams: std::sync::Mutex::default(),
+            lost: std::sync::Mutex::default(),
         }
     }
 
@@ -85,6 +94,17 @@ impl Announcers {
         if streams.get(&key).is_some_and(|(id, _)| *id == s.id) {
             streams.remove(&key);
         }
+    }
+}
+
+/// Why a stream's end moves its addresses, as the failover metrics name it; None when it does
+/// not (the node's newer stream took over, or this replica stops).
+fn failover_reason(why: &str) -> Option<&'static str> {
+    match why {
+        "heartbeats stopped" => Some("heartbeats_stopped"),
+        "stream closed" | "stream broken" => Some("stream_ended"),
+        "protocol error" => Some("protocol_error"),
+        _ => None,
     }
 }
 
@@ -130,6 +150,8 @@ struct Session {
     cluster: String,
     node: String,
     id: i64,
+    /// What the announcer last said it announces.
+    announcing: std::sync::Mutex<BTreeSet<String>>,
     /// The cluster revision read after the session was stored: views read at it or later
     /// know of the session (or of a newer one).
     opened_at: u64,
@@ -148,6 +170,7 @@ impl Announcers {
             node: hello.node.clone(),
             // Tells this stream's session from a newer one of the same node.
             id: (crate::cluster::random_u64() >> 1) as i64,
+            announcing: std::sync::Mutex::new(hello.announcing.iter().cloned().collect()),
             opened_at: u64::MAX,
         };
         let ttl = self.liveness.session_ttl.as_millis() as i64;
@@ -184,6 +207,14 @@ impl Announcers {
         };
         self.release(&s);
         self.metrics.announcer_streams.dec();
+        if let Some(reason) = failover_reason(why) {
+            let announcing = s
+                .announcing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            self.lost_all(&s.cluster, &announcing, reason);
+        }
         tracing::info!(
             cluster = s.cluster,
             node = s.node,
@@ -263,13 +294,66 @@ impl Announcers {
         }
     }
 
-    /// A status message: readiness changes are recorded with the session.
+    /// Its announcer is gone (or no longer ready): the addresses it announced wait for another.
+    fn lost_all(&self, cluster: &str, ips: &BTreeSet<String>, reason: &'static str) {
+        let now = Instant::now();
+        let mut lost = self.lost.lock().unwrap_or_else(|p| p.into_inner());
+        lost.retain(|_, (at, _)| now.duration_since(*at) < FAILOVER_WINDOW);
+        for ip in ips {
+            lost.insert((cluster.to_string(), ip.clone()), (now, reason));
+        }
+    }
+
+    /// A node says it announces addresses it did not before: those whose announcer this replica
+    /// lost have failed over, in the time since.
+    fn announced(&self, s: &Session, now_announcing: &[String]) {
+        let mut mine = s.announcing.lock().unwrap_or_else(|p| p.into_inner());
+        let new: Vec<String> = now_announcing
+            .iter()
+            .filter(|ip| !mine.contains(*ip))
+            .cloned()
+            .collect();
+        *mine = now_announcing.iter().cloned().collect();
+        drop(mine);
+        if new.is_empty() {
+            return;
+        }
+        let mut lost = self.lost.lock().unwrap_or_else(|p| p.into_inner());
+        for ip in new {
+            if let Some((at, reason)) = lost.remove(&(s.cluster.clone(), ip.clone())) {
+                let took = at.elapsed();
+                if took < FAILOVER_WINDOW {
+                    tracing::info!(
+                        cluster = s.cluster,
+                        node = s.node,
+                        address = ip,
+                        reason,
+                        took_ms = took.as_millis() as u64,
+                        "failed over"
+                    );
+                    self.metrics.failed_over(reason, took);
+                }
+            }
+        }
+    }
+
+    /// A status message: what the node announces, and readiness changes, recorded with the
+    /// session.
     async fn status(&self, f: &mut Follow<'_>, st: &pb::AnnouncerStatus) {
+        self.announced(f.session, &st.announcing);
         if st.ready == f.ready {
             return;
         }
         let s = f.session;
         f.ready = st.ready;
+        if !f.ready {
+            let announcing = s
+                .announcing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            self.lost_all(&s.cluster, &announcing, "not_ready");
+        }
         tracing::info!(
             node = s.node,
             ready = f.ready,
