@@ -147,11 +147,10 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
-            ClusterStateServiceServer::new(ClusterState::new(
-                Arc::clone(&store),
-                view,
-                limits.max_watches_per_identity,
-            ))
+            ClusterStateServiceServer::new(
+                ClusterState::new(Arc::clone(&store), view, limits.max_watches_per_identity)
+                    .with_failovers(Arc::clone(&announcers.failovers)),
+            )
             .max_decoding_message_size(max),
         )
         .add_service(

@@ -86,6 +86,12 @@ pub enum Command {
         #[arg(long)]
         watch: bool,
     },
+    /// The last failovers of a cluster's layer-2 addresses that the allocator replica timed:
+    /// when, from which node to which, why, and how long the address was without an announcer.
+    History {
+        #[arg(long)]
+        cluster: String,
+    },
     /// Which nodes advertise each address of a cluster over BGP, and to which peers.
     BgpAnnouncements {
         #[arg(long)]

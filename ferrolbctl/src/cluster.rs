@@ -313,6 +313,51 @@ fn clock() -> String {
     )
 }
 
+/// The failovers the allocator replica timed for a cluster.
+pub async fn history(
+    client: &mut ClusterClient,
+    cluster: String,
+    out: Output,
+) -> Result<(), String> {
+    let r = client
+        .list_failovers(pb::ListAnnouncementsRequest { cluster })
+        .await
+        .map_err(status_text)?
+        .into_inner();
+    let at = |f: &pb::Failover| {
+        f.at.as_ref().map_or_else(String::new, |t| {
+            let millis = u32::try_from(t.nanos / 1_000_000).unwrap_or(0);
+            ferrolb_common::time::rfc3339(t.seconds, Some(millis))
+        })
+    };
+    let rows: Vec<Vec<String>> = r
+        .failovers
+        .iter()
+        .map(|f| {
+            vec![
+                at(f),
+                f.ip.clone(),
+                f.from_node.clone(),
+                f.to_node.clone(),
+                f.reason.clone(),
+                format!("{} ms", f.took_ms),
+            ]
+        })
+        .collect();
+    let j: Vec<Value> = r
+        .failovers
+        .iter()
+        .map(|f| {
+            json!({"at": at(f), "ip": f.ip, "from": f.from_node, "to": f.to_node,
+                "reason": f.reason, "took_ms": f.took_ms})
+        })
+        .collect();
+    emit(out, Value::Array(j), || {
+        table(&["TIME", "ADDRESS", "FROM", "TO", "REASON", "TOOK"], &rows)
+    });
+    Ok(())
+}
+
 pub async fn bgp_announcements(
     client: &mut ClusterClient,
     cluster: String,

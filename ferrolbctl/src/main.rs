@@ -110,6 +110,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 cluster::announcements(&mut cluster_client, cluster, out).await
             }
         }
+        Command::History { cluster } => cluster::history(&mut cluster_client, cluster, out).await,
         Command::BgpAnnouncements { cluster } => {
             cluster::bgp_announcements(&mut cluster_client, cluster, out).await
         }

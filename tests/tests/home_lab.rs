@@ -229,6 +229,20 @@ fn failover_on_crash_and_on_link_cut() {
         assert!(start.elapsed() < 3 * SECOND, "{m}");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // `ferrolbctl history` lists both: the address, from which node to which, why, how long.
+    let history = lab.ctl(&["history", "--cluster", CLUSTER]);
+    let rows: Vec<Vec<&str>> = history
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{history}");
+    for (row, reason) in rows.iter().zip(["stream_ended", "heartbeats_stopped"]) {
+        assert_eq!(row[1..3], [VIP, first.as_str()], "{history}");
+        assert_ne!(row[3], first, "{history}");
+        assert_eq!(row[4], reason, "{history}");
+        assert!(row[0].ends_with('Z') && row[6] == "ms", "{history}");
+    }
     lab.must(&first, &["ip", "link", "set", "eth0", "up"]);
     lab.wait_owner(VIP, 10 * SECOND, |o| o.as_deref() == Ok(first.as_str()))
         .unwrap();

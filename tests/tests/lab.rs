@@ -80,6 +80,13 @@ fn the_demo_runs_to_its_end() {
         text.contains("denied the request: IPAddressPool \"more-ips\""),
         "{text}"
     );
+    // `ferrolbctl history` timed it.
+    assert!(
+        text.lines().any(|l| l.contains(" 192.168.1.240 ")
+            && l.contains(" stream_ended ")
+            && l.ends_with(" ms")),
+        "{text}"
+    );
     // `ferrolbctl announcements --watch` saw the address move off the dead node.
     assert!(
         text.lines().any(|l| l.contains(" 192.168.1.240 n1 -> n")

@@ -336,6 +336,9 @@ async fn a_cluster_reaches_only_its_own() {
         cs.list_announcements(pb::ListAnnouncementsRequest { cluster: b_() })
             .await
             .map(|_| ()),
+        cs.list_failovers(pb::ListAnnouncementsRequest { cluster: b_() })
+            .await
+            .map(|_| ()),
         cs.apply_bgp_peer(pb::BgpPeer {
             cluster: b_(),
             name: "p".into(),

@@ -44,12 +44,53 @@ pub struct Announcers {
     liveness: Liveness,
     /// The stream this replica serves for each node: a newer one ends it.
     streams: std::sync::Mutex<BTreeMap<(String, String), Serving>>,
-    /// Addresses whose announcer this replica lost, by cluster and address: when, and why.
+    /// Addresses whose announcer this replica lost, by cluster and address: when, why, and
+    /// the node.
     lost: std::sync::Mutex<BTreeMap<(String, String), Lost>>,
+    /// The failovers this replica timed.
+    pub failovers: Arc<FailoverLog>,
 }
 
-/// When an address lost its announcer, and why.
-type Lost = (Instant, &'static str);
+/// When an address lost its announcer, why, and which node that was.
+type Lost = (Instant, &'static str, String);
+
+/// One failover this replica timed.
+#[derive(Debug, Clone)]
+pub struct Failover {
+    pub cluster: String,
+    pub ip: String,
+    pub from: String,
+    pub to: String,
+    pub reason: &'static str,
+    /// When the new node reported it announces the address.
+    pub at: std::time::SystemTime,
+    pub took: Duration,
+}
+
+/// The last failovers this replica timed, oldest first (`ferrolbctl history`).
+#[derive(Debug, Default)]
+pub struct FailoverLog(std::sync::Mutex<std::collections::VecDeque<Failover>>);
+
+impl FailoverLog {
+    /// Failovers kept, across clusters.
+    const KEEP: usize = 1000;
+
+    pub fn push(&self, f: Failover) {
+        let mut log = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if log.len() == Self::KEEP {
+            log.pop_front();
+        }
+        log.push_back(f);
+    }
+
+    pub fn of(&self, cluster: &str) -> Vec<Failover> {
+        let log = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        log.iter()
+            .filter(|f| f.cluster == cluster)
+            .cloned()
+            .collect()
+    }
+}
 
 /// How long a lost address waits for a new announcer to be timed as a failover.
 const FAILOVER_WINDOW: Duration = Duration::from_secs(60);
@@ -73,6 +114,7 @@ impl Announcers {
             liveness,
             streams: std::sync::Mutex::default(),
             lost: std::sync::Mutex::default(),
+            failovers: Arc::default(),
         }
     }
 
@@ -213,7 +255,7 @@ impl Announcers {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone();
-            self.lost_all(&s.cluster, &announcing, reason);
+            self.lost_all(&s, &announcing, reason);
         }
         tracing::info!(
             cluster = s.cluster,
@@ -295,12 +337,15 @@ impl Announcers {
     }
 
     /// Its announcer is gone (or no longer ready): the addresses it announced wait for another.
-    fn lost_all(&self, cluster: &str, ips: &BTreeSet<String>, reason: &'static str) {
+    fn lost_all(&self, s: &Session, ips: &BTreeSet<String>, reason: &'static str) {
         let now = Instant::now();
         let mut lost = self.lost.lock().unwrap_or_else(|p| p.into_inner());
-        lost.retain(|_, (at, _)| now.duration_since(*at) < FAILOVER_WINDOW);
+        lost.retain(|_, (at, ..)| now.duration_since(*at) < FAILOVER_WINDOW);
         for ip in ips {
-            lost.insert((cluster.to_string(), ip.clone()), (now, reason));
+            lost.insert(
+                (s.cluster.clone(), ip.clone()),
+                (now, reason, s.node.clone()),
+            );
         }
     }
 
@@ -320,9 +365,9 @@ impl Announcers {
         }
         let mut lost = self.lost.lock().unwrap_or_else(|p| p.into_inner());
         for ip in new {
-            if let Some((at, reason)) = lost.remove(&(s.cluster.clone(), ip.clone())) {
+            if let Some((at, reason, from)) = lost.remove(&(s.cluster.clone(), ip.clone())) {
                 let took = at.elapsed();
-                if took < FAILOVER_WINDOW {
+                if took < FAILOVER_WINDOW && from != s.node {
                     tracing::info!(
                         cluster = s.cluster,
                         node = s.node,
@@ -332,6 +377,15 @@ impl Announcers {
                         "failed over"
                     );
                     self.metrics.failed_over(reason, took);
+                    self.failovers.push(Failover {
+                        cluster: s.cluster.clone(),
+                        ip,
+                        from,
+                        to: s.node.clone(),
+                        reason,
+                        at: std::time::SystemTime::now(),
+                        took,
+                    });
                 }
             }
         }
@@ -352,7 +406,7 @@ impl Announcers {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone();
-            self.lost_all(&s.cluster, &announcing, "not_ready");
+            self.lost_all(s, &announcing, "not_ready");
         }
         tracing::info!(
             node = s.node,

@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::announce::FailoverLog;
 use super::auth::PerIdentity;
 use super::bgp;
 use super::convert::{self, caller};
@@ -54,6 +55,8 @@ pub struct ClusterState<S = SqlStore> {
     view: watch::Receiver<Arc<View>>,
     /// Open WatchAnnouncements streams per identity.
     watchers: Arc<PerIdentity>,
+    /// The failovers the announcer streams of this replica timed.
+    failovers: Arc<FailoverLog>,
 }
 
 impl<S: ClusterStore> ClusterState<S> {
@@ -66,7 +69,13 @@ impl<S: ClusterStore> ClusterState<S> {
             store,
             view,
             watchers: Arc::new(PerIdentity::new(max_watches_per_identity)),
+            failovers: Arc::default(),
         }
+    }
+
+    /// Answers ListFailovers from this log (the announcer streams' of this replica).
+    pub fn with_failovers(self, failovers: Arc<FailoverLog>) -> ClusterState<S> {
+        ClusterState { failovers, ..self }
     }
 
     /// The cluster's Community objects, which advertisements and other Communities are checked
@@ -364,6 +373,29 @@ impl<S: ClusterStore> ClusterStateService for ClusterState<S> {
             announcements,
             version: view.version,
         }))
+    }
+
+    async fn list_failovers(
+        &self,
+        req: Request<pb::ListAnnouncementsRequest>,
+    ) -> Result<Response<pb::ListFailoversResponse>, Status> {
+        let caller = caller(&req)?;
+        let cluster = req.into_inner().cluster;
+        for_cluster(&caller, &cluster)?;
+        let failovers = self
+            .failovers
+            .of(&cluster)
+            .into_iter()
+            .map(|f| pb::Failover {
+                ip: f.ip,
+                from_node: f.from,
+                to_node: f.to,
+                reason: f.reason.to_string(),
+                at: Some(prost_types::Timestamp::from(f.at)),
+                took_ms: u32::try_from(f.took.as_millis()).unwrap_or(u32::MAX),
+            })
+            .collect();
+        Ok(Response::new(pb::ListFailoversResponse { failovers }))
     }
 
     async fn apply_bgp_peer(

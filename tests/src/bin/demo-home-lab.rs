@@ -166,6 +166,8 @@ fn main() {
     client(&lab, &["curl", "-s", &format!("http://{VIP}")]);
     client(&lab, &["ip", "neigh", "show", VIP]);
     println!("({next} is {})", mac(&next));
+    println!("$ ferrolbctl history --cluster {CLUSTER}");
+    print!("{}", lab.ctl(&["history", "--cluster", CLUSTER]));
     kubectl(&lab, &["get", "svc"]);
     eventually(
         Duration::from_secs(5),
