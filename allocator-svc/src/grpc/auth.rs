@@ -13,9 +13,9 @@
 //! Every identity may ask for health and reflection. Metadata never names the caller: a
 //! request whose `x-ferrolb-caller` disagrees with its certificate is refused.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Context, Poll};
 
 use ferrolb_common::Principal;
@@ -145,13 +145,7 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let method = req
-            .uri()
-            .path()
-            .rsplit('/')
-            .next()
-            .unwrap_or("")
-            .to_string();
+        let method = method_label(req.uri().path());
         let who = identify(&req);
         let labels = TenantLabels {
             tenant: who.as_ref().map_or("unauthenticated".into(), tenant),
@@ -201,6 +195,42 @@ where
                 Box::pin(async move { Ok(status.into_http()) })
             }
         }
+    }
+}
+
+/// A call's method as metrics label it: its name when the server has it, else `unknown`, so
+/// that made-up paths cannot grow the label sets.
+fn method_label(path: &str) -> String {
+    static KNOWN: LazyLock<HashSet<String>> = LazyLock::new(|| {
+        use prost::Message;
+        let mut known: HashSet<String> = [
+            "/grpc.health.v1.Health/Check",
+            "/grpc.health.v1.Health/Watch",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect();
+        let set = prost_types::FileDescriptorSet::decode(ferrolb_proto::FILE_DESCRIPTOR_SET)
+            .unwrap_or_default();
+        for file in &set.file {
+            for service in &file.service {
+                for m in &service.method {
+                    known.insert(format!(
+                        "/{}.{}/{}",
+                        file.package(),
+                        service.name(),
+                        m.name()
+                    ));
+                }
+            }
+        }
+        known
+    });
+    match path.rsplit_once('/') {
+        Some((_, name)) if KNOWN.contains(path) => name.to_string(),
+        _ => "unknown".to_string(),
     }
 }
 
@@ -268,6 +298,21 @@ impl PerIdentity {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn metrics_name_only_methods_the_server_has() {
+        assert_eq!(
+            super::method_label("/ferrolb.v1.IpamService/Allocate"),
+            "Allocate"
+        );
+        assert_eq!(super::method_label("/grpc.health.v1.Health/Check"), "Check");
+        assert_eq!(
+            super::method_label("/ferrolb.v1.IpamService/Made-up"),
+            "unknown"
+        );
+        assert_eq!(super::method_label("/x/y"), "unknown");
+        assert_eq!(super::method_label(""), "unknown");
+    }
+
     use super::*;
 
     fn p(path: &str) -> Principal {
