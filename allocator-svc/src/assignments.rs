@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::bgp::{self, NodeBgp};
 use crate::cluster::{self, Announcement, Input};
@@ -31,6 +32,8 @@ pub struct View {
     /// later: a stream whose node's session is another's was replaced.
     pub sessions: crate::store::Sessions,
     pub sessions_revision: u64,
+    /// The decision that made this view (traces; ignored when views are compared).
+    pub origin: ferrolb_common::telemetry::Origin,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -127,9 +130,17 @@ pub fn spawn(
         loop {
             let mut advertised = true;
             let started = std::time::Instant::now();
-            match compute(&*store, &mut cache, leases_stale, ignore_exclude_label).await {
+            // The calls whose writes this decision answers: its trace continues theirs.
+            let span = store
+                .causes()
+                .follow(|| tracing::info_span!("decide announcements"));
+            let computed = compute(&*store, &mut cache, leases_stale, ignore_exclude_label)
+                .instrument(span.clone())
+                .await;
+            match computed {
                 Ok(None) => leases_stale = false,
-                Ok(Some((view, any_ads))) => {
+                Ok(Some((mut view, any_ads))) => {
+                    view.origin = ferrolb_common::telemetry::Origin::of(&span);
                     tracing::debug!(
                         took_ms = started.elapsed().as_secs_f64() * 1000.0,
                         "announcements decided"
@@ -279,6 +290,7 @@ async fn compute(
             clusters: BTreeMap::new(),
             sessions: rows.sessions.clone(),
             sessions_revision: rows.revision,
+            origin: Default::default(),
         };
         cache.decided = None;
         return Ok(Some((view, false)));
@@ -325,6 +337,7 @@ async fn compute(
         clusters,
         sessions: rows.sessions.clone(),
         sessions_revision: rows.revision,
+        origin: Default::default(),
     };
     cache.decided = Some(inputs);
     Ok(Some((view, true)))

@@ -142,6 +142,8 @@ struct Args {
     /// Log filter (tracing's env-filter syntax).
     #[arg(long, env = "FERROLB_LOG", default_value = "info")]
     log: String,
+    #[command(flatten)]
+    trace: ferrolb_common::telemetry::TraceArgs,
 }
 
 impl Args {
@@ -340,7 +342,11 @@ impl Args {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    ferrolb_common::process::init_logging(&args.log);
+    let telemetry = ferrolb_common::telemetry::init(&args.log, "ferrolb-allocator", &args.trace)
+        .unwrap_or_else(|e| {
+            eprintln!("ferrolb-allocator: {e}");
+            std::process::exit(2)
+        });
     let config = match args.config() {
         Ok(c) => c,
         Err(e) => {
@@ -352,7 +358,9 @@ async fn main() {
         ferrolb_common::process::shutdown_signal().await;
         tracing::info!("shutting down");
     };
-    if let Err(e) = server::run(config, shutdown).await {
+    let served = server::run(config, shutdown).await;
+    drop(telemetry);
+    if let Err(e) = served {
         eprintln!("ferrolb-allocator: {e}");
         std::process::exit(1);
     }

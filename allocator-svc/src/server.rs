@@ -137,6 +137,7 @@ pub async fn run(
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .max_connection_age(limits.max_connection_age)
+        .trace_fn(ferrolb_common::telemetry::grpc_server_span)
         .layer(AuthLayer::new(Arc::clone(&metrics)))
         .layer(GuardLayer::new(
             limits.max_in_flight,

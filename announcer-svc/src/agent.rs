@@ -6,11 +6,13 @@
 //! announced. Nothing survives a restart except kernel bindings, which carry ferrolb's mark and
 //! are reconciled against the first snapshot.
 
+use ferrolb_common::telemetry::Origin;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv6Addr, UdpSocket};
 use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -54,6 +56,8 @@ pub struct Update {
     pub snapshot: bool,
     pub set: Vec<(IpAddr, Vec<String>)>,
     pub unset: Vec<IpAddr>,
+    /// The allocator's decision this carries out (traces).
+    pub origin: Origin,
 }
 
 /// What the announcer really does, for heartbeats and metrics.
@@ -181,8 +185,11 @@ impl Agent {
                 u = updates.recv() => match u {
                     Some(u) => {
                         ferrolb_common::process::fault("l2-agent");
+                        let span = u.origin.child(|| {
+                            tracing::info_span!("layer 2", set = u.set.len(), unset = u.unset.len())
+                        });
                         self.apply(u);
-                        self.reconcile().await;
+                        self.reconcile().instrument(span).await;
                     }
                     None => break,
                 },
@@ -298,11 +305,12 @@ impl Agent {
         }
         // Gratuitous announcements for what is new on an interface.
         let now = Instant::now();
+        let origin = Origin::of(&tracing::Span::current());
         for (ip, on) in &plan.announce {
             tracing::info!(%ip, "announcing");
             for i in on {
                 if let Some(r) = self.responders.get(i) {
-                    let _ = r.commands.send(Command::Announce(*ip));
+                    let _ = r.commands.send(Command::Announce(*ip, origin.clone()));
                 }
             }
             self.gratuitous.insert(
@@ -361,7 +369,8 @@ impl Agent {
             }
         }
         for (i, ip) in bind {
-            match binder.bind(i, ip).await {
+            let span = tracing::info_span!("bind", address = %ip, index = i);
+            match binder.bind(i, ip).instrument(span).await {
                 Ok(()) => {
                     self.bound.insert((i, ip));
                 }
@@ -410,7 +419,7 @@ impl Agent {
             }
             for i in self.serving.get(ip).into_iter().flatten() {
                 if let Some(r) = self.responders.get(i) {
-                    let _ = r.commands.send(Command::Announce(*ip));
+                    let _ = r.commands.send(Command::Announce(*ip, Origin::default()));
                 }
             }
             *next += interval;

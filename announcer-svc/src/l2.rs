@@ -158,8 +158,9 @@ impl Link {
 pub enum Command {
     /// The addresses to answer ARP and NDP for, and those to count requests for, from now on.
     Answer(Addresses),
-    /// Send a gratuitous ARP or unsolicited NA for this address now.
-    Announce(IpAddr),
+    /// Send a gratuitous ARP or unsolicited NA for this address now, for the decision named
+    /// (traces).
+    Announce(IpAddr, ferrolb_common::telemetry::Origin),
 }
 
 /// What a responder does for which address.
@@ -191,7 +192,7 @@ pub fn serve(
             std::thread::sleep(POLL);
             match commands.try_recv() {
                 Ok(Command::Answer(next)) => owned = next,
-                Ok(Command::Announce(_)) | Err(TryRecvError::Empty) => {}
+                Ok(Command::Announce(..)) | Err(TryRecvError::Empty) => {}
                 Err(TryRecvError::Disconnected) => return Ok(()),
             }
             socket = link.channel(promiscuous, POLL).ok();
@@ -200,7 +201,12 @@ pub fn serve(
         loop {
             match commands.try_recv() {
                 Ok(Command::Answer(next)) => owned = next,
-                Ok(Command::Announce(ip)) => announce(&mut **tx, link, ip, &counters),
+                Ok(Command::Announce(ip, origin)) => {
+                    let span = origin.child(
+                        || tracing::info_span!("gratuitous", address = %ip, interface = link.name),
+                    );
+                    span.in_scope(|| announce(&mut **tx, link, ip, &counters));
+                }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => return Ok(()),
             }

@@ -79,6 +79,8 @@ struct Args {
     /// Log filter (tracing's env-filter syntax).
     #[arg(long, env = "FERROLB_LOG", default_value = "info")]
     log: String,
+    #[command(flatten)]
+    trace: ferrolb_common::telemetry::TraceArgs,
 }
 
 fn fail(msg: String) -> ! {
@@ -179,7 +181,11 @@ impl Args {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    ferrolb_common::process::init_logging(&args.log);
+    let telemetry = ferrolb_common::telemetry::init(&args.log, "ferrolb-announcer", &args.trace)
+        .unwrap_or_else(|e| {
+            eprintln!("ferrolb-announcer: {e}");
+            std::process::exit(2)
+        });
     args.check();
     let node = args.node();
     let security = args.security(&node).await;
@@ -284,6 +290,7 @@ async fn main() {
     for (_, handle) in parts {
         let _ = handle.await;
     }
+    drop(telemetry);
     if let Some((part, _)) = lost {
         fail(format!("{part} stopped"));
     }

@@ -44,7 +44,20 @@ pub struct Dispatch {
 impl Dispatch {
     /// Sends a message's parts to each; false when either has stopped.
     async fn send(&self, a: pb::Assignments, fresh_session: bool) -> bool {
-        let (l2, bgp) = update(a, fresh_session);
+        let span = tracing::info_span!(
+            "assignments",
+            version = a.version,
+            set = a.set.len(),
+            unset = a.unset.len(),
+            snapshot = a.snapshot
+        );
+        ferrolb_common::telemetry::follow(&span, &a.traceparent);
+        let (mut l2, mut bgp) = update(a, fresh_session);
+        let origin = ferrolb_common::telemetry::Origin::of(&span);
+        l2.origin = origin.clone();
+        if let Some(b) = bgp.as_mut() {
+            b.origin = origin;
+        }
         if let Some(b) = bgp
             && self.bgp.send(b).await.is_err()
         {
@@ -152,6 +165,7 @@ fn update(a: pb::Assignments, fresh_session: bool) -> (Update, Option<bgp::Updat
     let bgp = (a.snapshot || !changes.is_empty()).then_some(bgp::Update {
         changes,
         snapshot: a.snapshot,
+        origin: Default::default(),
     });
     let l2 = Update {
         fresh_session,
@@ -163,6 +177,7 @@ fn update(a: pb::Assignments, fresh_session: bool) -> (Update, Option<bgp::Updat
             .filter_map(|s| parse(&s.ip).map(|ip| (ip, s.interfaces)))
             .collect(),
         unset: a.unset.iter().filter_map(|s| parse(s)).collect(),
+        origin: Default::default(),
     };
     (l2, bgp)
 }

@@ -134,6 +134,7 @@ async fn speaker_for_a_peer() -> (TcpListener, u16, Metrics, speaker::Session) {
         .send(Command::Routes {
             set: vec![(route, Route::default())],
             unset: vec![],
+            origin: Default::default(),
         })
         .unwrap();
 

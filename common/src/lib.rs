@@ -6,6 +6,7 @@ pub mod identity;
 pub mod pki;
 pub mod process;
 pub mod secret;
+pub mod telemetry;
 pub mod time;
 pub mod tls;
 pub mod transport;

@@ -1,19 +1,8 @@
-//! What every ferrolb binary does the same way around its work: logs to standard error under a
-//! tracing filter, a plaintext HTTP server for `/metrics` (and probes), and stopping on SIGTERM
-//! or Ctrl-C.
+//! What every ferrolb binary does the same way around its work: a plaintext HTTP server for
+//! `/metrics` (and probes), stopping on SIGTERM or Ctrl-C, and the tasks it cannot live without
+//! (logs and traces: [`crate::telemetry`]).
 
 use std::net::SocketAddr;
-
-/// Logs to standard error, filtered by `filter` (tracing's env-filter syntax; a filter that does
-/// not parse gives `info`).
-pub fn init_logging(filter: &str) {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-}
 
 /// The exposition format's content type.
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

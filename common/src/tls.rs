@@ -86,16 +86,7 @@ impl Material {
                 format!("is not the key of {}", files.cert.display()),
             )
         })?;
-        let mut roots = RootCertStore::empty();
-        let cas = CertificateDer::pem_file_iter(&files.ca).map_err(|e| file_err(&files.ca, e))?;
-        for ca in cas {
-            let ca = ca.map_err(|e| file_err(&files.ca, e))?;
-            roots.add(ca).map_err(|e| file_err(&files.ca, e))?;
-        }
-        if roots.is_empty() {
-            return Err(file_err(&files.ca, "holds no CA certificate"));
-        }
-        let roots = Arc::new(roots);
+        let roots = Arc::new(roots_in(&files.ca)?);
         let client_verifier =
             WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), Arc::clone(provider))
                 .build()
@@ -443,24 +434,44 @@ pub fn anonymous_client_config(
     expect: Principal,
 ) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = provider();
-    let mut roots = RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca).map_err(|e| file_err(ca, e))? {
-        roots
-            .add(c.map_err(|e| file_err(ca, e))?)
-            .map_err(|e| file_err(ca, e))?;
-    }
     let mut config = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Config(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(ExpectedServer {
-            roots: Roots::Fixed(Arc::new(roots), provider),
+            roots: Roots::Fixed(Arc::new(roots_in(ca)?), provider),
             domain: domain.to_string(),
             expect,
         }))
         .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// A client of a server outside ferrolb (an OpenTelemetry collector): its certificate checked
+/// against the CA bundle in `ca` and for the host name dialed, TLS 1.2 or 1.3, no certificate
+/// of ours.
+pub fn server_name_client_config(ca: &Path) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(roots_in(ca)?)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn roots_in(ca: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).map_err(|e| file_err(ca, e))? {
+        roots
+            .add(c.map_err(|e| file_err(ca, e))?)
+            .map_err(|e| file_err(ca, e))?;
+    }
+    if roots.is_empty() {
+        return Err(file_err(ca, "holds no CA certificate"));
+    }
+    Ok(roots)
 }
 
 /// Why a handshake failed, in words a metric label can carry.

@@ -333,8 +333,8 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// The metadata key that names the caller in the development plaintext mode.
 pub const CALLER_HEADER: &str = "x-ferrolb-caller";
 
-/// A client interceptor that names the caller in the development plaintext mode (with TLS the
-/// certificate says who calls, and nothing is added).
+/// The interceptor of every ferrolb client: it names the caller in the development plaintext
+/// mode (with TLS the certificate says who calls) and carries the calling span's trace context.
 #[derive(Clone, Default)]
 pub struct CallerHeader(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
 
@@ -361,6 +361,7 @@ impl tonic::service::Interceptor for CallerHeader {
         if let Some(h) = &self.0 {
             req.metadata_mut().insert(CALLER_HEADER, h.clone());
         }
+        crate::telemetry::inject_current(req.metadata_mut());
         Ok(req)
     }
 }

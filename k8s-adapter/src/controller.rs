@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use tracing::Instrument;
 
 use ferrolb_common::process::Critical;
 use ferrolb_proto::v1 as pb;
@@ -328,6 +329,11 @@ fn index_slices(
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
+#[tracing::instrument(
+    name = "reconcile",
+    skip_all,
+    fields(service = format!("{}/{}", svc.namespace().unwrap_or_default(), svc.name_any()))
+)]
 async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     ctx.metrics.reconciled();
     let ns = svc.namespace().unwrap_or_default();
@@ -413,7 +419,10 @@ async fn allocate(ctx: &Ctx, svc: &Service, req: pb::AllocateRequest) -> Result<
     if current != lease.ips {
         let status = json!({"status": {"loadBalancer": service::ingress(&lease.ips)}});
         let status = apply_config::<Service>(&name, &ns, status);
-        api.patch_status(&name, &pp, &Patch::Apply(&status)).await?;
+        let span = tracing::info_span!("write status", address = ?lease.ips);
+        api.patch_status(&name, &pp, &Patch::Apply(&status))
+            .instrument(span)
+            .await?;
         // A Service's first address: how long after its creation it was shown.
         if current.is_empty()
             && let Some(created) = svc.metadata.creation_timestamp.as_ref()

@@ -78,6 +78,8 @@ struct Args {
     /// Log filter (tracing's env-filter syntax).
     #[arg(long, env = "FERROLB_LOG", default_value = "info")]
     log: String,
+    #[command(flatten)]
+    trace: ferrolb_common::telemetry::TraceArgs,
 }
 
 fn fail(msg: impl std::fmt::Display) -> ! {
@@ -168,7 +170,11 @@ impl Args {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    ferrolb_common::process::init_logging(&args.log);
+    let _telemetry = ferrolb_common::telemetry::init(&args.log, "ferrolb-k8s-adapter", &args.trace)
+        .unwrap_or_else(|e| {
+            eprintln!("ferrolb-k8s-adapter: {e}");
+            std::process::exit(2)
+        });
     if args.cluster.is_empty() || args.cluster.contains('/') {
         fail("--cluster must be a name without '/'");
     }

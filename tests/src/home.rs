@@ -334,10 +334,15 @@ impl HomeLab {
     /// `nodes`: one EndpointSlice owned by the Service, its endpoints ready, each with its node
     /// and Pod. The lab's pods are its web servers, on their nodes' network, so a pod's address
     /// is its node's.
+    ///
+    /// Before the Service exists (an endpoint controller that was quicker than the adapter):
+    /// the slice has no owner and serves port 80.
     pub fn write_endpoints(&self, kube: &mut LabKube, name: &str, nodes: &[&str]) {
-        let svc = kube.get("/api/v1/services", "default", name);
+        let mut svc = kube.get("/api/v1/services", "default", name);
         let uid = svc["metadata"]["uid"].clone();
-        assert!(!uid.is_null(), "no Service default/{name}: {svc}");
+        if uid.is_null() {
+            svc = serde_json::json!({"spec": {"ports": [{"port": 80, "protocol": "TCP"}]}});
+        }
         let endpoints: Vec<Value> = nodes
             .iter()
             .map(|n| {
@@ -365,13 +370,17 @@ impl HomeLab {
                 "name": format!("{name}-lab01"), "namespace": "default",
                 "labels": {"kubernetes.io/service-name": name,
                            "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"},
-                "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": name, "uid": uid,
-                                     "controller": true, "blockOwnerDeletion": true}],
             },
             "addressType": "IPv4",
             "endpoints": endpoints,
             "ports": ports,
         });
+        let mut slice = slice;
+        if !uid.is_null() {
+            slice["metadata"]["ownerReferences"] = serde_json::json!([{"apiVersion": "v1",
+                "kind": "Service", "name": name, "uid": uid,
+                "controller": true, "blockOwnerDeletion": true}]);
+        }
         kube.put("/apis/discovery.k8s.io/v1/endpointslices", &slice);
     }
 

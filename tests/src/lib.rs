@@ -6,6 +6,7 @@
 pub mod churn;
 pub mod fakekube;
 pub mod home;
+pub mod otlp;
 pub mod pg;
 pub mod routers;
 

@@ -16,6 +16,7 @@ use futures::Stream;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use super::bgp;
 use super::convert;
@@ -249,6 +250,15 @@ impl Announcers {
         };
         self.release(&s);
         self.metrics.announcer_streams.dec();
+        // The loss starts a trace of its own: the decision that moves the node's addresses
+        // and the new owner's announcements follow from it.
+        let gone = tracing::info_span!(
+            parent: None,
+            "announcer gone",
+            cluster = s.cluster,
+            node = s.node,
+            reason = why
+        );
         if let Some(reason) = failover_reason(why) {
             let announcing = s
                 .announcing
@@ -263,7 +273,8 @@ impl Announcers {
             reason = why,
             "announcer gone"
         );
-        if let Err(e) = self.store.close_session(&s.cluster, &s.node, s.id).await {
+        let closed = self.store.close_session(&s.cluster, &s.node, s.id);
+        if let Err(e) = closed.instrument(gone).await {
             tracing::warn!(error = %e, node = s.node, "cannot end the session; it will expire");
         }
     }
@@ -416,7 +427,14 @@ impl Announcers {
         let stored = self
             .store
             .set_session_ready(&s.cluster, &s.node, s.id, f.ready);
-        if let Err(e) = stored.await {
+        let span = tracing::info_span!(
+            parent: None,
+            "announcer readiness",
+            cluster = s.cluster,
+            node = s.node,
+            ready = f.ready
+        );
+        if let Err(e) = stored.instrument(span).await {
             tracing::warn!(error = %e, "cannot record readiness");
         }
     }
@@ -502,11 +520,19 @@ impl Follow<'_> {
         }
         let want = node_view(v, s, self.speaks_bgp);
         if want != self.sent {
-            if out
-                .send(down(changes(v.version, &self.sent, &want)))
-                .await
-                .is_err()
-            {
+            let mut message = changes(v.version, &self.sent, &want);
+            let push = v.origin.child(|| {
+                tracing::info_span!(
+                    "push assignments",
+                    cluster = s.cluster,
+                    node = s.node,
+                    version = v.version,
+                    set = message.set.len(),
+                    unset = message.unset.len(),
+                )
+            });
+            message.traceparent = ferrolb_common::telemetry::traceparent(&push);
+            if out.send(down(message)).instrument(push).await.is_err() {
                 return Err("stream closed");
             }
             self.sent = want;

@@ -18,6 +18,7 @@ use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::error::Error;
 use crate::lease::LeaseFilter;
@@ -55,10 +56,20 @@ impl<S: LeaseStore> Ipam<S> {
         call: impl Future<Output = Result<T, Error>>,
     ) -> Result<Response<T>, Status> {
         let start = Instant::now();
-        let result = call.await;
+        // The lease's owner, pool and addresses are filled in by the calls that know them.
+        let span = tracing::info_span!(
+            "ipam",
+            otel.name = method,
+            service = tracing::field::Empty,
+            pool = tracing::field::Empty,
+            address = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let result = call.instrument(span.clone()).await;
         self.metrics
             .observe(method, start.elapsed(), result.as_ref().err());
         if let Err(e) = &result {
+            span.record("otel.status_code", "ERROR");
             tracing::debug!(method, code = e.code_name(), error = %e, "call failed");
         }
         result.map(Response::new).map_err(Status::from)
@@ -165,7 +176,11 @@ impl<S: LeaseStore> IpamService for Ipam<S> {
         let caller = caller(&req)?;
         self.observe("Allocate", async {
             let req = convert::alloc_request(req.into_inner())?;
+            let span = tracing::Span::current();
+            span.record("service", req.owner.key());
             let (lease, created) = self.store.allocate(&caller, req).await?;
+            span.record("pool", lease.pool());
+            span.record("address", tracing::field::debug(lease.ips()));
             if created {
                 self.metrics.allocations.inc();
                 tracing::info!(owner = %lease.owner.key(), ips = ?lease.ips(), pool = lease.pool(), "allocated");

@@ -63,6 +63,9 @@ pub(crate) enum Job {
     },
 }
 
+/// A job and the span of the call that handed it in.
+pub(crate) type Queued = (Job, tracing::Span);
+
 /// A call's answer, held until the batch commits.
 enum Answer {
     Allocated(Result<(Lease, bool)>),
@@ -71,8 +74,8 @@ enum Answer {
 }
 
 /// Starts the worker; it stops when the returned sender (the store) is dropped.
-pub(super) fn spawn(core: Arc<Core>) -> mpsc::Sender<Job> {
-    let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
+pub(super) fn spawn(core: Arc<Core>) -> mpsc::Sender<Queued> {
+    let (tx, mut rx) = mpsc::channel::<Queued>(QUEUE);
     let critical = core.critical.clone();
     critical.spawn("the batch worker", async move {
         let mut state: Option<State> = None;
@@ -86,7 +89,18 @@ pub(super) fn spawn(core: Arc<Core>) -> mpsc::Sender<Job> {
                 }
             }
             ferrolb_common::process::fault("batch-worker");
-            committing = run(&core, &mut state, committing, jobs).await;
+            let (jobs, callers): (Vec<Job>, Vec<tracing::Span>) = jobs.into_iter().unzip();
+            // Each call's trace shows the batch it was in and the batch's commit.
+            let spans = if ferrolb_common::telemetry::exporting() {
+                let calls = jobs.len();
+                callers
+                    .iter()
+                    .map(|c| tracing::info_span!(parent: c, "batch", calls))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            committing = run(&core, &mut state, committing, jobs, spans).await;
         }
     });
     tx
@@ -103,6 +117,7 @@ async fn run(
     cached: &mut Option<State>,
     previous: Option<Committed>,
     jobs: Vec<Job>,
+    spans: Vec<tracing::Span>,
 ) -> Option<Committed> {
     let started = std::time::Instant::now();
     // A server that stops answering must not hold every call of this replica.
@@ -119,10 +134,20 @@ async fn run(
             let core = Arc::clone(core);
             let (committed, outcome) = oneshot::channel();
             tokio::spawn(async move {
+                let commits: Vec<tracing::Span> = spans
+                    .iter()
+                    .map(|b| tracing::info_span!(parent: b, "commit"))
+                    .collect();
                 let done = match tokio::time::timeout(bound, tx.commit()).await {
                     Ok(done) => done.map_err(TxError::from),
                     Err(_) => Err(TxError::Fail(no_answer(bound))),
                 };
+                if done.is_ok() {
+                    for c in &commits {
+                        core.causes.record(c);
+                    }
+                }
+                drop(commits);
                 // The next batch may be waiting on this to trust its state.
                 let _ = committed.send(done.is_ok());
                 match done {

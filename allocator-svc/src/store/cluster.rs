@@ -108,6 +108,11 @@ impl SqlStore {
         })
     }
 
+    /// The calls whose writes the next announcement decision follows from.
+    pub fn causes(&self) -> &ferrolb_common::telemetry::Causes {
+        &self.causes
+    }
+
     /// A receiver that changes whenever cluster state or announcer sessions may have changed.
     pub fn subscribe_cluster(&self) -> watch::Receiver<u64> {
         self.cluster_changes.subscribe()

@@ -276,6 +276,8 @@ pub struct Core {
     pub(super) changes: watch::Sender<u64>,
     /// Cluster state and announcer sessions: moves on every change, from any replica.
     pub(super) cluster_changes: watch::Sender<u64>,
+    /// The calls whose writes the next announcement decision follows from (traces).
+    pub(super) causes: ferrolb_common::telemetry::Causes,
     /// Always true: the embedded store takes writes while it is open (PostgreSQL's flag is the
     /// primary's). Kept here so that its receivers wait instead of seeing a closed channel.
     embedded_writable: watch::Sender<bool>,
@@ -407,6 +409,7 @@ impl Core {
             sealer: Arc::clone(&opts.sealer),
             changes,
             cluster_changes,
+            causes: Default::default(),
             embedded_writable: watch::channel(true).0,
         }))
     }
@@ -521,8 +524,9 @@ impl Core {
         advance(&self.changes, revision);
     }
 
-    /// Wakes followers of the cluster state: it has reached `revision`.
+    /// Wakes followers of the cluster state: it has reached `revision`, by the current call.
     pub(super) fn cluster_changed(&self, revision: u64) {
+        self.causes.record(&tracing::Span::current());
         advance(&self.cluster_changes, revision);
     }
 }

@@ -23,7 +23,7 @@ use crate::pool::{self, Caller, Pool, PoolSpec};
 /// The SQL lease store.
 pub struct SqlStore {
     core: Arc<Core>,
-    batches: mpsc::Sender<batch::Job>,
+    batches: mpsc::Sender<batch::Queued>,
 }
 
 impl std::ops::Deref for SqlStore {
@@ -55,7 +55,7 @@ impl SqlStore {
     ) -> Result<T> {
         let (reply, outcome) = oneshot::channel();
         self.batches
-            .send(job(reply))
+            .send((job(reply), tracing::Span::current()))
             .await
             .map_err(|_| Error::Internal("the batch worker stopped".into()))?;
         outcome

@@ -56,6 +56,8 @@ pub struct Update {
     pub changes: Changes,
     /// `changes` holds everything: what it lacks goes.
     pub snapshot: bool,
+    /// The allocator's decision this carries out (traces).
+    pub origin: ferrolb_common::telemetry::Origin,
 }
 
 /// Runs the node's sessions and hands each its routes.
@@ -100,7 +102,10 @@ impl Manager {
             u.changes
                 .routes_set
                 .retain(|(p, _)| !guard.refused("prefix", guard.policy.check_prefix(p, &own), p));
-            self.apply(u.changes, u.snapshot);
+            let span = u
+                .origin
+                .child(|| tracing::info_span!("bgp", snapshot = u.snapshot));
+            span.in_scope(|| self.apply(u.changes, u.snapshot));
         }
         self.stop().await;
         tracing::info!("every BGP session ended");
@@ -172,6 +177,7 @@ impl Manager {
             let s = speaker::spawn(spec, &self.common, Arc::clone(&self.metrics));
             self.sessions.insert(s.spec.name.clone(), s);
         }
+        let origin = ferrolb_common::telemetry::Origin::of(&tracing::Span::current());
         for name in &fresh {
             let set: Vec<(Prefix, Route)> = self
                 .routes
@@ -179,7 +185,11 @@ impl Manager {
                 .filter_map(|(p, peers)| peers.get(name).map(|r| (*p, r.clone())))
                 .collect();
             if let Some(s) = self.sessions.get(name) {
-                let _ = s.commands.send(Command::Routes { set, unset: vec![] });
+                let _ = s.commands.send(Command::Routes {
+                    set,
+                    unset: vec![],
+                    origin: origin.clone(),
+                });
             }
         }
         for (peer, (set, unset)) in per_peer {
@@ -187,7 +197,11 @@ impl Manager {
                 continue;
             }
             if let Some(s) = self.sessions.get(&peer) {
-                let _ = s.commands.send(Command::Routes { set, unset });
+                let _ = s.commands.send(Command::Routes {
+                    set,
+                    unset,
+                    origin: origin.clone(),
+                });
             }
         }
     }
@@ -242,6 +256,7 @@ mod run_tests {
         let update = Update {
             changes,
             snapshot: true,
+            origin: Default::default(),
         };
         tx.send(update).await.expect("running");
         drop(tx);

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -49,6 +50,8 @@ pub enum Command {
     Routes {
         set: Vec<(Prefix, Route)>,
         unset: Vec<Prefix>,
+        /// The allocator's decision these carry out (traces).
+        origin: ferrolb_common::telemetry::Origin,
     },
     /// End the session; `graceful` leaves without a NOTIFICATION (see `Event::ManualStop`).
     Stop { graceful: bool },
@@ -226,9 +229,21 @@ impl Shell {
         commands: &mut mpsc::UnboundedReceiver<Command>,
     ) -> bool {
         let mut next = Some(first);
+        // The UPDATEs that leave for the peer, in the trace of the first decision they carry.
+        let mut span = tracing::Span::none();
         while let Some(cmd) = next.take() {
             match cmd {
-                Command::Routes { set, unset } => {
+                Command::Routes { set, unset, origin } => {
+                    if span.is_none() {
+                        span = origin.child(|| {
+                            tracing::info_span!(
+                                "bgp update",
+                                peer = self.label,
+                                routes = set.len(),
+                                withdrawn = unset.len()
+                            )
+                        });
+                    }
                     for p in unset {
                         self.rib.unset(p);
                     }
@@ -245,7 +260,7 @@ impl Shell {
             }
             next = commands.try_recv().ok();
         }
-        self.flush_or_fail().await;
+        self.flush_or_fail().instrument(span).await;
         self.report();
         false
     }

@@ -29,7 +29,7 @@ fn main() {
     let (commands, rx) = std::sync::mpsc::channel();
     let mut queued = addrs
         .iter()
-        .map(|a| Command::Announce(*a))
+        .map(|a| Command::Announce(*a, Default::default()))
         .collect::<Vec<_>>();
     queued.insert(
         0,
