@@ -18,8 +18,8 @@ use crate::lease::{EventKind, Lease, LeaseEvent, Owner};
 use crate::selector::Labels;
 use crate::store::{ClusterRows, LeaseStore, Sessions, SqlStore};
 
-/// What one node announces: address → interfaces (empty: every eligible interface).
-pub type NodeAssignments = BTreeMap<IpAddr, Vec<String>>;
+/// What one node announces: address → its interfaces and Services.
+pub type NodeAssignments = BTreeMap<IpAddr, cluster::Duty>;
 
 /// Who announces what, in every cluster.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

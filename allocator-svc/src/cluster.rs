@@ -387,16 +387,27 @@ impl<'a> Group<'a> {
 }
 
 /// The addresses (with their interfaces) each node announces.
-pub fn by_node(announcements: &[Announcement]) -> BTreeMap<String, BTreeMap<IpAddr, Vec<String>>> {
-    let mut m: BTreeMap<String, BTreeMap<IpAddr, Vec<String>>> = BTreeMap::new();
+pub fn by_node(announcements: &[Announcement]) -> BTreeMap<String, BTreeMap<IpAddr, Duty>> {
+    let mut m: BTreeMap<String, BTreeMap<IpAddr, Duty>> = BTreeMap::new();
     for a in announcements {
         if let Ok(node) = &a.owner {
-            m.entry(node.clone())
-                .or_default()
-                .insert(a.ip, a.interfaces.clone());
+            let duty = Duty {
+                interfaces: a.interfaces.clone(),
+                services: a.services.clone(),
+            };
+            m.entry(node.clone()).or_default().insert(a.ip, duty);
         }
     }
     m
+}
+
+/// What a node does for one address it announces.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Duty {
+    /// Empty: every eligible interface.
+    pub interfaces: Vec<String>,
+    /// `namespace/name` of the Services on the address.
+    pub services: Vec<String>,
 }
 
 #[cfg(test)]

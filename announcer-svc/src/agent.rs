@@ -56,6 +56,8 @@ pub struct Update {
     pub snapshot: bool,
     pub set: Vec<(IpAddr, Vec<String>)>,
     pub unset: Vec<IpAddr>,
+    /// The Services on the addresses set (`namespace/name`), for the metrics.
+    pub services: BTreeMap<IpAddr, Vec<String>>,
     /// The allocator's decision this carries out (traces).
     pub origin: Origin,
 }
@@ -66,6 +68,8 @@ pub struct Status {
     pub version: u64,
     /// Addresses served on at least one interface.
     pub announcing: Vec<IpAddr>,
+    /// The Services on each of them (`namespace/name`).
+    pub services: BTreeMap<IpAddr, Vec<String>>,
     /// Some interface can announce.
     pub ready: bool,
     /// (name, MAC, eligible)
@@ -112,6 +116,8 @@ pub struct Agent {
     counters: Arc<Counters>,
     binder: Option<Binder>,
     assigned: BTreeMap<IpAddr, Vec<String>>,
+    /// The Services on each assigned address.
+    services: BTreeMap<IpAddr, Vec<String>>,
     version: u64,
     /// The allocator has sent a snapshot since the start.
     synced: bool,
@@ -160,6 +166,7 @@ impl Agent {
             counters,
             binder,
             assigned: BTreeMap::new(),
+            services: BTreeMap::new(),
             version: 0,
             synced: false,
             links: vec![],
@@ -230,10 +237,13 @@ impl Agent {
         self.reannounce |= u.fresh_session;
         if u.snapshot {
             self.assigned.clear();
+            self.services.clear();
         }
         for ip in &u.unset {
             self.assigned.remove(ip);
+            self.services.remove(ip);
         }
+        self.services.extend(u.services);
         for (ip, ifs) in u.set {
             self.assigned.insert(ip, ifs);
         }
@@ -436,6 +446,11 @@ impl Agent {
         let status = Status {
             version: self.version,
             announcing: self.serving.keys().copied().collect(),
+            services: self
+                .serving
+                .keys()
+                .map(|ip| (*ip, self.services.get(ip).cloned().unwrap_or_default()))
+                .collect(),
             ready: self.eligible().next().is_some(),
             interfaces: self
                 .links

@@ -209,11 +209,10 @@ async fn main() {
     }
     {
         let mut status = status.clone();
-        let m = Arc::clone(&metrics);
+        let (m, me) = (Arc::clone(&metrics), node.clone());
         tokio::spawn(async move {
             loop {
-                m.addresses
-                    .set(status.borrow_and_update().announcing.len() as i64);
+                m.set_layer2(&me, &status.borrow_and_update().services);
                 if status.changed().await.is_err() {
                     return;
                 }

@@ -1,6 +1,6 @@
 //! Prometheus metrics of the announcer, named `ferrolb_announcer_<what>`, and those of MetalLB's
-//! speaker under MetalLB's names (`metallb_bgp_*` by `peer`, `metallb_layer2_*` by `ip`), so
-//! that MetalLB users' alerts and dashboards work unchanged.
+//! speaker under MetalLB's names (`metallb_bgp_*` by `peer`, `metallb_layer2_*` by `ip`,
+//! `metallb_speaker_announced`), so that MetalLB users' alerts and dashboards work unchanged.
 
 use std::sync::Arc;
 
@@ -178,6 +178,9 @@ pub struct Metrics {
     pub stream_reconnects: Counter,
     pub addresses: Gauge,
     pub bgp: Arc<BgpMetrics>,
+    /// MetalLB's `metallb_speaker_announced{ip,node,protocol,service}`: 1 per Service on each
+    /// address this node announces.
+    announced: Family<Vec<(&'static str, String)>, Gauge>,
 }
 
 impl Metrics {
@@ -190,7 +193,13 @@ impl Metrics {
             stream_reconnects: Counter::default(),
             addresses: Gauge::default(),
             bgp: Arc::new(BgpMetrics::default()),
+            announced: Family::default(),
         };
+        root.sub_registry_with_prefix("metallb_speaker").register(
+            "announced",
+            "Services being announced from this node. This is desired state, it does not guarantee that the routing protocols have converged.",
+            m.announced.clone(),
+        );
         m.bgp
             .register_metallb(root.sub_registry_with_prefix("metallb_bgp"));
         l2.register_metallb(root.sub_registry_with_prefix("metallb_layer2"));
@@ -247,6 +256,28 @@ impl Metrics {
         }
     }
 
+    /// What the node announces in layer 2 now: each address with its Services.
+    pub fn set_layer2(
+        &self,
+        node: &str,
+        services: &std::collections::BTreeMap<std::net::IpAddr, Vec<String>>,
+    ) {
+        self.addresses.set(services.len() as i64);
+        self.announced.clear();
+        for (ip, services) in services {
+            for service in services {
+                self.announced
+                    .get_or_create(&vec![
+                        ("ip", ip.to_string()),
+                        ("node", node.to_string()),
+                        ("protocol", "layer2".to_string()),
+                        ("service", service.clone()),
+                    ])
+                    .set(1);
+            }
+        }
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
@@ -279,5 +310,27 @@ mod tests {
         }
         m.bgp.forget("10.0.0.1:179");
         assert!(!m.encode().contains("metallb_bgp_session_up{"));
+    }
+
+    /// MetalLB's announced gauge: one series per Service and address, gone when the address is.
+    #[test]
+    fn announced_services_under_metallbs_name() {
+        let m = Metrics::new(&Arc::default());
+        let ip: std::net::IpAddr = "192.168.1.240".parse().unwrap();
+        let shared = vec!["default/dns-tcp".to_string(), "default/dns-udp".to_string()];
+        m.set_layer2("n1", &[(ip, shared)].into());
+        let text = m.encode();
+        for service in ["default/dns-tcp", "default/dns-udp"] {
+            let want = format!(
+                "metallb_speaker_announced{{ip=\"192.168.1.240\",node=\"n1\",protocol=\"layer2\",service=\"{service}\"}} 1"
+            );
+            assert!(text.contains(&want), "{want} in\n{text}");
+        }
+        assert!(
+            text.contains("ferrolb_announcer_addresses_announced 1"),
+            "{text}"
+        );
+        m.set_layer2("n1", &Default::default());
+        assert!(!m.encode().contains("metallb_speaker_announced{"));
     }
 }

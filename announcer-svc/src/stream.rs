@@ -171,10 +171,15 @@ fn update(a: pb::Assignments, fresh_session: bool) -> (Update, Option<bgp::Updat
         fresh_session,
         version: a.version,
         snapshot: a.snapshot,
+        services: a
+            .set
+            .iter()
+            .filter_map(|s| parse(&s.ip).map(|ip| (ip, s.services.clone())))
+            .collect(),
         set: a
             .set
             .into_iter()
-            .filter_map(|s| parse(&s.ip).map(|ip| (ip, s.interfaces)))
+            .filter_map(|s| s.ip.parse().ok().map(|ip| (ip, s.interfaces)))
             .collect(),
         unset: a.unset.iter().filter_map(|s| parse(s)).collect(),
         origin: Default::default(),
@@ -419,10 +424,11 @@ mod tests {
                 pb::L2Assignment {
                     ip: "192.168.1.240".into(),
                     interfaces: vec!["eth0".into()],
+                    services: vec!["default/web".into()],
                 },
                 pb::L2Assignment {
                     ip: "not-an-address".into(),
-                    interfaces: vec![],
+                    ..pb::L2Assignment::default()
                 },
             ],
             unset: vec!["192.168.1.241".into(), "nope".into()],
@@ -452,6 +458,14 @@ mod tests {
             [("192.168.1.240".parse().unwrap(), vec!["eth0".to_string()])]
         );
         assert_eq!(l2.unset, ["192.168.1.241".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            l2.services,
+            [(
+                "192.168.1.240".parse().unwrap(),
+                vec!["default/web".to_string()]
+            )]
+            .into()
+        );
         let bgp = bgp.expect("a BGP part");
         let names: Vec<&str> = bgp
             .changes
@@ -472,7 +486,7 @@ mod tests {
         let changes_l2_only = pb::Assignments {
             set: vec![pb::L2Assignment {
                 ip: "192.168.1.240".into(),
-                interfaces: vec![],
+                ..pb::L2Assignment::default()
             }],
             ..pb::Assignments::default()
         };

@@ -3,8 +3,9 @@
 //! served by tonic, in the router). A Service made a LoadBalancer through the Kubernetes API
 //! yields one trace from the adapter's reconcile through the allocator's call, batch, commit, decision and
 //! push to the announcing node's gratuitous ARP; killing that node's announcer yields one trace
-//! from the loss to the new owner's gratuitous ARP. Every parent link in both is intact. Needs
-//! root (the lab).
+//! from the loss to the new owner's gratuitous ARP. Every parent link in both is intact. The
+//! announcing node exports MetalLB's `metallb_speaker_announced` for the Service. Needs root (the
+//! lab).
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
@@ -127,6 +128,15 @@ fn one_trace_follows_a_service_to_the_wire_and_one_follows_a_failover() {
     let node = lab
         .wait_owner(&ip, Duration::from_secs(20), |o| o.is_ok())
         .unwrap();
+    // The announcing node says so under MetalLB's name, with the Service.
+    let announced = format!(
+        "metallb_speaker_announced{{ip=\"{ip}\",node=\"{node}\",protocol=\"layer2\",service=\"default/web\"}}"
+    );
+    let start = Instant::now();
+    while lab.announcer_metric(&node, &announced) != 1 {
+        assert!(start.elapsed() < Duration::from_secs(10), "no {announced}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     let service = eventually("trace from the Service to the wire", &file, |spans| {
         let start = (

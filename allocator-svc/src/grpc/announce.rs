@@ -164,10 +164,11 @@ fn changes(version: u64, had: &NodeView, want: &NodeView) -> pb::Assignments {
         snapshot: false,
         set: want_l2
             .iter()
-            .filter(|(ip, ifs)| had_l2.get(ip) != Some(ifs))
-            .map(|(ip, ifs)| pb::L2Assignment {
+            .filter(|(ip, duty)| had_l2.get(ip) != Some(duty))
+            .map(|(ip, duty)| pb::L2Assignment {
                 ip: ip.to_string(),
-                interfaces: ifs.clone(),
+                interfaces: duty.interfaces.clone(),
+                services: duty.services.clone(),
             })
             .collect(),
         unset: had_l2
