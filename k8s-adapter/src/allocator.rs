@@ -105,6 +105,9 @@ pub trait Allocator: Send + Sync {
         &self,
         cluster: &str,
     ) -> Result<BoxStream<'static, Result<pb::AnnouncementsUpdate, Error>>, Error>;
+
+    /// The last failovers of the cluster's layer-2 addresses the allocator replica timed.
+    async fn failovers(&self, cluster: &str) -> Result<Vec<pb::Failover>, Error>;
 }
 
 /// The allocator over gRPC.
@@ -299,6 +302,19 @@ impl Allocator for Grpc {
         };
         let updates = self.cluster.clone().watch_announcements(req).await?;
         Ok(updates.into_inner().map(|u| u.map_err(Error::from)).boxed())
+    }
+
+    async fn failovers(&self, cluster: &str) -> Result<Vec<pb::Failover>, Error> {
+        let req = pb::ListAnnouncementsRequest {
+            cluster: cluster.to_string(),
+        };
+        Ok(self
+            .cluster
+            .clone()
+            .list_failovers(req)
+            .await?
+            .into_inner()
+            .failovers)
     }
 }
 

@@ -105,11 +105,16 @@ pub(crate) async fn sync(ctx: Arc<Ctx>) {
     }
 }
 
+/// How long a move's event waits for the allocator's timing of the failover (the new node
+/// reports it announces after the decision the move is seen in).
+const FAILOVER_TIMING_WAIT: Duration = Duration::from_secs(3);
+
 /// MetalLB's `nodeAssigned` event on each Service whose layer-2 announcing node is new or
 /// changed since the last update (`before`: Service → node; nothing is told of the first
-/// update after a start, which only says where things already are).
+/// update after a start, which only says where things already are). A move after a failover
+/// says why and how long the address was without an announcer, as the allocator timed it.
 async fn tell_moves(
-    ctx: &Ctx,
+    ctx: &Arc<Ctx>,
     before: &mut Option<BTreeMap<String, String>>,
     list: &[pb::Announcement],
 ) {
@@ -126,33 +131,76 @@ async fn tell_moves(
         if was == Some(node) {
             continue;
         }
-        let (ns, name) = svc.split_once('/').unwrap_or(("", svc));
-        let api: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
-        let Ok(Some(service)) = api.get_opt(name).await else {
-            continue;
+        let ip = list
+            .iter()
+            .find(|a| a.services.contains(svc))
+            .map(|a| a.ip.clone())
+            .unwrap_or_default();
+        let (ctx, svc, node, was) = (Arc::clone(ctx), svc.clone(), node.clone(), was.cloned());
+        // Waiting for the timing must not hold the status objects back.
+        tokio::spawn(async move {
+            let mut note = format!("announcing from node {node:?} with protocol \"layer2\"");
+            if let Some(was) = &was {
+                note += &format!(", after node {was:?}");
+                if let Some(f) = failover(&ctx, &ip, was, &node).await {
+                    note += &format!(" ({}: {} ms without an announcer)", f.reason, f.took_ms);
+                }
+            }
+            node_assigned(&ctx, &svc, &node, note).await;
+        });
+    }
+}
+
+/// The failover of `ip` from `from` to `to` the allocator timed in the last minute, waiting
+/// for it a little.
+async fn failover(ctx: &Ctx, ip: &str, from: &str, to: &str) -> Option<pb::Failover> {
+    let since = std::time::SystemTime::now() - Duration::from_secs(60);
+    let start = tokio::time::Instant::now();
+    loop {
+        let found = ctx.allocator.failovers(&ctx.settings.cluster).await.ok()?;
+        let recent = |f: &pb::Failover| {
+            f.at.as_ref()
+                .and_then(|t| std::time::SystemTime::try_from(*t).ok())
+                .is_some_and(|at| at >= since)
         };
-        let mut note = format!("announcing from node {node:?} with protocol \"layer2\"");
-        if let Some(was) = was {
-            note += &format!(", after node {was:?}");
+        if let Some(f) = found
+            .into_iter()
+            .rev()
+            .find(|f| f.ip == ip && f.from_node == from && f.to_node == to && recent(f))
+        {
+            return Some(f);
         }
-        // The node is the event's related object: a move to another node is an event of its
-        // own, a move back counts in that node's event series.
-        let node_ref = k8s_openapi::api::core::v1::ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Node".into()),
-            name: Some(node.clone()),
-            ..Default::default()
-        };
-        let ev = Event {
-            type_: EventType::Normal,
-            reason: "nodeAssigned".into(),
-            note: Some(note),
-            action: "Announce".into(),
-            secondary: Some(node_ref),
-        };
-        if let Err(e) = ctx.recorder.publish(&ev, &service.object_ref(&())).await {
-            tracing::debug!(error = %e, "cannot record an event");
+        if start.elapsed() > FAILOVER_TIMING_WAIT {
+            return None;
         }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Records a `nodeAssigned` event on Service `svc` (`namespace/name`).
+async fn node_assigned(ctx: &Ctx, svc: &str, node: &str, note: String) {
+    let (ns, name) = svc.split_once('/').unwrap_or(("", svc));
+    let api: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
+    let Ok(Some(service)) = api.get_opt(name).await else {
+        return;
+    };
+    // The node is the event's related object: a move to another node is an event of its own, a
+    // move back counts in that node's event series.
+    let node_ref = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Node".into()),
+        name: Some(node.to_string()),
+        ..Default::default()
+    };
+    let ev = Event {
+        type_: EventType::Normal,
+        reason: "nodeAssigned".into(),
+        note: Some(note),
+        action: "Announce".into(),
+        secondary: Some(node_ref),
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &service.object_ref(&())).await {
+        tracing::debug!(error = %e, "cannot record an event");
     }
 }
 

@@ -562,10 +562,20 @@ fn metallbs_walk_through_in_kubectl_answers_on_the_lan() {
             .collect()
     };
     let first = format!("announcing from node \"{owner}\" with protocol \"layer2\"");
-    let moved =
-        format!("announcing from node \"{next}\" with protocol \"layer2\", after node \"{owner}\"");
+    // The move says why, and how long the address was dark, as the allocator timed it.
+    let moved = format!(
+        "announcing from node \"{next}\" with protocol \"layer2\", after node \"{owner}\" (stream_ended: "
+    );
+    let told = |notes: &[String]| {
+        notes.contains(&first)
+            && notes.iter().any(|n| {
+                n.strip_prefix(&moved)
+                    .and_then(|rest| rest.strip_suffix(" ms without an announcer)"))
+                    .is_some_and(|ms| ms.parse::<u32>().is_ok())
+            })
+    };
     let start = std::time::Instant::now();
-    while !(notes(&mut kube).contains(&first) && notes(&mut kube).contains(&moved)) {
+    while !told(&notes(&mut kube)) {
         assert!(start.elapsed() < 5 * SECOND, "{:?}", notes(&mut kube));
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -288,4 +288,9 @@ impl Allocator for FakeAllocator {
         drop(self.call(format!("watch_announcements {cluster}"))?);
         Ok(futures::stream::pending().boxed())
     }
+
+    async fn failovers(&self, cluster: &str) -> Result<Vec<pb::Failover>, Error> {
+        drop(self.call(format!("failovers {cluster}"))?);
+        Ok(vec![])
+    }
 }
