@@ -689,6 +689,29 @@ impl HomeLab {
         None
     }
 
+    /// The client asking `ip:80` over HTTP until [`Timeline::stop`]: every change of who
+    /// answers, for pictures.
+    pub fn timeline(&self, ip: &str) -> Timeline {
+        let mut probe = Command::new("ip")
+            .args(["netns", "exec", &format!("{}-client", self.lab.0)])
+            .arg(bin("lab-probe"))
+            .args(["--timeline", &format!("{ip}:80")])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start lab-probe --timeline");
+        let out = BufReader::new(probe.stdout.take().expect("probe stdout"));
+        let reader = std::thread::spawn(move || {
+            out.lines()
+                .map_while(Result::ok)
+                .filter_map(|l| {
+                    let (t, who) = l.split_once(' ')?;
+                    Some((t.parse().ok()?, (who != "-").then(|| who.to_string())))
+                })
+                .collect()
+        });
+        Timeline { probe, reader }
+    }
+
     /// Starts the client's probe against `ip:80`, runs `fault`, and returns the time from the
     /// fault to the first answer of a node other than `old`, and that node.
     pub fn failover(&self, ip: &str, old: &str, fault: impl FnOnce()) -> (Duration, String) {
@@ -806,4 +829,23 @@ pub fn load_bulk(url: &str, count: usize) {
             t.await.expect("endpoint task");
         }
     });
+}
+
+/// A probe started by [`HomeLab::timeline`].
+pub struct Timeline {
+    probe: Child,
+    reader: std::thread::JoinHandle<Vec<crate::plot::Sample>>,
+}
+
+impl Timeline {
+    /// Ends the probe; what it saw, with a last sample at the end.
+    pub fn stop(mut self) -> Vec<crate::plot::Sample> {
+        let _ = self.probe.kill();
+        let _ = self.probe.wait();
+        let mut samples = self.reader.join().unwrap_or_default();
+        if let Some((_, who)) = samples.last().cloned() {
+            samples.push((crate::plot::unix_micros(), who));
+        }
+        samples
+    }
 }

@@ -8,6 +8,7 @@ pub mod fakekube;
 pub mod home;
 pub mod otlp;
 pub mod pg;
+pub mod plot;
 pub mod routers;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};

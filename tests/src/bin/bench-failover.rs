@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use ferrolb_e2e::home::{HomeLab, NODES, Options, VIP};
-use ferrolb_e2e::percentile;
+use ferrolb_e2e::{percentile, plot};
 
 const TRIALS: usize = 20;
 
@@ -35,6 +35,9 @@ fn main() {
         .unwrap();
     settle(&lab, &owner);
 
+    // The client asking all along, for the picture.
+    let timeline = lab.timeline(VIP);
+    let mut faults = Vec::new();
     let mut baseline = Vec::new();
     for _ in 0..TRIALS {
         baseline.push(lab.failover(VIP, "nobody", || {}).0);
@@ -43,11 +46,18 @@ fn main() {
     let mut crash = Vec::new();
     for i in 0..TRIALS {
         let pid = lab.announcer_pid(&owner).to_string();
+        let mut at = 0;
         let (took, next) = lab.failover(VIP, &owner, || {
+            at = plot::unix_micros();
             Command::new("kill").args(["-9", &pid]).status().unwrap();
         });
         eprintln!("crash {i:>2}: {owner} -> {next} in {:.0} ms", ms(took));
         crash.push(took);
+        faults.push(plot::Fault {
+            at_us: at,
+            what: "kill".into(),
+            gap: took,
+        });
         lab.kill_announcer(&owner);
         lab.start_announcer(&owner);
         settle(&lab, &owner);
@@ -55,15 +65,32 @@ fn main() {
 
     let mut linkdown = Vec::new();
     for i in 0..TRIALS {
+        let mut at = 0;
         let (took, next) = lab.failover(VIP, &owner, || {
+            at = plot::unix_micros();
             lab.must(&owner, &["ip", "link", "set", "eth0", "down"]);
         });
         eprintln!("link  {i:>2}: {owner} -> {next} in {:.0} ms", ms(took));
         linkdown.push(took);
+        faults.push(plot::Fault {
+            at_us: at,
+            what: "cut".into(),
+            gap: took,
+        });
         lab.must(&owner, &["ip", "link", "set", "eth0", "up"]);
         settle(&lab, &owner);
     }
 
+    let picture = plot::picture_path("bench-failover.svg");
+    plot::timeline(
+        &picture,
+        &format!("the client's requests to {VIP}: {TRIALS} announcer kills, then {TRIALS} link cuts of {owner}"),
+        &NODES,
+        &timeline.stop(),
+        &faults,
+    )
+    .unwrap();
+    println!("picture of the client's view: {}", picture.display());
     for v in [&mut baseline, &mut crash, &mut linkdown] {
         v.sort();
     }

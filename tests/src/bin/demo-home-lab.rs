@@ -12,6 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ferrolb_e2e::home::{CLUSTER, HomeLab, LabKube, NODES, Options, VIP, mac, scenarios};
+use ferrolb_e2e::plot;
 use ferrolb_e2e::routers::{BIRD_COMPANY, Bird, eventually};
 
 fn say(title: &str) {
@@ -149,13 +150,33 @@ fn main() {
     ));
     // An operator following the announcements meanwhile.
     let mut watch = lab.ctl_spawn(&["announcements", "--cluster", CLUSTER, "--watch"]);
+    // And the client asking all along, for a picture.
+    let timeline = lab.timeline(VIP);
     std::thread::sleep(Duration::from_millis(500));
-    let (took, next) = lab.failover(VIP, &owner, || lab.crash_node(&owner));
+    let mut died = 0;
+    let (took, next) = lab.failover(VIP, &owner, || {
+        died = plot::unix_micros();
+        lab.crash_node(&owner)
+    });
     println!(
         "(the client got its first answer through {next} {} ms after {owner} died)",
         took.as_millis()
     );
     std::thread::sleep(Duration::from_millis(500));
+    let picture = plot::picture_path("demo-failover.svg");
+    let drawn = plot::timeline(
+        &picture,
+        &format!("the client's requests to {VIP} while {owner} dies"),
+        &NODES,
+        &timeline.stop(),
+        &[plot::Fault {
+            at_us: died,
+            what: format!("{owner} dies:"),
+            gap: took,
+        }],
+    );
+    drawn.unwrap_or_else(|e| panic!("the picture of the failover: {e}"));
+    println!("(the client's view as a picture: {})", picture.display());
     let _ = watch.kill();
     let watched = watch
         .wait_with_output()

@@ -2,6 +2,9 @@
 //! "ready", then asks `ADDR:PORT` over HTTP again and again until a node other than OLD_NODE
 //! answers, and prints the Unix time of that answer in microseconds and the node's name. Exit
 //! code 1 if the deadline passes first.
+//!
+//! `lab-probe --timeline ADDR:PORT` asks until it is killed and prints a line at every change
+//! of who answers: the Unix time in microseconds, and the node's name or `-` for no answer.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -18,8 +21,37 @@ fn ask(addr: SocketAddr) -> Option<String> {
     Some(node)
 }
 
+fn now_micros() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros())
+}
+
+fn timeline(addr: SocketAddr) -> ! {
+    let mut last: Option<Option<String>> = None;
+    loop {
+        let answer = ask(addr);
+        if last.as_ref() != Some(&answer) {
+            println!("{} {}", now_micros(), answer.as_deref().unwrap_or("-"));
+            last = Some(answer);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [flag, addr] = &args[..]
+        && flag == "--timeline"
+    {
+        match addr.parse() {
+            Ok(addr) => timeline(addr),
+            Err(_) => {
+                eprintln!("lab-probe: {addr:?} is not ADDR:PORT");
+                std::process::exit(2)
+            }
+        }
+    }
     let [addr, old, deadline] = &args[..] else {
         eprintln!("usage: lab-probe ADDR:PORT OLD_NODE DEADLINE_MS");
         std::process::exit(2);
@@ -35,10 +67,7 @@ fn main() {
         if let Some(node) = ask(addr)
             && &node != old
         {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_micros());
-            println!("{now} {node}");
+            println!("{} {node}", now_micros());
             return;
         }
         std::thread::sleep(Duration::from_millis(2));
