@@ -19,6 +19,7 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use tonic::codegen::http;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -55,14 +56,16 @@ impl Drop for Telemetry {
 }
 
 /// Logs to standard error, filtered by `filter` (tracing's env-filter syntax; a filter that
-/// does not parse gives `info`), and exports the spans the filter lets through when `args`
-/// names a collector. `service` is the service name unless `OTEL_SERVICE_NAME` or
+/// does not parse gives `info`), and exports every span at level info or above when `args`
+/// names a collector, whatever the log filter. `service` is the service name unless `OTEL_SERVICE_NAME` or
 /// `OTEL_RESOURCE_ATTRIBUTES` names one. Inside the Tokio runtime.
 pub fn init(filter: &str, service: &str, args: &TraceArgs) -> Result<Telemetry, String> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
-    let logs = tracing_subscriber::registry()
-        .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    let logs = tracing_subscriber::registry().with(
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(filter),
+    );
     let Some(endpoint) = args.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) else {
         logs.init();
         return Ok(Telemetry(None));
@@ -73,7 +76,8 @@ pub fn init(filter: &str, service: &str, args: &TraceArgs) -> Result<Telemetry, 
     let spans = tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_tracked_inactivity(false)
-        .with_threads(false);
+        .with_threads(false)
+        .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
     logs.with(spans).init();
     EXPORTING.store(true, Ordering::Relaxed);
     tracing::info!(endpoint, "exporting traces");
