@@ -2,6 +2,7 @@
 //! assigns to its node.
 
 pub mod agent;
+pub mod bfd;
 pub mod bgp;
 pub mod bind;
 pub mod defense;
