@@ -1,9 +1,12 @@
 //! Bidirectional Forwarding Detection (RFC 5880; single hop RFC 5881, multihop RFC 5883): the
-//! Control packet ([`packet`]) and the session state machine without I/O ([`session`]), in the
-//! style of the BGP speaker's. A session that goes down takes its BGP session down with it.
+//! Control packet ([`packet`]), the session state machine without I/O ([`session`]) in the style
+//! of the BGP speaker's, and the UDP shell that runs the node's sessions ([`runner`],
+//! [`socket`]).
 
 pub mod packet;
+pub mod runner;
 pub mod session;
+pub mod socket;
 
 #[cfg(test)]
 mod tests;
