@@ -145,7 +145,7 @@ fn one_trace_follows_a_service_to_the_wire_and_one_follows_a_failover() {
             Some(("service", "default/web")),
         );
         let wants = [
-            ("ferrolb-allocator", "Allocate", None),
+            ("ferrolb-allocator", "ferrolb.v1.IpamService/Allocate", None),
             ("ferrolb-allocator", "batch", None),
             ("ferrolb-allocator", "commit", None),
             ("ferrolb-allocator", "decide announcements", None),
@@ -163,7 +163,10 @@ fn one_trace_follows_a_service_to_the_wire_and_one_follows_a_failover() {
         ];
         trace(spans, start, &wants)
     });
-    let allocate = service.iter().find(|s| s.name == "Allocate").unwrap();
+    let allocate = service
+        .iter()
+        .find(|s| s.name == "ferrolb.v1.IpamService/Allocate")
+        .unwrap();
     assert_eq!(
         allocate.attributes.get("service").map(String::as_str),
         Some(format!("service/{CLUSTER}/default/web").as_str()),

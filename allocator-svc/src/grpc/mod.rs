@@ -56,15 +56,21 @@ impl<S: LeaseStore> Ipam<S> {
         call: impl Future<Output = Result<T, Error>>,
     ) -> Result<Response<T>, Status> {
         let start = Instant::now();
-        // The lease's owner, pool and addresses are filled in by the calls that know them.
-        let span = tracing::info_span!(
-            "ipam",
-            otel.name = method,
-            service = tracing::field::Empty,
-            pool = tracing::field::Empty,
-            address = tracing::field::Empty,
-            otel.status_code = tracing::field::Empty,
-        );
+        // The lease's owner, pool and addresses are filled in by the calls that know them: on
+        // the call's gRPC span when traces are exported, else on a span of the call's own (for
+        // the logs).
+        let span = if ferrolb_common::telemetry::exporting() {
+            tracing::Span::current()
+        } else {
+            tracing::info_span!(
+                "ipam",
+                method,
+                service = tracing::field::Empty,
+                pool = tracing::field::Empty,
+                address = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+            )
+        };
         let result = call.instrument(span.clone()).await;
         self.metrics
             .observe(method, start.elapsed(), result.as_ref().err());
