@@ -44,6 +44,53 @@ pub struct BgpPeer {
     pub password: Secret,
     pub ebgp_multihop: bool,
     pub graceful_restart: bool,
+    /// The BFD session beside the BGP one (MetalLB's BFDProfile, defaults filled in).
+    #[serde(default)]
+    pub bfd: Option<Bfd>,
+}
+
+/// A BFDProfile as a peer's session runs it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Bfd {
+    pub profile: String,
+    pub receive_interval_ms: u32,
+    pub transmit_interval_ms: u32,
+    pub detect_multiplier: u8,
+    pub passive: bool,
+    pub minimum_ttl: u8,
+}
+
+impl Bfd {
+    /// MetalLB's ranges (`bfdProfileFromCR`).
+    pub fn validate(&self) -> Result<()> {
+        for (field, v) in [
+            ("bfd_profile.receive_interval_ms", self.receive_interval_ms),
+            (
+                "bfd_profile.transmit_interval_ms",
+                self.transmit_interval_ms,
+            ),
+        ] {
+            if !(10..=60000).contains(&v) {
+                return Err(Error::invalid(
+                    field,
+                    format!("{v} ms is not within 10-60000"),
+                ));
+            }
+        }
+        if self.detect_multiplier < 2 {
+            return Err(Error::invalid(
+                "bfd_profile.detect_multiplier",
+                format!("{} is not within 2-255", self.detect_multiplier),
+            ));
+        }
+        if !(1..=254).contains(&self.minimum_ttl) {
+            return Err(Error::invalid(
+                "bfd_profile.minimum_ttl",
+                format!("{} is not within 1-254", self.minimum_ttl),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl BgpPeer {

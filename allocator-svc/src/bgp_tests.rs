@@ -18,6 +18,7 @@ fn peer(name: &str, asn: u32) -> BgpPeer {
         password: Secret::default(),
         ebgp_multihop: false,
         graceful_restart: false,
+        bfd: None,
     }
 }
 

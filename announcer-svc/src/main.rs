@@ -161,6 +161,7 @@ impl Args {
                 max_backoff: Duration::from_millis(self.bgp_max_backoff_ms.max(500)),
             },
             Arc::clone(&metrics.bgp),
+            Arc::clone(&metrics.bfd),
         )
     }
 

@@ -178,6 +178,7 @@ pub struct Metrics {
     pub stream_reconnects: Counter,
     pub addresses: Gauge,
     pub bgp: Arc<BgpMetrics>,
+    pub bfd: Arc<crate::bfd::runner::Metrics>,
     /// MetalLB's `metallb_speaker_announced{ip,node,protocol,service}`: 1 per Service on each
     /// address this node announces.
     announced: Family<Vec<(&'static str, String)>, Gauge>,
@@ -193,8 +194,11 @@ impl Metrics {
             stream_reconnects: Counter::default(),
             addresses: Gauge::default(),
             bgp: Arc::new(BgpMetrics::default()),
+            bfd: Arc::default(),
             announced: Family::default(),
         };
+        m.bfd
+            .register_metallb(root.sub_registry_with_prefix("metallb_bfd"));
         root.sub_registry_with_prefix("metallb_speaker").register(
             "announced",
             "Services being announced from this node. This is desired state, it does not guarantee that the routing protocols have converged.",
@@ -205,6 +209,7 @@ impl Metrics {
         l2.register_metallb(root.sub_registry_with_prefix("metallb_layer2"));
         let registry = root.sub_registry_with_prefix("ferrolb_announcer");
         m.bgp.register(registry);
+        m.bfd.register(registry.sub_registry_with_prefix("bfd"));
         registry.register(
             "stream_connected",
             "1 while the assignment stream to an allocator is open",

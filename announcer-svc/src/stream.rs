@@ -253,7 +253,27 @@ fn peer_spec(s: pb::BgpSession) -> Result<PeerSpec, String> {
         password: (!s.password.is_empty()).then(|| ferrolb_common::Secret::new(s.password)),
         ebgp_multihop: s.ebgp_multihop,
         graceful_restart: s.graceful_restart,
+        bfd: s.bfd.map(|b| bfd_profile(&b)).transpose()?,
         name: s.name,
+    })
+}
+
+fn bfd_profile(b: &pb::BfdProfile) -> Result<crate::bfd::Profile, String> {
+    let ms = |v: u32| Duration::from_millis(u64::from(v));
+    let byte = |what: &str, v: u32| {
+        u8::try_from(v)
+            .ok()
+            .filter(|v| *v > 0)
+            .ok_or_else(|| format!("BFD {what} {v} out of range"))
+    };
+    Ok(crate::bfd::Profile {
+        config: crate::bfd::session::Config {
+            desired_min_tx: ms(b.transmit_interval_ms.max(10)),
+            required_min_rx: ms(b.receive_interval_ms.max(10)),
+            detect_mult: byte("detect multiplier", b.detect_multiplier)?,
+            passive: b.passive_mode,
+        },
+        minimum_ttl: byte("minimum TTL", b.minimum_ttl)?,
     })
 }
 

@@ -119,6 +119,7 @@ async fn speaker_for_a_peer() -> (TcpListener, u16, Metrics, speaker::Session) {
             password: None,
             ebgp_multihop: false,
             graceful_restart: false,
+            bfd: None,
         },
         &Common {
             fallback_id: Ipv4Addr::new(10, 0, 0, 2),

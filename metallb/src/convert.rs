@@ -83,7 +83,41 @@ pub fn bgp_advertisement(a: &Object<BGPAdvertisementSpec>, cluster: &str) -> pb:
 }
 
 /// A peer with its password (from [`crate::validate::password`]).
-pub fn bgp_peer(p: &Object<BGPPeerSpec>, cluster: &str, password: String) -> pb::BgpPeer {
+/// The profile a peer names (validation has checked it exists).
+fn bfd_of(cfg: &crate::object::Config, p: &Object<BGPPeerSpec>) -> Option<pb::BfdProfile> {
+    let name = p
+        .spec
+        .common
+        .bfd_profile
+        .as_deref()
+        .filter(|n| !n.is_empty())?;
+    cfg.bfd_profiles
+        .iter()
+        .find(|b| b.name == name)
+        .map(bfd_profile)
+}
+
+/// A BFDProfile with MetalLB's defaults filled in (300 ms each way, 3 packets, a minimum TTL of
+/// 254 for multihop sessions).
+pub fn bfd_profile(b: &Object<crate::crd::BFDProfileSpec>) -> pb::BfdProfile {
+    let s = &b.spec;
+    pb::BfdProfile {
+        name: b.name.clone(),
+        receive_interval_ms: s.receive_interval.unwrap_or(300),
+        transmit_interval_ms: s.transmit_interval.unwrap_or(300),
+        detect_multiplier: s.detect_multiplier.unwrap_or(3),
+        passive_mode: s.passive_mode.unwrap_or(false),
+        minimum_ttl: s.minimum_ttl.unwrap_or(254),
+    }
+}
+
+/// A BGPPeer as the allocator takes it; `bfd` is the profile it names, when it names one.
+pub fn bgp_peer(
+    p: &Object<BGPPeerSpec>,
+    cluster: &str,
+    password: String,
+    bfd: Option<pb::BfdProfile>,
+) -> pb::BgpPeer {
     let s = &p.spec;
     let seconds = |d: Option<&String>| {
         d.and_then(|d| parse::go_duration(d).ok())
@@ -104,6 +138,7 @@ pub fn bgp_peer(p: &Object<BGPPeerSpec>, cluster: &str, password: String) -> pb:
         password,
         ebgp_multihop: s.common.ebgp_multi_hop.unwrap_or(false),
         enable_graceful_restart: s.enable_graceful_restart.unwrap_or(false),
+        bfd_profile: bfd,
     }
 }
 
@@ -203,7 +238,7 @@ pub fn messages(
             Ok(pw) => out.push((
                 kind::PEER,
                 p.name.clone(),
-                Message::BgpPeer(bgp_peer(p, cluster, pw)),
+                Message::BgpPeer(bgp_peer(p, cluster, pw, bfd_of(cfg, p))),
             )),
             Err(r) => rejected.push(r),
         }

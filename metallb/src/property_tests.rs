@@ -129,7 +129,7 @@ fn read_all(docs: &[Value]) {
     }
     for p in &cfg.peers {
         let password = validate::password(p, NS, &cfg.secrets);
-        let _ = convert::bgp_peer(p, "c", format!("{password:?}"));
+        let _ = convert::bgp_peer(p, "c", format!("{password:?}"), None);
     }
 }
 

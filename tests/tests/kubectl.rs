@@ -683,8 +683,7 @@ async fn the_adapters_webhook_refuses_bad_objects_at_apply_time() {
         "BGPPeer \"twin\": spec: peer twin already exists (same as \"router\")",
     );
 
-    // A BFDProfile a BGPPeer names stays (stored directly: ferrolb refuses the peer itself
-    // until it runs BFD).
+    // A BFDProfile a BGPPeer names stays.
     kube.put(
         "/apis/metallb.io/v1beta1/bfdprofiles",
         json!({"apiVersion": "metallb.io/v1beta1", "kind": "BFDProfile",

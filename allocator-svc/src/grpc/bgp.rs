@@ -8,7 +8,7 @@ use ferrolb_proto::v1 as pb;
 
 use super::convert;
 use crate::bgp::{
-    BgpAd, BgpPeer, Community, CommunitySet, DEFAULT_HOLD_TIME, NodeBgp, PeerRoute, Prefix,
+    Bfd, BgpAd, BgpPeer, Community, CommunitySet, DEFAULT_HOLD_TIME, NodeBgp, PeerRoute, Prefix,
 };
 use crate::error::Error;
 
@@ -64,11 +64,39 @@ pub fn peer(p: pb::BgpPeer) -> Result<BgpPeer, Error> {
         password: ferrolb_common::Secret::new(p.password),
         ebgp_multihop: p.ebgp_multihop,
         graceful_restart: p.enable_graceful_restart,
+        bfd: p.bfd_profile.map(bfd).transpose()?,
         cluster: p.cluster,
         name: p.name,
     };
     peer.validate()?;
     Ok(peer)
+}
+
+fn bfd(b: pb::BfdProfile) -> Result<Bfd, Error> {
+    let byte = |field: &str, v: u32| {
+        u8::try_from(v).map_err(|_| Error::invalid(field, format!("{v} is not within 1-255")))
+    };
+    let bfd = Bfd {
+        profile: b.name,
+        receive_interval_ms: b.receive_interval_ms,
+        transmit_interval_ms: b.transmit_interval_ms,
+        detect_multiplier: byte("bfd_profile.detect_multiplier", b.detect_multiplier)?,
+        passive: b.passive_mode,
+        minimum_ttl: byte("bfd_profile.minimum_ttl", b.minimum_ttl)?,
+    };
+    bfd.validate()?;
+    Ok(bfd)
+}
+
+fn bfd_to_pb(b: &Bfd) -> pb::BfdProfile {
+    pb::BfdProfile {
+        name: b.profile.clone(),
+        receive_interval_ms: b.receive_interval_ms,
+        transmit_interval_ms: b.transmit_interval_ms,
+        detect_multiplier: u32::from(b.detect_multiplier),
+        passive_mode: b.passive,
+        minimum_ttl: u32::from(b.minimum_ttl),
+    }
 }
 
 pub fn peer_to_pb(p: &BgpPeer) -> pb::BgpPeer {
@@ -92,6 +120,7 @@ pub fn peer_to_pb(p: &BgpPeer) -> pb::BgpPeer {
         password: String::new(),
         ebgp_multihop: p.ebgp_multihop,
         enable_graceful_restart: p.graceful_restart,
+        bfd_profile: p.bfd.as_ref().map(bfd_to_pb),
     }
 }
 
@@ -191,6 +220,7 @@ fn session(p: &BgpPeer) -> pb::BgpSession {
         password: p.password.expose().to_string(),
         ebgp_multihop: p.ebgp_multihop,
         graceful_restart: p.graceful_restart,
+        bfd: p.bfd.as_ref().map(bfd_to_pb),
     }
 }
 

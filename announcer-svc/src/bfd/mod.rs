@@ -8,6 +8,14 @@ pub mod runner;
 pub mod session;
 pub mod socket;
 
+/// A BFDProfile as a BGP peer's session runs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Profile {
+    pub config: session::Config,
+    /// Multihop sessions: the least TTL accepted.
+    pub minimum_ttl: u8,
+}
+
 #[cfg(test)]
 mod tests;
 

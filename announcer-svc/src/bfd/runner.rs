@@ -52,12 +52,14 @@ pub struct Change {
 
 type Labels = Vec<(&'static str, String)>;
 
-/// The sessions' figures, by `peer` (the session's name) and, for drops, by `reason`.
+/// The sessions' figures, by `peer` (the peer's address, as MetalLB labels them) and, for
+/// drops, by `reason`.
 #[derive(Default)]
 pub struct Metrics {
     /// 1 while Up.
     pub session_up: Family<Labels, Gauge>,
-    pub state_changes: Family<Labels, Counter>,
+    pub up_events: Family<Labels, Counter>,
+    pub down_events: Family<Labels, Counter>,
     /// Up sessions that went down because the peer fell silent.
     pub detections: Family<Labels, Counter>,
     pub packets_received: Family<Labels, Counter>,
@@ -67,8 +69,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    fn peer(name: &str) -> Labels {
-        vec![("peer", name.to_string())]
+    fn peer(address: IpAddr) -> Labels {
+        vec![("peer", address.to_string())]
     }
 
     fn dropped_for(&self, reason: &'static str) {
@@ -77,13 +79,82 @@ impl Metrics {
             .inc();
     }
 
-    fn forget(&self, name: &str) {
-        let l = Self::peer(name);
+    fn forget(&self, address: IpAddr) {
+        let l = Self::peer(address);
         self.session_up.remove(&l);
-        self.state_changes.remove(&l);
+        self.up_events.remove(&l);
+        self.down_events.remove(&l);
         self.detections.remove(&l);
         self.packets_received.remove(&l);
         self.packets_sent.remove(&l);
+    }
+
+    /// Under ferrolb's names (`ferrolb_announcer_bfd_*`).
+    pub fn register(&self, r: &mut prometheus_client::registry::Registry) {
+        r.register(
+            "session_up",
+            "1 while the BFD session is Up",
+            self.session_up.clone(),
+        );
+        r.register(
+            "session_up_events",
+            "BFD sessions that came up",
+            self.up_events.clone(),
+        );
+        r.register(
+            "session_down_events",
+            "BFD sessions that went down",
+            self.down_events.clone(),
+        );
+        r.register(
+            "detections",
+            "Up BFD sessions that went down because the peer fell silent for the detection time",
+            self.detections.clone(),
+        );
+        r.register(
+            "control_packets_received",
+            "BFD control packets a session took",
+            self.packets_received.clone(),
+        );
+        r.register(
+            "control_packets_sent",
+            "BFD control packets sent",
+            self.packets_sent.clone(),
+        );
+        r.register(
+            "packets_dropped",
+            "BFD datagrams dropped, by reason (malformed, TTL, source, discriminator)",
+            self.dropped.clone(),
+        );
+    }
+
+    /// MetalLB's FRR-mode names (`metallb_bfd_*`), sharing the series above.
+    pub fn register_metallb(&self, r: &mut prometheus_client::registry::Registry) {
+        r.register(
+            "session_up",
+            "BFD session state (1 is up, 0 is down)",
+            self.session_up.clone(),
+        );
+        r.register(
+            "session_up_events",
+            "Number of BFD session up events",
+            self.up_events.clone(),
+        );
+        r.register(
+            "session_down_events",
+            "Number of BFD session down events",
+            self.down_events.clone(),
+        );
+        r.register(
+            "control_packet_input",
+            "Number of received BFD control packets",
+            self.packets_received.clone(),
+        );
+        r.register(
+            "control_packet_output",
+            "Number of sent BFD control packets",
+            self.packets_sent.clone(),
+        );
     }
 }
 
@@ -122,7 +193,7 @@ impl Random {
 /// Runs the sessions until `commands` closes; listens on each of `listen`.
 pub async fn run(
     listen: Vec<SocketAddr>,
-    mut commands: mpsc::Receiver<Command>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
     changes: mpsc::UnboundedSender<Change>,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<()> {
@@ -158,25 +229,26 @@ pub async fn run(
                         }
                         continue;
                     }
-                    sessions.remove(&name);
-                    metrics.forget(&name);
+                    if let Some(old) = sessions.remove(&name) {
+                        metrics.forget(old.peer.address);
+                    }
                     match start(&name, peer, &sessions, &mut random) {
                         Ok((mut r, out)) => {
                             apply(&name, &mut r, out, &changes, &metrics, &mut random).await;
-                            metrics.session_up.get_or_create(&Metrics::peer(&name)).set(0);
+                            metrics.session_up.get_or_create(&Metrics::peer(r.peer.address)).set(0);
                             sessions.insert(name, r);
                         }
                         Err(e) => tracing::warn!(peer = name, error = %e, "cannot start the BFD session"),
                     }
                 }
                 Some(Command::Remove(name)) => {
-                    if let Some(mut r) = sessions.remove(&name)
-                        && let Ok(out) = r.session.process(Event::AdminDown)
-                    {
+                    if let Some(mut r) = sessions.remove(&name) {
                         // The peer hears AdminDown rather than timing out.
-                        apply(&name, &mut r, out, &changes, &metrics, &mut random).await;
+                        if let Ok(out) = r.session.process(Event::AdminDown) {
+                            apply(&name, &mut r, out, &changes, &metrics, &mut random).await;
+                        }
+                        metrics.forget(r.peer.address);
                     }
-                    metrics.forget(&name);
                 }
             },
             got = recv_any(&sockets, &mut buf) => {
@@ -191,7 +263,7 @@ pub async fn run(
                     continue;
                 };
                 if let Some(r) = sessions.get_mut(&name) {
-                    metrics.packets_received.get_or_create(&Metrics::peer(&name)).inc();
+                    metrics.packets_received.get_or_create(&Metrics::peer(r.peer.address)).inc();
                     match r.session.process(Event::Received(p)) {
                         Ok(out) => apply(&name, r, out, &changes, &metrics, &mut random).await,
                         Err(d) => metrics.dropped_for(d.label()),
@@ -204,7 +276,7 @@ pub async fn run(
                     if r.detect_at.is_some_and(|at| at <= now) {
                         r.detect_at = None;
                         if r.session.state() == State::Up {
-                            metrics.detections.get_or_create(&Metrics::peer(name)).inc();
+                            metrics.detections.get_or_create(&Metrics::peer(r.peer.address)).inc();
                         }
                         if let Ok(out) = r.session.process(Event::DetectionTimeExpired) {
                             apply(name, r, out, &changes, &metrics, &mut random).await;
@@ -226,7 +298,7 @@ pub async fn run(
         if let Ok(out) = r.session.process(Event::AdminDown) {
             apply(&name, &mut r, out, &changes, &metrics, &mut random).await;
         }
-        metrics.forget(&name);
+        metrics.forget(r.peer.address);
     }
     Ok(())
 }
@@ -331,7 +403,7 @@ async fn apply(
     metrics: &Metrics,
     random: &mut Random,
 ) {
-    let label = Metrics::peer(name);
+    let label = Metrics::peer(r.peer.address);
     for o in out {
         match o {
             Output::Send(p) => {
@@ -357,7 +429,11 @@ async fn apply(
                     ?diag,
                     "BFD session"
                 );
-                metrics.state_changes.get_or_create(&label).inc();
+                if to == State::Up {
+                    metrics.up_events.get_or_create(&label).inc();
+                } else if from == State::Up {
+                    metrics.down_events.get_or_create(&label).inc();
+                }
                 metrics
                     .session_up
                     .get_or_create(&label)

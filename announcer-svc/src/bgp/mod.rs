@@ -7,6 +7,7 @@ pub mod socket;
 pub mod speaker;
 pub mod wire;
 
+use crate::bfd;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -66,15 +67,101 @@ pub struct Manager {
     metrics: Arc<BgpMetrics>,
     sessions: BTreeMap<String, Session>,
     routes: BTreeMap<Prefix, BTreeMap<String, Route>>,
+    bfd: Bfd,
+}
+
+/// The node's BFD sessions, one per BGP session with a profile: started with the first.
+struct Bfd {
+    running: Option<mpsc::UnboundedSender<bfd::runner::Command>>,
+    changes: mpsc::UnboundedReceiver<bfd::runner::Change>,
+    report: mpsc::UnboundedSender<bfd::runner::Change>,
+    metrics: Arc<bfd::runner::Metrics>,
+    /// Where the runner listens: single hop and multihop, IPv4.
+    listen: Vec<std::net::SocketAddr>,
+}
+
+impl Bfd {
+    fn new(metrics: Arc<bfd::runner::Metrics>) -> Bfd {
+        let (report, changes) = mpsc::unbounded_channel();
+        let any = std::net::Ipv4Addr::UNSPECIFIED.into();
+        Bfd {
+            running: None,
+            changes,
+            report,
+            metrics,
+            listen: vec![
+                std::net::SocketAddr::new(any, bfd::SINGLE_HOP_PORT),
+                std::net::SocketAddr::new(any, bfd::MULTIHOP_PORT),
+            ],
+        }
+    }
+
+    /// Runs (or changes) the BFD session of `spec`, or ends it when the peer has no profile.
+    fn follow(&mut self, spec: &PeerSpec) {
+        let Some(profile) = spec.bfd else {
+            self.end(&spec.name);
+            return;
+        };
+        let peer = bfd::runner::Peer {
+            address: spec.address,
+            port: if spec.ebgp_multihop {
+                bfd::MULTIHOP_PORT
+            } else {
+                bfd::SINGLE_HOP_PORT
+            },
+            source: spec.source,
+            config: profile.config,
+            multihop: spec.ebgp_multihop,
+            minimum_ttl: profile.minimum_ttl,
+        };
+        let commands = self.running.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let (listen, report, metrics) = (
+                self.listen.clone(),
+                self.report.clone(),
+                Arc::clone(&self.metrics),
+            );
+            tokio::spawn(async move {
+                if let Err(e) = bfd::runner::run(listen, rx, report, metrics).await {
+                    tracing::error!(error = %e, "BFD cannot run: its sessions stay down");
+                }
+            });
+            tx
+        });
+        let _ = commands.send(bfd::runner::Command::Set(spec.name.clone(), peer));
+    }
+
+    fn end(&self, name: &str) {
+        if let Some(commands) = &self.running {
+            let _ = commands.send(bfd::runner::Command::Remove(name.to_string()));
+        }
+    }
 }
 
 impl Manager {
-    pub fn new(common: Common, metrics: Arc<BgpMetrics>) -> Manager {
+    pub fn new(
+        common: Common,
+        metrics: Arc<BgpMetrics>,
+        bfd_metrics: Arc<bfd::runner::Metrics>,
+    ) -> Manager {
         Manager {
             common,
             metrics,
             sessions: BTreeMap::new(),
             routes: BTreeMap::new(),
+            bfd: Bfd::new(bfd_metrics),
+        }
+    }
+
+    /// A BFD session changed: its BGP session goes down with it, and up again after it.
+    fn bfd_changed(&self, c: bfd::runner::Change) {
+        let up = match (c.from, c.to) {
+            (_, bfd::packet::State::Up) => true,
+            (bfd::packet::State::Up, _) => false,
+            _ => return,
+        };
+        if let Some(s) = self.sessions.get(&c.name) {
+            let _ = s.commands.send(Command::Bfd { up });
         }
     }
 
@@ -87,7 +174,17 @@ impl Manager {
         guard: defense::Guard,
         binder: Option<Binder>,
     ) {
-        while let Some(mut u) = updates.recv().await {
+        loop {
+            let mut u = tokio::select! {
+                u = updates.recv() => match u {
+                    Some(u) => u,
+                    None => break,
+                },
+                Some(c) = self.bfd.changes.recv() => {
+                    self.bfd_changed(c);
+                    continue;
+                }
+            };
             let ours: BTreeSet<IpAddr> = match &binder {
                 Some(b) => match b.bound().await {
                     Ok(bound) => bound.into_iter().map(|(_, ip)| ip).collect(),
@@ -130,6 +227,7 @@ impl Manager {
             if let Some(s) = self.sessions.remove(name) {
                 tracing::info!(peer = name, "BGP peer no longer selects this node");
                 let _ = s.commands.send(Command::Stop { graceful: false });
+                self.bfd.end(name);
             }
         }
         // Per existing session: what to set and unset.
@@ -159,11 +257,12 @@ impl Manager {
         }
         let mut fresh = BTreeSet::new();
         for spec in c.sessions_set {
-            if self
-                .sessions
-                .get(&spec.name)
-                .is_some_and(|s| s.spec == spec)
+            self.bfd.follow(&spec);
+            if let Some(s) = self.sessions.get_mut(&spec.name)
+                && s.spec.same_session(&spec)
             {
+                // Only the BFD profile changed, if anything: renegotiated, the BGP session kept.
+                s.spec = spec;
                 continue;
             }
             if let Some(old) = self.sessions.remove(&spec.name) {
@@ -241,7 +340,7 @@ mod run_tests {
             started: std::time::Instant::now(),
             max_backoff: Duration::from_secs(1),
         };
-        let manager = Manager::new(common, Arc::default());
+        let manager = Manager::new(common, Arc::default(), Arc::default());
         let (tx, rx) = mpsc::channel(4);
         let running = tokio::spawn(manager.run(rx, guard, None));
         let route = |p: &str| (p.parse::<Prefix>().expect("a prefix"), BTreeMap::new());

@@ -36,9 +36,23 @@ pub struct PeerSpec {
     pub password: Option<ferrolb_common::Secret>,
     pub ebgp_multihop: bool,
     pub graceful_restart: bool,
+    /// A BFD session beside this one: while it is down, so is this session.
+    pub bfd: Option<crate::bfd::Profile>,
 }
 
 impl PeerSpec {
+    /// Whether `other` is the same BGP session (its BFD profile aside, which changes without
+    /// starting the session over).
+    pub fn same_session(&self, other: &PeerSpec) -> bool {
+        PeerSpec {
+            bfd: None,
+            ..self.clone()
+        } == PeerSpec {
+            bfd: None,
+            ..other.clone()
+        }
+    }
+
     /// The label this peer carries in metrics and logs (MetalLB's `addr:port`).
     pub fn label(&self) -> String {
         SocketAddr::new(self.address, self.port).to_string()
@@ -55,6 +69,9 @@ pub enum Command {
     },
     /// End the session; `graceful` leaves without a NOTIFICATION (see `Event::ManualStop`).
     Stop { graceful: bool },
+    /// The peer's BFD session went down (the session stops at once, with a NOTIFICATION) or
+    /// came up again (it starts).
+    Bfd { up: bool },
 }
 
 /// Settings shared by every session of the node.
@@ -101,6 +118,7 @@ pub fn spawn(spec: PeerSpec, common: &Common, metrics: Arc<BgpMetrics>) -> Sessi
         timers: BTreeMap::new(),
         metrics,
         buf: Vec::with_capacity(wire::MAX_LEN * 2),
+        bfd_down: false,
     };
     let task = tokio::spawn(shell.run(rx));
     Session {
@@ -124,6 +142,8 @@ struct Shell {
     timers: BTreeMap<Timer, Instant>,
     metrics: Arc<BgpMetrics>,
     buf: Vec<u8>,
+    /// Stopped by its BFD session, until that is up again.
+    bfd_down: bool,
 }
 
 /// How long a write may wait for the peer to read.
@@ -257,6 +277,17 @@ impl Shell {
                     self.step(Event::ManualStop { graceful }).await;
                     return true;
                 }
+                Command::Bfd { up: false } if !self.bfd_down => {
+                    tracing::warn!(peer = self.label, "BFD session down: BGP session stopped");
+                    self.bfd_down = true;
+                    self.step(Event::ManualStop { graceful: false }).await;
+                }
+                Command::Bfd { up: true } if self.bfd_down => {
+                    tracing::info!(peer = self.label, "BFD session up: BGP session starting");
+                    self.bfd_down = false;
+                    self.step(Event::ManualStart).await;
+                }
+                Command::Bfd { .. } => {}
             }
             next = commands.try_recv().ok();
         }

@@ -1,9 +1,12 @@
-//! BFDProfile: MetalLB's `bfdProfileFromCR` (each value within its range) and unique names.
-//! ferrolb's speaker runs no BFD yet, so a peer naming a profile is refused (see `peer`); the
-//! profiles themselves are checked as MetalLB checks them.
+//! BFDProfile: MetalLB's `bfdProfileFromCR` (each value within its range) and unique names. The
+//! echo function (RFC 5880 §6.4) is not run by ferrolb's BFD: a profile that asks for it is
+//! refused, with the reason.
 
 use super::{known, placed, unique_names};
 use crate::object::{Config, Rejection, kind::BFD_PROFILE as KIND};
+
+/// Why `echoMode: true` is refused.
+pub const ECHO_REFUSED: &str = "ferrolb's BFD sends control packets only and does not run the echo function: set echoMode to false (control packets alone detect a failure within detectMultiplier x receiveInterval)";
 
 pub(super) fn check(cfg: &Config, namespace: &str, out: &mut Vec<Rejection>) {
     for b in &cfg.bfd_profiles {
@@ -26,6 +29,13 @@ pub(super) fn check(cfg: &Config, namespace: &str, out: &mut Vec<Rejection>) {
                 ));
             }
         }
+    }
+    for b in cfg
+        .bfd_profiles
+        .iter()
+        .filter(|b| b.spec.echo_mode == Some(true))
+    {
+        out.push(Rejection::new(KIND, &b.name, "spec.echoMode", ECHO_REFUSED));
     }
     unique_names(KIND, &cfg.bfd_profiles, "bfd profile", out);
 }

@@ -263,6 +263,12 @@ fn bfd_profile(cfg: &Config, p: &Object<BGPPeerSpec>, out: &mut Vec<Rejection>) 
     if profile.spec.echo_mode != Some(true) {
         return;
     }
+    out.push(Rejection::new(
+        PEER,
+        &p.name,
+        field,
+        format!("bfd profile {name}: {}", super::bfd::ECHO_REFUSED),
+    ));
     let v6_pool = |pool: &&crate::object::Object<crate::crd::IPAddressPoolSpec>| {
         pool.spec
             .addresses
@@ -294,12 +300,6 @@ pub type IsSet = fn(&BGPPeerSpec) -> bool;
 /// The BGPPeer fields only MetalLB's FRR mode runs, each with whether a peer sets it (an empty
 /// text or a false flag is not set, as MetalLB's native mode reads them).
 pub const FRR_ONLY: &[(&str, IsSet)] = &[
-    ("spec.bfdProfile", |s| {
-        s.common
-            .bfd_profile
-            .as_deref()
-            .is_some_and(|v| !v.is_empty())
-    }),
     ("spec.dynamicASN", |s| s.dynamic_asn.is_some()),
     ("spec.localASN", |s| s.local_asn.is_some_and(|a| a != 0)),
     ("spec.interface", |s| {
@@ -474,7 +474,7 @@ mod tests {
     }
 
     #[test]
-    fn bfd_profiles_must_exist_and_echo_needs_ipv4_only() {
+    fn bfd_profiles_must_exist_and_echo_is_refused() {
         let profile = |name: &str, echo: bool| {
             Object::new(
                 name,
@@ -525,11 +525,18 @@ mod tests {
                 .filter(|r| r.field == "spec.bfdProfile" && !r.message.contains("FRR"))
                 .collect::<Vec<_>>()
         };
-        // Only r2 gets the IPv6 pool's prefixes.
+        // The echo profile's peers are refused (ferrolb runs no echo function); r2, which
+        // gets the IPv6 pool's prefixes, by MetalLB's rule too.
         let got = bfd_rules(&cfg);
-        assert_eq!(got.len(), 1);
-        assert_eq!(got[0].name, "r2");
-        assert!(got[0].message.contains("bfd echo enabled"), "{}", got[0]);
+        let names: Vec<&str> = got.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["r1", "r2", "r2"], "{got:?}");
+        let echo = got.iter().filter(|r| r.message.contains("echo function"));
+        assert_eq!(echo.count(), 2, "{got:?}");
+        assert!(
+            got.iter()
+                .any(|r| r.name == "r2" && r.message.contains("bfd echo enabled")),
+            "{got:?}"
+        );
         // The profiles deleted: the peers wait for them (transient).
         cfg.bfd_profiles.clear();
         let got = bfd_rules(&cfg);

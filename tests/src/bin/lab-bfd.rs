@@ -25,7 +25,7 @@ async fn main() {
         eprintln!("usage: lab-bfd LOCAL PEER INTERVAL_MS");
         std::process::exit(2);
     };
-    let (commands, rx) = tokio::sync::mpsc::channel(4);
+    let (commands, rx) = tokio::sync::mpsc::unbounded_channel();
     let (tx, mut changes) = tokio::sync::mpsc::unbounded_channel();
     let interval = Duration::from_millis(ms);
     let session = Peer {
@@ -41,7 +41,7 @@ async fn main() {
         multihop: false,
         minimum_ttl: 254,
     };
-    let _ = commands.send(Command::Set("peer".into(), session)).await;
+    let _ = commands.send(Command::Set("peer".into(), session));
     let listen = vec![SocketAddr::new(local, bfd::SINGLE_HOP_PORT)];
     let running = tokio::spawn(runner::run(listen, rx, tx, Arc::new(Metrics::default())));
     while let Some(c) = changes.recv().await {
