@@ -56,8 +56,8 @@ impl Drop for Telemetry {
 }
 
 /// Logs to standard error, filtered by `filter` (tracing's env-filter syntax; a filter that
-/// does not parse gives `info`), and exports every span at level info or above when `args`
-/// names a collector, whatever the log filter. `service` is the service name unless `OTEL_SERVICE_NAME` or
+/// does not parse gives `info`), and exports every span at level info or above (with the
+/// warnings and errors logged inside it) when `args` names a collector, whatever the log filter. `service` is the service name unless `OTEL_SERVICE_NAME` or
 /// `OTEL_RESOURCE_ATTRIBUTES` names one. Inside the Tokio runtime.
 pub fn init(filter: &str, service: &str, args: &TraceArgs) -> Result<Telemetry, String> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
@@ -80,7 +80,16 @@ pub fn init(filter: &str, service: &str, args: &TraceArgs) -> Result<Telemetry, 
         .with_target(false)
         .with_tracked_inactivity(false)
         .with_threads(false)
-        .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+        .with_filter(tracing_subscriber::filter::filter_fn(|m| {
+            // Spans at info and above; of the log events, only warnings and errors go along
+            // (as span events): a trace does not repeat every log line at the cost of each.
+            let least = if m.is_span() {
+                tracing::Level::INFO
+            } else {
+                tracing::Level::WARN
+            };
+            *m.level() <= least
+        }));
     logs.with(spans).init();
     EXPORTING.store(true, Ordering::Relaxed);
     tracing::info!(endpoint, "exporting traces");
@@ -231,6 +240,22 @@ pub fn follow(span: &Span, traceparent: &str) {
     if cx.span().span_context().is_valid() {
         let _ = span.set_parent(cx);
     }
+}
+
+/// The span `make` makes for work done for several calls at once (a batch): a child of the first
+/// call's span, linked to the others' (OpenTelemetry's fan-in); none when nothing is exported.
+pub fn fan_in(callers: &[Span], make: impl FnOnce() -> Span) -> Span {
+    let Some((first, rest)) = callers.split_first().filter(|_| exporting()) else {
+        return Span::none();
+    };
+    let span = make();
+    let _ = span.set_parent(first.context());
+    for c in rest {
+        if let Origin(Some(cx)) = Origin::of(c) {
+            span.add_link(cx);
+        }
+    }
+    span
 }
 
 /// A span something else follows from, carried beside data. Equal to every other `Origin`, so

@@ -90,17 +90,12 @@ pub(super) fn spawn(core: Arc<Core>) -> mpsc::Sender<Queued> {
             }
             ferrolb_common::process::fault("batch-worker");
             let (jobs, callers): (Vec<Job>, Vec<tracing::Span>) = jobs.into_iter().unzip();
-            // Each call's trace shows the batch it was in and the batch's commit.
-            let spans = if ferrolb_common::telemetry::exporting() {
-                let calls = jobs.len();
-                callers
-                    .iter()
-                    .map(|c| tracing::info_span!(parent: c, "batch", calls))
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            committing = run(&core, &mut state, committing, jobs, spans).await;
+            // The batch is a span of the first call's trace, linked from the others.
+            let calls = jobs.len();
+            let span =
+                ferrolb_common::telemetry::fan_in(&callers, || tracing::info_span!("batch", calls));
+            drop(callers);
+            committing = run(&core, &mut state, committing, jobs, span).await;
         }
     });
     tx
@@ -117,7 +112,7 @@ async fn run(
     cached: &mut Option<State>,
     previous: Option<Committed>,
     jobs: Vec<Job>,
-    spans: Vec<tracing::Span>,
+    span: tracing::Span,
 ) -> Option<Committed> {
     let started = std::time::Instant::now();
     // A server that stops answering must not hold every call of this replica.
@@ -134,20 +129,19 @@ async fn run(
             let core = Arc::clone(core);
             let (committed, outcome) = oneshot::channel();
             tokio::spawn(async move {
-                let commits: Vec<tracing::Span> = spans
-                    .iter()
-                    .map(|b| tracing::info_span!(parent: b, "commit"))
-                    .collect();
+                let commit = if span.is_none() {
+                    tracing::Span::none()
+                } else {
+                    tracing::info_span!(parent: &span, "commit")
+                };
                 let done = match tokio::time::timeout(bound, tx.commit()).await {
                     Ok(done) => done.map_err(TxError::from),
                     Err(_) => Err(TxError::Fail(no_answer(bound))),
                 };
                 if done.is_ok() {
-                    for c in &commits {
-                        core.causes.record(c);
-                    }
+                    core.causes.record(&commit);
                 }
-                drop(commits);
+                drop(commit);
                 // The next batch may be waiting on this to trust its state.
                 let _ = committed.send(done.is_ok());
                 match done {
