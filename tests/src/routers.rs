@@ -390,3 +390,122 @@ pub fn eventually<T: std::fmt::Debug>(
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// BIRD with eBGP sessions to the three nodes (AS 65000 to 65001) with `hold` seconds of hold
+/// time, and BFD with them at `bfd_ms` × 3 when given; after a failure BIRD takes connections
+/// again within seconds (its default error wait is a minute or more).
+pub fn bird_three_nodes(hold: u16, bfd_ms: Option<u32>) -> String {
+    let keepalive = (hold / 3).max(1);
+    let (bfd, on) = match bfd_ms {
+        Some(ms) => (
+            format!("protocol bfd {{ interface \"*\" {{ interval {ms} ms; multiplier 3; }}; }}"),
+            "on",
+        ),
+        None => (String::new(), "off"),
+    };
+    format!(
+        r#"
+router id 10.250.0.1;
+log stderr all;
+protocol device {{ }}
+{bfd}
+template bgp nodes {{
+  local 10.250.0.1 as 65000; passive on; hold time {hold}; keepalive time {keepalive}; bfd {on};
+  error wait time 1, 2;
+  ipv4 {{ import all; export none; }};
+}}
+protocol bgp n1 from nodes {{ neighbor 10.250.0.11 as 65001; }}
+protocol bgp n2 from nodes {{ neighbor 10.250.0.12 as 65001; }}
+protocol bgp n3 from nodes {{ neighbor 10.250.0.13 as 65001; }}
+"#
+    )
+}
+
+/// The ferrolb side of [`bird_three_nodes`]: a BGPPeer for the router (with a BFDProfile of
+/// `bfd_ms` × 3 when given), a pool and its advertisement.
+pub fn three_nodes_yaml(hold: u16, bfd_ms: Option<u32>) -> String {
+    let (profile, named) = match bfd_ms {
+        Some(ms) => (
+            format!(
+                "apiVersion: metallb.io/v1beta1\nkind: BFDProfile\nmetadata: {{name: fast, namespace: metallb-system}}\n\
+                 spec: {{receiveInterval: {ms}, transmitInterval: {ms}, detectMultiplier: 3}}\n---\n"
+            ),
+            ", bfdProfile: fast",
+        ),
+        None => (String::new(), ""),
+    };
+    format!(
+        "{profile}apiVersion: metallb.io/v1beta2\nkind: BGPPeer\nmetadata: {{name: router, namespace: metallb-system}}\n\
+         spec: {{myASN: 65001, peerASN: 65000, peerAddress: 10.250.0.1, holdTime: {hold}s{named}}}\n---\n\
+         apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {{name: bgp-pool, namespace: metallb-system}}\n\
+         spec: {{addresses: [10.100.60.0/28]}}\n---\n\
+         apiVersion: metallb.io/v1beta1\nkind: BGPAdvertisement\nmetadata: {{name: bgp-pool, namespace: metallb-system}}\n\
+         spec: {{ipAddressPools: [bgp-pool]}}\n"
+    )
+}
+
+/// BIRD and ferrolb set up as above in `lab`, a Service's address advertised by all three
+/// nodes; returns BIRD and the address's /32, once BIRD has a path to it from each node.
+pub fn three_node_bgp(lab: &HomeLab, hold: u16, bfd_ms: Option<u32>) -> (Bird, String) {
+    let bird = Bird::start(lab, &bird_three_nodes(hold, bfd_ms));
+    let file = lab.dir.0.join("three-nodes.yaml");
+    std::fs::write(&file, three_nodes_yaml(hold, bfd_ms)).expect("write the BGP file");
+    lab.ctl(&[
+        "apply",
+        "-f",
+        &file.to_string_lossy(),
+        "--cluster",
+        crate::home::CLUSTER,
+    ]);
+    let out = lab.ctl(&[
+        "-o",
+        "json",
+        "allocate",
+        "--cluster",
+        crate::home::CLUSTER,
+        "--namespace",
+        "default",
+        "--name",
+        "web",
+        "--pool",
+        "bgp-pool",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("allocate -o json");
+    let ip = v[0]["ips"][0]
+        .as_str()
+        .unwrap_or_else(|| panic!("no address in {out}"));
+    let prefix = format!("{ip}/32");
+    lab.set_endpoints("web", &["n1", "n2", "n3"], false);
+    wait_via(&bird, &prefix, &["n1", "n2", "n3"], Duration::from_secs(30));
+    (bird, prefix)
+}
+
+/// The BIRD protocols (nodes) with a path to `prefix`, sorted.
+pub fn via(bird: &Bird, prefix: &str) -> Vec<String> {
+    let mut from: Vec<String> = bird
+        .paths()
+        .into_iter()
+        .filter(|p| p.prefix == prefix)
+        .map(|p| p.from)
+        .collect();
+    from.sort();
+    from
+}
+
+/// Waits until BIRD's paths to `prefix` come from exactly `want`; how long that took.
+pub fn wait_via(bird: &Bird, prefix: &str, want: &[&str], within: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        if via(bird, prefix) == want {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "paths to {prefix} from {:?}, not {want:?}, after {within:?}\n{}\n{}",
+            via(bird, prefix),
+            bird.birdc(&["show", "bfd", "sessions"]),
+            bird.birdc(&["show", "protocols"]),
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

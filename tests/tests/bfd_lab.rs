@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use ferrolb_e2e::home::{HomeLab, Options};
-use ferrolb_e2e::routers::Bird;
+use ferrolb_e2e::routers::{self, Bird};
 
 const BIRD_BFD: &str = r#"
 router id 10.250.0.1;
@@ -101,104 +101,10 @@ fn bfd_sessions_with_bird_come_up_and_a_lost_node_is_detected_within_the_detecti
     );
 }
 
-/// BIRD with BGP sessions to the three nodes, each with BFD (100 ms × 3); after a failure it
-/// takes connections again within seconds (BIRD's default error wait is a minute or more).
-const BIRD_BGP_BFD: &str = r#"
-router id 10.250.0.1;
-log stderr all;
-protocol device { }
-protocol bfd { interface "*" { interval 100 ms; multiplier 3; }; }
-template bgp nodes {
-  local 10.250.0.1 as 65000; passive on; hold time 9; keepalive time 3; bfd on;
-  error wait time 1, 2;
-  ipv4 { import all; export none; };
-}
-protocol bgp n1 from nodes { neighbor 10.250.0.11 as 65001; }
-protocol bgp n2 from nodes { neighbor 10.250.0.12 as 65001; }
-protocol bgp n3 from nodes { neighbor 10.250.0.13 as 65001; }
-"#;
-
-const BFD_YAML: &str = r#"
-apiVersion: metallb.io/v1beta1
-kind: BFDProfile
-metadata: {name: fast, namespace: metallb-system}
-spec: {receiveInterval: 100, transmitInterval: 100, detectMultiplier: 3}
----
-apiVersion: metallb.io/v1beta2
-kind: BGPPeer
-metadata: {name: router, namespace: metallb-system}
-spec: {myASN: 65001, peerASN: 65000, peerAddress: 10.250.0.1, bfdProfile: fast}
----
-apiVersion: metallb.io/v1beta1
-kind: IPAddressPool
-metadata: {name: bfd-pool, namespace: metallb-system}
-spec: {addresses: [10.100.60.0/28]}
----
-apiVersion: metallb.io/v1beta1
-kind: BGPAdvertisement
-metadata: {name: bfd-pool, namespace: metallb-system}
-spec: {ipAddressPools: [bfd-pool]}
-"#;
-
-/// The nodes BIRD has a path to `prefix` from.
-fn via(bird: &Bird, prefix: &str) -> Vec<String> {
-    let mut from: Vec<String> = bird
-        .paths()
-        .into_iter()
-        .filter(|p| p.prefix == prefix)
-        .map(|p| p.from)
-        .collect();
-    from.sort();
-    from
-}
-
-fn wait_via(bird: &Bird, prefix: &str, want: &[&str], within: Duration) -> Duration {
-    let start = Instant::now();
-    loop {
-        if via(bird, prefix) == want {
-            return start.elapsed();
-        }
-        assert!(
-            start.elapsed() < within,
-            "paths to {prefix} from {:?}, not {want:?}, after {within:?}\n{}\n{}",
-            via(bird, prefix),
-            bird.birdc(&["show", "bfd", "sessions"]),
-            bird.birdc(&["show", "protocols"]),
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn a_bgp_peer_with_a_bfd_profile_loses_a_cut_nodes_path_within_the_detection_time() {
     let lab = HomeLab::up("bb", Options::default());
-    let bird = Bird::start(&lab, BIRD_BGP_BFD);
-    let file = lab.dir.0.join("bfd.yaml");
-    std::fs::write(&file, BFD_YAML).unwrap();
-    lab.ctl(&[
-        "apply",
-        "-f",
-        &file.to_string_lossy(),
-        "--cluster",
-        ferrolb_e2e::home::CLUSTER,
-    ]);
-    let out = lab.ctl(&[
-        "-o",
-        "json",
-        "allocate",
-        "--cluster",
-        ferrolb_e2e::home::CLUSTER,
-        "--namespace",
-        "default",
-        "--name",
-        "web",
-        "--pool",
-        "bfd-pool",
-    ]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let prefix = format!("{}/32", v[0]["ips"][0].as_str().unwrap());
-    lab.set_endpoints("web", &["n1", "n2", "n3"], false);
-    wait_via(&bird, &prefix, &["n1", "n2", "n3"], Duration::from_secs(20));
+    let (bird, prefix) = routers::three_node_bgp(&lab, 9, Some(100));
     // Each node's BFD session runs the profile's timers with BIRD's.
     let start = Instant::now();
     loop {
@@ -215,7 +121,7 @@ fn a_bgp_peer_with_a_bfd_profile_loses_a_cut_nodes_path_within_the_detection_tim
     // margin; the hold timer (9 s) alone would take seconds.
     let cut = Instant::now();
     lab.must("n1", &["ip", "link", "set", "eth0", "down"]);
-    wait_via(&bird, &prefix, &["n2", "n3"], Duration::from_secs(5));
+    routers::wait_via(&bird, &prefix, &["n2", "n3"], Duration::from_secs(5));
     let took = cut.elapsed();
     eprintln!("link cut: n1's path gone after {took:?}");
     assert!(
@@ -225,7 +131,7 @@ fn a_bgp_peer_with_a_bfd_profile_loses_a_cut_nodes_path_within_the_detection_tim
 
     // The link back: BFD, then BGP, come up again and the path returns.
     lab.must("n1", &["ip", "link", "set", "eth0", "up"]);
-    wait_via(&bird, &prefix, &["n1", "n2", "n3"], Duration::from_secs(20));
+    routers::wait_via(&bird, &prefix, &["n1", "n2", "n3"], Duration::from_secs(20));
     let metrics = lab.must("router", &["curl", "-s", "http://10.250.0.11:7472/metrics"]);
     for want in [
         "metallb_bfd_session_up{peer=\"10.250.0.1\"} 1",
