@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::{Endpoints, NodeInfo, Silence, pool_applies, service_of};
+use crate::cluster::{Endpoints, NodeInfo, Silence, pool_applies, serves, service_of};
 use crate::election::EXCLUDE_LABEL;
 use crate::error::{Error, Result};
 use crate::lease::Lease;
@@ -168,16 +168,14 @@ pub struct BgpAd {
     pub pool_selectors: Vec<LabelSelector>,
     pub node_selectors: Vec<LabelSelector>,
     pub peers: Vec<String>,
+    /// MetalLB 0.16: only Services whose labels match one of them (none: every Service).
+    #[serde(default)]
+    pub service_selectors: Vec<LabelSelector>,
 }
 
 impl BgpAd {
-    /// Checks an advertisement; `aliases` are the cluster's Community aliases and
-    /// `service_selectors` how many the request carried.
-    pub fn validate(
-        &self,
-        aliases: &BTreeMap<String, Community>,
-        service_selectors: usize,
-    ) -> Result<()> {
+    /// Checks an advertisement; `aliases` are the cluster's Community aliases.
+    pub fn validate(&self, aliases: &BTreeMap<String, Community>) -> Result<()> {
         validate_name("cluster", &self.cluster)?;
         validate_name("name", &self.name)?;
         if !(1..=32).contains(&self.aggregation_length) {
@@ -213,10 +211,12 @@ impl BgpAd {
                 ));
             }
         }
-        if service_selectors > 0 {
+        let aggregates = self.aggregation_length != 32 || self.aggregation_length_v6 != 128;
+        if aggregates && !self.service_selectors.is_empty() {
             return Err(Error::invalid(
                 "service_selectors",
-                "is not supported yet: remove it, or split the advertisement by pool",
+                "service selectors and a non-default aggregation length are mutually exclusive: \
+                 an aggregated route would stand for Services the selectors leave out",
             ));
         }
         Ok(())
@@ -458,9 +458,11 @@ pub fn decide(input: Input<'_>) -> Decision {
         .collect();
 
     let mut by_ip: BTreeMap<IpAddr, BgpAnnouncement> = BTreeMap::new();
+    let no_labels = Labels::new();
     for lease in input.leases {
         let svc = service_of(&lease.owner);
         let ends = svc.as_ref().and_then(|s| input.endpoints.get(s));
+        let service_labels = ends.map_or(&no_labels, |e| &e.labels);
         for a in &lease.addrs {
             let ann = by_ip.entry(a.ip).or_insert_with(|| BgpAnnouncement {
                 ip: a.ip,
@@ -476,8 +478,10 @@ pub fn decide(input: Input<'_>) -> Decision {
                 .ads
                 .iter()
                 .filter(|ad| pool_applies(&ad.pools, &ad.pool_selectors, &a.pool, labels))
+                .filter(|ad| serves(&ad.service_selectors, service_labels))
                 .collect();
-            if let Some(s) = silence(&ads, ends) {
+            let refused = || refusal(lease, a.ip, &ads, &eligible);
+            if let Some(s) = silence(&ads, ends).or_else(refused) {
                 // Another lease on the same address may still advertise it.
                 if ann.nodes.is_empty() {
                     ann.silence = Some(s);
@@ -550,6 +554,32 @@ fn silence(ads: &[&BgpAd], ends: Option<&Endpoints>) -> Option<Silence> {
         }
         _ => Some(Silence::NoEndpoints),
     }
+}
+
+/// Why MetalLB 0.16 does not advertise an address its Service's advertisements select: the
+/// Service shares it and one of them has service selectors, or two of them, one with service
+/// selectors, would send the same route to the same peer from the same node with different
+/// local preferences.
+fn refusal(lease: &Lease, ip: IpAddr, ads: &[&BgpAd], eligible: &[&NodeInfo]) -> Option<Silence> {
+    let selective = |ad: &&&BgpAd| !ad.service_selectors.is_empty();
+    if !lease.sharing_key.is_empty() && ads.iter().any(|ad| selective(&ad)) {
+        return Some(Silence::SharedIpWithServiceSelector);
+    }
+    let same_route = |a: &BgpAd, b: &BgpAd| {
+        let peers_meet =
+            a.peers.is_empty() || b.peers.is_empty() || a.peers.iter().any(|p| b.peers.contains(p));
+        a.local_pref != b.local_pref
+            && a.prefix(ip) == b.prefix(ip)
+            && peers_meet
+            && eligible
+                .iter()
+                .any(|n| a.selects(&n.labels) && b.selects(&n.labels))
+    };
+    let conflict = ads.iter().filter(selective).any(|a| {
+        ads.iter()
+            .any(|b| !std::ptr::eq(*a, *b) && same_route(a, b))
+    });
+    conflict.then_some(Silence::ConflictingAdvertisements)
 }
 
 /// Node `n` advertises `ip` by each of `ads` that selects it, to the advertisement's peers

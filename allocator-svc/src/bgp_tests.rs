@@ -34,6 +34,7 @@ fn ad(name: &str) -> BgpAd {
         pool_selectors: vec![],
         node_selectors: vec![],
         peers: vec![],
+        service_selectors: vec![],
     }
 }
 
@@ -75,6 +76,7 @@ impl World {
                     nodes: ["n1".to_string()].into(),
                     any_serving: true,
                     local: false,
+                    labels: Labels::new(),
                 },
             )]
             .into(),
@@ -256,7 +258,7 @@ fn validation_rules() {
         assert!(b.validate().is_err(), "{b:?}");
     }
     let none = BTreeMap::new();
-    assert!(ad("a").validate(&none, 0).is_ok());
+    assert!(ad("a").validate(&none).is_ok());
     for b in [
         BgpAd {
             aggregation_length: 33,
@@ -282,10 +284,24 @@ fn validation_rules() {
             peers: vec!["p".into(), "p".into()],
             ..ad("a")
         },
+        BgpAd {
+            aggregation_length: 24,
+            service_selectors: vec![LabelSelector::default()],
+            ..ad("a")
+        },
+        BgpAd {
+            aggregation_length_v6: 64,
+            service_selectors: vec![LabelSelector::default()],
+            ..ad("a")
+        },
     ] {
-        assert!(b.validate(&none, 0).is_err(), "{b:?}");
+        assert!(b.validate(&none).is_err(), "{b:?}");
     }
-    assert!(ad("a").validate(&none, 1).is_err());
+    let selective = BgpAd {
+        service_selectors: vec![LabelSelector::default()],
+        ..ad("a")
+    };
+    assert!(selective.validate(&none).is_ok());
     let set = |name: &str, alias: &str, value: &str| CommunitySet {
         cluster: "corp".into(),
         name: name.into(),
@@ -374,4 +390,142 @@ fn a_pool_may_not_outgrow_the_aggregation_of_the_advertisements_that_cover_it() 
     // East's own apply is checked with its configuration; a pool not open to east is not its.
     assert!(fits_advertisements(&pool(&["east", "west"]), &ads, Some("east")).is_ok());
     assert!(fits_advertisements(&pool(&["west"]), &ads, None).is_ok());
+}
+
+fn select(key: &str, value: &str) -> LabelSelector {
+    LabelSelector {
+        match_labels: [(key.to_string(), value.to_string())].into(),
+        match_expressions: vec![],
+    }
+}
+
+impl World {
+    fn label(&mut self, service: &str, key: &str, value: &str) {
+        let e = self
+            .endpoints
+            .entry(("default".to_string(), service.to_string()))
+            .or_insert_with(|| Endpoints {
+                nodes: ["n1".to_string()].into(),
+                any_serving: true,
+                ..Endpoints::default()
+            });
+        e.labels.insert(key.into(), value.into());
+    }
+
+    fn silence(&self, ip: &str) -> Option<Silence> {
+        let ip: IpAddr = ip.parse().expect("ip");
+        let d = self.decide();
+        d.announcements.into_iter().find(|a| a.ip == ip)?.silence
+    }
+}
+
+/// MetalLB 0.16's serviceSelectors on a BGPAdvertisement: ORed, and the pools still apply.
+#[test]
+fn service_selectors_choose_the_services() {
+    let mut w = World::new();
+    w.ads = vec![BgpAd {
+        service_selectors: vec![select("tier", "front"), select("app", "dns")],
+        communities: vec!["65000:1".into()],
+        ..ad("front")
+    }];
+    assert_eq!(
+        w.silence("10.251.0.10"),
+        Some(Silence::NoMatchingAdvertisement)
+    );
+    w.label("web", "app", "dns");
+    assert_eq!(w.advertisers("10.251.0.10"), ["n1", "n2", "n3"]);
+    // A second advertisement for other Services adds nothing to this one's route.
+    w.ads.push(BgpAd {
+        service_selectors: vec![select("tier", "back")],
+        communities: vec!["65000:2".into()],
+        ..ad("back")
+    });
+    let d = w.decide();
+    let prefix = ("10.251.0.10".parse().expect("ip"), 32);
+    let route = &d.nodes["n1"].routes[&prefix]["router"];
+    assert_eq!(
+        route.communities,
+        [Community::Standard(65000 << 16 | 1)].into()
+    );
+    w.ads[0].pools = vec!["other".into()];
+    w.ads[1].service_selectors = vec![select("app", "dns")];
+    assert_eq!(w.advertisers("10.251.0.10"), ["n1", "n2", "n3"]);
+    w.ads[1].pools = vec!["other".into()];
+    assert_eq!(
+        w.silence("10.251.0.10"),
+        Some(Silence::NoMatchingAdvertisement)
+    );
+}
+
+/// A sharing Service that an advertisement with service selectors matches is not advertised.
+#[test]
+fn a_shared_address_with_service_selectors_is_not_advertised() {
+    let mut w = World::new();
+    w.leases = vec![
+        lease("web", &["10.251.0.11"]),
+        lease("dns", &["10.251.0.11"]),
+    ];
+    for l in &mut w.leases {
+        l.sharing_key = "k".into();
+    }
+    w.label("web", "tier", "front");
+    w.label("dns", "tier", "front");
+    w.ads = vec![BgpAd {
+        service_selectors: vec![select("tier", "front")],
+        ..ad("front")
+    }];
+    assert_eq!(
+        w.silence("10.251.0.11"),
+        Some(Silence::SharedIpWithServiceSelector)
+    );
+    assert!(w.advertisers("10.251.0.11").is_empty());
+    w.ads[0].service_selectors.clear();
+    assert_eq!(w.advertisers("10.251.0.11"), ["n1", "n2", "n3"]);
+}
+
+/// Two advertisements that select one Service and would send it the same route with two
+/// local preferences: nothing is advertised (MetalLB's conflictingAdvertisements), unless
+/// their peers or nodes keep the routes apart.
+#[test]
+fn conflicting_local_preferences_are_not_advertised() {
+    let mut w = World::new();
+    w.peers = vec![peer("a", 64513), peer("b", 64513)];
+    w.label("web", "tier", "front");
+    w.ads = vec![
+        BgpAd {
+            local_pref: 100,
+            ..ad("all")
+        },
+        BgpAd {
+            local_pref: 200,
+            service_selectors: vec![select("tier", "front")],
+            ..ad("front")
+        },
+    ];
+    assert_eq!(
+        w.silence("10.251.0.10"),
+        Some(Silence::ConflictingAdvertisements)
+    );
+    assert!(w.advertisers("10.251.0.10").is_empty());
+    // Disjoint peers.
+    w.ads[0].peers = vec!["a".into()];
+    w.ads[1].peers = vec!["b".into()];
+    assert_eq!(w.silence("10.251.0.10"), None);
+    let d = w.decide();
+    let prefix = ("10.251.0.10".parse().expect("ip"), 32);
+    assert_eq!(d.nodes["n2"].routes[&prefix]["a"].local_pref, 100);
+    assert_eq!(d.nodes["n2"].routes[&prefix]["b"].local_pref, 200);
+    // Disjoint nodes.
+    w.ads[1].peers.clear();
+    w.nodes[0].labels.insert("rack".into(), "1".into());
+    w.nodes[1].labels.insert("rack".into(), "2".into());
+    w.ads[0].node_selectors = vec![select("rack", "1")];
+    w.ads[1].node_selectors = vec![select("rack", "2")];
+    assert_eq!(w.silence("10.251.0.10"), None);
+    assert_eq!(w.advertisers("10.251.0.10"), ["n1", "n2"]);
+    // The same local preference never conflicts.
+    w.ads[0].node_selectors.clear();
+    w.ads[1].node_selectors.clear();
+    w.ads[1].local_pref = 100;
+    assert_eq!(w.advertisers("10.251.0.10"), ["n1", "n2", "n3"]);
 }

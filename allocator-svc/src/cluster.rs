@@ -36,6 +36,9 @@ pub struct Endpoints {
     pub any_serving: bool,
     /// externalTrafficPolicy Local.
     pub local: bool,
+    /// The Service's labels.
+    #[serde(default)]
+    pub labels: Labels,
 }
 
 /// One weighted preference, stored form.
@@ -57,12 +60,14 @@ pub struct L2Ad {
     pub node_selectors: Vec<LabelSelector>,
     pub interfaces: Vec<String>,
     pub preferences: Vec<Preferred>,
+    /// MetalLB 0.16: only Services whose labels match one of them (none: every Service).
+    #[serde(default)]
+    pub service_selectors: Vec<LabelSelector>,
 }
 
 impl L2Ad {
-    /// Checks an advertisement as MetalLB's webhook would; `service_selectors` is how many the
-    /// request carried.
-    pub fn validate(&self, service_selectors: usize) -> Result<()> {
+    /// Checks an advertisement as MetalLB's webhook would.
+    pub fn validate(&self) -> Result<()> {
         validate_name("cluster", &self.cluster)?;
         validate_name("name", &self.name)?;
         let mut seen = BTreeSet::new();
@@ -90,17 +95,15 @@ impl L2Ad {
                 ));
             }
         }
-        if service_selectors > 0 {
-            return Err(Error::invalid(
-                "service_selectors",
-                "is not supported yet: remove it, or split the advertisement by pool",
-            ));
-        }
         Ok(())
     }
 
     fn applies_to(&self, pool: &str, labels: Option<&Labels>) -> bool {
         pool_applies(&self.pools, &self.pool_selectors, pool, labels)
+    }
+
+    fn serves(&self, service: &Labels) -> bool {
+        serves(&self.service_selectors, service)
     }
 
     fn election(&self) -> Advertisement {
@@ -122,6 +125,12 @@ impl L2Ad {
     }
 }
 
+/// MetalLB 0.16: an advertisement without service selectors serves every Service, one with
+/// some the Services whose labels match any of them.
+pub(crate) fn serves(selectors: &[LabelSelector], service: &Labels) -> bool {
+    selectors.is_empty() || selectors.iter().any(|s| s.matches(service))
+}
+
 /// Why nobody announces an address (MetalLB's `serviceWithdrawn` reasons where they apply).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Silence {
@@ -130,6 +139,12 @@ pub enum Silence {
     NoLocalEndpoints,
     /// No live announcer on an eligible node.
     NoEligibleNode,
+    /// A Service that shares its address matches an advertisement with service selectors,
+    /// which MetalLB does not announce (the sharing Services could select different nodes).
+    SharedIpWithServiceSelector,
+    /// The advertisements that select a Service would send one route with two local
+    /// preferences (BGP only; only service selectors let such advertisements be applied).
+    ConflictingAdvertisements,
 }
 
 impl Silence {
@@ -139,6 +154,8 @@ impl Silence {
             Silence::NoEndpoints => "noEndpoints",
             Silence::NoLocalEndpoints => "noLocalEndpoints",
             Silence::NoEligibleNode => "noEligibleNode",
+            Silence::SharedIpWithServiceSelector => "sharedIPWithServiceSelector",
+            Silence::ConflictingAdvertisements => "conflictingAdvertisements",
         }
     }
 }
@@ -300,6 +317,9 @@ struct Group<'a> {
     ads: Vec<&'a L2Ad>,
     /// The group's endpoints, merged; None when no Service of it reported any.
     endpoints: Option<Endpoints>,
+    /// A sharing Service of the group matched an advertisement with service selectors; it
+    /// adds neither advertisements nor endpoints.
+    refused_shared: bool,
 }
 
 impl<'a> Group<'a> {
@@ -312,27 +332,41 @@ impl<'a> Group<'a> {
             local: true,
             ..Endpoints::default()
         };
-        let mut reported = false;
+        let mut any_reported = false;
+        let mut refused_shared = false;
+        let no_labels = Labels::new();
         for &i in members {
             let lease = input.leases[i];
             if let Some(a) = lease.addrs.first() {
                 first_ip = Some(first_ip.map_or(a.ip, |f| f.min(a.ip)));
             }
-            for a in &lease.addrs {
-                ips.insert(a.ip);
-                let pool = input.pools.get(&a.pool);
-                for ad in input.ads.iter().filter(|ad| ad.applies_to(&a.pool, pool)) {
-                    if !ads.iter().any(|x| x.name == ad.name) {
-                        ads.push(ad);
-                    }
+            ips.extend(lease.addrs.iter().map(|a| a.ip));
+            let svc = service_of(&lease.owner);
+            if let Some((ns, name)) = &svc {
+                services.insert(format!("{ns}/{name}"));
+            }
+            let reported = svc.as_ref().and_then(|s| input.endpoints.get(s));
+            let labels = reported.map_or(&no_labels, |e| &e.labels);
+            let mine = input.ads.iter().filter(|ad| {
+                ad.serves(labels)
+                    && lease
+                        .addrs
+                        .iter()
+                        .any(|a| ad.applies_to(&a.pool, input.pools.get(&a.pool)))
+            });
+            let mine: Vec<&L2Ad> = mine.collect();
+            if !lease.sharing_key.is_empty() && mine.iter().any(|a| !a.service_selectors.is_empty())
+            {
+                refused_shared = true;
+                continue;
+            }
+            for ad in mine {
+                if !ads.iter().any(|x| x.name == ad.name) {
+                    ads.push(ad);
                 }
             }
-            let Some(svc) = service_of(&lease.owner) else {
-                continue;
-            };
-            services.insert(format!("{}/{}", svc.0, svc.1));
-            if let Some(e) = input.endpoints.get(&svc) {
-                reported = true;
+            if let Some(e) = reported {
+                any_reported = true;
                 ends.any_serving |= e.any_serving || !e.nodes.is_empty();
                 ends.local &= e.local;
                 ends.nodes.extend(e.nodes.iter().cloned());
@@ -343,14 +377,19 @@ impl<'a> Group<'a> {
             services,
             first_ip: first_ip?,
             ads,
-            endpoints: reported.then_some(ends),
+            endpoints: any_reported.then_some(ends),
+            refused_shared,
         })
     }
 
     /// The node that announces the group, or why none does.
     fn owner(&self, cluster: election::Cluster<'_>) -> Result<String, Silence> {
         if self.ads.is_empty() {
-            return Err(Silence::NoMatchingAdvertisement);
+            return Err(if self.refused_shared {
+                Silence::SharedIpWithServiceSelector
+            } else {
+                Silence::NoMatchingAdvertisement
+            });
         }
         let ends = match &self.endpoints {
             Some(e) if e.any_serving => e,
@@ -449,6 +488,7 @@ mod tests {
                         nodes: nodes.iter().map(|s| s.to_string()).collect(),
                         any_serving: !nodes.is_empty(),
                         local: *local,
+                        labels: Labels::new(),
                     },
                 )
             })
@@ -575,17 +615,114 @@ mod tests {
         assert_eq!(a.interfaces, ["eth0", "eth1"]);
     }
 
+    fn select(pairs: &[(&str, &str)]) -> LabelSelector {
+        LabelSelector {
+            match_labels: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            match_expressions: vec![],
+        }
+    }
+
+    impl World {
+        fn label(&mut self, service: &str, key: &str, value: &str) {
+            let e = self
+                .endpoints
+                .get_mut(&("default".to_string(), service.to_string()));
+            let e = e.expect("endpoints of the service");
+            e.labels.insert(key.into(), value.into());
+        }
+    }
+
+    /// MetalLB 0.16's serviceSelectors on an L2Advertisement, rule by rule.
+    #[test]
+    fn service_selectors() {
+        let mut w = World::new();
+        let front = L2Ad {
+            name: "front".into(),
+            service_selectors: vec![select(&[("tier", "front")]), select(&[("app", "dns")])],
+            ..ad(&["home-pool"])
+        };
+        w.ads = vec![front.clone()];
+        let ip = "192.168.1.240";
+        assert_eq!(w.owner_of(ip), Err(Silence::NoMatchingAdvertisement));
+        w.label("web", "tier", "front");
+        assert!(w.owner_of(ip).is_ok(), "selected");
+        w.endpoints = endpoints(&[("web", &["n1", "n2", "n3"], false)]);
+        w.label("web", "app", "dns");
+        assert!(w.owner_of(ip).is_ok(), "the selectors are ORed");
+        // The pools still have to match (pool AND service selectors).
+        w.ads = vec![L2Ad {
+            pools: vec!["other-pool".into()],
+            ..front.clone()
+        }];
+        assert_eq!(w.owner_of(ip), Err(Silence::NoMatchingAdvertisement));
+    }
+
+    /// A Service selects its own advertisements, and with them the nodes that may announce it.
+    #[test]
+    fn service_selectors_pick_the_candidates() {
+        let mut w = World::new();
+        w.nodes[1].labels.insert("zone".into(), "a".into());
+        w.nodes[2].labels.insert("zone".into(), "b".into());
+        let zone = |tier: &str, zone: &str| L2Ad {
+            name: format!("{tier}-{zone}"),
+            service_selectors: vec![select(&[("tier", tier)])],
+            node_selectors: vec![select(&[("zone", zone)])],
+            ..ad(&["home-pool"])
+        };
+        w.ads = vec![zone("front", "a"), zone("back", "b")];
+        w.leases.push(lease("db", &["192.168.1.250"]));
+        w.endpoints = endpoints(&[
+            ("web", &["n1", "n2", "n3"], false),
+            ("db", &["n1", "n2", "n3"], false),
+        ]);
+        w.label("web", "tier", "front");
+        w.label("db", "tier", "back");
+        assert_eq!(w.owner_of("192.168.1.240"), Ok("n2".into()));
+        assert_eq!(w.owner_of("192.168.1.250"), Ok("n3".into()));
+    }
+
+    /// MetalLB does not announce a sharing Service that an advertisement with service selectors
+    /// matches; one without selectors announces it as before.
+    #[test]
+    fn a_shared_address_and_service_selectors() {
+        let mut w = World::new();
+        w.leases = vec![
+            lease("web", &["192.168.1.241"]),
+            lease("dns", &["192.168.1.241"]),
+        ];
+        for l in &mut w.leases {
+            l.sharing_key = "k".into();
+        }
+        w.endpoints = endpoints(&[("web", &["n1"], false), ("dns", &["n1"], false)]);
+        w.label("web", "tier", "front");
+        w.label("dns", "tier", "front");
+        w.ads = vec![L2Ad {
+            service_selectors: vec![select(&[("tier", "front")])],
+            ..ad(&["home-pool"])
+        }];
+        assert_eq!(
+            w.owner_of("192.168.1.241"),
+            Err(Silence::SharedIpWithServiceSelector)
+        );
+        w.ads[0].service_selectors.clear();
+        assert!(w.owner_of("192.168.1.241").is_ok());
+    }
+
     #[test]
     fn validation() {
         let mut a = ad(&["p", "p"]);
-        assert!(a.validate(0).is_err());
+        assert!(a.validate().is_err());
         a.pools = vec!["p".into()];
-        assert!(a.validate(0).is_ok());
-        assert!(a.validate(1).is_err());
+        assert!(a.validate().is_ok());
+        a.service_selectors = vec![LabelSelector::default()];
+        assert!(a.validate().is_ok());
         a.preferences.push(Preferred {
             weight: 0,
             selector: LabelSelector::default(),
         });
-        assert!(a.validate(0).is_err());
+        assert!(a.validate().is_err());
     }
 }

@@ -613,10 +613,15 @@ async fn announcements_follow_the_change_log(store: SqlStore) {
 
     let store = Arc::new(store);
     apply(&store, spec("p", &["10.0.0.0/28"])).await;
+    let front = ferrolb_allocator::selector::LabelSelector {
+        match_labels: [("tier".to_string(), "front".to_string())].into(),
+        ..Default::default()
+    };
     store
         .apply_l2(&L2Ad {
             cluster: "c1".into(),
-            name: "all".into(),
+            name: "front".into(),
+            service_selectors: vec![front],
             ..L2Ad::default()
         })
         .await
@@ -635,10 +640,16 @@ async fn announcements_follow_the_change_log(store: SqlStore) {
     apply(&store, spec("p", &["10.0.0.0/30"])).await;
     alloc(&store, svc("d", "s8")).await;
     // Endpoints written, rewritten and deleted while the decider runs.
+    // Only s0 is labelled for the advertisement's service selector.
     let serving = |nodes: &[&str]| Endpoints {
         nodes: nodes.iter().map(|n| n.to_string()).collect(),
         any_serving: !nodes.is_empty(),
         local: false,
+        labels: [(
+            "tier".to_string(),
+            if nodes == ["n1"] { "front" } else { "back" }.to_string(),
+        )]
+        .into(),
     };
     for (name, nodes) in [("s0", &["n1"][..]), ("s2", &["n2"]), ("s3", &["n1", "n2"])] {
         store
@@ -678,6 +689,17 @@ async fn announcements_follow_the_change_log(store: SqlStore) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(**fresh.borrow(), **running.borrow());
+    let silence = |service: &str| {
+        let v = fresh.borrow();
+        let a = v.clusters["c1"].announcements.iter();
+        let a = a.clone().find(|a| a.services == [service]).cloned();
+        a.expect("announced").owner.map_err(|s| s.as_str())
+    };
+    // The advertisement selects s0 by the labels stored with its endpoints (no announcer is
+    // connected, so nobody announces it); the others are not selected.
+    assert_eq!(silence("d/s0"), Err("noEligibleNode"));
+    assert_eq!(silence("d/s2"), Err("noMatchingAdvertisement"));
+    assert_eq!(silence("d/s4"), Err("noMatchingAdvertisement"));
 }
 
 both_stores! {

@@ -188,6 +188,9 @@ pub enum EndpointsCmd {
         /// externalTrafficPolicy: Local.
         #[arg(long)]
         local: bool,
+        /// A label of the Service as key=value (repeat for more), for service selectors.
+        #[arg(long = "label")]
+        labels: Vec<String>,
     },
     Delete {
         #[arg(long)]

@@ -97,7 +97,12 @@ pub async fn endpoints(client: &mut ClusterClient, cmd: EndpointsCmd) -> Result<
             name,
             nodes,
             local,
+            labels,
         } => {
+            let labels = labels
+                .iter()
+                .map(|l| parse_label(l))
+                .collect::<Result<_, _>>()?;
             client
                 .set_endpoints(pb::ServiceEndpoints {
                     cluster,
@@ -106,6 +111,7 @@ pub async fn endpoints(client: &mut ClusterClient, cmd: EndpointsCmd) -> Result<
                     any_serving: !nodes.is_empty(),
                     serving_nodes: nodes,
                     traffic_policy_local: local,
+                    labels,
                 })
                 .await
                 .map_err(status_text)?;

@@ -158,6 +158,7 @@ pub fn report(cluster: &str, svc: &Service, e: Endpoints) -> pb::ServiceEndpoint
         serving_nodes: e.nodes.into_iter().collect(),
         any_serving: e.any_serving,
         traffic_policy_local: local,
+        labels: svc.labels().clone().into_iter().collect(),
     }
 }
 

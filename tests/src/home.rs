@@ -819,6 +819,7 @@ pub fn load_bulk(url: &str, count: usize) {
                         serving_nodes: vec!["n1".into()],
                         any_serving: true,
                         traffic_policy_local: false,
+                        ..Default::default()
                     })
                     .await
                     .expect("set endpoints");

@@ -205,6 +205,7 @@ async fn configure(url: &str) {
         serving_nodes: vec!["n1".into(), "n2".into()],
         any_serving: true,
         traffic_policy_local: false,
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -367,6 +368,7 @@ async fn a_node_is_only_itself() {
             serving_nodes: vec!["n1".into()],
             any_serving: true,
             traffic_policy_local: false,
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -731,6 +731,45 @@ fn company_scenario_through_kubernetes() {
         assert_eq!(s["metadata"]["labels"]["metallb.io/node"], node);
     }
 
+    // MetalLB 0.16's serviceSelectors: an advertisement for Services labelled tier=gold tags
+    // their routes; the Service gets the tag when it gets the label.
+    kube.put(
+        collection("BGPAdvertisement"),
+        &serde_json::json!({
+            "apiVersion": "metallb.io/v1beta1", "kind": "BGPAdvertisement",
+            "metadata": {"name": "company-gold", "namespace": "metallb-system"},
+            "spec": {"ipAddressPools": ["company-pool"], "communities": ["65000:777"],
+                     "serviceSelectors": [{"matchLabels": {"tier": "gold"}}]},
+        }),
+    );
+    let gold = |p: &[Path]| {
+        let from = p
+            .iter()
+            .filter(|p| p.prefix == prefix && p.from.starts_with("c4_"));
+        let tagged: Vec<bool> = from
+            .map(|p| p.communities.contains("(65000,777)"))
+            .collect();
+        (tagged.len() == 3).then(|| tagged.iter().all(|t| *t))
+    };
+    let ads = collection("BGPAdvertisement");
+    eventually(
+        WAIT,
+        "the gold advertisement reconciled",
+        || kube.get(ads, "metallb-system", "company-gold")["status"]["conditions"][0].clone(),
+        |c| c["reason"] == "Reconciled",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(gold(&bird.paths()), Some(false), "not selected yet");
+    let mut svc = kube.get("/api/v1/services", "default", "company-web");
+    svc["metadata"]["labels"] = serde_json::json!({"tier": "gold"});
+    kube.put("/api/v1/services", &svc);
+    eventually(
+        WAIT,
+        "the gold community on the labelled Service's routes",
+        || bird.paths(),
+        |p| gold(p) == Some(true),
+    );
+
     // A peer that needs MetalLB's FRR mode is refused by name; the rest keeps serving.
     kube.put(
         peers,

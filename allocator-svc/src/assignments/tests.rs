@@ -95,6 +95,7 @@ fn home(advertised: bool, services: &[&str]) -> ClusterRows {
         nodes: BTreeSet::from(["n1".to_string()]),
         any_serving: true,
         local: false,
+        labels: Default::default(),
     };
     let endpoints = services
         .iter()

@@ -145,10 +145,11 @@ pub fn advertisement(
         )?,
         node_selectors: convert::selectors("node_selectors", a.node_selectors)?,
         peers: a.peers,
+        service_selectors: convert::selectors("service_selectors", a.service_selectors)?,
         cluster: a.cluster,
         name: a.name,
     };
-    ad.validate(aliases, a.service_selectors.len())?;
+    ad.validate(aliases)?;
     Ok(ad)
 }
 
@@ -172,7 +173,11 @@ pub fn advertisement_to_pb(a: &BgpAd) -> pb::BgpAdvertisement {
             .map(convert::selector_to_pb)
             .collect(),
         peers: a.peers.clone(),
-        service_selectors: vec![],
+        service_selectors: a
+            .service_selectors
+            .iter()
+            .map(convert::selector_to_pb)
+            .collect(),
     }
 }
 

@@ -114,8 +114,9 @@ fn l2_ad(a: pb::L2Advertisement) -> Result<L2Ad, Error> {
                 })
             })
             .collect::<Result<_, Error>>()?,
+        service_selectors: convert::selectors("service_selectors", a.service_selectors)?,
     };
-    ad.validate(a.service_selectors.len())?;
+    ad.validate()?;
     Ok(ad)
 }
 
@@ -135,7 +136,11 @@ fn l2_ad_to_pb(a: &L2Ad) -> pb::L2Advertisement {
             .map(convert::selector_to_pb)
             .collect(),
         interfaces: a.interfaces.clone(),
-        service_selectors: vec![],
+        service_selectors: a
+            .service_selectors
+            .iter()
+            .map(convert::selector_to_pb)
+            .collect(),
         preferred_node_selectors: a
             .preferences
             .iter()
@@ -292,6 +297,7 @@ impl<S: ClusterStore> ClusterStateService for ClusterState<S> {
             any_serving: e.any_serving || !e.serving_nodes.is_empty(),
             nodes: e.serving_nodes.into_iter().collect(),
             local: e.traffic_policy_local,
+            labels: e.labels.into_iter().collect(),
         };
         self.store
             .set_endpoints(&e.cluster, &e.namespace, &e.name, &ends)

@@ -172,10 +172,10 @@ impl SqlStore {
         let mut tx = self.db.begin().await.map_err(map_sqlx)?;
         let rev = bump(&mut tx).await.map_err(map_sqlx)?;
         sqlx::query(
-            "INSERT INTO service_endpoints (cluster, namespace, name, nodes, any_serving, local_policy, revision) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (cluster, namespace, name) DO UPDATE \
+            "INSERT INTO service_endpoints (cluster, namespace, name, nodes, any_serving, local_policy, revision, labels) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (cluster, namespace, name) DO UPDATE \
              SET nodes = excluded.nodes, any_serving = excluded.any_serving, \
-             local_policy = excluded.local_policy, revision = excluded.revision",
+             local_policy = excluded.local_policy, revision = excluded.revision, labels = excluded.labels",
         )
         .bind(cluster)
         .bind(namespace)
@@ -184,6 +184,7 @@ impl SqlStore {
         .bind(i64::from(e.any_serving))
         .bind(i64::from(e.local))
         .bind(rev as i64)
+        .bind(json(&e.labels))
         .execute(&mut *tx)
         .await
         .map_err(map_sqlx)?;
@@ -464,10 +465,10 @@ async fn endpoints_since(
     conn: &mut AnyConnection,
     revision: Option<u64>,
 ) -> Result<(EndpointsByCluster, u64)> {
-    let bad = |e: serde_json::Error| Error::Internal(format!("stored endpoint nodes: {e}"));
+    let bad = |e: serde_json::Error| Error::Internal(format!("stored endpoints: {e}"));
     let mut out = EndpointsByCluster::new();
     for r in sqlx::query(
-        "SELECT cluster, namespace, name, nodes, any_serving, local_policy FROM service_endpoints \
+        "SELECT cluster, namespace, name, nodes, any_serving, local_policy, labels FROM service_endpoints \
          WHERE revision > $1",
     )
     .bind(revision.map_or(-1, |r| r as i64))
@@ -476,6 +477,7 @@ async fn endpoints_since(
     .map_err(map_sqlx)?
     {
         let nodes: String = r.try_get("nodes").map_err(map_sqlx)?;
+        let labels: String = r.try_get("labels").map_err(map_sqlx)?;
         let cluster: String = r.try_get("cluster").map_err(map_sqlx)?;
         out.entry(cluster).or_default().insert(
             (
@@ -486,6 +488,7 @@ async fn endpoints_since(
                 nodes: serde_json::from_str(&nodes).map_err(bad)?,
                 any_serving: r.try_get::<i64, _>("any_serving").map_err(map_sqlx)? != 0,
                 local: r.try_get::<i64, _>("local_policy").map_err(map_sqlx)? != 0,
+                labels: serde_json::from_str(&labels).map_err(bad)?,
             },
         );
     }
